@@ -1,0 +1,45 @@
+"""The one code location: every asset, check, resource, job, schedule and sensor of the platform."""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+
+from moovitamix_assets.assets.raw.api_snapshots import raw_assets
+from moovitamix_assets.jobs import daily_refresh_job
+from moovitamix_assets.resources.api import MoovitamixApiResource
+from moovitamix_assets.resources.database import PostgresResource
+from moovitamix_assets.resources.io_manager import PostgresPandasIOManager
+from moovitamix_assets.schedules import DEFAULT_DAILY_CRON, build_daily_schedule
+
+DEFAULT_API_URL = "http://127.0.0.1:8000"
+
+
+def env_or_default(name: str, default: str | None) -> dg.EnvVar | str | None:
+    """An ``EnvVar`` when the variable is set, else the embedded default.
+
+    Only the variable's presence is read here; Dagster resolves its value at run time and shows
+    the variable's name, not its value, in the UI, so URLs with credentials never reach it.
+    """
+    return dg.EnvVar(name) if name in os.environ else default
+
+
+def build_resources() -> dict[str, object]:
+    """The platform's resources, configured from the environment in this one place."""
+    postgres = PostgresResource(database_url=env_or_default("MOOVITAMIX_DATABASE_URL", None))
+    return {
+        "moovitamix_api": MoovitamixApiResource(
+            base_url=env_or_default("MOOVITAMIX_API_URL", DEFAULT_API_URL)
+        ),
+        "postgres": postgres,
+        "warehouse_io_manager": PostgresPandasIOManager(database=postgres),
+    }
+
+
+defs = dg.Definitions(
+    assets=[*raw_assets],
+    jobs=[daily_refresh_job],
+    schedules=[build_daily_schedule(os.environ.get("MOOVITAMIX_DAILY_CRON", DEFAULT_DAILY_CRON))],
+    resources=build_resources(),
+)
