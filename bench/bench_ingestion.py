@@ -1,0 +1,143 @@
+"""Ingestion benchmark: the platform's raw ingestion against a bare read of the same pages.
+
+Starts the API stand-in with N records per endpoint (default 100,000), then, each in a fresh
+process so that peak RSS is its own:
+
+* ceiling: a bare concurrent read of every page of the three endpoints (JSON parsed, nothing kept,
+  nothing validated, nothing stored) with the client's own concurrency;
+* ingestion: the raw assets materialized through Dagster into PostgreSQL (embedded in a temporary
+  folder unless MOOVITAMIX_DATABASE_URL is set): pagination, validation, rejects, COPY.
+
+Prints rows/s, wall seconds and peak RSS of each, and the ratio (target: ingestion >= 70% of the
+ceiling's rows/s).
+
+    python bench/bench_ingestion.py [--records 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+
+from moovitamix_api.server import run_subprocess
+from moovitamix_assets.constants import ENDPOINTS
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def phase_ceiling(url: str, concurrency: int) -> dict:
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(pool_maxsize=concurrency)
+    session.mount("http://", adapter)
+    rows = 0
+    started = time.perf_counter()
+    for endpoint in ENDPOINTS:
+        first = session.get(f"{url}/{endpoint}", params={"page": 1, "size": 100}, timeout=30).json()
+        rows += len(first["items"])
+
+        def fetch(page: int, endpoint: str = endpoint) -> int:
+            resp = session.get(f"{url}/{endpoint}", params={"page": page, "size": 100}, timeout=30)
+            resp.raise_for_status()
+            return len(resp.json()["items"])
+
+        with ThreadPoolExecutor(concurrency) as pool:
+            rows += sum(pool.map(fetch, range(2, first["pages"] + 1)))
+    wall = time.perf_counter() - started
+    return {"rows": rows, "wall_s": wall, "peak_rss_mb": peak_rss_mb()}
+
+
+def phase_ingest(url: str, partition: str) -> dict:
+    import dagster as dg
+
+    from moovitamix_assets.assets.raw.api_snapshots import raw_assets
+    from moovitamix_assets.resources.api import MoovitamixApiResource
+    from moovitamix_assets.resources.database import PostgresResource
+    from moovitamix_assets.resources.io_manager import PostgresPandasIOManager
+
+    postgres = PostgresResource(database_url=os.environ.get("MOOVITAMIX_DATABASE_URL"))
+    resources = {
+        "moovitamix_api": MoovitamixApiResource(base_url=url),
+        "postgres": postgres,
+        "warehouse_io_manager": PostgresPandasIOManager(database=postgres),
+    }
+    postgres.engine()  # start the embedded server before the clock starts
+    started = time.perf_counter()
+    result = dg.materialize(raw_assets, resources=resources, partition_key=partition)
+    wall = time.perf_counter() - started
+    rows = sum(
+        int(m.metadata["dagster/row_count"].value)
+        for m in (e.materialization for e in result.get_asset_materialization_events())
+    )
+    return {"rows": rows, "wall_s": wall, "peak_rss_mb": peak_rss_mb()}
+
+
+def run_phase(phase: str, url: str, env: dict[str, str], concurrency: int) -> dict:
+    out = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--phase",
+            phase,
+            "--url",
+            url,
+            "--concurrency",
+            str(concurrency),
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--records", type=int, default=100_000)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--phase", choices=["ceiling", "ingest"])
+    parser.add_argument("--url")
+    args = parser.parse_args()
+
+    if args.phase == "ceiling":
+        print(json.dumps(phase_ceiling(args.url, args.concurrency)))
+        return
+    if args.phase == "ingest":
+        from moovitamix_assets.partitions import utc_today
+
+        print(json.dumps(phase_ingest(args.url, utc_today().isoformat())))
+        return
+
+    env = dict(os.environ)
+    with tempfile.TemporaryDirectory(prefix="moovitamix-bench-") as tmp:
+        env.setdefault("MOOVITAMIX_STATE_DIR", str(Path(tmp) / "state"))
+        with run_subprocess(["--records", str(args.records), "--seed", str(args.seed)]) as api:
+            print(f"stand-in: {args.records:,} records per endpoint at {api.base_url}")
+            ceiling = run_phase("ceiling", api.base_url, env, args.concurrency)
+            ingest = run_phase("ingest", api.base_url, env, args.concurrency)
+    print(f"{'phase':<12}{'rows':>10}{'wall s':>10}{'rows/s':>12}{'peak RSS MB':>14}")
+    for name, fig in (("ceiling", ceiling), ("ingestion", ingest)):
+        rate = fig["rows"] / fig["wall_s"]
+        print(
+            f"{name:<12}{fig['rows']:>10,}{fig['wall_s']:>10.1f}{rate:>12,.0f}"
+            f"{fig['peak_rss_mb']:>14.0f}"
+        )
+    ratio = (ingest["rows"] / ingest["wall_s"]) / (ceiling["rows"] / ceiling["wall_s"])
+    print(f"ingestion / ceiling rows/s: {ratio:.0%} (target >= 70%)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,510 @@
+"""ALS collaborative filtering, popularity baselines and the recommendation entry points.
+
+Every recommender answers ``recommend(user_ids, exclude, k)`` with a frame
+``[user_id, track_id, score, rank]`` where ``exclude`` is a CSR matrix with one row per requested
+user and one column per item of the recommender (``item_ids``): non-zero cells are never
+recommended. ``known_items_matrix`` builds it from an interactions frame.
+"""
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Final, Protocol
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from implicit.cpu.als import AlternatingLeastSquares
+from implicit.cpu.topk import topk
+from threadpoolctl import threadpool_limits
+
+from moovitamix_assets.ml import RECOMMENDATION_COLUMNS
+
+log = logging.getLogger(__name__)
+
+# Descriptions reused by the Dagster Config that exposes these parameters.
+FACTORS_DESCRIPTION: Final = "Number of latent factors per user and per track."
+REGULARIZATION_DESCRIPTION: Final = "L2 regularisation of the factors."
+ALPHA_DESCRIPTION: Final = (
+    "Confidence scaling: an interaction of weight w counts with confidence 1 + alpha * w."
+)
+ITERATIONS_DESCRIPTION: Final = "Number of alternating least squares sweeps."
+RANDOM_STATE_DESCRIPTION: Final = "Seed of the factor initialisation (same seed, same model)."
+
+SOURCE_ALS: Final = "als"
+SOURCE_COLD_START: Final = "cold_start"
+
+DEFAULT_BATCH_SIZE: Final = 10_000
+# implicit marks filtered items with the lowest float32 instead of dropping them.
+_FILTERED_SCORE: Final = float(np.finfo(np.float32).min)
+# Cells of the work matrices of the popularity selection per batch (~5 bytes each).
+_SELECTION_CELLS: Final = 10_000_000
+
+
+@dataclass(frozen=True)
+class AlsParams:
+    """Hyper-parameters of the ALS model, tuned on the benchmark (see bench/)."""
+
+    factors: int = 64
+    regularization: float = 0.05
+    alpha: float = 10.0
+    iterations: int = 10
+    random_state: int = 42
+
+    def __post_init__(self) -> None:
+        if self.factors < 1:
+            raise ValueError(f"factors must be >= 1, got {self.factors}")
+        if self.regularization < 0:
+            raise ValueError(f"regularization must be >= 0, got {self.regularization}")
+        if self.alpha <= 0:
+            raise ValueError(f"alpha must be > 0, got {self.alpha}")
+        if self.iterations < 1:
+            raise ValueError(f"iterations must be >= 1, got {self.iterations}")
+
+    def as_dict(self) -> dict[str, int | float]:
+        return asdict(self)
+
+
+class Recommender(Protocol):
+    """What evaluation and serving need from a model."""
+
+    @property
+    def item_ids(self) -> np.ndarray: ...
+
+    def recommend(
+        self, user_ids: np.ndarray, exclude: sp.csr_matrix | None, k: int
+    ) -> pd.DataFrame: ...
+
+
+def lookup_indices(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Map ids to their positions in ``sorted_ids`` (sorted, unique), -1 where absent."""
+    ids = np.asarray(ids, dtype=np.int64)
+    if len(sorted_ids) == 0:
+        return np.full(len(ids), -1, dtype=np.int64)
+    position = np.searchsorted(sorted_ids, ids)
+    clipped = np.minimum(position, len(sorted_ids) - 1)
+    return np.where(sorted_ids[clipped] == ids, clipped, -1).astype(np.int64)
+
+
+@dataclass(frozen=True, eq=False)
+class AlsModel:
+    """A trained ALS model: factors plus the id <-> matrix index maps (ids sorted ascending)."""
+
+    params: AlsParams
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    user_factors: np.ndarray
+    item_factors: np.ndarray
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    def user_index(self, user_ids: np.ndarray) -> np.ndarray:
+        return lookup_indices(self.user_ids, user_ids)
+
+    def item_index(self, track_ids: np.ndarray) -> np.ndarray:
+        return lookup_indices(self.item_ids, track_ids)
+
+    def recommend(
+        self, user_ids: np.ndarray, exclude: sp.csr_matrix | None, k: int
+    ) -> pd.DataFrame:
+        return recommend_top_k(self, user_ids, exclude, k)
+
+
+@dataclass(frozen=True, eq=False)
+class InteractionMatrix:
+    """A user x item confidence matrix and the ids of its rows and columns."""
+
+    matrix: sp.csr_matrix
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+
+
+def build_interaction_matrix(interactions: pd.DataFrame, alpha: float) -> InteractionMatrix:
+    """Build the CSR user x item matrix of confidences ``1 + alpha * weight``."""
+    users = interactions["user_id"].to_numpy(dtype=np.int64)
+    items = interactions["track_id"].to_numpy(dtype=np.int64)
+    user_ids, user_codes = np.unique(users, return_inverse=True)
+    item_ids, item_codes = np.unique(items, return_inverse=True)
+    confidence = (1.0 + alpha * interactions["weight"].to_numpy(dtype=np.float64)).astype(
+        np.float32
+    )
+    matrix = sp.csr_matrix(
+        (confidence, (user_codes, item_codes)), shape=(len(user_ids), len(item_ids))
+    )
+    # Duplicated (user, track) rows would otherwise stay as separate entries.
+    matrix.sum_duplicates()
+    return InteractionMatrix(matrix=matrix, user_ids=user_ids, item_ids=item_ids)
+
+
+def known_items_matrix(
+    interactions: pd.DataFrame, user_ids: np.ndarray, item_ids: np.ndarray
+) -> sp.csr_matrix:
+    """Return a 0/1 CSR matrix: row i marks the tracks of ``interactions`` user ``user_ids[i]``.
+
+    Columns follow ``item_ids`` (sorted, unique); interactions of other users or other tracks are
+    ignored. ``user_ids`` need not be sorted but must be unique.
+    """
+    user_ids = np.asarray(user_ids, dtype=np.int64)
+    user_order = np.argsort(user_ids, kind="stable")
+    sorted_users = user_ids[user_order]
+    row_pos = lookup_indices(sorted_users, interactions["user_id"].to_numpy(dtype=np.int64))
+    col = lookup_indices(item_ids, interactions["track_id"].to_numpy(dtype=np.int64))
+    keep = (row_pos >= 0) & (col >= 0)
+    rows = user_order[row_pos[keep]]
+    matrix = sp.csr_matrix(
+        (np.ones(int(keep.sum()), dtype=np.float32), (rows, col[keep])),
+        shape=(len(user_ids), len(item_ids)),
+    )
+    matrix.sum_duplicates()
+    return matrix
+
+
+def train_als(interactions: pd.DataFrame, params: AlsParams, *, num_threads: int = 0) -> AlsModel:
+    """Fit implicit's CPU ALS (conjugate gradient) on the interactions.
+
+    Args:
+        interactions: Frame following the interactions contract (at least one row).
+        params: Hyper-parameters; ``random_state`` makes the factors reproducible.
+        num_threads: Threads of implicit's solver; 0 means one per core.
+
+    Returns:
+        The model with float32 factors and sorted user and item id arrays.
+
+    Raises:
+        ValueError: If there are no interactions.
+    """
+    if len(interactions) == 0:
+        raise ValueError("cannot train ALS on an empty interactions frame")
+    data = build_interaction_matrix(interactions, params.alpha)
+    # OpenBLAS threads inside implicit's own parallel loop oversubscribe the cores (implicit
+    # warns it can be 10x slower), so BLAS is pinned to one thread while fitting.
+    with threadpool_limits(limits=1, user_api="blas"):
+        # Confidences are already 1 + alpha * weight: implicit's own alpha stays neutral.
+        als = AlternatingLeastSquares(
+            factors=params.factors,
+            regularization=params.regularization,
+            alpha=1.0,
+            dtype=np.float32,
+            iterations=params.iterations,
+            num_threads=num_threads,
+            random_state=params.random_state,
+        )
+        als.fit(data.matrix, show_progress=False)
+    log.info(
+        "Trained ALS on %d users x %d tracks (%d interactions)",
+        data.matrix.shape[0],
+        data.matrix.shape[1],
+        data.matrix.nnz,
+    )
+    return AlsModel(
+        params=params,
+        user_ids=data.user_ids,
+        item_ids=data.item_ids,
+        user_factors=np.ascontiguousarray(als.user_factors, dtype=np.float32),
+        item_factors=np.ascontiguousarray(als.item_factors, dtype=np.float32),
+    )
+
+
+def _check_exclude(exclude: sp.csr_matrix | None, n_rows: int, n_items: int) -> None:
+    if exclude is not None and exclude.shape != (n_rows, n_items):
+        raise ValueError(
+            f"exclude must have shape ({n_rows}, {n_items}) (one row per user, one column per"
+            f" item of the model), got {exclude.shape}"
+        )
+
+
+def _frame(user_ids: np.ndarray, track_ids: np.ndarray, scores: np.ndarray, ranks: np.ndarray):
+    return pd.DataFrame(
+        {
+            "user_id": np.asarray(user_ids, dtype=np.int64),
+            "track_id": np.asarray(track_ids, dtype=np.int64),
+            "score": np.asarray(scores, dtype=np.float64),
+            "rank": np.asarray(ranks, dtype=np.int64),
+        },
+        columns=list(RECOMMENDATION_COLUMNS),
+    )
+
+
+def recommend_top_k(
+    model: AlsModel,
+    user_ids: np.ndarray,
+    exclude: sp.csr_matrix | None,
+    k: int,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    num_threads: int = 0,
+) -> pd.DataFrame:
+    """Top-k tracks by ALS score for users known to the model, in batches of users.
+
+    Args:
+        model: The trained model.
+        user_ids: Unique user ids, all known to the model.
+        exclude: CSR matrix (one row per user of ``user_ids``, one column per model item) of
+            tracks never to recommend, typically the users' listening history; None for none.
+        k: Recommendations per user; fewer only when fewer tracks remain after exclusion.
+        batch_size: Users scored per batch (bounds memory).
+        num_threads: Threads of implicit's top-k selection; 0 means one per core.
+
+    Returns:
+        A frame ``[user_id, track_id, score, rank]`` ordered by user then rank (1 = best).
+
+    Raises:
+        ValueError: If a user is unknown to the model or ``exclude`` has the wrong shape.
+    """
+    user_ids = np.asarray(user_ids, dtype=np.int64)
+    rows = model.user_index(user_ids)
+    if (rows < 0).any():
+        raise ValueError(
+            f"{int((rows < 0).sum())} users are unknown to the model (cold start): "
+            "use recommend_for_all_users"
+        )
+    _check_exclude(exclude, len(user_ids), model.n_items)
+    k_eff = min(k, model.n_items)
+    if len(user_ids) == 0 or k_eff <= 0:
+        return _frame([], [], [], [])
+
+    parts = []
+    for start in range(0, len(user_ids), batch_size):
+        stop = min(start + batch_size, len(user_ids))
+        batch_exclude = exclude[start:stop] if exclude is not None else None
+        # implicit parallelises the selection itself; threaded BLAS on top of it oversubscribes
+        # the cores (measured about twice slower on 2 cores).
+        with threadpool_limits(limits=1, user_api="blas"):
+            ids, scores = topk(
+                model.item_factors,
+                model.user_factors[rows[start:stop]],
+                k_eff,
+                filter_query_items=batch_exclude,
+                num_threads=num_threads,
+            )
+        # Filtered items sort last, so the valid recommendations of a row are a prefix.
+        valid = scores > _FILTERED_SCORE
+        batch_row, column = np.nonzero(valid)
+        parts.append(
+            _frame(
+                user_ids[start:stop][batch_row],
+                model.item_ids[ids[batch_row, column]],
+                scores[batch_row, column],
+                column + 1,
+            )
+        )
+    return pd.concat(parts, ignore_index=True)
+
+
+def _first_k_allowed(
+    ordering: np.ndarray, exclude: sp.csr_matrix, n_items: int, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each row of ``exclude``, the first ``k`` items of ``ordering`` the row does not exclude.
+
+    Returns (row, item index, rank) arrays ordered by row then rank.
+    """
+    n_rows = exclude.shape[0]
+    row_nnz = np.diff(exclude.indptr)
+    # A row can skip at most its own excluded items, so the top k + max(nnz) items always suffice.
+    prefix_len = int(min(len(ordering), k + (row_nnz.max() if n_rows else 0)))
+    prefix = ordering[:prefix_len]
+    prefix_pos = np.full(n_items, -1, dtype=np.int64)
+    prefix_pos[prefix] = np.arange(prefix_len)
+    batch = max(1, _SELECTION_CELLS // max(prefix_len, 1))
+
+    out_rows, out_items, out_ranks = [], [], []
+    for start in range(0, n_rows, batch):
+        stop = min(start + batch, n_rows)
+        sub = exclude[start:stop]
+        mapped = prefix_pos[sub.indices]
+        sub_rows = np.repeat(np.arange(stop - start), np.diff(sub.indptr))
+        hit = mapped >= 0
+        allowed = np.ones((stop - start, prefix_len), dtype=bool)
+        allowed[sub_rows[hit], mapped[hit]] = False
+        rank = np.cumsum(allowed, axis=1, dtype=np.int32)
+        chosen = allowed & (rank <= k)
+        r, c = np.nonzero(chosen)
+        out_rows.append(r + start)
+        out_items.append(prefix[c])
+        out_ranks.append(rank[r, c])
+    if not out_rows:
+        empty = np.array([], dtype=np.int64)
+        return empty, empty, empty
+    return np.concatenate(out_rows), np.concatenate(out_items), np.concatenate(out_ranks)
+
+
+def _listener_counts(interactions: pd.DataFrame, item_ids: np.ndarray) -> np.ndarray:
+    pairs = interactions[["user_id", "track_id"]].drop_duplicates()
+    index = lookup_indices(item_ids, pairs["track_id"].to_numpy(dtype=np.int64))
+    return np.bincount(index[index >= 0], minlength=len(item_ids)).astype(np.int64)
+
+
+def _catalogue(interactions: pd.DataFrame, tracks: pd.DataFrame | None) -> np.ndarray:
+    ids = [interactions["track_id"].to_numpy(dtype=np.int64)]
+    if tracks is not None:
+        ids.append(tracks["id"].to_numpy(dtype=np.int64))
+    return np.unique(np.concatenate(ids))
+
+
+@dataclass(frozen=True, eq=False)
+class PopularityModel:
+    """Global popularity: tracks ranked by distinct listeners (ties by track id)."""
+
+    item_ids: np.ndarray
+    listeners: np.ndarray
+    ordering: np.ndarray
+
+    def recommend(
+        self, user_ids: np.ndarray, exclude: sp.csr_matrix | None, k: int
+    ) -> pd.DataFrame:
+        user_ids = np.asarray(user_ids, dtype=np.int64)
+        _check_exclude(exclude, len(user_ids), len(self.item_ids))
+        if exclude is None:
+            exclude = sp.csr_matrix((len(user_ids), len(self.item_ids)), dtype=np.float32)
+        rows, items, ranks = _first_k_allowed(self.ordering, exclude, len(self.item_ids), k)
+        return _frame(user_ids[rows], self.item_ids[items], self.listeners[items], ranks)
+
+
+def fit_popularity(
+    interactions: pd.DataFrame, tracks: pd.DataFrame | None = None
+) -> PopularityModel:
+    """Rank the catalogue (interaction tracks plus ``tracks``) by number of distinct listeners."""
+    item_ids = _catalogue(interactions, tracks)
+    listeners = _listener_counts(interactions, item_ids)
+    # Stable sort on the negated count keeps ties in ascending track id order.
+    ordering = np.argsort(-listeners, kind="stable")
+    return PopularityModel(item_ids=item_ids, listeners=listeners, ordering=ordering)
+
+
+@dataclass(frozen=True, eq=False)
+class GenrePopularityModel:
+    """Popularity within the user's favourite genre, filled up with global popularity.
+
+    Users without a known favourite genre, or whose genre has no tracks, get global popularity.
+    """
+
+    item_ids: np.ndarray
+    listeners: np.ndarray
+    global_ordering: np.ndarray
+    genre_orderings: dict[str, np.ndarray]
+    user_ids: np.ndarray
+    user_genres: np.ndarray
+
+    def recommend(
+        self, user_ids: np.ndarray, exclude: sp.csr_matrix | None, k: int
+    ) -> pd.DataFrame:
+        user_ids = np.asarray(user_ids, dtype=np.int64)
+        _check_exclude(exclude, len(user_ids), len(self.item_ids))
+        if exclude is None:
+            exclude = sp.csr_matrix((len(user_ids), len(self.item_ids)), dtype=np.float32)
+        position = lookup_indices(self.user_ids, user_ids)
+        genre = np.where(
+            position >= 0, self.user_genres[np.maximum(position, 0)].astype(object), None
+        )
+        genre_series = pd.Series(genre, dtype=object)
+        parts = []
+        for value, members in genre_series.groupby(genre_series, dropna=False).indices.items():
+            key = value if isinstance(value, str) else None
+            ordering = self.genre_orderings.get(key, self.global_ordering)
+            rows, items, ranks = _first_k_allowed(ordering, exclude[members], len(self.item_ids), k)
+            parts.append(
+                _frame(user_ids[members][rows], self.item_ids[items], self.listeners[items], ranks)
+            )
+        if not parts:
+            return _frame([], [], [], [])
+        recs = pd.concat(parts, ignore_index=True)
+        return recs.sort_values(["user_id", "rank"], kind="stable", ignore_index=True)
+
+
+def fit_genre_popularity(
+    interactions: pd.DataFrame, tracks: pd.DataFrame, users: pd.DataFrame
+) -> GenrePopularityModel:
+    """Fit the genre baseline from ``tracks[id, genres]`` and ``users[id, favorite_genres]``."""
+    base = fit_popularity(interactions, tracks)
+    track_genres = tracks.drop_duplicates("id").set_index("id")["genres"]
+    item_genre = track_genres.reindex(base.item_ids).to_numpy(dtype=object)
+    ordered_genres = item_genre[base.ordering]
+    genre_orderings = {}
+    for genre in pd.unique(pd.Series(ordered_genres).dropna()):
+        in_genre = ordered_genres == genre
+        genre_orderings[str(genre)] = np.concatenate(
+            [base.ordering[in_genre], base.ordering[~in_genre]]
+        )
+    favourites = users.drop_duplicates("id").sort_values("id")
+    return GenrePopularityModel(
+        item_ids=base.item_ids,
+        listeners=base.listeners,
+        global_ordering=base.ordering,
+        genre_orderings=genre_orderings,
+        user_ids=favourites["id"].to_numpy(dtype=np.int64),
+        user_genres=favourites["favorite_genres"].to_numpy(dtype=object),
+    )
+
+
+def recommend_excluding_history(
+    recommender: Recommender, user_ids: np.ndarray, history: pd.DataFrame, k: int
+) -> pd.DataFrame:
+    """Recommend ``k`` tracks per user, never one of the user's tracks in ``history``."""
+    user_ids = np.unique(np.asarray(user_ids, dtype=np.int64))
+    exclude = known_items_matrix(history, user_ids, recommender.item_ids)
+    return recommender.recommend(user_ids, exclude, k)
+
+
+def recommend_for_all_users(
+    model: AlsModel,
+    users: pd.DataFrame,
+    tracks: pd.DataFrame,
+    interactions: pd.DataFrame,
+    k: int,
+    *,
+    cold_start: GenrePopularityModel | None = None,
+) -> pd.DataFrame:
+    """Exactly ``k`` new tracks for every user of ``users`` (fewer only if the catalogue runs out).
+
+    Users known to the model get ALS recommendations (``source='als'``); users unknown to it get
+    genre-aware popularity (``source='cold_start'``), which also tops up any ALS user left short
+    (a user who has heard almost every track the model knows). No user is ever recommended a
+    track from their ``interactions``.
+
+    Args:
+        model: The trained ALS model.
+        users: Frame with ``id`` and ``favorite_genres``.
+        tracks: Frame with ``id`` and ``genres`` (the catalogue).
+        interactions: All known interactions (the exclusion list and popularity source).
+        k: Recommendations per user.
+        cold_start: A fitted genre-popularity model; fitted from the inputs when None.
+
+    Returns:
+        A frame ``[user_id, track_id, score, rank, source]`` ordered by user then rank.
+    """
+    if cold_start is None:
+        cold_start = fit_genre_popularity(interactions, tracks, users)
+    user_ids = np.unique(users["id"].to_numpy(dtype=np.int64))
+    known = model.user_index(user_ids) >= 0
+    als_users = user_ids[known]
+    als_recs = recommend_top_k(
+        model, als_users, known_items_matrix(interactions, als_users, model.item_ids), k
+    )
+    als_recs["source"] = SOURCE_ALS
+
+    per_user = als_recs.groupby("user_id").size().reindex(user_ids, fill_value=0)
+    needing = per_user[per_user < k]
+    fill_parts = []
+    if len(needing):
+        needing_ids = needing.index.to_numpy(dtype=np.int64)
+        # Already-recommended ALS tracks join the history so the top-up never repeats them.
+        seen = pd.concat(
+            [interactions[["user_id", "track_id"]], als_recs[["user_id", "track_id"]]],
+            ignore_index=True,
+        )
+        fill = cold_start.recommend(
+            needing_ids, known_items_matrix(seen, needing_ids, cold_start.item_ids), k
+        )
+        have = needing.reindex(fill["user_id"]).to_numpy()
+        fill["rank"] = fill["rank"].to_numpy() + have
+        fill = fill[fill["rank"].to_numpy() <= k].copy()
+        fill["source"] = SOURCE_COLD_START
+        fill_parts.append(fill)
+
+    recs = pd.concat([als_recs, *fill_parts], ignore_index=True)
+    return recs.sort_values(["user_id", "rank"], kind="stable", ignore_index=True)

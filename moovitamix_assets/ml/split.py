@@ -1,0 +1,81 @@
+"""Time-based train/test split of the interactions: each user's most recent listens are held out."""
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass(frozen=True, eq=False)
+class TrainTestSplit:
+    """The two halves of a split and the counts an operator wants to see."""
+
+    train: pd.DataFrame
+    test: pd.DataFrame
+    n_train: int
+    n_test: int
+    n_users_held_out: int
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "n_train": self.n_train,
+            "n_test": self.n_test,
+            "n_users_held_out": self.n_users_held_out,
+        }
+
+
+def time_based_split(
+    interactions: pd.DataFrame,
+    holdout_per_user: int = 1,
+    holdout_fraction: float | None = None,
+) -> TrainTestSplit:
+    """Hold out each user's most recent interactions (largest ``last_position``) as the test set.
+
+    Only users with at least two interactions are split, and every split user keeps at least one
+    training interaction, so every held-out user is known to a model trained on ``train``.
+
+    Args:
+        interactions: Frame following the interactions contract.
+        holdout_per_user: Number of most recent interactions held out per eligible user.
+        holdout_fraction: If given, hold out ``max(1, floor(fraction * n))`` of a user's ``n``
+            interactions instead of a fixed number.
+
+    Returns:
+        The train and test frames (same columns as the input) and their counts.
+
+    Raises:
+        ValueError: If the holdout size is not positive or the fraction is outside (0, 1).
+    """
+    if holdout_fraction is None and holdout_per_user < 1:
+        raise ValueError(f"holdout_per_user must be >= 1, got {holdout_per_user}")
+    if holdout_fraction is not None and not 0.0 < holdout_fraction < 1.0:
+        raise ValueError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}")
+
+    # Sorting by (user, recency desc, track) makes the split deterministic even on ties.
+    ordered = interactions.sort_values(
+        ["user_id", "last_position", "track_id"],
+        ascending=[True, False, True],
+        kind="stable",
+    ).reset_index(drop=True)
+    user_codes = ordered["user_id"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, user_codes[1:] != user_codes[:-1]])
+    sizes = np.diff(np.r_[starts, len(ordered)])
+    recency_rank = np.arange(len(ordered)) - np.repeat(starts, sizes)
+
+    if holdout_fraction is None:
+        wanted = np.full(len(sizes), holdout_per_user, dtype=np.int64)
+    else:
+        wanted = np.maximum(1, np.floor(holdout_fraction * sizes).astype(np.int64))
+    # Keep at least one training interaction per user; single-interaction users are not split.
+    held_per_user = np.minimum(wanted, sizes - 1)
+    is_test = recency_rank < np.repeat(held_per_user, sizes)
+
+    train = ordered.loc[~is_test].reset_index(drop=True)
+    test = ordered.loc[is_test].reset_index(drop=True)
+    return TrainTestSplit(
+        train=train,
+        test=test,
+        n_train=len(train),
+        n_test=len(test),
+        n_users_held_out=int(np.count_nonzero(held_per_user)),
+    )

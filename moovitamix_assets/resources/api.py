@@ -1,0 +1,926 @@
+"""HTTP client of the MooVitamix API: reads a whole endpoint, page by page, into a typed frame.
+
+The service has no cursor, no filter and no ETag (see the API contract): every read is a full read
+of the current state, so the client's job is to read all pages of that state consistently, survive
+transient failures, and say clearly what it could not load.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import dagster as dg
+import pandas as pd
+import requests
+from pydantic import Field, PrivateAttr, field_validator
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    MaxRetryError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+    ResponseError,
+)
+from urllib3.util.retry import Retry
+
+from moovitamix_assets.constants import API_MAX_PAGE_SIZE, ENDPOINTS, USERS_ENDPOINT
+from moovitamix_assets.models.records import (
+    REJECT_COLUMNS,
+    FrameAccumulator,
+    Rejection,
+    contract_columns,
+    item_field_drift,
+    rejects_frame,
+    validate_values,
+)
+
+logger = logging.getLogger(__name__)
+
+API_URL_ENV_VAR: Final = "MOOVITAMIX_API_URL"
+DEFAULT_BASE_URL: Final = "http://127.0.0.1:8000"
+# Transient answers worth another try: rate limiting and the 5xx a proxy or a restarting app gives.
+RETRY_STATUSES: Final = frozenset({429, 500, 502, 503, 504})
+# Info-level progress once per this many pages: 10 lines for a million-record endpoint.
+PROGRESS_EVERY_PAGES: Final = 1000
+# Characters of an unexpected error body quoted in an exception message.
+_BODY_EXCERPT: Final = 200
+
+
+class ApiError(Exception):
+    """A read of the MooVitamix API failed; the message names the endpoint and the page."""
+
+    def __init__(self, endpoint: str, page: int | None, reason: str) -> None:
+        self.endpoint = endpoint
+        self.page = page
+        self.reason = reason
+        where = f"endpoint {endpoint!r}" + (f", page {page}" if page is not None else "")
+        super().__init__(f"MooVitamix API {where}: {reason}")
+
+
+class ApiPageError(ApiError):
+    """A response was not a contract page (not JSON, truncated, missing or mistyped fields)."""
+
+
+class ApiDriftError(ApiError):
+    """The endpoint's ``total`` kept changing: no consistent read was possible."""
+
+    def __init__(self, endpoint: str, page: int, old_total: int, new_total: int, reason: str):
+        self.old_total = old_total
+        self.new_total = new_total
+        super().__init__(endpoint, page, reason)
+
+
+class ApiUnavailableError(ApiError):
+    """The API could not be reached (or did not answer like the MooVitamix API) at all."""
+
+
+@dataclass(frozen=True, slots=True)
+class ApiPage:
+    """One decoded page of an endpoint."""
+
+    number: int
+    items: list[Any]
+    total: int
+    pages: int
+
+
+def _json_type(value: object) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    return {dict: "object", list: "array", str: "string", int: "integer", float: "number"}.get(
+        type(value), "null" if value is None else type(value).__name__
+    )
+
+
+def parse_page(endpoint: str, number: int, body: bytes, size: int) -> ApiPage:
+    """Decode a response body and check that it is the contract's page object.
+
+    Args:
+        endpoint: The endpoint read (for the error message).
+        number: The page requested.
+        body: The raw response body.
+        size: The page size requested.
+
+    Returns:
+        The decoded page.
+
+    Raises:
+        ApiPageError: If the body is not JSON, is truncated, or is not a page of that number
+            and size (missing or mistyped ``items``, ``total``, ``pages``).
+    """
+    try:
+        payload = json.loads(body)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise ApiPageError(
+            endpoint, number, f"body is not valid JSON ({len(body)} bytes, truncated?): {exc}"
+        ) from exc
+    if not isinstance(payload, dict):
+        raise ApiPageError(
+            endpoint, number, f"body is a JSON {_json_type(payload)}, not a page object"
+        )
+    missing = [key for key in ("items", "total", "pages") if key not in payload]
+    if missing:
+        present = ", ".join(sorted(payload)) or "nothing"
+        raise ApiPageError(
+            endpoint, number, f"not a page: missing {', '.join(missing)} (body has: {present})"
+        )
+    items, total, pages = payload["items"], payload["total"], payload["pages"]
+    if not isinstance(items, list):
+        raise ApiPageError(endpoint, number, f"'items' is a JSON {_json_type(items)}, not an array")
+    for key, value in (("total", total), ("pages", pages)):
+        if type(value) is not int or value < 0:
+            raise ApiPageError(
+                endpoint, number, f"{key!r} is {value!r}, not a non-negative integer"
+            )
+    # A service that ignored our page or size parameters would make us skip or repeat records.
+    for key, expected in (("page", number), ("size", size)):
+        if key in payload and payload[key] != expected:
+            raise ApiPageError(
+                endpoint, number, f"answered {key}={payload[key]!r} to a request for {expected}"
+            )
+    if len(items) > size:
+        raise ApiPageError(endpoint, number, f"{len(items)} items on a page of size {size}")
+    return ApiPage(number=number, items=items, total=total, pages=pages)
+
+
+class PageOutcome(Enum):
+    """What a page means for the rest of the read."""
+
+    CONTINUE = "continue"
+    EMPTY_BEFORE_END = "empty_before_end"
+    DRIFT = "drift"
+
+
+@dataclass(frozen=True, slots=True)
+class PagePlan:
+    """The page-number paginator's stop conditions, learnt from page 1.
+
+    Reading stops after ``pages`` pages (the service's count), or at an empty page met before
+    that (the backstop: the data shrank under us; the completeness check compares rows with
+    ``total``). ``max_pages`` caps the plan so a wrong ``total`` cannot send the reader into
+    millions of requests. A page whose ``total`` or ``pages`` differs from page 1's means the
+    data changed mid-read.
+    """
+
+    endpoint: str
+    size: int
+    total: int
+    pages: int
+
+    @classmethod
+    def from_first_page(cls, endpoint: str, first: ApiPage, size: int, max_pages: int) -> PagePlan:
+        """Check page 1's counts and build the plan.
+
+        Args:
+            endpoint: The endpoint read.
+            first: Page 1 as decoded.
+            size: The page size requested.
+            max_pages: The largest number of pages the reader may follow.
+
+        Returns:
+            The plan.
+
+        Raises:
+            ApiPageError: If ``pages`` is not ceil(total / size), as the contract defines it.
+            ApiError: If the endpoint has more pages than ``max_pages``.
+        """
+        if size < 1 or max_pages < 1:
+            raise ValueError("a paginator needs size >= 1 and max_pages >= 1 to stop")
+        expected = math.ceil(first.total / size)
+        if first.pages != expected:
+            raise ApiPageError(
+                endpoint,
+                first.number,
+                f"pages={first.pages} but ceil(total {first.total} / size {size}) = {expected}",
+            )
+        if first.total == 0 and first.items:
+            raise ApiPageError(
+                endpoint, first.number, f"total is 0 but the page has {len(first.items)} items"
+            )
+        if first.pages > max_pages:
+            raise ApiError(
+                endpoint,
+                first.number,
+                f"{first.pages} pages (total {first.total}, size {size}) exceed max_pages="
+                f"{max_pages}; raise the resource's max_pages if this volume is expected",
+            )
+        return cls(endpoint=endpoint, size=size, total=first.total, pages=first.pages)
+
+    def classify(self, page: ApiPage) -> PageOutcome:
+        """Return what ``page`` means: carry on, stop at an early empty page, or drift."""
+        if page.total != self.total or page.pages != self.pages:
+            return PageOutcome.DRIFT
+        if not page.items and page.number <= self.pages:
+            return PageOutcome.EMPTY_BEFORE_END
+        return PageOutcome.CONTINUE
+
+
+@dataclass(slots=True)
+class PageBatch:
+    """One page's items, validated: typed rows, reject rows and schema drift."""
+
+    rows: list[tuple[object, ...]]
+    rejects: list[dict[str, object]]
+    extra_fields: set[str]
+    missing_fields: set[str]
+
+
+def validate_page(endpoint: str, number: int, items: list[Any]) -> PageBatch:
+    """Validate every item of a page; a bad item becomes a reject row, never a silent drop.
+
+    Args:
+        endpoint: The endpoint the page belongs to.
+        number: The page number (recorded on reject rows).
+        items: The page's raw items.
+
+    Returns:
+        The valid rows (contract order), the reject rows (``REJECT_COLUMNS``) and the field
+        names seen outside the contract or missing from it.
+    """
+    batch = PageBatch(rows=[], rejects=[], extra_fields=set(), missing_fields=set())
+    for position, item in enumerate(items):
+        extra, missing = item_field_drift(endpoint, item)
+        if extra:
+            batch.extra_fields |= extra
+        if missing:
+            batch.missing_fields |= missing
+        values = validate_values(endpoint, item)
+        if isinstance(values, Rejection):
+            batch.rejects.append(
+                {
+                    "endpoint": endpoint,
+                    "page": number,
+                    "position": position,
+                    "record_key": values.record_key,
+                    "field": values.field,
+                    "reason": values.reason,
+                    "record": json.dumps(item, ensure_ascii=False),
+                }
+            )
+        else:
+            batch.rows.append(values)
+    return batch
+
+
+@dataclass(frozen=True, eq=False)
+class EndpointRead:
+    """The result of reading one endpoint in full.
+
+    Attributes:
+        endpoint: The endpoint read.
+        frame: Valid records; the contract's columns in contract order, typed (``Int64``,
+            object ``str``, ``datetime64[us, UTC]``, object lists of ints).
+        rejects: One row per item that could not be typed (``REJECT_COLUMNS``).
+        total: The service's ``total`` (of the read that succeeded).
+        pages: The service's ``pages``.
+        pages_read: Pages whose items were loaded (fewer than ``pages`` after an early
+            empty page).
+        requests: Page requests made, re-read included (each may have been retried).
+        retries: Extra attempts made by the retry policy (5xx, 429, timeouts, resets).
+        api_seconds: Wall-clock seconds of the whole read.
+        bytes: Response body bytes received.
+        extra_fields: Sorted field names seen in items that the contract does not define.
+        missing_fields: Sorted contract fields absent from at least one item.
+        page_size: The page size used.
+        rereads: 1 if ``total`` changed mid-read and the endpoint was read again, else 0.
+        empty_page: The page at which an early empty page stopped the read, if any.
+    """
+
+    endpoint: str
+    frame: pd.DataFrame
+    rejects: pd.DataFrame
+    total: int
+    pages: int
+    pages_read: int
+    requests: int
+    retries: int
+    api_seconds: float
+    bytes: int
+    extra_fields: list[str]
+    missing_fields: list[str]
+    page_size: int
+    rereads: int = 0
+    empty_page: int | None = None
+
+    @property
+    def rows(self) -> int:
+        """Valid records loaded."""
+        return len(self.frame)
+
+    def summary(self) -> dict[str, Any]:
+        """Plain numbers and lists for materialization metadata and logs."""
+        return {
+            "endpoint": self.endpoint,
+            "rows": self.rows,
+            "rejected": len(self.rejects),
+            "total": self.total,
+            "pages": self.pages,
+            "pages_read": self.pages_read,
+            "requests": self.requests,
+            "retries": self.retries,
+            "rereads": self.rereads,
+            "api_seconds": round(self.api_seconds, 3),
+            "bytes": self.bytes,
+            "page_size": self.page_size,
+            "extra_fields": self.extra_fields,
+            "missing_fields": self.missing_fields,
+            "empty_page": self.empty_page,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ApiProbe:
+    """Answer of a reachability probe."""
+
+    base_url: str
+    endpoint: str
+    total: int
+    seconds: float
+
+
+# Retries are counted per thread: each page is fetched by one thread, so the count a fetch reads
+# after its request is exactly the retries that request needed, even with concurrent reads.
+_retry_tally = threading.local()
+
+
+def _tally_retry() -> None:
+    _retry_tally.count = getattr(_retry_tally, "count", 0) + 1
+
+
+class CountingRetry(Retry):
+    """urllib3 ``Retry`` that reports every retry it grants, for the read's metadata."""
+
+    def __init__(self, *args: Any, on_retry: Callable[[], None] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.on_retry = on_retry
+
+    def new(self, **kw: Any) -> CountingRetry:
+        retry = super().new(**kw)
+        retry.on_retry = self.on_retry
+        return retry
+
+    def increment(self, *args: Any, **kwargs: Any) -> CountingRetry:
+        # super() raises MaxRetryError once retries are exhausted: only granted retries count.
+        retry = super().increment(*args, **kwargs)
+        if self.on_retry is not None:
+            self.on_retry()
+        return retry
+
+
+def redact_url(url: str) -> str:
+    """Return ``scheme://host[:port]/path`` of a URL: no credentials, query or fragment."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def _describe_request_error(exc: requests.RequestException) -> str:
+    """A short cause for an exception raised by requests (after urllib3's retries)."""
+    cause: BaseException | None = exc
+    for arg in exc.args:
+        if isinstance(arg, BaseException):
+            cause = arg
+            break
+    if isinstance(cause, MaxRetryError) and cause.reason is not None:
+        cause = cause.reason
+    if isinstance(cause, ReadTimeoutError):
+        return "read timed out"
+    # NewConnectionError subclasses ConnectTimeoutError in urllib3 2: test it first.
+    if isinstance(cause, NewConnectionError):
+        return "cannot connect (connection refused, unknown host or host unreachable)"
+    if isinstance(cause, ConnectTimeoutError):
+        return "connection timed out"
+    if isinstance(cause, ResponseError):
+        return str(cause)  # "too many 503 error responses"
+    if isinstance(cause, ProtocolError):
+        return f"connection broken ({cause})"
+    if isinstance(exc, requests.Timeout):
+        return "timed out"
+    return f"{type(cause).__name__}: {cause}"
+
+
+class _ReadStats:
+    """Counters of one read, updated from the fetching threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests = 0
+        self.retries = 0
+        self.bytes = 0
+
+    def add(self, requests_: int, retries: int, bytes_: int) -> None:
+        with self._lock:
+            self.requests += requests_
+            self.retries += retries
+            self.bytes += bytes_
+
+
+class _TotalDrift(Exception):
+    def __init__(self, page: int, old_total: int, new_total: int, old_pages: int, new_pages: int):
+        super().__init__(page, old_total, new_total)
+        self.page = page
+        self.old_total, self.new_total = old_total, new_total
+        self.old_pages, self.new_pages = old_pages, new_pages
+
+    def describe(self) -> str:
+        return (
+            f"total {self.old_total} -> {self.new_total} (pages {self.old_pages} -> "
+            f"{self.new_pages}) at page {self.page}"
+        )
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """What one pass over the pages produced."""
+
+    frame: pd.DataFrame
+    rejects: list[dict[str, object]]
+    plan: PagePlan
+    pages_read: int
+    empty_page: int | None
+    extra_fields: set[str] = field(default_factory=set)
+    missing_fields: set[str] = field(default_factory=set)
+
+
+class MoovitamixApiResource(dg.ConfigurableResource):
+    """Client of the MooVitamix API (resource key ``moovitamix_api``).
+
+    One ``requests.Session`` per resource instance, with pooled connections sized to the page
+    concurrency and urllib3 retries (429 and 5xx with backoff, jitter and ``Retry-After``,
+    connection errors and read timeouts). Every request carries a connect and a read timeout.
+    """
+
+    base_url: str = Field(
+        default=DEFAULT_BASE_URL,
+        description=f"Base URL of the MooVitamix API (set from {API_URL_ENV_VAR}).",
+    )
+    page_size: int = Field(
+        default=API_MAX_PAGE_SIZE,
+        description=f"Records per page, 1 to {API_MAX_PAGE_SIZE} (the contract's cap); the "
+        "largest page means the fewest requests.",
+    )
+    connect_timeout: float = Field(
+        default=5.0, description="Seconds to wait for a TCP connection before retrying."
+    )
+    read_timeout: float = Field(
+        default=30.0, description="Seconds to wait for a response before retrying."
+    )
+    max_retries: int = Field(
+        default=5,
+        description="Retries per request on connection errors, read timeouts, 429 and 5xx; "
+        "the read fails once they are exhausted.",
+    )
+    backoff_factor: float = Field(
+        default=0.5,
+        description="Exponential backoff base in seconds (factor * 2**(retry - 1)).",
+    )
+    backoff_jitter: float = Field(
+        default=0.5,
+        description="Random seconds (0 to this) added to each backoff, so concurrent "
+        "fetchers do not retry in lockstep.",
+    )
+    backoff_max: float = Field(default=30.0, description="Longest backoff in seconds.")
+    retry_after_max: int = Field(
+        default=120,
+        description="Longest Retry-After (seconds) honoured; longer values are capped.",
+    )
+    max_concurrency: int = Field(
+        default=4,
+        description="Pages fetched concurrently after page 1 (also the connection pool size).",
+    )
+    max_pages: int = Field(
+        default=50_000,
+        description="Page cap of one read: more pages is an error, never a silent truncation. "
+        "50,000 pages of 100 allow 5 million records.",
+    )
+
+    _session: requests.Session | None = PrivateAttr(default=None)
+    _probe_session: requests.Session | None = PrivateAttr(default=None)
+    _session_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    @field_validator("page_size")
+    @classmethod
+    def _check_page_size(cls, value: int) -> int:
+        return _check_range("page_size", value, 1, API_MAX_PAGE_SIZE)
+
+    @field_validator("max_concurrency")
+    @classmethod
+    def _check_concurrency(cls, value: int) -> int:
+        return _check_range("max_concurrency", value, 1, 64)
+
+    @field_validator("max_pages")
+    @classmethod
+    def _check_max_pages(cls, value: int) -> int:
+        return _check_range("max_pages", value, 1, None)
+
+    @field_validator("max_retries", "retry_after_max")
+    @classmethod
+    def _check_non_negative_int(cls, value: int, info: Any) -> int:
+        return _check_range(info.field_name, value, 0, None)
+
+    @field_validator("connect_timeout", "read_timeout")
+    @classmethod
+    def _check_timeout(cls, value: float, info: Any) -> float:
+        if value <= 0:
+            raise ValueError(f"{info.field_name} must be > 0 seconds, got {value}")
+        return value
+
+    @field_validator("backoff_factor", "backoff_jitter", "backoff_max")
+    @classmethod
+    def _check_backoff(cls, value: float, info: Any) -> float:
+        if value < 0:
+            raise ValueError(f"{info.field_name} must be >= 0 seconds, got {value}")
+        return value
+
+    # Lifecycle -----------------------------------------------------------------------------------
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """Check the settings once their environment variables are resolved.
+
+        Raises:
+            ValueError: If a setting is out of range or the base URL is not an http(s) URL.
+        """
+        self.check_settings()
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        """Close the pooled connections."""
+        self.close()
+
+    def close(self) -> None:
+        """Close the sessions (a later call opens new ones)."""
+        with self._session_lock:
+            for session in (self._session, self._probe_session):
+                if session is not None:
+                    session.close()
+            self._session = self._probe_session = None
+
+    def check_settings(self) -> None:
+        """Validate every setting before any request.
+
+        Pydantic validates literal values at construction; values from ``EnvVar`` are only known
+        at setup, so they are checked again here.
+
+        Raises:
+            ValueError: Naming the setting that is out of range.
+        """
+        _check_range("page_size", self.page_size, 1, API_MAX_PAGE_SIZE)
+        _check_range("max_concurrency", self.max_concurrency, 1, 64)
+        _check_range("max_pages", self.max_pages, 1, None)
+        _check_range("max_retries", self.max_retries, 0, None)
+        parts = urlsplit(self.base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                f"base_url ({API_URL_ENV_VAR}) must be an http(s) URL with a host, got "
+                f"{redact_url(self.base_url)!r}"
+            )
+
+    def _retry_policy(self) -> CountingRetry:
+        retries = self.max_retries
+        return CountingRetry(
+            total=retries,
+            connect=retries,
+            read=retries,
+            status=retries,
+            allowed_methods=frozenset({"GET"}),
+            status_forcelist=RETRY_STATUSES,
+            backoff_factor=self.backoff_factor,
+            backoff_jitter=self.backoff_jitter,
+            backoff_max=self.backoff_max,
+            respect_retry_after_header=True,
+            retry_after_max=self.retry_after_max,
+            # An exhausted retry raises instead of handing back the last 5xx as if it were data.
+            raise_on_status=True,
+            on_retry=_tally_retry,
+        )
+
+    def _get_session(self) -> requests.Session:
+        with self._session_lock:
+            if self._session is None:
+                session = requests.Session()
+                adapter = HTTPAdapter(
+                    pool_connections=1,
+                    pool_maxsize=self.max_concurrency,
+                    max_retries=self._retry_policy(),
+                )
+                session.mount("http://", adapter)
+                session.mount("https://", adapter)
+                session.headers["Accept"] = "application/json"
+                self._session = session
+            return self._session
+
+    def _get_probe_session(self) -> requests.Session:
+        # The probe must fail fast: no retries, unlike the read session.
+        with self._session_lock:
+            if self._probe_session is None:
+                session = requests.Session()
+                adapter = HTTPAdapter(max_retries=Retry(total=0, raise_on_status=False))
+                session.mount("http://", adapter)
+                session.mount("https://", adapter)
+                session.headers["Accept"] = "application/json"
+                self._probe_session = session
+            return self._probe_session
+
+    def _endpoint_url(self, endpoint: str) -> str:
+        if endpoint not in ENDPOINTS:
+            raise ValueError(f"unknown MooVitamix endpoint {endpoint!r} (known: {ENDPOINTS})")
+        return f"{self.base_url.rstrip('/')}/{endpoint}"
+
+    # Requests ------------------------------------------------------------------------------------
+    def _fetch_page(self, endpoint: str, number: int, stats: _ReadStats) -> ApiPage:
+        """GET one page (with retries) and decode it.
+
+        Raises:
+            ApiError: The request failed once retries were exhausted, or answered an error
+                status that is not worth retrying (4xx).
+            ApiPageError: The answer was not a contract page.
+        """
+        _retry_tally.count = 0
+        received = 0
+        try:
+            response = self._get_session().get(
+                self._endpoint_url(endpoint),
+                params={"page": number, "size": self.page_size},
+                timeout=(self.connect_timeout, self.read_timeout),
+            )
+            body = response.content
+            received = len(body)
+        except (
+            requests.exceptions.ChunkedEncodingError,
+            requests.exceptions.ContentDecodingError,
+        ) as exc:
+            raise ApiPageError(
+                endpoint, number, f"truncated or undecodable body: {_describe_request_error(exc)}"
+            ) from exc
+        except requests.RequestException as exc:
+            timeouts = f"connect {self.connect_timeout}s, read {self.read_timeout}s"
+            raise ApiError(
+                endpoint,
+                number,
+                f"{_describe_request_error(exc)}; gave up after {_retry_tally.count} retries "
+                f"(max_retries={self.max_retries}, timeouts {timeouts})",
+            ) from exc
+        finally:
+            stats.add(1, _retry_tally.count, received)
+        if response.status_code >= 400:
+            excerpt = body[:_BODY_EXCERPT].decode("utf-8", "replace")
+            raise ApiError(
+                endpoint,
+                number,
+                f"HTTP {response.status_code} {response.reason} after "
+                f"{_retry_tally.count} retries: {excerpt}",
+            )
+        return parse_page(endpoint, number, body, self.page_size)
+
+    def probe(self, endpoint: str = USERS_ENDPOINT) -> ApiProbe:
+        """Check, with one request and no retries, that the API answers like the contract says.
+
+        Use it before any work so a wrong or unreachable ``MOOVITAMIX_API_URL`` fails in a
+        second with a clear message instead of after minutes of retries.
+
+        Args:
+            endpoint: The endpoint to ask for one record (``?page=1&size=1``).
+
+        Returns:
+            The redacted base URL, the endpoint's total and the round-trip seconds.
+
+        Raises:
+            ApiUnavailableError: Naming MOOVITAMIX_API_URL, when the API cannot be reached,
+                answers an error status, or does not answer a contract page.
+            ValueError: If a setting is invalid.
+        """
+        self.check_settings()
+        where = f"{redact_url(self.base_url)} (from {API_URL_ENV_VAR})"
+        started = time.perf_counter()
+        try:
+            response = self._get_probe_session().get(
+                self._endpoint_url(endpoint),
+                params={"page": 1, "size": 1},
+                timeout=(self.connect_timeout, self.read_timeout),
+            )
+        except requests.RequestException as exc:
+            raise ApiUnavailableError(
+                endpoint, None, f"API unreachable at {where}: {_describe_request_error(exc)}"
+            ) from exc
+        if response.status_code != 200:
+            raise ApiUnavailableError(
+                endpoint, None, f"API at {where} answered HTTP {response.status_code}"
+            )
+        try:
+            page = parse_page(endpoint, 1, response.content, 1)
+        except ApiPageError as exc:
+            raise ApiUnavailableError(
+                endpoint, None, f"{where} does not answer like the MooVitamix API: {exc.reason}"
+            ) from exc
+        return ApiProbe(
+            base_url=redact_url(self.base_url),
+            endpoint=endpoint,
+            total=page.total,
+            seconds=time.perf_counter() - started,
+        )
+
+    def check_reachable(self) -> ApiProbe:
+        """Alias of ``probe()`` for call sites that read better as a precondition."""
+        return self.probe()
+
+    # Reading an endpoint -------------------------------------------------------------------------
+    def read_endpoint(self, endpoint: str, log: logging.Logger | None = None) -> EndpointRead:
+        """Read every page of an endpoint into a typed frame plus reject rows.
+
+        Page 1 gives ``total`` and ``pages``; pages 2..N are then fetched concurrently
+        (``max_concurrency``) and assembled in page order. If ``total`` changes mid-read, the
+        service's data moved under us: the endpoint is read again once, from page 1, because
+        a mix of two states would duplicate or lose records silently.
+
+        Args:
+            endpoint: ``users``, ``tracks`` or ``listen_history``.
+            log: Where to log progress (e.g. ``context.log``); the module logger by default.
+
+        Returns:
+            The valid records, the rejects and the read's figures.
+
+        Raises:
+            ValueError: If the endpoint is unknown or a setting is invalid (before any request).
+            ApiError: A request failed after retries, or the page cap was exceeded.
+            ApiPageError: A response was not a contract page.
+            ApiDriftError: ``total`` changed again during the re-read.
+        """
+        contract_columns(endpoint)  # unknown endpoints fail before any request
+        self.check_settings()
+        log = log or logger
+        stats = _ReadStats()
+        started = time.perf_counter()
+        rereads = 0
+        try:
+            attempt = self._read_pages(endpoint, stats, log)
+        except _TotalDrift as first:
+            rereads = 1
+            log.warning(
+                "MooVitamix %s changed during the read (%s); reading it again from page 1",
+                endpoint,
+                first.describe(),
+            )
+            try:
+                attempt = self._read_pages(endpoint, stats, log)
+            except _TotalDrift as second:
+                raise ApiDriftError(
+                    endpoint,
+                    second.page,
+                    second.old_total,
+                    second.new_total,
+                    f"total changed during the read ({first.describe()}) and again during the "
+                    f"re-read ({second.describe()}): old total {second.old_total}, new total "
+                    f"{second.new_total}; the service's data is changing, try again later",
+                ) from second
+        read = EndpointRead(
+            endpoint=endpoint,
+            frame=attempt.frame,
+            rejects=rejects_frame(attempt.rejects),
+            total=attempt.plan.total,
+            pages=attempt.plan.pages,
+            pages_read=attempt.pages_read,
+            requests=stats.requests,
+            retries=stats.retries,
+            api_seconds=time.perf_counter() - started,
+            bytes=stats.bytes,
+            extra_fields=sorted(attempt.extra_fields),
+            missing_fields=sorted(attempt.missing_fields),
+            page_size=self.page_size,
+            rereads=rereads,
+            empty_page=attempt.empty_page,
+        )
+        log.info(
+            "MooVitamix %s: %d rows, %d rejected, total %d, %d pages, %d requests, %d retries, "
+            "%.1f s",
+            endpoint,
+            read.rows,
+            len(read.rejects),
+            read.total,
+            read.pages_read,
+            read.requests,
+            read.retries,
+            read.api_seconds,
+        )
+        if read.extra_fields or read.missing_fields:
+            log.warning(
+                "MooVitamix %s schema drift: fields outside the contract %s, contract fields "
+                "missing %s",
+                endpoint,
+                read.extra_fields,
+                read.missing_fields,
+            )
+        return read
+
+    def _read_pages(self, endpoint: str, stats: _ReadStats, log: logging.Logger) -> _Attempt:
+        """One pass over all pages; raises _TotalDrift when a page disagrees with page 1."""
+        first = self._fetch_page(endpoint, 1, stats)
+        plan = PagePlan.from_first_page(endpoint, first, self.page_size, self.max_pages)
+        log.debug("MooVitamix %s: total %d in %d pages", endpoint, plan.total, plan.pages)
+        accumulator = FrameAccumulator(endpoint)
+        attempt = _Attempt(
+            frame=pd.DataFrame(), rejects=[], plan=plan, pages_read=0, empty_page=None
+        )
+
+        def consume(page: ApiPage) -> bool:
+            """Load one page in order; False when the read must stop at it."""
+            outcome = plan.classify(page)
+            if outcome is PageOutcome.DRIFT:
+                raise _TotalDrift(page.number, plan.total, page.total, plan.pages, page.pages)
+            if outcome is PageOutcome.EMPTY_BEFORE_END:
+                attempt.empty_page = page.number
+                log.warning(
+                    "MooVitamix %s: page %d of %d is empty; stopping there (total %d)",
+                    endpoint,
+                    page.number,
+                    plan.pages,
+                    plan.total,
+                )
+                return False
+            batch = validate_page(endpoint, page.number, page.items)
+            accumulator.extend(batch.rows)
+            attempt.rejects.extend(batch.rejects)
+            attempt.extra_fields |= batch.extra_fields
+            attempt.missing_fields |= batch.missing_fields
+            attempt.pages_read += 1
+            if attempt.pages_read % PROGRESS_EVERY_PAGES == 0:
+                log.info(
+                    "MooVitamix %s: %d/%d pages, %d rows",
+                    endpoint,
+                    attempt.pages_read,
+                    plan.pages,
+                    accumulator.rows,
+                )
+            return True
+
+        # With total 0 there are no pages and page 1 is legitimately empty.
+        if plan.pages >= 1 and consume(first) and plan.pages >= 2:
+            self._read_rest(endpoint, plan, stats, consume)
+        attempt.frame = accumulator.to_frame()
+        return attempt
+
+    def _read_rest(
+        self,
+        endpoint: str,
+        plan: PagePlan,
+        stats: _ReadStats,
+        consume: Callable[[ApiPage], bool],
+    ) -> None:
+        """Fetch pages 2..N concurrently and hand them to ``consume`` in page order."""
+        # A bounded window of in-flight pages keeps memory flat however many pages there are.
+        window = 2 * self.max_concurrency
+        pool = ThreadPoolExecutor(
+            max_workers=min(self.max_concurrency, plan.pages - 1),
+            thread_name_prefix=f"moovitamix-{endpoint}",
+        )
+        in_flight: dict[int, Future[ApiPage]] = {}
+        next_page = 2
+        try:
+            for number in range(2, plan.pages + 1):
+                while next_page <= plan.pages and len(in_flight) < window:
+                    in_flight[next_page] = pool.submit(self._fetch_page, endpoint, next_page, stats)
+                    next_page += 1
+                if not consume(in_flight.pop(number).result()):
+                    return
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _check_range(name: str, value: int, low: int, high: int | None) -> int:
+    # dagster's EnvVar.int placeholder is an int subclass valued 0 until resolved at setup,
+    # where check_settings() validates the real value.
+    if type(value) is not int and not isinstance(value, bool):
+        return value
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+    return value
+
+
+__all__ = [
+    "API_URL_ENV_VAR",
+    "REJECT_COLUMNS",
+    "ApiDriftError",
+    "ApiError",
+    "ApiPage",
+    "ApiPageError",
+    "ApiProbe",
+    "ApiUnavailableError",
+    "CountingRetry",
+    "EndpointRead",
+    "MoovitamixApiResource",
+    "PageOutcome",
+    "PagePlan",
+    "parse_page",
+    "redact_url",
+    "validate_page",
+]

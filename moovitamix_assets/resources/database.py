@@ -1,0 +1,294 @@
+"""The warehouse connection: a PostgreSQL URL (or the embedded server), checked, masked and pooled."""
+
+import os
+import re
+import threading
+from typing import Final
+
+import dagster as dg
+import psycopg2
+import sqlalchemy as sa
+from psycopg2 import errorcodes, sql
+from pydantic import Field
+from sqlalchemy.engine import URL, Engine
+from sqlalchemy.exc import ArgumentError
+
+from moovitamix_assets.resources.embedded_postgres import EMBEDDED_DATABASE, embedded_database_url
+
+DATABASE_URL_ENV: Final = "MOOVITAMIX_DATABASE_URL"
+DRIVERNAME: Final = "postgresql+psycopg2"
+MASK: Final = "***"
+# Without it libpq waits for the kernel's TCP timeout (minutes) on a blackholed host.
+CONNECT_TIMEOUT_SECONDS: Final = 10
+_ACCEPTED_DRIVERNAMES: Final = frozenset(
+    {"postgresql", "postgres", "postgresql+psycopg2", "postgres+psycopg2"}
+)
+# Lower-case, unquoted-safe PostgreSQL identifiers: no quoting surprises, no case folding, <= 63 bytes.
+_IDENTIFIER_RE: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+_engines: dict[tuple[int, str], Engine] = {}
+_ready_urls: set[tuple[int, str]] = set()
+_lock = threading.Lock()
+
+
+class DatabaseConfigError(ValueError):
+    """The configured database URL is malformed or names an unsupported driver."""
+
+
+class DatabaseConnectionError(RuntimeError):
+    """The database cannot be reached, refuses the credentials, or cannot be created."""
+
+
+def validate_identifier(name: str, kind: str = "identifier") -> str:
+    """Check that ``name`` is a plain lower-case PostgreSQL identifier.
+
+    Args:
+        name: A schema, table or column name.
+        kind: What the name is, for the error message.
+
+    Returns:
+        ``name`` unchanged.
+
+    Raises:
+        ValueError: ``name`` is not ``[a-z_][a-z0-9_]*`` of at most 63 characters.
+    """
+    if not isinstance(name, str) or not _IDENTIFIER_RE.fullmatch(name):
+        raise ValueError(
+            f"invalid {kind} {name!r}: use lower-case letters, digits and underscores, "
+            "starting with a letter or underscore, at most 63 characters"
+        )
+    return name
+
+
+def quote_ident(name: str, kind: str = "identifier") -> str:
+    """Validate ``name`` and return it double-quoted for SQL text.
+
+    Args:
+        name: A schema, table or column name.
+        kind: What the name is, for the error message.
+
+    Returns:
+        ``"name"``.
+
+    Raises:
+        ValueError: See :func:`validate_identifier`.
+    """
+    return f'"{validate_identifier(name, kind)}"'
+
+
+def mask_url(url: str | URL) -> str:
+    """Render a URL with its password (in the authority or the query string) replaced by ``***``."""
+    try:
+        parsed = sa.make_url(url) if isinstance(url, str) else url
+    except ArgumentError:
+        return "<unparseable database URL>"
+    if "password" in parsed.query:
+        parsed = parsed.update_query_dict({"password": MASK})
+    return parsed.render_as_string(hide_password=True)
+
+
+def normalize_database_url(url: str | URL, setting: str = DATABASE_URL_ENV) -> URL:
+    """Parse a PostgreSQL URL and pin the psycopg2 driver.
+
+    SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3, which is not installed, and rejects the
+    ``postgres://`` spelling that Heroku-style URLs use; both become ``postgresql+psycopg2://``.
+
+    Args:
+        url: The configured URL.
+        setting: Name of the setting the URL came from, for error messages.
+
+    Returns:
+        The URL with drivername ``postgresql+psycopg2``.
+
+    Raises:
+        DatabaseConfigError: Unparseable, another driver or database, or no database name.
+    """
+    try:
+        parsed = sa.make_url(url) if isinstance(url, str) else url
+    except ArgumentError:
+        # The text may hold a password: never echo it.
+        raise DatabaseConfigError(
+            f"{setting} is not a valid database URL; expected "
+            "postgresql+psycopg2://user:password@host:port/database"
+        ) from None
+    if parsed.drivername not in _ACCEPTED_DRIVERNAMES:
+        raise DatabaseConfigError(
+            f"{setting} uses the driver {parsed.drivername!r} ({mask_url(parsed)}); only PostgreSQL "
+            "through psycopg2 is supported: postgresql:// or postgresql+psycopg2://"
+        )
+    if not parsed.database:
+        raise DatabaseConfigError(f"{setting} must name a database ({mask_url(parsed)})")
+    return parsed.set(drivername=DRIVERNAME)
+
+
+def ensure_database(url: URL, setting: str = DATABASE_URL_ENV) -> None:
+    """Create the URL's database when it does not exist yet.
+
+    Connects to the target database first (the usual case needs no rights on ``postgres``); only when
+    the server answers that it does not exist, connects to the ``postgres`` maintenance database and
+    runs ``CREATE DATABASE`` with a quoted identifier. A concurrent creation by another process is fine.
+
+    Args:
+        url: A normalised URL (see :func:`normalize_database_url`).
+        setting: Name of the setting the URL came from, for error messages.
+
+    Raises:
+        DatabaseConnectionError: The server is unreachable, refuses the credentials, or the database
+            cannot be created. Messages carry the masked URL only.
+    """
+    try:
+        connect_psycopg2(url).close()
+        return
+    except psycopg2.OperationalError as exc:
+        if f'database "{url.database}" does not exist' not in str(exc):
+            raise _connection_error(url, setting, exc) from None
+    maintenance = url.set(database="postgres")
+    try:
+        conn = connect_psycopg2(maintenance)
+    except psycopg2.Error as exc:
+        raise _connection_error(
+            url, setting, exc, f"database {url.database!r} does not exist and cannot be created"
+        ) from None
+    try:
+        conn.autocommit = True  # CREATE DATABASE refuses to run in a transaction block
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(url.database)))
+    except psycopg2.Error as exc:
+        # Another process created it between our two connections.
+        if exc.pgcode not in (errorcodes.DUPLICATE_DATABASE, errorcodes.UNIQUE_VIOLATION):
+            raise _connection_error(
+                url, setting, exc, f"cannot create database {url.database!r} named by {setting}"
+            ) from None
+    finally:
+        conn.close()
+
+
+class PostgresResource(dg.ConfigurableResource):
+    """The PostgreSQL warehouse: an external server from a URL, or the embedded server."""
+
+    database_url: str | None = Field(
+        default=None,
+        description=(
+            "PostgreSQL URL of the warehouse (postgresql:// or postgresql+psycopg2://), normally "
+            f"dagster.EnvVar('{DATABASE_URL_ENV}'). None: ${DATABASE_URL_ENV} read at run time if "
+            "set, else the embedded PostgreSQL server of the state folder. A missing database is "
+            "created."
+        ),
+    )
+    state_dir: str | None = Field(
+        default=None,
+        description=(
+            "State folder of the embedded server (data in <state_dir>/pgdata). None: "
+            "$MOOVITAMIX_STATE_DIR at run time, else <repo root>/.moovitamix."
+        ),
+    )
+
+    def _configured(self) -> tuple[str | None, str]:
+        """The explicit URL (if any) and the name of the setting it came from."""
+        if self.database_url:
+            return self.database_url, f"database_url ({DATABASE_URL_ENV})"
+        from_env = os.environ.get(DATABASE_URL_ENV)
+        if from_env:
+            return from_env, DATABASE_URL_ENV
+        return None, "the embedded PostgreSQL server"
+
+    def sqlalchemy_url(self) -> URL:
+        """Resolve, normalise and (once per process) create the warehouse database.
+
+        Returns:
+            A ``postgresql+psycopg2`` URL.
+
+        Raises:
+            DatabaseConfigError: The URL is malformed or names another driver.
+            DatabaseConnectionError: The server cannot be reached or the database created.
+        """
+        raw, setting = self._configured()
+        if raw is None:
+            raw = embedded_database_url(self.state_dir, EMBEDDED_DATABASE)
+        url = normalize_database_url(raw, setting)
+        key = (os.getpid(), url.render_as_string(hide_password=False))
+        if key not in _ready_urls:
+            ensure_database(url, setting)
+            _ready_urls.add(key)
+        return url
+
+    def url(self) -> str:
+        """The warehouse URL, with its password: for connecting only, never for logs.
+
+        Returns:
+            ``postgresql+psycopg2://...`` as a string.
+        """
+        return self.sqlalchemy_url().render_as_string(hide_password=False)
+
+    def masked_url(self) -> str:
+        """The warehouse URL with the password replaced by ``***``, for logs and metadata."""
+        raw, setting = self._configured()
+        if raw is None:
+            return mask_url(self.url())
+        try:
+            return mask_url(normalize_database_url(raw, setting))
+        except DatabaseConfigError:
+            return mask_url(raw)
+
+    def engine(self) -> Engine:
+        """A pooled SQLAlchemy engine, one per URL and process.
+
+        Returns:
+            An engine with ``pool_pre_ping`` (the embedded server may have restarted).
+        """
+        url = self.sqlalchemy_url()
+        key = (os.getpid(), url.render_as_string(hide_password=False))
+        with _lock:
+            engine = _engines.get(key)
+            if engine is None:
+                engine = sa.create_engine(
+                    url,
+                    pool_pre_ping=True,
+                    connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
+                )
+                _engines[key] = engine
+        return engine
+
+
+def dispose_engines() -> None:
+    """Close every pooled connection of this process (tests call it before dropping a database)."""
+    with _lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
+        _ready_urls.clear()
+
+
+def connect_psycopg2(url: str | URL) -> psycopg2.extensions.connection:
+    """Open a plain psycopg2 connection from a SQLAlchemy-style URL (query parameters included).
+
+    Args:
+        url: e.g. ``postgresql+psycopg2://user:pw@host:5432/db`` or a unix-socket URL
+            ``postgresql+psycopg2://postgres@/db?host=/socket/dir``.
+
+    Returns:
+        A new connection (caller closes it).
+    """
+    if isinstance(url, str):
+        url = sa.make_url(url)
+    query = dict(url.query)
+    kwargs: dict[str, object] = {
+        "dbname": url.database,
+        "user": url.username,
+        "password": url.password,
+        "host": url.host,
+        "port": url.port,
+        "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+    }
+    kwargs.update(query)
+    return psycopg2.connect(**{k: v for k, v in kwargs.items() if v is not None})
+
+
+def _connection_error(
+    url: URL, setting: str, exc: BaseException, what: str = "cannot connect to the database"
+) -> DatabaseConnectionError:
+    detail = " ".join(str(exc).split())
+    password = url.password
+    if password:
+        detail = detail.replace(str(password), MASK)
+    return DatabaseConnectionError(f"{what} of {setting} ({mask_url(url)}): {detail}")

@@ -1,0 +1,790 @@
+"""Store pandas DataFrames in PostgreSQL tables with COPY, and load them back with their types.
+
+The contract follows dagster-duckdb's ``DbIOManager``: the asset key prefix is the schema, the last
+key component the table; a partitioned asset names its partition column in the ``partition_expr``
+metadata, and writing a partition replaces that partition's rows in one transaction.
+
+Types (DataFrame -> PostgreSQL -> DataFrame again):
+
+================================  ======================  =================================
+written                           column type             loaded as
+================================  ======================  =================================
+int64, Int64, python int          bigint                  int64; Int64 when a NULL is read
+float64, python float             double precision        float64 (NULL -> NaN)
+bool, boolean                     boolean                 bool; boolean when a NULL is read
+datetime64 tz-aware or naive      timestamptz             datetime64[us, UTC] (naive = UTC)
+``datetime.date`` objects         date                    object of ``datetime.date``
+str, python str                   text                    str (NULL -> NaN)
+lists/tuples of int               bigint[]                object of ``list[int]``
+lists/tuples of str               text[]                  object of ``list[str]``
+dict                              jsonb                   object of ``dict``
+================================  ======================  =================================
+
+A column holding only NULLs (or only empty lists) takes the existing column's type, else ``text``
+(``bigint[]`` for lists). The DataFrame index is not stored.
+"""
+
+import datetime as dt
+import hashlib
+import io
+import json
+import math
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any, Final
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import psycopg2
+from psycopg2 import sql
+from pydantic import Field
+
+from moovitamix_assets.resources.database import PostgresResource, validate_identifier
+
+PARTITION_EXPR_KEY: Final = "partition_expr"
+CHUNK_ROWS: Final = 50_000
+PREVIEW_ROWS: Final = 5
+# psycopg2 reads the COPY source in blocks of this size.
+_COPY_READ_SIZE: Final = 1 << 20
+_NULL: Final = "\\N"
+# COPY text format escapes (https://www.postgresql.org/docs/current/sql-copy.html#id-1.9.3.55.9.2).
+_COPY_ESCAPES: Final = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+BIGINT: Final = "bigint"
+DOUBLE: Final = "double precision"
+BOOLEAN: Final = "boolean"
+TIMESTAMPTZ: Final = "timestamp with time zone"
+DATE: Final = "date"
+TEXT: Final = "text"
+BIGINT_ARRAY: Final = "bigint[]"
+TEXT_ARRAY: Final = "text[]"
+JSONB: Final = "jsonb"
+# Inference results that mean "no value to tell from": adopt the table's type, else a default.
+_UNKNOWN: Final = "unknown"
+_UNKNOWN_ARRAY: Final = "unknown[]"
+
+_INT_TYPES: Final = frozenset({"smallint", "integer", BIGINT})
+_FLOAT_TYPES: Final = frozenset({"real", DOUBLE, "numeric"})
+_TEXT_TYPES: Final = frozenset({TEXT, "character varying", "character"})
+# Existing column types that accept an inferred type without loss (PostgreSQL casts the COPY text).
+_ACCEPTS: Final[dict[str, frozenset[str]]] = {
+    BIGINT: _INT_TYPES | _FLOAT_TYPES,
+    DOUBLE: _FLOAT_TYPES,
+    TEXT: _TEXT_TYPES,
+    TIMESTAMPTZ: frozenset({TIMESTAMPTZ}),
+    DATE: frozenset({DATE}),
+    BOOLEAN: frozenset({BOOLEAN}),
+    BIGINT_ARRAY: frozenset({BIGINT_ARRAY, "integer[]", "smallint[]"}),
+    TEXT_ARRAY: frozenset({TEXT_ARRAY, "character varying[]"}),
+    JSONB: frozenset({JSONB, "json"}),
+}
+
+
+class SchemaMismatchError(TypeError):
+    """A DataFrame column cannot be written to the existing table column."""
+
+
+class PartitionMismatchError(ValueError):
+    """A DataFrame holds rows outside the partition(s) being written."""
+
+
+@dataclass(frozen=True)
+class PartitionSlice:
+    """The rows of a table that belong to the partition(s) of one run.
+
+    Time-window partitions on a date/timestamp column select ``start <= column < end``; other
+    partitions (or a text column) select ``column = ANY(keys)``.
+    """
+
+    column: str
+    keys: tuple[str, ...]
+    window: tuple[dt.datetime, dt.datetime] | None = None
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What one write did, for metadata."""
+
+    rows: int
+    rows_replaced: int
+    copy_bytes: int
+    seconds: float
+    columns: list[tuple[str, str]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Type inference and COPY serialisation (pure functions).
+# ---------------------------------------------------------------------------------------------
+
+
+def infer_pg_type(series: pd.Series) -> str:
+    """PostgreSQL type for a DataFrame column (see the module table).
+
+    Args:
+        series: The column.
+
+    Returns:
+        A type name as ``format_type`` spells it, or ``"unknown"``/``"unknown[]"`` when the column has
+        no value to tell the type from.
+
+    Raises:
+        TypeError: Unsupported dtype or a mix of value types.
+    """
+    dtype = series.dtype
+    if isinstance(dtype, pd.DatetimeTZDtype) or (isinstance(dtype, np.dtype) and dtype.kind == "M"):
+        return TIMESTAMPTZ
+    if pd.api.types.is_bool_dtype(dtype):
+        return BOOLEAN
+    if pd.api.types.is_integer_dtype(dtype):
+        return BIGINT
+    if pd.api.types.is_float_dtype(dtype):
+        return DOUBLE
+    if isinstance(dtype, pd.StringDtype):
+        return TEXT
+    if isinstance(dtype, pd.CategoricalDtype):
+        return infer_pg_type(series.astype(object))
+    if dtype != object:
+        raise TypeError(f"column {series.name!r}: unsupported dtype {dtype}")
+    values = series.to_numpy()[~series.isna().to_numpy()]
+    if len(values) == 0:
+        return _UNKNOWN
+    kinds = {_value_kind(v) for v in values}
+    if len(kinds) == 1:
+        kind = kinds.pop()
+        if kind == "list":
+            return _infer_array_type(series.name, values)
+        return kind
+    if kinds == {BIGINT, DOUBLE}:
+        return DOUBLE
+    raise TypeError(f"column {series.name!r} mixes value types: {sorted(kinds)}")
+
+
+def _value_kind(value: object) -> str:
+    if isinstance(value, bool | np.bool_):
+        return BOOLEAN
+    if isinstance(value, int | np.integer):
+        return BIGINT
+    if isinstance(value, float | np.floating):
+        return DOUBLE
+    if isinstance(value, str):
+        return TEXT
+    # datetime is a subclass of date: test it first.
+    if isinstance(value, dt.datetime):
+        return TIMESTAMPTZ
+    if isinstance(value, dt.date):
+        return DATE
+    if isinstance(value, list | tuple | np.ndarray):
+        return "list"
+    if isinstance(value, dict):
+        return JSONB
+    return type(value).__name__
+
+
+def _infer_array_type(name: object, values: Iterable[Any]) -> str:
+    kinds = {
+        _value_kind(item)
+        for value in values
+        for item in value
+        if item is not None and not (isinstance(item, float) and math.isnan(item))
+    }
+    if not kinds:
+        return _UNKNOWN_ARRAY
+    if kinds == {BIGINT}:
+        return BIGINT_ARRAY
+    if kinds == {TEXT}:
+        return TEXT_ARRAY
+    raise TypeError(
+        f"column {name!r}: lists must hold only integers or only strings, found {sorted(kinds)}"
+    )
+
+
+def resolve_column_types(df: pd.DataFrame, existing: dict[str, str], table: str) -> dict[str, str]:
+    """Decide the PostgreSQL type of every DataFrame column against the table's current columns.
+
+    Args:
+        df: The frame to write.
+        existing: The table's columns and types (empty when the table does not exist yet).
+        table: ``schema.table``, for error messages.
+
+    Returns:
+        Column name -> type to write (the existing type for existing columns).
+
+    Raises:
+        SchemaMismatchError: A column's values do not fit the existing column's type.
+        TypeError, ValueError: Unsupported dtype or invalid column name.
+    """
+    resolved: dict[str, str] = {}
+    for name in df.columns:
+        validate_identifier(name, f"column name in {table}")
+        inferred = infer_pg_type(df[name])
+        current = existing.get(name)
+        if current is None:
+            resolved[name] = {_UNKNOWN: TEXT, _UNKNOWN_ARRAY: BIGINT_ARRAY}.get(inferred, inferred)
+        elif inferred == _UNKNOWN or (inferred == _UNKNOWN_ARRAY and current.endswith("[]")):
+            resolved[name] = current
+        elif current in _ACCEPTS.get(inferred, frozenset()):
+            resolved[name] = current
+        else:
+            shown = "array" if inferred == _UNKNOWN_ARRAY else inferred
+            raise SchemaMismatchError(
+                f"cannot write column {table}.{name}: the table column is {current} but the "
+                f"DataFrame column ({df[name].dtype}) holds {shown} values; migrate or drop the "
+                "table, or cast the column"
+            )
+    return resolved
+
+
+def copy_text_column(series: pd.Series, pg_type: str) -> list[str]:
+    """Render one column as COPY text-format fields (``\\N`` for NULL, escapes applied).
+
+    Args:
+        series: The column (any index).
+        pg_type: Its resolved PostgreSQL type.
+
+    Returns:
+        One field per row.
+    """
+    mask = series.isna().to_numpy()
+    # list/dict cells are never NA for isna(); arrays inside object columns are handled below.
+    present = series[~mask]
+    if pg_type in _INT_TYPES:
+        rendered: Sequence[str] = present.astype("int64").to_numpy().astype(str).tolist()
+    elif pg_type in _FLOAT_TYPES:
+        rendered = [_float_text(v) for v in present.astype("float64").to_numpy().tolist()]
+    elif pg_type == BOOLEAN:
+        rendered = np.where(present.astype(bool).to_numpy(), "t", "f").tolist()
+    elif pg_type == TIMESTAMPTZ:
+        rendered = _timestamp_texts(present)
+    elif pg_type == DATE:
+        rendered = [_date_text(v) for v in present.tolist()]
+    elif pg_type in _TEXT_TYPES:
+        rendered = [v.translate(_COPY_ESCAPES) for v in present.astype(object).tolist()]
+    elif pg_type.endswith("[]"):
+        rendered = [_array_literal(v).translate(_COPY_ESCAPES) for v in present.tolist()]
+    elif pg_type in (JSONB, "json"):
+        rendered = [
+            json.dumps(v, ensure_ascii=False, separators=(",", ":"), allow_nan=False).translate(
+                _COPY_ESCAPES
+            )
+            for v in present.tolist()
+        ]
+    else:
+        raise TypeError(f"column {series.name!r}: cannot write to a {pg_type} column")
+    if not mask.any():
+        return list(rendered)
+    out = np.full(len(series), _NULL, dtype=object)
+    out[~mask] = np.asarray(rendered, dtype=object)
+    return out.tolist()
+
+
+def _float_text(value: float) -> str:
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    return repr(value)
+
+
+def _timestamp_texts(present: pd.Series) -> list[str]:
+    if isinstance(present.dtype, pd.DatetimeTZDtype):
+        naive_utc = present.dt.tz_convert("UTC").dt.tz_localize(None)
+    elif present.dtype == object:
+        # Python datetimes: aware ones are converted, naive ones taken as UTC.
+        naive_utc = pd.to_datetime(present, utc=True).dt.tz_localize(None)
+    else:
+        naive_utc = present
+    stamps = np.datetime_as_string(naive_utc.to_numpy(dtype="datetime64[us]"), unit="us")
+    return [f"{s}+00" for s in stamps.tolist()]
+
+
+def _date_text(value: object) -> str:
+    if isinstance(value, dt.datetime) or not isinstance(value, dt.date):
+        raise TypeError(f"expected datetime.date values in a date column, got {value!r}")
+    return value.isoformat()
+
+
+def _array_literal(value: Iterable[Any]) -> str:
+    items = []
+    for item in value:
+        if item is None or (isinstance(item, float) and math.isnan(item)):
+            items.append("NULL")
+        elif isinstance(item, str):
+            escaped = item.replace("\\", "\\\\").replace('"', '\\"')
+            items.append(f'"{escaped}"')
+        elif isinstance(item, int | np.integer) and not isinstance(item, bool | np.bool_):
+            items.append(str(int(item)))
+        else:
+            raise TypeError(f"unsupported array element {item!r}")
+    return "{" + ",".join(items) + "}"
+
+
+def iter_copy_chunks(
+    df: pd.DataFrame, types: dict[str, str], chunk_rows: int = CHUNK_ROWS
+) -> Iterator[bytes]:
+    """Serialise a frame to COPY text format, ``chunk_rows`` rows at a time.
+
+    Only one chunk is rendered at a time, so memory stays bounded for large frames.
+
+    Args:
+        df: The frame (its columns in ``types`` order are written).
+        types: Column -> resolved PostgreSQL type.
+        chunk_rows: Rows per chunk.
+
+    Yields:
+        UTF-8 encoded COPY text, one chunk (whole lines) at a time.
+    """
+    names = list(types)
+    for start in range(0, len(df), chunk_rows):
+        chunk = df.iloc[start : start + chunk_rows]
+        fields = [copy_text_column(chunk[name], types[name]) for name in names]
+        lines = map("\t".join, zip(*fields, strict=True))
+        yield ("\n".join(lines) + "\n").encode("utf-8")
+
+
+class CopySource(io.RawIOBase):
+    """A read-only file over a stream of byte chunks, for psycopg2's ``copy_expert``."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._buffer = b""
+        self.bytes_read = 0
+        # psycopg2 turns an exception raised in read() into a QueryCanceled with its text only;
+        # keeping it lets the writer re-raise the real error (e.g. a value that cannot serialise).
+        self.error: BaseException | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        """Return up to ``size`` bytes (everything left when negative); ``b""`` at the end.
+
+        Like a raw read, it may return fewer bytes than asked: at most one chunk is rendered per
+        call, so a chunk reaches the server before the next one is serialised.
+        """
+        if size is None or size < 0:
+            data = self._buffer + b"".join(self._chunks)
+            self._buffer = b""
+        else:
+            while not self._buffer:
+                try:
+                    chunk = next(self._chunks, None)
+                except BaseException as exc:
+                    self.error = exc
+                    raise
+                if chunk is None:
+                    break
+                self._buffer = chunk
+            data, self._buffer = self._buffer[:size], self._buffer[size:]
+        self.bytes_read += len(data)
+        return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading back.
+# ---------------------------------------------------------------------------------------------
+
+
+def frame_from_rows(
+    rows: Sequence[tuple[Any, ...]], columns: Sequence[tuple[str, str]]
+) -> pd.DataFrame:
+    """Build a typed DataFrame from psycopg2 rows (see the module table for the dtypes).
+
+    Args:
+        rows: Fetched rows.
+        columns: (name, PostgreSQL type) of each selected column, in order.
+
+    Returns:
+        The frame, columns in the given order.
+    """
+    data = list(zip(*rows, strict=True)) if rows else [() for _ in columns]
+    return pd.DataFrame(
+        {
+            name: _typed_column(list(values), pg_type)
+            for (name, pg_type), values in zip(columns, data)
+        }
+    )
+
+
+def _typed_column(values: list[Any], pg_type: str) -> Any:
+    has_null = any(v is None for v in values)
+    if pg_type in _INT_TYPES:
+        return pd.array(values, dtype="Int64") if has_null else np.array(values, dtype="int64")
+    if pg_type in _FLOAT_TYPES:
+        return np.array([np.nan if v is None else float(v) for v in values], dtype="float64")
+    if pg_type == BOOLEAN:
+        return pd.array(values, dtype="boolean") if has_null else np.array(values, dtype=bool)
+    if pg_type in (TIMESTAMPTZ, "timestamp without time zone"):
+        return pd.to_datetime(pd.Series(values, dtype=object), utc=True).astype(
+            "datetime64[us, UTC]"
+        )
+    if pg_type in _TEXT_TYPES:
+        return pd.array(values, dtype="str")
+    return pd.array(values, dtype=object)
+
+
+# ---------------------------------------------------------------------------------------------
+# Database side.
+# ---------------------------------------------------------------------------------------------
+
+
+def table_columns(cur: Any, schema: str, table: str) -> list[tuple[str, str]] | None:
+    """(name, type) of a table's columns in stored order, or None when the table does not exist."""
+    cur.execute(
+        """
+        SELECT a.attname, format_type(a.atttypid, a.atttypmod)
+        FROM pg_attribute a
+        WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped
+        ORDER BY a.attnum
+        """,
+        (sql.Identifier(schema, table).as_string(cur),),
+    )
+    rows = cur.fetchall()
+    if rows:
+        return [(name, pg_type) for name, pg_type in rows]
+    cur.execute(
+        "SELECT to_regclass(%s) IS NOT NULL", (sql.Identifier(schema, table).as_string(cur),)
+    )
+    return [] if cur.fetchone()[0] else None
+
+
+def _lock_key(*parts: str) -> int:
+    """A stable signed 64-bit advisory-lock key."""
+    digest = hashlib.blake2b("\x1f".join(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _slice_condition(
+    part: PartitionSlice, column_type: str | None, table: str
+) -> tuple[sql.Composable, tuple[Any, ...]]:
+    column = sql.Identifier(part.column)
+    if part.window is not None and column_type in (DATE, TIMESTAMPTZ):
+        start, end = part.window
+        bounds = (start.date(), end.date()) if column_type == DATE else (start, end)
+        return sql.SQL("{col} >= %s AND {col} < %s").format(col=column), bounds
+    if column_type is not None and column_type not in _TEXT_TYPES | {DATE}:
+        raise TypeError(
+            f"{table}: partition column {part.column!r} is {column_type}; it must be date, "
+            "timestamptz or text"
+        )
+    cast = sql.SQL("::date[]") if column_type == DATE else sql.SQL("")
+    return sql.SQL("{col} = ANY(%s{cast})").format(col=column, cast=cast), (list(part.keys),)
+
+
+def check_partition_values(df: pd.DataFrame, part: PartitionSlice, table: str) -> None:
+    """Refuse a frame whose partition column holds values outside the partitions being written.
+
+    Raises:
+        PartitionMismatchError: Missing column, NULLs or out-of-slice values.
+    """
+    if part.column not in df.columns:
+        raise PartitionMismatchError(
+            f"{table}: the DataFrame has no partition column {part.column!r} (partition_expr)"
+        )
+    values = df[part.column]
+    if values.isna().any():
+        raise PartitionMismatchError(f"{table}: partition column {part.column!r} holds NULLs")
+    if part.window is not None and len(values):
+        start, end = part.window
+        kinds = {_value_kind(v) for v in values.head(1).tolist()}
+        if kinds == {DATE}:
+            inside = [start.date() <= v < end.date() for v in values.tolist()]
+        else:
+            stamps = pd.to_datetime(values, utc=True)
+            inside = ((stamps >= start) & (stamps < end)).tolist()
+        bad = values[[not ok for ok in inside]]
+        described = f"[{start.isoformat()}, {end.isoformat()})"
+    else:
+        as_text = values.map(lambda v: v.isoformat() if isinstance(v, dt.date) else str(v))
+        bad = values[~as_text.isin(part.keys).to_numpy()]
+        described = ", ".join(part.keys)
+    if len(bad):
+        sample = ", ".join(map(str, bad.drop_duplicates().head(3).tolist()))
+        raise PartitionMismatchError(
+            f"{table}: {len(bad)} row(s) have {part.column} outside the partition(s) being "
+            f"written ({described}), e.g. {sample}"
+        )
+
+
+def write_frame(
+    conn: Any,
+    schema: str,
+    table: str,
+    df: pd.DataFrame,
+    part: PartitionSlice | None = None,
+    chunk_rows: int = CHUNK_ROWS,
+) -> WriteResult:
+    """Replace a table (or one partition slice of it) with ``df`` in a single transaction.
+
+    Takes a transaction-scoped advisory lock on the table so concurrent writers serialise; creates
+    the schema/table, adds new columns, deletes the slice (the whole table when unpartitioned) and
+    COPYs the frame. Readers see the old rows until commit (MVCC); on any error everything rolls
+    back. Indexes, grants and constraints of an existing table are kept.
+
+    Args:
+        conn: A psycopg2 connection (not autocommit); committed on success, rolled back on error.
+        schema: Target schema.
+        table: Target table.
+        df: Rows to write.
+        part: The partition slice being written, or None for the whole table.
+        chunk_rows: Rows serialised per COPY chunk.
+
+    Returns:
+        Row counts, bytes, duration and the table's final columns.
+
+    Raises:
+        SchemaMismatchError, PartitionMismatchError, TypeError, ValueError, psycopg2.Error.
+    """
+    qualified = f"{validate_identifier(schema, 'schema')}.{validate_identifier(table, 'table')}"
+    started = time.perf_counter()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key("table", qualified),))
+            existing_columns = table_columns(cur, schema, table)
+            existing = dict(existing_columns or [])
+            types = resolve_column_types(df, existing, qualified)
+            if part is not None:
+                check_partition_values(df, part, qualified)
+            target = sql.Identifier(schema, table)
+            if existing_columns is None:
+                _create_table(cur, schema, table, types)
+            else:
+                for name, pg_type in types.items():
+                    if name not in existing:
+                        cur.execute(
+                            sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
+                                target, sql.Identifier(name), sql.SQL(pg_type)
+                            )
+                        )
+            delete = sql.SQL("DELETE FROM {}").format(target)
+            params: tuple[Any, ...] = ()
+            if part is not None:
+                condition, params = _slice_condition(part, types.get(part.column), qualified)
+                delete = sql.SQL("{} WHERE {}").format(delete, condition)
+            cur.execute(delete, params)
+            replaced = cur.rowcount
+            source = CopySource(iter_copy_chunks(df, types, chunk_rows))
+            if types and len(df):
+                copy = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT text)").format(
+                    target, sql.SQL(", ").join(map(sql.Identifier, types))
+                )
+                try:
+                    cur.copy_expert(copy.as_string(cur), source, size=_COPY_READ_SIZE)
+                except psycopg2.Error as exc:
+                    if source.error is not None:
+                        raise source.error from exc
+                    raise
+            final_columns = table_columns(cur, schema, table) or []
+        conn.commit()
+    except BaseException:
+        # A dropped connection cannot roll back; the server discards the transaction anyway.
+        with suppress(Exception):
+            conn.rollback()
+        raise
+    return WriteResult(
+        rows=len(df),
+        rows_replaced=max(replaced, 0),
+        copy_bytes=source.bytes_read,
+        seconds=time.perf_counter() - started,
+        columns=final_columns,
+    )
+
+
+def _create_table(cur: Any, schema: str, table: str, types: dict[str, str]) -> None:
+    # Two tables of one new schema may be created at once: serialise the schema creation.
+    cur.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key("schema", schema),))
+    cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+    columns = sql.SQL(", ").join(
+        sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(pg_type))
+        for name, pg_type in types.items()
+    )
+    cur.execute(sql.SQL("CREATE TABLE {} ({})").format(sql.Identifier(schema, table), columns))
+
+
+def read_frame(
+    conn: Any,
+    schema: str,
+    table: str,
+    part: PartitionSlice | None = None,
+    columns: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Load a table (or one partition slice of it) as a typed DataFrame.
+
+    Args:
+        conn: A psycopg2 connection.
+        schema: Source schema.
+        table: Source table.
+        part: Partition slice to read, or None for every row.
+        columns: Subset of columns to read (stored order otherwise).
+
+    Returns:
+        The rows, columns in stored order, dtypes per the module table.
+
+    Raises:
+        LookupError: The table or a requested column does not exist.
+    """
+    qualified = f"{validate_identifier(schema, 'schema')}.{validate_identifier(table, 'table')}"
+    try:
+        with conn.cursor() as cur:
+            # Timestamps come back in UTC whatever the server's default time zone is.
+            cur.execute("SET LOCAL TIME ZONE 'UTC'")
+            stored = table_columns(cur, schema, table)
+            if stored is None:
+                raise LookupError(f"table {qualified} does not exist: materialize it first")
+            selected = stored
+            if columns is not None:
+                by_name = dict(stored)
+                missing = [c for c in columns if c not in by_name]
+                if missing:
+                    raise LookupError(f"{qualified} has no column(s) {missing}")
+                selected = [(c, by_name[c]) for c in columns]
+            query = sql.SQL("SELECT {} FROM {}").format(
+                sql.SQL(", ").join(sql.Identifier(name) for name, _ in selected),
+                sql.Identifier(schema, table),
+            )
+            params: tuple[Any, ...] = ()
+            if part is not None:
+                condition, params = _slice_condition(part, dict(stored).get(part.column), qualified)
+                query = sql.SQL("{} WHERE {}").format(query, condition)
+            cur.execute(query, params)
+            rows = cur.fetchall()
+    finally:
+        conn.rollback()
+    return frame_from_rows(rows, selected)
+
+
+# ---------------------------------------------------------------------------------------------
+# The IO manager.
+# ---------------------------------------------------------------------------------------------
+
+
+def table_for(
+    context: dg.InputContext | dg.OutputContext, metadata: dict[str, Any]
+) -> tuple[str, str]:
+    """(schema, table) of an asset: metadata ``schema``, else the key prefix, else ``public``."""
+    path = context.asset_key.path
+    schema = metadata.get("schema") or (path[-2] if len(path) > 1 else "public")
+    return validate_identifier(schema, "schema"), validate_identifier(path[-1], "table")
+
+
+def partition_slice(
+    context: dg.InputContext | dg.OutputContext, metadata: dict[str, Any]
+) -> PartitionSlice | None:
+    """The partition slice of a run, from ``partition_expr`` and the context's partition keys.
+
+    Raises:
+        ValueError: Partitioned asset without ``partition_expr`` or multi-dimensional partitions.
+    """
+    if not context.has_asset_partitions:
+        return None
+    column = metadata.get(PARTITION_EXPR_KEY)
+    if not isinstance(column, str):
+        raise ValueError(
+            f"asset {context.asset_key.to_user_string()} is partitioned but has no "
+            f"'{PARTITION_EXPR_KEY}' metadata naming its partition column"
+        )
+    validate_identifier(column, PARTITION_EXPR_KEY)
+    partitions_def = context.asset_partitions_def
+    if isinstance(partitions_def, dg.MultiPartitionsDefinition):
+        raise ValueError("multi-dimensional partitions are not supported by this IO manager")
+    keys = tuple(context.asset_partition_keys)
+    window = None
+    if isinstance(partitions_def, dg.TimeWindowPartitionsDefinition) and keys:
+        time_window = context.asset_partitions_time_window
+        window = (time_window.start, time_window.end)
+    return PartitionSlice(column=column, keys=keys, window=window)
+
+
+def _markdown_preview(df: pd.DataFrame) -> str:
+    head = df.head(PREVIEW_ROWS)
+    try:
+        return head.to_markdown(index=False)
+    except ImportError:
+        return head.to_string(index=False)
+
+
+class PostgresPandasIOManager(dg.ConfigurableIOManager):
+    """Stores pandas DataFrames as PostgreSQL tables (schema = key prefix, table = asset name)."""
+
+    database: dg.ResourceDependency[PostgresResource]
+    chunk_rows: int = Field(
+        default=CHUNK_ROWS, gt=0, description="Rows serialised per COPY chunk (bounds memory)."
+    )
+
+    def handle_output(self, context: dg.OutputContext, obj: pd.DataFrame) -> None:
+        """Write the frame: replace its partition(s) or the whole table, in one transaction.
+
+        Args:
+            context: The output context (asset key, partitions, definition metadata).
+            obj: The DataFrame returned by the asset.
+
+        Raises:
+            TypeError: ``obj`` is not a DataFrame, or holds unsupported values.
+            SchemaMismatchError: A column no longer fits the table's column type.
+            PartitionMismatchError: Rows outside the partition(s) being written.
+        """
+        if not isinstance(obj, pd.DataFrame):
+            raise TypeError(
+                f"{type(self).__name__} stores pandas DataFrames; asset "
+                f"{context.asset_key.to_user_string()} returned {type(obj).__name__}"
+            )
+        metadata = dict(context.definition_metadata or {})
+        schema, table = table_for(context, metadata)
+        part = partition_slice(context, metadata)
+        conn = self.database.engine().raw_connection()
+        try:
+            result = write_frame(conn.driver_connection, schema, table, obj, part, self.chunk_rows)
+        except BaseException:
+            # The connection may be broken (dropped mid-COPY): never hand it back to the pool.
+            conn.invalidate()
+            raise
+        finally:
+            conn.close()
+        context.log.info(
+            "wrote %s rows to %s.%s in %.2fs (%s bytes COPY'd, %s rows replaced) on %s",
+            result.rows,
+            schema,
+            table,
+            result.seconds,
+            result.copy_bytes,
+            result.rows_replaced,
+            self.database.masked_url(),
+        )
+        context.add_output_metadata(
+            {
+                "dagster/row_count": dg.MetadataValue.int(result.rows),
+                "dagster/table_name": dg.MetadataValue.text(f"{schema}.{table}"),
+                "dagster/column_schema": dg.MetadataValue.table_schema(
+                    dg.TableSchema(
+                        columns=[dg.TableColumn(name, pg_type) for name, pg_type in result.columns]
+                    )
+                ),
+                "preview": dg.MetadataValue.md(_markdown_preview(obj)),
+                "rows_replaced": dg.MetadataValue.int(result.rows_replaced),
+                "copy_bytes": dg.MetadataValue.int(result.copy_bytes),
+                "load_seconds": dg.MetadataValue.float(round(result.seconds, 4)),
+            }
+        )
+
+    def load_input(self, context: dg.InputContext) -> pd.DataFrame:
+        """Read the upstream asset's table, restricted to the requested partition(s).
+
+        Args:
+            context: The input context; ``columns`` in the input's metadata selects columns.
+
+        Returns:
+            The stored rows with the dtypes listed in the module docstring.
+
+        Raises:
+            LookupError: The table has not been materialized yet.
+        """
+        upstream = context.upstream_output
+        metadata = dict((upstream.definition_metadata if upstream else None) or {})
+        schema, table = table_for(context, metadata)
+        part = partition_slice(context, metadata)
+        columns = (context.definition_metadata or {}).get("columns")
+        conn = self.database.engine().raw_connection()
+        try:
+            return read_frame(conn.driver_connection, schema, table, part, columns)
+        finally:
+            conn.close()

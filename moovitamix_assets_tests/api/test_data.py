@@ -1,0 +1,170 @@
+"""The generator: determinism, day evolution and learnable listening structure (no HTTP)."""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+
+import numpy as np
+import pytest
+
+from moovitamix_api import DataConfig, Dataset
+from moovitamix_api.data import _Bijection, zipf_ranks
+
+DAY = dt.date(2026, 4, 9)
+
+
+def by_id(records, key="id"):
+    return {r[key]: r for r in records if r[key] is not None}
+
+
+def test_same_seed_and_day_give_the_same_data_and_another_seed_differs():
+    first = Dataset(DataConfig(records=500, seed=1, day=DAY))
+    again = Dataset(DataConfig(records=500, seed=1, day=DAY))
+    other = Dataset(DataConfig(records=500, seed=2, day=DAY))
+    for endpoint in ("users", "tracks", "listen_history"):
+        assert first.records(endpoint) == again.records(endpoint)
+        assert first.records(endpoint) != other.records(endpoint)
+    ids = {r["id"] for r in first.records("users")}
+    assert len(ids & {r["id"] for r in other.records("users")}) < 50
+
+
+def test_a_day_later_records_appear_change_disappear_and_keep_their_ids():
+    config = DataConfig(records=3000, day=DAY, user_churn=0.02, track_churn=0.01, change_rate=0.05)
+    today, tomorrow = (
+        Dataset(config),
+        Dataset(DataConfig(**{**vars(config), "day": DAY + dt.timedelta(1)})),
+    )
+    for endpoint in ("users", "tracks"):
+        before, after = by_id(today.records(endpoint)), by_id(tomorrow.records(endpoint))
+        assert len(before) == len(after) == 3000  # churn is balanced: total never moves
+        new, removed = after.keys() - before.keys(), before.keys() - after.keys()
+        assert len(new) == len(removed) > 0.5 * 3000 * (0.02 if endpoint == "users" else 0.01)
+        assert all(after[i]["created_at"].startswith("2026-04-10") for i in new)
+        kept = before.keys() & after.keys()
+        changed = [i for i in kept if before[i] != after[i]]
+        assert 0.02 * 3000 < len(changed) < 0.1 * 3000
+        for i in changed:
+            assert after[i]["updated_at"].startswith("2026-04-10")
+            assert after[i]["created_at"] == before[i]["created_at"]
+            differing = {k for k in before[i] if before[i][k] != after[i][k]} - {"updated_at"}
+            assert differing and "id" not in differing
+        assert len(kept) - len(changed) > 0.8 * 3000  # most records are untouched
+
+
+def test_histories_grow_by_appending():
+    today = Dataset(DataConfig(records=2000, day=DAY))
+    later = Dataset(DataConfig(records=2000, day=DAY + dt.timedelta(3)))
+    before = by_id(today.records("listen_history"), "user_id")
+    after = by_id(later.records("listen_history"), "user_id")
+    grown = 0
+    for user_id in before.keys() & after.keys():
+        old, new = before[user_id]["items"], after[user_id]["items"]
+        if old is None or new is None:
+            continue
+        assert new[: len(old)] == old
+        if len(new) > len(old):
+            grown += 1
+            assert after[user_id]["updated_at"] > before[user_id]["updated_at"]
+    assert grown > 100
+
+
+def test_ids_are_unique_per_endpoint_and_bijective():
+    dataset = Dataset(DataConfig(records=50_000, day=DAY))
+    ids = np.array([r["id"] for r in dataset.iter_records("tracks")])
+    assert len(np.unique(ids)) == 50_000 and ids.min() >= 1
+    bijection = _Bijection(20, 3, "t")
+    x = np.arange(1 << 20, dtype=np.uint64)
+    y = bijection.forward(x)
+    assert len(np.unique(y)) == 1 << 20
+    assert np.array_equal(bijection.inverse(y), x)
+
+
+def test_listens_follow_the_favourite_genre_and_skewed_popularity():
+    dataset = Dataset(DataConfig(records=4000, day=DAY, mean_listens=20))
+    tracks = by_id(dataset.records("tracks"))
+    users = by_id(dataset.records("users"))
+    favourite = listens = orphans = 0
+    counts: collections.Counter[int] = collections.Counter()
+    for history in dataset.records("listen_history"):
+        if history["user_id"] is None or not history["items"]:
+            continue
+        genre = users[history["user_id"]]["favorite_genres"]
+        assert dataset.favourite_genre(history["user_id"]) == genre
+        for track_id in history["items"]:
+            listens += 1
+            counts[track_id] += 1
+            if track_id in tracks:
+                favourite += tracks[track_id]["genres"] == genre
+            else:
+                orphans += 1
+                # An orphan is still the id of a real (removed) track.
+                favourite += dataset.track_genre(track_id) == genre
+    assert listens > 0.8 * 4000 * 20
+    assert favourite / listens > 0.6  # chance would be ~1/17
+    assert orphans / listens < 0.15  # removed tracks leave a few orphans, not many
+    top_decile = sum(c for _, c in counts.most_common(len(tracks) // 10))
+    assert top_decile / listens > 0.4  # Zipf-like: the top 10% of tracks get far more than 10%
+
+
+def test_lookups_agree_with_pages():
+    dataset = Dataset(DataConfig(records=300, day=DAY, listen_null_rate=0))
+    users = dataset.page("users", 2, 100)[0]
+    histories = dataset.page("listen_history", 2, 100)[0]
+    for user, history in zip(users, histories, strict=True):
+        assert dataset.user(user["id"]) == user
+        assert dataset.listen_history(user["id"]) == history
+        assert dataset.user_listens(user["id"]) == history["items"]
+        assert dataset.favourite_genre(user["id"]) == user["favorite_genres"]
+    track = dataset.page("tracks", 3, 100)[0][5]
+    assert dataset.track(track["id"]) == track
+    assert dataset.track_genre(track["id"]) == track["genres"]
+    ranked = dataset.genre_track_ids(track["genres"])
+    assert track["id"] in ranked
+    assert all(dataset.track(i)["genres"] == track["genres"] for i in ranked)
+    assert dataset.user(123_456_789) is None
+
+
+def test_a_million_records_are_paged_without_generating_them():
+    dataset = Dataset(DataConfig(records=1_000_000, day=DAY, mean_listens=50))
+    items, total = dataset.page("users", 9_999, 100)
+    assert total == 1_000_000 and len(items) == 100
+    assert dataset.page("tracks", 10_001, 100) == ([], 1_000_000)
+    histories, _ = dataset.page("listen_history", 5_000, 100)
+    mean = np.mean([len(h["items"] or []) for h in histories])
+    assert 20 < mean < 100
+
+
+def test_mean_listens_is_configurable():
+    for mean in (5, 50):
+        dataset = Dataset(DataConfig(records=3000, day=DAY, mean_listens=mean))
+        lengths = [len(h["items"] or []) for h in dataset.iter_records("listen_history")]
+        assert 0.8 * mean < np.mean(lengths) < 1.2 * mean
+
+
+def test_duplicates_and_nulls_are_injected_on_demand():
+    clean = Dataset(DataConfig(records=2000, day=DAY, listen_null_rate=0))
+    assert all(h["user_id"] and h["items"] is not None for h in clean.records("listen_history"))
+    dirty = Dataset(DataConfig(records=2000, day=DAY, duplicate_rate=0.05, listen_null_rate=0.05))
+    users = dirty.records("users")
+    duplicated_ids = len(users) - len({u["id"] for u in users})
+    duplicated_emails = len(users) - len({u["email"] for u in users})
+    assert duplicated_ids > 10 and duplicated_emails > 10
+    assert len({u["email"] for u in clean.records("users")}) == 2000
+    histories = dirty.records("listen_history")
+    assert sum(h["user_id"] is None for h in histories) > 40
+    assert sum(h["items"] is None for h in histories) > 40
+
+
+def test_zipf_ranks_stay_in_range_and_are_skewed():
+    u = np.random.default_rng(0).random(100_000)
+    ranks = zipf_ranks(u, 1000, 1.0)
+    assert ranks.min() == 0 and ranks.max() < 1000
+    assert (ranks < 10).mean() > 0.25
+    steeper = zipf_ranks(u, 1000, 1.5)
+    assert (steeper < 10).mean() > (ranks < 10).mean()
+
+
+def test_days_outside_the_id_horizon_are_refused():
+    with pytest.raises(ValueError):
+        Dataset(DataConfig(records=10, day=dt.date(2019, 1, 1))).page("users", 1, 10)

@@ -1,0 +1,165 @@
+"""The embedded PostgreSQL server: start, reuse across calls and processes, root and socket paths."""
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+import sqlalchemy as sa
+
+from moovitamix_assets.resources.database import DATABASE_URL_ENV, PostgresResource
+from moovitamix_assets.resources.embedded_postgres import (
+    EMBEDDED_DATABASE,
+    STATE_DIR_ENV,
+    EmbeddedPostgres,
+    ensure_runtime_dir,
+    start_embedded_postgres,
+    state_dir,
+    stop_embedded_postgres,
+)
+
+pytestmark = pytest.mark.postgres
+
+_START_SCRIPT = """
+import sys
+from moovitamix_assets.resources.embedded_postgres import start_embedded_postgres
+server = start_embedded_postgres(sys.argv[1])
+print(server.pgdata, server.socket_dir, sep="\\n")
+"""
+
+
+def _postmasters(pgdata: Path) -> list[int]:
+    """PIDs of postmaster processes serving ``pgdata``."""
+    pids = []
+    for proc in psutil.process_iter(attrs=("name", "cmdline")):
+        cmdline = proc.info["cmdline"] or []
+        if proc.info["name"] == "postgres" and "-D" in cmdline and str(pgdata) in cmdline:
+            pids.append(proc.pid)
+    return pids
+
+
+def _cleanup(server: EmbeddedPostgres, state: Path) -> None:
+    stop_embedded_postgres(server)
+    if not server.pgdata.is_relative_to(state):
+        shutil.rmtree(server.pgdata.parent, ignore_errors=True)
+
+
+def _start_in_subprocesses(state: Path, count: int) -> list[tuple[str, str]]:
+    repo = Path(__file__).resolve().parents[2]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _START_SCRIPT, str(state)],
+            cwd=repo,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(count)
+    ]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        pgdata, socket_dir = out.strip().splitlines()[-2:]
+        results.append((pgdata, socket_dir))
+    return results
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path / "state"
+
+
+def test_start_reuse_in_process_and_from_another_process(
+    state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(DATABASE_URL_ENV, raising=False)
+    server = start_embedded_postgres(state)
+    try:
+        [postmaster] = _postmasters(server.pgdata)
+        assert start_embedded_postgres(state) is server
+        [(pgdata, socket_dir)] = _start_in_subprocesses(state, 1)
+        assert (Path(pgdata), Path(socket_dir)) == (server.pgdata, server.socket_dir)
+        assert _postmasters(server.pgdata) == [postmaster]
+
+        # The resource without a URL uses this server's `moovitamix` database, with psycopg2.
+        url = PostgresResource(state_dir=str(state)).url()
+        assert url.startswith("postgresql+psycopg2://")
+        assert sa.make_url(url).database == EMBEDDED_DATABASE
+        with sa.create_engine(url).connect() as conn:
+            assert conn.execute(sa.text("SELECT current_database()")).scalar() == EMBEDDED_DATABASE
+    finally:
+        _cleanup(server, state)
+    assert _postmasters(server.pgdata) == []
+
+
+def test_concurrent_first_starts_share_one_server(state: Path) -> None:
+    results = _start_in_subprocesses(state, 3)
+    pgdata = Path(results[0][0])
+    server = start_embedded_postgres(state)
+    try:
+        assert {r for r in results} == {(str(server.pgdata), str(server.socket_dir))}
+        assert len(_postmasters(pgdata)) == 1
+    finally:
+        _cleanup(server, state)
+
+
+def test_root_never_widens_a_closed_parent_folder(tmp_path: Path) -> None:
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o700)
+    state = closed / "state"
+    server = start_embedded_postgres(state)
+    try:
+        assert stat.S_IMODE(closed.stat().st_mode) == 0o700
+        if os.geteuid() == 0:
+            # PostgreSQL runs as the `pgserver` user, which cannot enter `closed`: data moved out.
+            assert not server.pgdata.is_relative_to(closed)
+            assert server.pgdata.owner() == "pgserver"
+        else:
+            assert server.pgdata == state / "pgdata"
+    finally:
+        _cleanup(server, state)
+
+
+def test_long_state_path_gets_a_short_socket() -> None:
+    # Deliberately outside pytest's 700 base dir, so that root keeps the data in place too.
+    base = Path(tempfile.mkdtemp(prefix="moovitamix-long-"))
+    base.chmod(0o755)
+    state = base / ("x" * 60) / ("y" * 60)
+    try:
+        server = start_embedded_postgres(state)
+        try:
+            assert server.pgdata == state / "pgdata"
+            assert len(str(server.pgdata / ".s.PGSQL.5432")) > 107
+            assert server.socket_dir != server.pgdata
+            assert len(str(server.socket_dir / f".s.PGSQL.{server.port}")) <= 107
+            with sa.create_engine(server.url()).connect() as conn:
+                assert conn.execute(sa.text("SELECT 1")).scalar() == 1
+        finally:
+            _cleanup(server, state)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_state_dir_is_read_at_run_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(STATE_DIR_ENV, raising=False)
+    assert state_dir() == Path(__file__).resolve().parents[2] / ".moovitamix"
+    monkeypatch.setenv(STATE_DIR_ENV, str(tmp_path))
+    assert state_dir() == tmp_path
+    assert state_dir(tmp_path / "explicit") == tmp_path / "explicit"
+
+
+def test_runtime_dir_is_private_and_per_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    runtime = ensure_runtime_dir()
+    assert os.environ["XDG_RUNTIME_DIR"] == str(runtime)
+    info = runtime.lstat()
+    assert stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid()
+    assert str(os.getuid()) in str(runtime)
+    assert (runtime / "python_PostgresServer").is_dir()

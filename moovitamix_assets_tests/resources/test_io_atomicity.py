@@ -1,0 +1,174 @@
+"""Writes are atomic and serialised: readers see old or new rows, failures leave old rows intact."""
+
+import datetime as dt
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pandas as pd
+import psycopg2
+import pytest
+
+from moovitamix_assets.resources import io_manager
+from moovitamix_assets.resources.database import connect_psycopg2
+from moovitamix_assets.resources.io_manager import PartitionSlice, read_frame, write_frame
+
+DAY = dt.date(2024, 1, 1)
+WINDOW = (
+    dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc),
+    dt.datetime(2024, 1, 2, tzinfo=dt.timezone.utc),
+)
+PART = PartitionSlice(column="snapshot_date", keys=("2024-01-01",), window=WINDOW)
+
+
+def _count(pg_conn: Any, query: str = "SELECT count(*) FROM raw.t") -> int:
+    with pg_conn.cursor() as cur:
+        cur.execute("SET statement_timeout = '5s'")  # a blocked reader fails instead of hanging
+        cur.execute(query)
+        return cur.fetchone()[0]
+
+
+def _frame(ids: list[int]) -> pd.DataFrame:
+    return pd.DataFrame({"snapshot_date": [DAY] * len(ids), "id": ids})
+
+
+class _Pause:
+    """Patches the COPY chunk stream so that a chosen thread stops after its first chunk."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, thread_name: str) -> None:
+        self.paused = threading.Event()
+        self.resume = threading.Event()
+        original = io_manager.iter_copy_chunks
+
+        def chunks(*args: Any, **kwargs: Any) -> Iterator[bytes]:
+            stream = original(*args, **kwargs)
+            yield next(stream)
+            if threading.current_thread().name == thread_name:
+                self.paused.set()
+                assert self.resume.wait(30)
+            yield from stream
+
+        monkeypatch.setattr(io_manager, "iter_copy_chunks", chunks)
+
+
+def _run(name: str, target: Any, errors: list[BaseException]) -> threading.Thread:
+    def wrapped() -> None:
+        try:
+            target()
+        except BaseException as exc:  # collected and asserted by the test
+            errors.append(exc)
+
+    thread = threading.Thread(target=wrapped, name=name)
+    thread.start()
+    return thread
+
+
+def test_reader_sees_old_rows_until_the_replace_commits(
+    pg_url: str, pg_conn: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = connect_psycopg2(pg_url)
+    write_frame(writer, "raw", "t", _frame([1, 2, 3]))
+    pause = _Pause(monkeypatch, "writer")
+    errors: list[BaseException] = []
+    thread = _run(
+        "writer", lambda: write_frame(writer, "raw", "t", _frame(list(range(100))), chunk_rows=10),
+        errors,
+    )
+    assert pause.paused.wait(30)
+    # Mid-write (old rows deleted, 10 new rows sent, nothing committed): the reader is not blocked
+    # and sees exactly the old table.
+    assert _count(pg_conn) == 3
+    pause.resume.set()
+    thread.join(30)
+    assert not errors
+    assert _count(pg_conn) == 100
+    writer.close()
+
+
+def test_dropped_connection_mid_copy_keeps_old_rows(
+    pg_url: str, pg_conn: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = connect_psycopg2(pg_url)
+    write_frame(writer, "raw", "t", _frame([1, 2, 3]), PART)
+    original = io_manager.iter_copy_chunks
+
+    def chunks(*args: Any, **kwargs: Any) -> Iterator[bytes]:
+        stream = original(*args, **kwargs)
+        yield next(stream)
+        with pg_conn.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(%s)", (writer.get_backend_pid(),))
+        yield from stream
+
+    monkeypatch.setattr(io_manager, "iter_copy_chunks", chunks)
+    with pytest.raises(psycopg2.Error):
+        write_frame(writer, "raw", "t", _frame(list(range(10, 60))), PART, chunk_rows=5)
+    assert _count(pg_conn, "SELECT count(*) FROM raw.t WHERE id < 10") == 3
+    assert _count(pg_conn) == 3
+
+
+def test_exception_raised_by_the_chunk_stream_rolls_back(
+    pg_url: str, pg_conn: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = connect_psycopg2(pg_url)
+    write_frame(writer, "raw", "t", _frame([1, 2, 3]))
+    original = io_manager.iter_copy_chunks
+
+    def chunks(*args: Any, **kwargs: Any) -> Iterator[bytes]:
+        stream = original(*args, **kwargs)
+        yield next(stream)
+        raise RuntimeError("upstream broke mid-stream")
+
+    monkeypatch.setattr(io_manager, "iter_copy_chunks", chunks)
+    with pytest.raises(RuntimeError, match="upstream broke mid-stream"):
+        write_frame(writer, "raw", "t", _frame(list(range(10, 60))), chunk_rows=5)
+    assert _count(pg_conn) == 3
+    # The connection is usable again after the rollback.
+    monkeypatch.undo()
+    write_frame(writer, "raw", "t", _frame([4]))
+    assert _count(pg_conn) == 1
+    writer.close()
+
+
+def test_concurrent_writes_of_one_partition_serialise(
+    pg_url: str, pg_conn: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = connect_psycopg2(pg_url), connect_psycopg2(pg_url)
+    write_frame(first, "raw", "t", _frame([0]), PART)  # the table exists: both writers DELETE
+    pause = _Pause(monkeypatch, "first")
+    errors: list[BaseException] = []
+    t1 = _run("first", lambda: write_frame(first, "raw", "t", _frame([1, 2, 3]), PART, 1), errors)
+    assert pause.paused.wait(30)
+    t2 = _run("second", lambda: write_frame(second, "raw", "t", _frame([7, 8, 9]), PART), errors)
+    # The second writer waits on the table's advisory lock while the first is mid-COPY.
+    waiting = 0
+    for _ in range(100):
+        waiting = _count(
+            pg_conn, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        )
+        if waiting:
+            break
+        threading.Event().wait(0.05)
+    assert waiting == 1
+    pause.resume.set()
+    t1.join(30)
+    t2.join(30)
+    assert not errors
+    with pg_conn.cursor() as cur:
+        cur.execute("SELECT id FROM raw.t ORDER BY id")
+        assert [r[0] for r in cur.fetchall()] == [7, 8, 9]
+    first.close()
+    second.close()
+
+
+def test_large_frame_is_streamed_in_chunks(pg_url: str) -> None:
+    conn = connect_psycopg2(pg_url)
+    frame = pd.DataFrame({"id": range(120_000), "name": [f"n{i}" for i in range(120_000)]})
+    chunks = list(io_manager.iter_copy_chunks(frame, {"id": "bigint", "name": "text"}, 50_000))
+    assert len(chunks) == 3
+    result = write_frame(conn, "raw", "big", frame)
+    assert result.rows == 120_000
+    assert result.copy_bytes == sum(map(len, chunks))
+    loaded = read_frame(conn, "raw", "big")
+    assert len(loaded) == 120_000
+    assert loaded["id"].sum() == frame["id"].sum()
+    conn.close()

@@ -1,0 +1,40 @@
+from datetime import datetime, timezone
+
+import dagster as dg
+
+from moovitamix_assets.definitions import defs
+from moovitamix_assets.jobs import daily_refresh_job
+from moovitamix_assets.schedules import build_daily_schedule
+
+
+def test_daily_schedule_defaults():
+    schedule = defs.get_schedule_def("daily_refresh_schedule")
+    assert schedule.cron_schedule == "0 2 * * *"
+    assert schedule.execution_timezone == "UTC"
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    assert schedule.job_name == daily_refresh_job.name
+
+
+def test_the_tick_requests_its_own_utc_day():
+    schedule = build_daily_schedule()
+    context = dg.build_schedule_context(
+        scheduled_execution_time=datetime(2026, 11, 28, 2, 0, tzinfo=timezone.utc)
+    )
+    requests = list(schedule.evaluate_tick(context).run_requests or [])
+    assert [r.partition_key for r in requests] == ["2026-11-28"]
+    assert requests[0].run_key == "2026-11-28"
+
+
+def test_the_cron_is_configurable_and_ticks_daily():
+    schedule = build_daily_schedule("30 5 * * *")
+    assert schedule.cron_schedule == "30 5 * * *"
+    ticks = schedule.execution_time_iterator(datetime(2026, 11, 28, 0, 0, tzinfo=timezone.utc).timestamp())
+    first, second = next(ticks), next(ticks)
+    assert (first.hour, first.minute, first.day) == (5, 30, 28)
+    assert (second - first).total_seconds() == 24 * 3600
+
+
+def test_the_daily_job_covers_raw_and_core():
+    job = defs.resolve_job_def(daily_refresh_job.name)
+    keys = {key.to_user_string() for key in job.asset_layer.executable_asset_keys}
+    assert {"raw/users", "raw/tracks", "raw/listen_history"} <= keys
