@@ -17,12 +17,16 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from datetime import date, timedelta
 from pathlib import Path
+
+# Run as a script from anywhere: the raw loader lives with the tests, beside the package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 ASSETS = ("users", "tracks", "listen_events", "user_track_interactions")
 DAY1 = date(2026, 11, 1)
@@ -136,6 +140,9 @@ def main() -> None:
         finally:
             if server is not None:
                 stop_embedded_postgres(server)
+                # As root the data may live in a fallback folder outside tmp.
+                if not server.pgdata.is_relative_to(tmp):
+                    shutil.rmtree(server.pgdata.parent, ignore_errors=True)
     print(f"{'core asset':<26}{'rows':>10}{'wall s':>9}{'py RSS MB':>11}{'pg RSS MB':>11}  changes")
     for asset, fig in figures.items():
         counts = fig["counts"]

