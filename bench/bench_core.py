@@ -9,7 +9,7 @@ process's peak RSS and the PostgreSQL backend's peak RSS (VmHWM, when /proc show
 Uses an embedded PostgreSQL in a temporary folder (stopped at the end), or ``--database-url``
 (a scratch database: the raw and core schemas are dropped first).
 
-    python bench/bench_core.py [--records 100000] [--mean-listens 6]
+    python bench/bench_core.py [--records 100000] [--mean-listens 5.3]
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def prepare(url: str, records: int, mean_listens: float, seed: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, default=100_000)
-    parser.add_argument("--mean-listens", type=float, default=6.0)
+    parser.add_argument("--mean-listens", type=float, default=5.3)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--database-url", help="a scratch database (raw and core are dropped)")
     parser.add_argument("--phase", choices=ASSETS)

@@ -86,7 +86,10 @@ def summarize(partition: str, state_dir: Path) -> str:
     engine = PostgresResource(
         database_url=os.environ.get("MOOVITAMIX_DATABASE_URL"), state_dir=str(state_dir)
     ).engine()
-    lines = [f"Stored for {partition} (UTC):", f"  {'table':<28}{'rows':>10}{'api total':>12}{'rejects':>10}"]
+    lines = [
+        f"Stored for {partition} (UTC):",
+        f"  {'table':<28}{'rows':>10}{'api total':>12}{'rejects':>10}",
+    ]
     with engine.connect() as conn:
         for endpoint in ENDPOINTS:
             rows = conn.execute(
@@ -124,12 +127,29 @@ def main(argv: list[str] | None = None) -> int:
     env = prepare_environment(state_dir)
     with api_stand_in(env, args.records, args.seed):
         if args.command == "ui":
-            cmd = ["dagster", "dev", "-m", "moovitamix_assets.definitions",
-                   "-h", args.host, "-p", str(args.port)]
+            cmd = [
+                "dagster",
+                "dev",
+                "-m",
+                "moovitamix_assets.definitions",
+                "-h",
+                args.host,
+                "-p",
+                str(args.port),
+            ]
             return subprocess.call(cmd, env=env)
         partition = args.partition or utc_today().isoformat()
-        cmd = ["dagster", "asset", "materialize", "-m", "moovitamix_assets.definitions",
-               "--select", "*", "--partition", partition]
+        cmd = [
+            "dagster",
+            "asset",
+            "materialize",
+            "-m",
+            "moovitamix_assets.definitions",
+            "--select",
+            "*",
+            "--partition",
+            partition,
+        ]
         started = time.monotonic()
         code = subprocess.call(cmd, env=env)
         if code != 0:

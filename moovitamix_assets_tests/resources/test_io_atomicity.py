@@ -43,7 +43,8 @@ class _Pause:
         def chunks(*args: Any, **kwargs: Any) -> Iterator[bytes]:
             stream = original(*args, **kwargs)
             yield next(stream)
-            if threading.current_thread().name == thread_name:
+            # Chunks are produced in a helper thread named after the writing thread.
+            if threading.current_thread().name.startswith(thread_name):
                 self.paused.set()
                 assert self.resume.wait(30)
             yield from stream
@@ -105,6 +106,8 @@ def test_dropped_connection_mid_copy_keeps_old_rows(
         write_frame(writer, "raw", "t", _frame(list(range(10, 60))), PART, chunk_rows=5)
     assert _count(pg_conn, "SELECT count(*) FROM raw.t WHERE id < 10") == 3
     assert _count(pg_conn) == 3
+    # The chunk producer thread stopped with the failed COPY.
+    assert not [t for t in threading.enumerate() if t.name.endswith("-copy") and t.is_alive()]
 
 
 def test_exception_raised_by_the_chunk_stream_rolls_back(

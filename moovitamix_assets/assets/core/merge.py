@@ -125,12 +125,17 @@ TRACKS_SPEC: Final = EntitySpec(
     },
 )
 
+MERGE_WORK_MEM: Final = "64MB"
+
 # Lock keys: one per core table, so users and tracks merge in parallel but never twice at once.
 _LOCK_SQL: Final = "SELECT pg_advisory_xact_lock(hashtext(:lock_key))"
 
 
 def _lock(conn: sa.Connection, table: str) -> None:
     conn.execute(sa.text(_LOCK_SQL), {"lock_key": f"core.{table}"})
+    # The merge's hash joins hold a whole snapshot (~500,000 pairs): with the 4 MB default they
+    # spill to disk. SET LOCAL ends with the transaction.
+    conn.execute(sa.text(f"SET LOCAL work_mem = '{MERGE_WORK_MEM}'"))
 
 
 def _newest_merged(conn: sa.Connection, table: str) -> date | None:
@@ -164,6 +169,105 @@ def _raw(endpoint: str) -> str:
     return f"{q(RAW_SCHEMA)}.{q(endpoint)}"
 
 
+def _upsert(
+    conn: sa.Connection,
+    target: str,
+    stage: str,
+    keys: tuple[str, ...],
+    values: list[str],
+    insert_only: Mapping[str, str],
+    snapshot_date: date,
+    is_newest: bool,
+) -> tuple[int, int]:
+    """Merge a staged snapshot into a current-state table; return (inserted, updated) counts.
+
+    ``values`` (quoted column names) are taken from the snapshot only when it is at least as new
+    as the row's ``last_seen``; ``first_seen``/``last_seen`` widen with LEAST/GREATEST. A row that
+    would not change is not rewritten, so re-merging a day writes nothing. ``insert_only`` maps
+    column -> SQL expression over the stage (alias ``s``) for columns set on insert only.
+
+    UPDATE ... FROM and INSERT ... WHERE NOT EXISTS rather than INSERT ... ON CONFLICT: the
+    planner joins the whole stage at once (hash join) instead of probing the key index per row,
+    and the advisory lock already excludes a concurrent insert of the same key.
+    """
+    join = " AND ".join(f"t.{q(k)} = s.{q(k)}" for k in keys)
+    key_list = ", ".join(q(k) for k in keys)
+    s_vals = ", ".join(f"s.{c}" for c in values)
+    t_vals = ", ".join(f"t.{c}" for c in values)
+    params = {"day": snapshot_date, "is_newest": is_newest}
+    inserted, updated = conn.execute(
+        sa.text(
+            f"""
+            SELECT count(*) FILTER (WHERE t.{q(keys[0])} IS NULL),
+                   count(*) FILTER (
+                       WHERE t.{q(keys[0])} IS NOT NULL AND :day >= t.last_seen
+                         AND ROW({s_vals}) IS DISTINCT FROM ROW({t_vals}))
+            FROM {stage} s LEFT JOIN {target} t ON {join}
+            """
+        ),
+        params,
+    ).one()
+    assignments = ", ".join(
+        f"{c} = CASE WHEN :day >= t.last_seen THEN s.{c} ELSE t.{c} END" for c in values
+    )
+    conn.execute(
+        sa.text(
+            f"""
+            UPDATE {target} t SET
+                {assignments},
+                first_seen = LEAST(t.first_seen, :day),
+                last_seen = GREATEST(t.last_seen, :day)
+            FROM {stage} s
+            WHERE {join}
+              AND (:day < t.first_seen OR :day > t.last_seen
+                   OR (:day = t.last_seen AND ROW({s_vals}) IS DISTINCT FROM ROW({t_vals})))
+            """
+        ),
+        params,
+    )
+    extra_cols = "".join(f", {q(c)}" for c in insert_only)
+    extra_vals = "".join(f", {expr}" for expr in insert_only.values())
+    conn.execute(
+        sa.text(
+            f"""
+            INSERT INTO {target} (
+                {key_list}, {", ".join(values)}, first_seen, last_seen, is_active{extra_cols}
+            )
+            SELECT {", ".join(f"s.{q(k)}" for k in keys)}, {s_vals}, :day, :day, :is_newest
+                   {extra_vals}
+            FROM {stage} s
+            WHERE NOT EXISTS (SELECT 1 FROM {target} t WHERE {join})
+            """
+        ),
+        params,
+    )
+    return int(inserted), int(updated)
+
+
+def _mark_activity(
+    conn: sa.Connection, target: str, stage: str, keys: tuple[str, ...]
+) -> tuple[int, int]:
+    """Make ``is_active`` = "in the staged (newest) snapshot"; return (inactivated, reactivated)."""
+    join = " AND ".join(f"t.{q(k)} = s.{q(k)}" for k in keys)
+    inactivated = conn.execute(
+        sa.text(
+            f"""
+            UPDATE {target} t SET is_active = false
+            WHERE t.is_active AND NOT EXISTS (SELECT 1 FROM {stage} s WHERE {join})
+            """
+        )
+    ).rowcount
+    reactivated = conn.execute(
+        sa.text(
+            f"""
+            UPDATE {target} t SET is_active = true
+            FROM {stage} s WHERE {join} AND NOT t.is_active
+            """
+        )
+    ).rowcount
+    return int(inactivated), int(reactivated)
+
+
 def _merge_entity(conn: sa.Connection, spec: EntitySpec, snapshot_date: date) -> MergeResult:
     """Merge one snapshot of users or tracks; the caller owns the transaction."""
     started = time.perf_counter()
@@ -176,9 +280,6 @@ def _merge_entity(conn: sa.Connection, spec: EntitySpec, snapshot_date: date) ->
     target = core_table(spec.table)
     cols = [q(c) for c in spec.columns]
     col_list = ", ".join(cols)
-    s_cols = ", ".join(f"s.{c}" for c in cols)
-    t_cols = ", ".join(f"t.{c}" for c in cols)
-    x_cols = ", ".join(f"EXCLUDED.{c}" for c in cols)
     snap = q(SNAPSHOT_DATE_COLUMN)
 
     # Duplicate ids: latest updated_at wins, then created_at, then the field values themselves,
@@ -210,60 +311,8 @@ def _merge_entity(conn: sa.Connection, spec: EntitySpec, snapshot_date: date) ->
         {**day, "genders": sorted(GENDERS), "genres": sorted(GENRES)},
     ).one()
 
-    set_fields = ",\n".join(
-        f"{c} = CASE WHEN EXCLUDED.last_seen >= t.last_seen THEN EXCLUDED.{c} ELSE t.{c} END"
-        for c in cols
-    )
-    inserted, updated = conn.execute(
-        sa.text(
-            f"""
-            WITH diff AS (
-                SELECT
-                    count(*) FILTER (WHERE t.id IS NULL) AS inserted,
-                    count(*) FILTER (
-                        WHERE t.id IS NOT NULL AND :day >= t.last_seen
-                          AND ROW({s_cols}) IS DISTINCT FROM ROW({t_cols})
-                    ) AS updated
-                FROM {stage} s LEFT JOIN {target} t ON t.id = s.id
-            ), upsert AS (
-                INSERT INTO {target} AS t (id, {col_list}, first_seen, last_seen, is_active)
-                SELECT id, {col_list}, :day, :day, :is_newest FROM {stage}
-                ON CONFLICT (id) DO UPDATE SET
-                    {set_fields},
-                    first_seen = LEAST(t.first_seen, EXCLUDED.first_seen),
-                    last_seen = GREATEST(t.last_seen, EXCLUDED.last_seen)
-                -- Rows that would not change are not rewritten (no dead tuples on a re-run).
-                WHERE EXCLUDED.first_seen < t.first_seen
-                   OR EXCLUDED.last_seen > t.last_seen
-                   OR (EXCLUDED.last_seen = t.last_seen
-                       AND ROW({x_cols}) IS DISTINCT FROM ROW({t_cols}))
-                RETURNING 1
-            )
-            -- A data-modifying CTE runs once even though the result does not read it.
-            SELECT inserted, updated FROM diff
-            """
-        ),
-        {**day, "is_newest": is_newest},
-    ).one()
-
-    inactivated = reactivated = 0
-    if is_newest:
-        inactivated = conn.execute(
-            sa.text(
-                f"""
-                UPDATE {target} t SET is_active = false
-                WHERE t.is_active AND NOT EXISTS (SELECT 1 FROM {stage} s WHERE s.id = t.id)
-                """
-            )
-        ).rowcount
-        reactivated = conn.execute(
-            sa.text(
-                f"""
-                UPDATE {target} t SET is_active = true
-                FROM {stage} s WHERE s.id = t.id AND NOT t.is_active
-                """
-            )
-        ).rowcount
+    inserted, updated = _upsert(conn, target, stage, ("id",), cols, {}, snapshot_date, is_newest)
+    inactivated, reactivated = _mark_activity(conn, target, stage, ("id",)) if is_newest else (0, 0)
     _log_merge(conn, spec.table, snapshot_date)
     total, active = conn.execute(
         sa.text(f"SELECT count(*), count(*) FILTER (WHERE is_active) FROM {target}")
@@ -414,83 +463,24 @@ def _merge_listen_events(conn: sa.Connection, snapshot_date: date) -> MergeResul
         sa.text(
             f"""
             SELECT count(*) AS pairs,
-                   count(*) FILTER (WHERE NOT EXISTS (
-                       SELECT 1 FROM {users} u WHERE u.id = p.user_id)) AS orphan_user_pairs,
-                   count(*) FILTER (WHERE NOT EXISTS (
-                       SELECT 1 FROM {tracks} t WHERE t.id = p.track_id)) AS orphan_track_pairs
+                   count(*) FILTER (WHERE u.id IS NULL) AS orphan_user_pairs,
+                   count(*) FILTER (WHERE k.id IS NULL) AS orphan_track_pairs
+            -- Joins, not NOT EXISTS inside FILTER: those run as one index probe per pair.
             FROM {pairs} p
+            LEFT JOIN {users} u ON u.id = p.user_id
+            LEFT JOIN {tracks} k ON k.id = p.track_id
             """
         )
     ).one()
 
-    vals = [q(c) for c in _LISTEN_VALUES]
-    val_list = ", ".join(vals)
-    set_fields = ",\n".join(
-        f"{c} = CASE WHEN EXCLUDED.last_seen >= t.last_seen THEN EXCLUDED.{c} ELSE t.{c} END"
-        for c in vals
-    )
-    inserted, updated = conn.execute(
-        sa.text(
-            f"""
-            WITH diff AS (
-                SELECT
-                    count(*) FILTER (WHERE t.user_id IS NULL) AS inserted,
-                    count(*) FILTER (
-                        WHERE t.user_id IS NOT NULL AND :day >= t.last_seen
-                          AND ROW({", ".join(f"p.{c}" for c in vals)})
-                              IS DISTINCT FROM ROW({", ".join(f"t.{c}" for c in vals)})
-                    ) AS updated
-                FROM {pairs} p
-                LEFT JOIN {target} t ON t.user_id = p.user_id AND t.track_id = p.track_id
-            ), upsert AS (
-                INSERT INTO {target} AS t (
-                    user_id, track_id, {val_list}, first_seen, last_seen, is_active,
-                    user_known, track_known
-                )
-                SELECT p.user_id, p.track_id, {", ".join(f"p.{c}" for c in vals)},
-                       :day, :day, :is_newest,
-                       EXISTS (SELECT 1 FROM {users} u WHERE u.id = p.user_id),
-                       EXISTS (SELECT 1 FROM {tracks} k WHERE k.id = p.track_id)
-                FROM {pairs} p
-                ON CONFLICT (user_id, track_id) DO UPDATE SET
-                    {set_fields},
-                    first_seen = LEAST(t.first_seen, EXCLUDED.first_seen),
-                    last_seen = GREATEST(t.last_seen, EXCLUDED.last_seen)
-                WHERE EXCLUDED.first_seen < t.first_seen
-                   OR EXCLUDED.last_seen > t.last_seen
-                   OR (EXCLUDED.last_seen = t.last_seen
-                       AND ROW({", ".join(f"EXCLUDED.{c}" for c in vals)})
-                           IS DISTINCT FROM ROW({", ".join(f"t.{c}" for c in vals)}))
-                RETURNING 1
-            )
-            -- A data-modifying CTE runs once even though the result does not read it.
-            SELECT inserted, updated FROM diff
-            """
-        ),
-        {**day, "is_newest": is_newest},
-    ).one()
-
-    inactivated = reactivated = 0
-    if is_newest:
-        inactivated = conn.execute(
-            sa.text(
-                f"""
-                UPDATE {target} t SET is_active = false
-                WHERE t.is_active AND NOT EXISTS (
-                    SELECT 1 FROM {pairs} p
-                    WHERE p.user_id = t.user_id AND p.track_id = t.track_id)
-                """
-            )
-        ).rowcount
-        reactivated = conn.execute(
-            sa.text(
-                f"""
-                UPDATE {target} t SET is_active = true
-                FROM {pairs} p
-                WHERE p.user_id = t.user_id AND p.track_id = t.track_id AND NOT t.is_active
-                """
-            )
-        ).rowcount
+    known = {
+        "user_known": f"EXISTS (SELECT 1 FROM {users} u WHERE u.id = s.user_id)",
+        "track_known": f"EXISTS (SELECT 1 FROM {tracks} k WHERE k.id = s.track_id)",
+    }
+    keys = ("user_id", "track_id")
+    values = [q(c) for c in _LISTEN_VALUES]
+    inserted, updated = _upsert(conn, target, pairs, keys, values, known, snapshot_date, is_newest)
+    inactivated, reactivated = _mark_activity(conn, target, pairs, keys) if is_newest else (0, 0)
     # Users and tracks are never deleted, so a reference only goes from unknown to known (a late
     # or back-filled snapshot listed it): re-check only the orphans (partial index).
     resolved = conn.execute(

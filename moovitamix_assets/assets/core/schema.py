@@ -37,6 +37,11 @@ def core_table(table: str) -> str:
 
 
 _S = quote_ident(CORE_SCHEMA)
+# Every daily merge moves last_seen on nearly every row. Half-empty pages let PostgreSQL write the
+# new row version on the same page without touching the indexes (a HOT update; no indexed column
+# changes), and page pruning reclaims the old version on the next merge: the daily update of all
+# rows costs a fraction of a non-HOT one, for twice the table size.
+_FILLFACTOR: Final = 50
 
 _DDL: Final = (
     f"CREATE SCHEMA IF NOT EXISTS {_S}",
@@ -53,7 +58,7 @@ _DDL: Final = (
         first_seen date NOT NULL,
         last_seen date NOT NULL,
         is_active boolean NOT NULL
-    )
+    ) WITH (fillfactor = {_FILLFACTOR})
     """,
     f"""
     CREATE TABLE IF NOT EXISTS {core_table(TRACKS_TABLE)} (
@@ -75,7 +80,7 @@ _DDL: Final = (
         first_seen date NOT NULL,
         last_seen date NOT NULL,
         is_active boolean NOT NULL
-    )
+    ) WITH (fillfactor = {_FILLFACTOR})
     """,
     f"""
     CREATE TABLE IF NOT EXISTS {core_table(LISTEN_EVENTS_TABLE)} (
@@ -92,7 +97,7 @@ _DDL: Final = (
         user_known boolean NOT NULL,
         track_known boolean NOT NULL,
         PRIMARY KEY (user_id, track_id)
-    )
+    ) WITH (fillfactor = {_FILLFACTOR})
     """,
     # The primary key serves "by user"; this one serves "by track" (item neighbours, popularity).
     f"""

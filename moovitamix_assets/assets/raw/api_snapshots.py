@@ -1,7 +1,5 @@
 """Raw layer: one daily snapshot of each MooVitamix API endpoint, stored as returned."""
 
-from __future__ import annotations
-
 from datetime import date
 
 import dagster as dg
@@ -24,7 +22,7 @@ from moovitamix_assets.resources.database import PostgresResource
 
 DESCRIPTIONS: dict[str, str] = {
     USERS_ENDPOINT: "Daily snapshot of every MooVitamix user account, as the API served it.",
-    TRACKS_ENDPOINT: "Daily snapshot of the whole MooVitamix track catalogue, as the API served it.",
+    TRACKS_ENDPOINT: "Daily snapshot of the whole MooVitamix catalogue of tracks, as served.",
     LISTEN_HISTORY_ENDPOINT: (
         "Daily snapshot of every user's listening history (one row per user, track ids as a list)."
     ),

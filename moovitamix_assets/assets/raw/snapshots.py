@@ -73,9 +73,7 @@ def ensure_bookkeeping_tables(conn: sa.Connection) -> None:
         conn.execute(sa.text(ddl))
 
 
-def record_snapshot(
-    engine: sa.Engine, summary: SnapshotSummary, rejects: pd.DataFrame
-) -> None:
+def record_snapshot(engine: sa.Engine, summary: SnapshotSummary, rejects: pd.DataFrame) -> None:
     """Replace one (endpoint, day)'s manifest row and rejects in a single transaction.
 
     Args:
