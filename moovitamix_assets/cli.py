@@ -22,8 +22,8 @@ import sqlalchemy as sa
 from moovitamix_api.server import run_subprocess
 from moovitamix_assets.constants import ENDPOINTS, RAW_SCHEMA, SNAPSHOT_DATE_COLUMN
 from moovitamix_assets.partitions import utc_today
-from moovitamix_assets.resources.database import PostgresResource
-from moovitamix_assets.resources.embedded_postgres import default_state_dir
+from moovitamix_assets.resources.database import PostgresResource, quote_ident
+from moovitamix_assets.resources.embedded_postgres import state_dir as resolve_state_dir
 
 DAGSTER_STORAGE_ENV = "MOOVITAMIX_DAGSTER_STORAGE_URL"
 
@@ -82,31 +82,46 @@ def api_stand_in(env: dict[str, str], records: int, seed: int) -> Iterator[None]
 
 
 def summarize(partition: str, state_dir: Path) -> str:
-    """A short table of what the run stored for the partition."""
+    """A short table of what the platform holds after the run: every table, its rows, rejects."""
     engine = PostgresResource(
         database_url=os.environ.get("MOOVITAMIX_DATABASE_URL"), state_dir=str(state_dir)
     ).engine()
     lines = [
         f"Stored for {partition} (UTC):",
-        f"  {'table':<28}{'rows':>10}{'api total':>12}{'rejects':>10}",
+        f"  {'table':<36}{'rows':>10}{'api total':>11}{'rejects':>9}",
     ]
     with engine.connect() as conn:
-        for endpoint in ENDPOINTS:
-            rows = conn.execute(
+        manifest = {
+            row.endpoint: row
+            for row in conn.execute(
                 sa.text(
-                    f'SELECT count(*) FROM {RAW_SCHEMA}."{endpoint}" '
-                    f"WHERE {SNAPSHOT_DATE_COLUMN} = :d"
+                    "SELECT endpoint, api_total, rows_rejected "
+                    f"FROM {RAW_SCHEMA}.snapshot_manifest WHERE {SNAPSHOT_DATE_COLUMN} = :d"
                 ),
                 {"d": partition},
-            ).scalar_one()
-            total, rejects = conn.execute(
-                sa.text(
-                    f"SELECT api_total, rows_rejected FROM {RAW_SCHEMA}.snapshot_manifest "
-                    f"WHERE endpoint = :e AND {SNAPSHOT_DATE_COLUMN} = :d"
-                ),
-                {"e": endpoint, "d": partition},
-            ).one()
-            lines.append(f"  {RAW_SCHEMA + '.' + endpoint:<28}{rows:>10}{total:>12}{rejects:>10}")
+            )
+        }
+        tables = conn.execute(
+            sa.text(
+                "SELECT table_schema, table_name FROM information_schema.tables "
+                "WHERE table_schema IN ('raw', 'core', 'ml') AND table_type = 'BASE TABLE' "
+                "ORDER BY array_position(ARRAY['raw', 'core', 'ml'], table_schema::text), "
+                "table_name"
+            )
+        ).all()
+        for schema, table in tables:
+            qualified = f"{quote_ident(schema)}.{quote_ident(table)}"
+            if schema == RAW_SCHEMA and table in ENDPOINTS:
+                rows = conn.execute(
+                    sa.text(f"SELECT count(*) FROM {qualified} WHERE {SNAPSHOT_DATE_COLUMN} = :d"),
+                    {"d": partition},
+                ).scalar_one()
+                m = manifest.get(table)
+                total, rejects = (m.api_total, m.rows_rejected) if m else ("?", "?")
+                lines.append(f"  {schema + '.' + table:<36}{rows:>10}{total:>11}{rejects:>9}")
+            else:
+                rows = conn.execute(sa.text(f"SELECT count(*) FROM {qualified}")).scalar_one()
+                lines.append(f"  {schema + '.' + table:<36}{rows:>10}")
     return "\n".join(lines)
 
 
@@ -123,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--seed", type=int, default=42, help="stand-in seed")
     args = parser.parse_args(argv)
 
-    state_dir = Path(os.environ.get("MOOVITAMIX_STATE_DIR") or default_state_dir())
+    state_dir = resolve_state_dir()
     env = prepare_environment(state_dir)
     with api_stand_in(env, args.records, args.seed):
         if args.command == "ui":

@@ -47,4 +47,7 @@ defs = dg.Definitions(
     schedules=[build_daily_schedule(os.environ.get("MOOVITAMIX_DAILY_CRON", DEFAULT_DAILY_CRON))],
     sensors=build_alert_sensors(),
     resources=build_resources(),
+    # One process per run: at our sizes a step's own process costs more (imports, connections)
+    # than running the steps one after another saves; the API read is bound by the API anyway.
+    executor=dg.in_process_executor,
 )
