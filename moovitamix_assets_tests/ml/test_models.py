@@ -93,6 +93,17 @@ def test_genre_popularity_puts_the_favourite_genre_first_then_fills_globally() -
     }
 
 
+def test_genre_popularity_tolerates_missing_genres() -> None:
+    users = pd.concat(
+        [USERS, pd.DataFrame({"id": [7], "favorite_genres": [None]})], ignore_index=True
+    )
+    tracks = TRACKS.assign(genres=[None, "Pop", "Rock", "Jazz", "Pop", "Jazz"])
+    model = fit_genre_popularity(HISTORY, tracks, users)
+    recs = recommend_excluding_history(model, np.array([4, 7]), HISTORY, k=3)
+    # Track 10 lost its genre: user 4 (Rock) gets Rock 30 first, then 10 by global popularity.
+    assert _lists(recs) == {4: [30, 10, 20], 7: [10, 20, 40]}
+
+
 def test_recommend_rejects_a_misshapen_exclusion_matrix() -> None:
     model = fit_popularity(HISTORY, TRACKS)
     wrong = known_items_matrix(HISTORY, np.array([1, 2]), model.item_ids)

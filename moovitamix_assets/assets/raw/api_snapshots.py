@@ -84,7 +84,7 @@ def build_raw_asset(endpoint: str) -> dg.AssetsDefinition:
                 rows_rejected=len(read.rejects),
                 extra_fields=list(read.extra_fields),
                 missing_fields=list(read.missing_fields),
-                run_id=context.run_id,
+                run_id=context.run.run_id,
             ),
             read.rejects,
         )
