@@ -34,6 +34,7 @@ setup(
         "uvicorn>=0.30",
         "implicit>=0.7.2",
         "psutil>=5.9",
+        "threadpoolctl>=3.1",
     ],
     extras_require={
         "dev": [
