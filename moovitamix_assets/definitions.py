@@ -8,6 +8,8 @@ import dagster as dg
 
 from moovitamix_assets.assets.core.assets import core_assets
 from moovitamix_assets.assets.raw.api_snapshots import raw_assets
+from moovitamix_assets.checks.core_checks import core_checks
+from moovitamix_assets.checks.raw_checks import raw_checks
 from moovitamix_assets.jobs import daily_refresh_job
 from moovitamix_assets.resources.alerts import alert_notifier_from_env
 from moovitamix_assets.resources.api import MoovitamixApiResource
@@ -43,6 +45,7 @@ def build_resources() -> dict[str, object]:
 
 defs = dg.Definitions(
     assets=[*raw_assets, *core_assets],
+    asset_checks=[*raw_checks, *core_checks],
     jobs=[daily_refresh_job],
     schedules=[build_daily_schedule(os.environ.get("MOOVITAMIX_DAILY_CRON", DEFAULT_DAILY_CRON))],
     sensors=build_alert_sensors(),

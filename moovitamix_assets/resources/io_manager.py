@@ -108,6 +108,29 @@ class PartitionSlice:
 
 
 @dataclass(frozen=True)
+class Sidecar:
+    """Rows of a bookkeeping table that must change together with an asset's own table.
+
+    The sidecar's rows in the same partition slice that also match ``match`` (column -> value) are
+    replaced by ``frame``, in the transaction that writes the asset's table: a reader never sees a
+    table and its bookkeeping disagree, and a failed write leaves both as they were.
+    """
+
+    schema: str
+    table: str
+    frame: pd.DataFrame
+    match: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class FrameWithSidecars:
+    """An asset output: the asset's DataFrame plus sidecar rows written atomically with it."""
+
+    frame: pd.DataFrame
+    sidecars: tuple[Sidecar, ...] = ()
+
+
+@dataclass(frozen=True)
 class WriteResult:
     """What one write did, for metadata."""
 
@@ -597,13 +620,16 @@ def write_frame(
     df: pd.DataFrame,
     part: PartitionSlice | None = None,
     chunk_rows: int = CHUNK_ROWS,
+    sidecars: Sequence[Sidecar] = (),
+    match: dict[str, Any] | None = None,
 ) -> WriteResult:
     """Replace a table (or one partition slice of it) with ``df`` in a single transaction.
 
     Takes a transaction-scoped advisory lock on the table so concurrent writers serialise; creates
     the schema/table, adds new columns, deletes the slice (the whole table when unpartitioned) and
     COPYs the frame. Readers see the old rows until commit (MVCC); on any error everything rolls
-    back. Indexes, grants and constraints of an existing table are kept.
+    back. Indexes, grants and constraints of an existing table are kept. Sidecar rows are replaced
+    in the same transaction.
 
     Args:
         conn: A psycopg2 connection (not autocommit); committed on success, rolled back on error.
@@ -612,59 +638,33 @@ def write_frame(
         df: Rows to write.
         part: The partition slice being written, or None for the whole table.
         chunk_rows: Rows serialised per COPY chunk.
+        sidecars: Bookkeeping rows replaced in the same transaction (same partition slice).
+        match: Restrict the replaced rows further to those with these column values.
 
     Returns:
-        Row counts, bytes, duration and the table's final columns.
+        Row counts, bytes, duration and the table's final columns (of the main table).
 
     Raises:
         SchemaMismatchError, PartitionMismatchError, TypeError, ValueError, psycopg2.Error.
     """
-    qualified = f"{validate_identifier(schema, 'schema')}.{validate_identifier(table, 'table')}"
     started = time.perf_counter()
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key("table", qualified),))
             # Timestamps are sent as UTC wall-clock texts.
             cur.execute("SET LOCAL TIME ZONE 'UTC'")
-            existing_columns = table_columns(cur, schema, table)
-            existing = dict(existing_columns or [])
-            types = resolve_column_types(df, existing, qualified)
-            if part is not None:
-                check_partition_values(df, part, qualified)
-            target = sql.Identifier(schema, table)
-            if existing_columns is None:
-                _create_table(cur, schema, table, types)
-            else:
-                for name, pg_type in types.items():
-                    if name not in existing:
-                        cur.execute(
-                            sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
-                                target, sql.Identifier(name), sql.SQL(pg_type)
-                            )
-                        )
-            delete = sql.SQL("DELETE FROM {}").format(target)
-            params: tuple[Any, ...] = ()
-            if part is not None:
-                condition, params = _slice_condition(part, types.get(part.column), qualified)
-                delete = sql.SQL("{} WHERE {}").format(delete, condition)
-            cur.execute(delete, params)
-            replaced = cur.rowcount
-            copied = 0
-            if types and len(df):
-                source = CopySource(prefetch(iter_copy_chunks(df, types, chunk_rows)))
-                copy = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT text)").format(
-                    target, sql.SQL(", ").join(map(sql.Identifier, types))
+            replaced, copied, final_columns = _replace_rows(
+                cur, schema, table, df, part, chunk_rows, match
+            )
+            for sidecar in sidecars:
+                _replace_rows(
+                    cur,
+                    sidecar.schema,
+                    sidecar.table,
+                    sidecar.frame,
+                    part,
+                    chunk_rows,
+                    sidecar.match,
                 )
-                try:
-                    cur.copy_expert(copy.as_string(cur), source, size=_COPY_READ_SIZE)
-                except psycopg2.Error as exc:
-                    if source.error is not None:
-                        raise source.error from exc
-                    raise
-                finally:
-                    source.close()
-                copied = source.bytes_read
-            final_columns = table_columns(cur, schema, table) or []
         conn.commit()
     except BaseException:
         # A dropped connection cannot roll back; the server discards the transaction anyway.
@@ -678,6 +678,69 @@ def write_frame(
         seconds=time.perf_counter() - started,
         columns=final_columns,
     )
+
+
+def _replace_rows(
+    cur: Any,
+    schema: str,
+    table: str,
+    df: pd.DataFrame,
+    part: PartitionSlice | None,
+    chunk_rows: int,
+    match: dict[str, Any] | None = None,
+) -> tuple[int, int, list[tuple[str, str]]]:
+    """Inside the caller's transaction: delete the slice's rows (matching ``match``), COPY ``df``.
+
+    Returns:
+        (rows deleted, bytes COPY'd, the table's columns afterwards).
+    """
+    qualified = f"{validate_identifier(schema, 'schema')}.{validate_identifier(table, 'table')}"
+    cur.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key("table", qualified),))
+    existing_columns = table_columns(cur, schema, table)
+    existing = dict(existing_columns or [])
+    types = resolve_column_types(df, existing, qualified)
+    if part is not None:
+        check_partition_values(df, part, qualified)
+    target = sql.Identifier(schema, table)
+    if existing_columns is None:
+        _create_table(cur, schema, table, types)
+    else:
+        for name, pg_type in types.items():
+            if name not in existing:
+                cur.execute(
+                    sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
+                        target, sql.Identifier(name), sql.SQL(pg_type)
+                    )
+                )
+    conditions: list[sql.Composable] = []
+    params: tuple[Any, ...] = ()
+    if part is not None:
+        condition, params = _slice_condition(part, types.get(part.column), qualified)
+        conditions.append(condition)
+    for column, value in (match or {}).items():
+        conditions.append(sql.SQL("{} = %s").format(sql.Identifier(validate_identifier(column))))
+        params = (*params, value)
+    delete = sql.SQL("DELETE FROM {}").format(target)
+    if conditions:
+        delete = sql.SQL("{} WHERE {}").format(delete, sql.SQL(" AND ").join(conditions))
+    cur.execute(delete, params)
+    replaced = cur.rowcount
+    copied = 0
+    if types and len(df):
+        source = CopySource(prefetch(iter_copy_chunks(df, types, chunk_rows)))
+        copy = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT text)").format(
+            target, sql.SQL(", ").join(map(sql.Identifier, types))
+        )
+        try:
+            cur.copy_expert(copy.as_string(cur), source, size=_COPY_READ_SIZE)
+        except psycopg2.Error as exc:
+            if source.error is not None:
+                raise source.error from exc
+            raise
+        finally:
+            source.close()
+        copied = source.bytes_read
+    return replaced, copied, table_columns(cur, schema, table) or []
 
 
 def _create_table(cur: Any, schema: str, table: str, types: dict[str, str]) -> None:
@@ -801,18 +864,24 @@ class PostgresPandasIOManager(dg.ConfigurableIOManager):
         default=CHUNK_ROWS, gt=0, description="Rows serialised per COPY chunk (bounds memory)."
     )
 
-    def handle_output(self, context: dg.OutputContext, obj: pd.DataFrame) -> None:
+    def handle_output(
+        self, context: dg.OutputContext, obj: pd.DataFrame | FrameWithSidecars
+    ) -> None:
         """Write the frame: replace its partition(s) or the whole table, in one transaction.
 
         Args:
             context: The output context (asset key, partitions, definition metadata).
-            obj: The DataFrame returned by the asset.
+            obj: The DataFrame returned by the asset, or a FrameWithSidecars whose bookkeeping
+                rows are replaced in the same transaction.
 
         Raises:
             TypeError: ``obj`` is not a DataFrame, or holds unsupported values.
             SchemaMismatchError: A column no longer fits the table's column type.
             PartitionMismatchError: Rows outside the partition(s) being written.
         """
+        sidecars: tuple[Sidecar, ...] = ()
+        if isinstance(obj, FrameWithSidecars):
+            obj, sidecars = obj.frame, obj.sidecars
         if not isinstance(obj, pd.DataFrame):
             raise TypeError(
                 f"{type(self).__name__} stores pandas DataFrames; asset "
@@ -823,7 +892,9 @@ class PostgresPandasIOManager(dg.ConfigurableIOManager):
         part = partition_slice(context, metadata)
         conn = self.database.engine().raw_connection()
         try:
-            result = write_frame(conn.driver_connection, schema, table, obj, part, self.chunk_rows)
+            result = write_frame(
+                conn.driver_connection, schema, table, obj, part, self.chunk_rows, sidecars
+            )
         except BaseException:
             # The connection may be broken (dropped mid-COPY): never hand it back to the pool.
             conn.invalidate()

@@ -5,7 +5,11 @@ from datetime import date
 import dagster as dg
 import pandas as pd
 
-from moovitamix_assets.assets.raw.snapshots import SnapshotSummary, record_snapshot
+from moovitamix_assets.assets.raw.snapshots import (
+    SnapshotSummary,
+    bookkeeping_sidecars,
+    ensure_bookkeeping_tables,
+)
 from moovitamix_assets.constants import (
     ENDPOINTS,
     INGESTION_GROUP,
@@ -19,6 +23,7 @@ from moovitamix_assets.freshness import DAILY_FRESHNESS
 from moovitamix_assets.partitions import daily_partitions, snapshot_date_for
 from moovitamix_assets.resources.api import EndpointRead, MoovitamixApiResource
 from moovitamix_assets.resources.database import PostgresResource
+from moovitamix_assets.resources.io_manager import FrameWithSidecars
 
 DESCRIPTIONS: dict[str, str] = {
     USERS_ENDPOINT: "Daily snapshot of every MooVitamix user account, as the API served it.",
@@ -70,31 +75,35 @@ def build_raw_asset(endpoint: str) -> dg.AssetsDefinition:
         context: dg.AssetExecutionContext,
         moovitamix_api: MoovitamixApiResource,
         postgres: PostgresResource,
-    ) -> dg.Output[pd.DataFrame]:
+    ) -> dg.Output[FrameWithSidecars]:
         snapshot = snapshot_date_for(context.partition_key)
         read = moovitamix_api.read_endpoint(endpoint, log=context.log)
-        record_snapshot(
-            postgres.engine(),
-            SnapshotSummary(
-                endpoint=endpoint,
-                snapshot_date=snapshot,
-                api_total=read.total,
-                pages=read.pages,
-                rows_valid=len(read.frame),
-                rows_rejected=len(read.rejects),
-                extra_fields=list(read.extra_fields),
-                missing_fields=list(read.missing_fields),
-                run_id=context.run.run_id,
-            ),
-            read.rejects,
+        summary = SnapshotSummary(
+            endpoint=endpoint,
+            snapshot_date=snapshot,
+            api_total=read.total,
+            pages=read.pages,
+            rows_valid=len(read.frame),
+            rows_rejected=len(read.rejects),
+            extra_fields=list(read.extra_fields),
+            missing_fields=list(read.missing_fields),
+            run_id=context.run.run_id,
         )
+        ensure_bookkeeping_tables(postgres.engine())
         if len(read.rejects):
             context.log.warning(
                 f"/{endpoint}: {len(read.rejects)} record(s) failed validation and were kept in "
                 f"{RAW_SCHEMA}.rejects for {snapshot}; first: page {read.rejects.iloc[0]['page']}, "
                 f"reason: {read.rejects.iloc[0]['reason']}"
             )
-        return dg.Output(with_snapshot_date(read.frame, snapshot), metadata=read_metadata(read))
+        # The raw partition, its manifest row and its rejects are written in one transaction.
+        return dg.Output(
+            FrameWithSidecars(
+                with_snapshot_date(read.frame, snapshot),
+                bookkeeping_sidecars(summary, read.rejects),
+            ),
+            metadata=read_metadata(read),
+        )
 
     return _raw_snapshot
 

@@ -15,6 +15,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from moovitamix_assets.constants import RAW_SCHEMA, SNAPSHOT_DATE_COLUMN
+from moovitamix_assets.resources.io_manager import Sidecar
 
 MANIFEST_TABLE = "snapshot_manifest"
 REJECTS_TABLE = "rejects"
@@ -51,6 +52,13 @@ _DDL = (
 )
 
 
+# A read without rejects (tests and tools that arrange a clean snapshot).
+REJECT_COLUMNS_EMPTY = pd.DataFrame(
+    {c: pd.Series(dtype="object") for c in ("page", "position", "record_key", "field", "reason")}
+    | {"record": pd.Series(dtype="object")}
+)
+
+
 @dataclass(frozen=True)
 class SnapshotSummary:
     """What one read of an endpoint produced, as stored in the manifest."""
@@ -66,84 +74,51 @@ class SnapshotSummary:
     run_id: str | None
 
 
-def ensure_bookkeeping_tables(conn: sa.Connection) -> None:
-    """Create the raw schema's manifest and rejects tables when missing."""
-    conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {RAW_SCHEMA}"))
-    for ddl in _DDL:
-        conn.execute(sa.text(ddl))
-
-
-def record_snapshot(engine: sa.Engine, summary: SnapshotSummary, rejects: pd.DataFrame) -> None:
-    """Replace one (endpoint, day)'s manifest row and rejects in a single transaction.
-
-    Args:
-        engine: Engine of the warehouse database.
-        summary: The figures of the read.
-        rejects: The rejected records (columns page, position, record_key, field, reason, record).
-    """
-    key = {"endpoint": summary.endpoint, "snapshot_date": summary.snapshot_date}
+def ensure_bookkeeping_tables(engine: sa.Engine) -> None:
+    """Create the raw schema's manifest and rejects tables, with their keys, when missing."""
     with engine.begin() as conn:
-        ensure_bookkeeping_tables(conn)
-        # Serialise concurrent runs of the same day: both would otherwise delete then insert.
-        conn.execute(
-            sa.text("SELECT pg_advisory_xact_lock(hashtext(:lock_key))"),
-            {"lock_key": f"raw.snapshot:{summary.endpoint}:{summary.snapshot_date}"},
-        )
-        for table in (MANIFEST_TABLE, REJECTS_TABLE):
-            conn.execute(
-                sa.text(
-                    f"DELETE FROM {RAW_SCHEMA}.{table} "
-                    f"WHERE endpoint = :endpoint AND {SNAPSHOT_DATE_COLUMN} = :snapshot_date"
-                ),
-                key,
-            )
-        conn.execute(
-            sa.text(
-                f"""
-                INSERT INTO {RAW_SCHEMA}.{MANIFEST_TABLE} (
-                    endpoint, {SNAPSHOT_DATE_COLUMN}, api_total, pages, rows_valid,
-                    rows_rejected, extra_fields, missing_fields, run_id
-                ) VALUES (
-                    :endpoint, :snapshot_date, :api_total, :pages, :rows_valid,
-                    :rows_rejected, :extra_fields, :missing_fields, :run_id
-                )
-                """
-            ),
-            {
-                **key,
-                "api_total": summary.api_total,
-                "pages": summary.pages,
-                "rows_valid": summary.rows_valid,
-                "rows_rejected": summary.rows_rejected,
-                "extra_fields": list(summary.extra_fields),
-                "missing_fields": list(summary.missing_fields),
-                "run_id": summary.run_id,
-            },
-        )
-        if len(rejects):
-            rows = [
-                {
-                    **key,
-                    "page": int(r.page),
-                    "position": int(r.position),
-                    "record_key": None if pd.isna(r.record_key) else str(r.record_key),
-                    "field": None if pd.isna(r.field) else str(r.field),
-                    "reason": str(r.reason),
-                    "record": None if pd.isna(r.record) else str(r.record),
-                }
-                for r in rejects.itertuples(index=False)
-            ]
-            conn.execute(
-                sa.text(
-                    f"""
-                    INSERT INTO {RAW_SCHEMA}.{REJECTS_TABLE} (
-                        endpoint, {SNAPSHOT_DATE_COLUMN}, page, position, record_key, field,
-                        reason, record
-                    ) VALUES (
-                        :endpoint, :snapshot_date, :page, :position, :record_key, :field,
-                        :reason, :record
-                    )
-                    """
-                ),
-                rows,
-            )
+        # Two endpoints' first runs may race to create the same tables.
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('raw.bookkeeping.ddl'))"))
+        conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {RAW_SCHEMA}"))
+        for ddl in _DDL:
+            conn.execute(sa.text(ddl))
+
+
+def bookkeeping_sidecars(summary: SnapshotSummary, rejects: pd.DataFrame) -> tuple[Sidecar, ...]:
+    """The manifest row and the rejects of one read, as sidecars of the raw table's write.
+
+    The IO manager replaces them in the transaction that replaces the raw partition, so the raw
+    table, its manifest and its rejects always describe the same read, and a failed load leaves
+    all three as they were.
+    """
+    match = {"endpoint": summary.endpoint}
+    manifest = pd.DataFrame(
+        {
+            "endpoint": [summary.endpoint],
+            SNAPSHOT_DATE_COLUMN: [summary.snapshot_date],
+            "api_total": [summary.api_total],
+            "pages": [summary.pages],
+            "rows_valid": [summary.rows_valid],
+            "rows_rejected": [summary.rows_rejected],
+            "extra_fields": [list(summary.extra_fields)],
+            "missing_fields": [list(summary.missing_fields)],
+            "run_id": [summary.run_id],
+        }
+    )
+    rejected = pd.DataFrame(
+        {
+            # object dtype: an empty read must still say "text" and "date", not float64.
+            "endpoint": pd.Series([summary.endpoint] * len(rejects), dtype=object),
+            SNAPSHOT_DATE_COLUMN: pd.Series([summary.snapshot_date] * len(rejects), dtype=object),
+            "page": rejects["page"].astype("int64").to_numpy(),
+            "position": rejects["position"].astype("int64").to_numpy(),
+            "record_key": rejects["record_key"].astype(object).to_numpy(),
+            "field": rejects["field"].astype(object).to_numpy(),
+            "reason": rejects["reason"].astype(object).to_numpy(),
+            "record": rejects["record"].astype(object).to_numpy(),
+        }
+    )
+    return (
+        Sidecar(RAW_SCHEMA, MANIFEST_TABLE, manifest, match),
+        Sidecar(RAW_SCHEMA, REJECTS_TABLE, rejected, match),
+    )

@@ -12,11 +12,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime, timezone
 from typing import Any
 
-import pandas as pd
 import sqlalchemy as sa
 
-from moovitamix_assets.assets.raw.snapshots import SnapshotSummary, record_snapshot
+from moovitamix_assets.assets.raw.snapshots import (
+    REJECT_COLUMNS_EMPTY,
+    SnapshotSummary,
+    bookkeeping_sidecars,
+    ensure_bookkeeping_tables,
+)
 from moovitamix_assets.checks.raw_audits import EXPECTED_COLUMNS
+from moovitamix_assets.resources.io_manager import write_frame
 
 RAW_TYPES = {"date": "date", "int8": "bigint", "text": "text", "timestamptz": "timestamptz"}
 RAW_TYPES["_int8"] = "bigint[]"
@@ -91,21 +96,30 @@ def load_raw_snapshot(
             buffer,
         )
     if manifest:
-        record_snapshot(
-            engine,
-            SnapshotSummary(
-                endpoint=endpoint,
-                snapshot_date=snapshot_date,
-                api_total=stored + rows_rejected if api_total is None else api_total,
-                pages=1,
-                rows_valid=stored,
-                rows_rejected=rows_rejected,
-                extra_fields=list(extra_fields),
-                missing_fields=list(missing_fields),
-                run_id=None,
-            ),
-            pd.DataFrame(),
+        summary = SnapshotSummary(
+            endpoint=endpoint,
+            snapshot_date=snapshot_date,
+            api_total=stored + rows_rejected if api_total is None else api_total,
+            pages=1,
+            rows_valid=stored,
+            rows_rejected=rows_rejected,
+            extra_fields=list(extra_fields),
+            missing_fields=list(missing_fields),
+            run_id=None,
         )
+        ensure_bookkeeping_tables(engine)
+        connection = engine.raw_connection()
+        try:
+            for sidecar in bookkeeping_sidecars(summary, REJECT_COLUMNS_EMPTY):
+                write_frame(
+                    connection.driver_connection,
+                    sidecar.schema,
+                    sidecar.table,
+                    sidecar.frame,
+                    match={**sidecar.match, "snapshot_date": snapshot_date},
+                )
+        finally:
+            connection.close()
     return stored
 
 

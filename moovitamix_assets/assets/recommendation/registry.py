@@ -1,0 +1,529 @@
+"""The model registry in PostgreSQL: one row per trained model, its status and its artifact.
+
+``ml.model_registry`` holds every candidate ever trained (version, training time, data snapshot,
+parameters, metrics, the promotion gate's verdict) with the serialised model itself in a ``bytea``
+column and its sha256. The artifact lives next to its metadata on purpose: the warehouse is the
+one durable, backed-up store the platform already has (Dagster's local storage is not), a
+registry row and its model are written in one transaction so they can never disagree, and a
+rollback only flips statuses because every version's model is still there. A model is a few MB
+(32 factors x 150k ids in float32, compressed), far below PostgreSQL's 1 GB ``bytea`` limit.
+
+At most one row is ``production`` (a partial unique index enforces it). ``ml.model_registry_log``
+records every promotion, refusal and rollback; ``ml.model_evaluations`` the daily evaluation of
+the production model that the decay trigger reads.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any, Final
+
+import sqlalchemy as sa
+
+from moovitamix_assets.constants import ML_SCHEMA
+from moovitamix_assets.ml.artifacts import ModelArtifact, deserialize_model
+from moovitamix_assets.ml.models import AlsModel
+from moovitamix_assets.resources.database import quote_ident
+
+REGISTRY_TABLE: Final = "model_registry"
+REGISTRY_LOG_TABLE: Final = "model_registry_log"
+EVALUATIONS_TABLE: Final = "model_evaluations"
+RECOMMENDATIONS_TABLE: Final = "user_recommendations"
+
+STATUS_CANDIDATE: Final = "candidate"
+STATUS_PRODUCTION: Final = "production"
+STATUS_RETIRED: Final = "retired"
+STATUSES: Final = (STATUS_CANDIDATE, STATUS_PRODUCTION, STATUS_RETIRED)
+
+
+def ml_table(table: str) -> str:
+    """Quoted ``ml.<table>`` for SQL text."""
+    return f"{quote_ident(ML_SCHEMA)}.{quote_ident(table)}"
+
+
+_REGISTRY = ml_table(REGISTRY_TABLE)
+_LOG = ml_table(REGISTRY_LOG_TABLE)
+_EVALUATIONS = ml_table(EVALUATIONS_TABLE)
+_RECOMMENDATIONS = ml_table(RECOMMENDATIONS_TABLE)
+_LOCK_SQL: Final = "SELECT pg_advisory_xact_lock(hashtext(:key))"
+
+_DDL: Final = (
+    f"CREATE SCHEMA IF NOT EXISTS {quote_ident(ML_SCHEMA)}",
+    f"""
+    CREATE TABLE IF NOT EXISTS {_REGISTRY} (
+        version integer PRIMARY KEY,
+        status text NOT NULL CHECK (status IN ('candidate', 'production', 'retired')),
+        trained_at timestamptz NOT NULL,
+        run_id text,
+        data_interactions bigint NOT NULL,
+        data_users bigint NOT NULL,
+        data_tracks bigint NOT NULL,
+        data_snapshot_date date,
+        parameters jsonb NOT NULL,
+        metrics jsonb NOT NULL,
+        gate_passed boolean NOT NULL,
+        gate_reason text NOT NULL,
+        gate_figures jsonb NOT NULL,
+        promoted_at timestamptz,
+        retired_at timestamptz,
+        artifact bytea NOT NULL,
+        artifact_sha256 text NOT NULL,
+        artifact_bytes bigint NOT NULL
+    )
+    """,
+    # A second production row is a bug the database refuses, whatever the code does.
+    f"""
+    CREATE UNIQUE INDEX IF NOT EXISTS model_registry_one_production
+        ON {_REGISTRY} (status) WHERE status = 'production'
+    """,
+    f"CREATE INDEX IF NOT EXISTS model_registry_run_id_idx ON {_REGISTRY} (run_id)",
+    f"""
+    CREATE TABLE IF NOT EXISTS {_LOG} (
+        id bigserial PRIMARY KEY,
+        at timestamptz NOT NULL DEFAULT now(),
+        version integer NOT NULL,
+        action text NOT NULL,
+        detail text NOT NULL
+    )
+    """,
+    f"""
+    CREATE TABLE IF NOT EXISTS {_EVALUATIONS} (
+        version integer NOT NULL,
+        evaluated_at timestamptz NOT NULL,
+        run_id text,
+        data_interactions bigint NOT NULL,
+        data_snapshot_date date,
+        metrics jsonb NOT NULL,
+        PRIMARY KEY (version, evaluated_at)
+    )
+    """,
+    # Created here (not by the IO manager) for its primary key: serving reads by user, and the
+    # key proves "one row per user and rank" on every write. The IO manager keeps it.
+    f"""
+    CREATE TABLE IF NOT EXISTS {_RECOMMENDATIONS} (
+        user_id bigint NOT NULL,
+        track_id bigint NOT NULL,
+        score double precision NOT NULL,
+        rank bigint NOT NULL,
+        source text NOT NULL,
+        model_version bigint NOT NULL,
+        generated_at timestamptz NOT NULL,
+        PRIMARY KEY (user_id, rank)
+    )
+    """,
+)
+
+
+class RegistryError(RuntimeError):
+    """A registry operation is impossible: unknown version, failed gate, nothing to roll back."""
+
+
+@dataclass(frozen=True)
+class DataSnapshot:
+    """What a model was trained or evaluated on: counts and the newest core snapshot date."""
+
+    interactions: int
+    users: int
+    tracks: int
+    snapshot_date: date | None
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    """One registry row, without the artifact's bytes."""
+
+    version: int
+    status: str
+    trained_at: datetime
+    run_id: str | None
+    snapshot: DataSnapshot
+    parameters: dict[str, Any]
+    metrics: dict[str, Any]
+    gate_passed: bool
+    gate_reason: str
+    gate_figures: dict[str, Any] = field(default_factory=dict)
+    promoted_at: datetime | None = None
+    retired_at: datetime | None = None
+    artifact_sha256: str = ""
+    artifact_bytes: int = 0
+
+    def metric(self, model: str, name: str) -> float | None:
+        """A metric of ``model`` (``candidate``, ``popularity``, ...) recorded at training."""
+        values = self.metrics.get(model) or {}
+        value = values.get(name)
+        return None if value is None else float(value)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One daily evaluation of a registered model."""
+
+    version: int
+    evaluated_at: datetime
+    snapshot: DataSnapshot
+    metrics: dict[str, Any]
+
+
+_ENTRY_COLUMNS: Final = """
+    version, status, trained_at, run_id, data_interactions, data_users, data_tracks,
+    data_snapshot_date, parameters, metrics, gate_passed, gate_reason, gate_figures,
+    promoted_at, retired_at, artifact_sha256, artifact_bytes
+"""
+
+
+def ensure_registry_schema(engine: sa.Engine) -> None:
+    """Create the ``ml`` schema and its registry, log, evaluation and recommendation tables.
+
+    Idempotent; serialised by an advisory lock so two first runs do not race on the catalogue.
+
+    Args:
+        engine: Engine of the warehouse database.
+    """
+    with engine.begin() as conn:
+        conn.execute(sa.text(_LOCK_SQL), {"key": "ml.ddl"})
+        for ddl in _DDL:
+            conn.execute(sa.text(ddl))
+
+
+def _exists(conn: sa.Connection, table: str) -> bool:
+    name = f"{ML_SCHEMA}.{table}"
+    return conn.execute(sa.text("SELECT to_regclass(:name)"), {"name": name}).scalar() is not None
+
+
+def _entry(row: sa.Row) -> RegistryEntry:
+    m = row._mapping
+    return RegistryEntry(
+        version=int(m["version"]),
+        status=m["status"],
+        trained_at=m["trained_at"],
+        run_id=m["run_id"],
+        snapshot=DataSnapshot(
+            interactions=int(m["data_interactions"]),
+            users=int(m["data_users"]),
+            tracks=int(m["data_tracks"]),
+            snapshot_date=m["data_snapshot_date"],
+        ),
+        parameters=dict(m["parameters"]),
+        metrics=dict(m["metrics"]),
+        gate_passed=bool(m["gate_passed"]),
+        gate_reason=m["gate_reason"],
+        gate_figures=dict(m["gate_figures"]),
+        promoted_at=m["promoted_at"],
+        retired_at=m["retired_at"],
+        artifact_sha256=m["artifact_sha256"],
+        artifact_bytes=int(m["artifact_bytes"]),
+    )
+
+
+def _select_one(engine: sa.Engine, where: str, params: dict[str, Any]) -> RegistryEntry | None:
+    with engine.connect() as conn:
+        if not _exists(conn, REGISTRY_TABLE):
+            return None
+        row = conn.execute(
+            sa.text(
+                f"SELECT {_ENTRY_COLUMNS} FROM {_REGISTRY} WHERE {where} "
+                "ORDER BY version DESC LIMIT 1"
+            ),
+            params,
+        ).first()
+    return None if row is None else _entry(row)
+
+
+def production_entry(engine: sa.Engine) -> RegistryEntry | None:
+    """The production model's row, or None when no model was ever promoted."""
+    return _select_one(engine, "status = :status", {"status": STATUS_PRODUCTION})
+
+
+def get_entry(engine: sa.Engine, version: int) -> RegistryEntry | None:
+    """The row of ``version``, or None."""
+    return _select_one(engine, "version = :version", {"version": version})
+
+
+def entry_for_run(engine: sa.Engine, run_id: str) -> RegistryEntry | None:
+    """The newest row registered by the Dagster run ``run_id``, or None."""
+    return _select_one(engine, "run_id = :run_id", {"run_id": run_id})
+
+
+def latest_entry(engine: sa.Engine) -> RegistryEntry | None:
+    """The newest registered model, whatever its status, or None."""
+    return _select_one(engine, "true", {})
+
+
+def list_entries(engine: sa.Engine) -> list[RegistryEntry]:
+    """Every registered model, newest first."""
+    with engine.connect() as conn:
+        if not _exists(conn, REGISTRY_TABLE):
+            return []
+        rows = conn.execute(
+            sa.text(f"SELECT {_ENTRY_COLUMNS} FROM {_REGISTRY} ORDER BY version DESC")
+        ).all()
+    return [_entry(row) for row in rows]
+
+
+def load_model(engine: sa.Engine, version: int) -> AlsModel:
+    """Load and checksum-verify the artifact of ``version``.
+
+    Raises:
+        RegistryError: The version does not exist.
+        ValueError: The stored bytes do not match their sha256.
+    """
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.text(f"SELECT artifact, artifact_sha256 FROM {_REGISTRY} WHERE version = :v"),
+            {"v": version},
+        ).first()
+    if row is None:
+        raise RegistryError(f"model version {version} is not in {ML_SCHEMA}.{REGISTRY_TABLE}")
+    return deserialize_model(bytes(row.artifact), expected_sha256=row.artifact_sha256)
+
+
+def _log(conn: sa.Connection, version: int, action: str, detail: str) -> None:
+    conn.execute(
+        sa.text(f"INSERT INTO {_LOG} (version, action, detail) VALUES (:v, :a, :d)"),
+        {"v": version, "a": action, "d": detail},
+    )
+
+
+def register_candidate(
+    engine: sa.Engine,
+    artifact: ModelArtifact,
+    *,
+    trained_at: datetime,
+    run_id: str | None,
+    snapshot: DataSnapshot,
+    parameters: dict[str, Any],
+    metrics: dict[str, Any],
+    gate_passed: bool,
+    gate_reason: str,
+    gate_figures: dict[str, Any],
+) -> int:
+    """Insert a new candidate row (artifact included) and return its version.
+
+    Versions are consecutive integers, allocated under a transaction-scoped advisory lock.
+
+    Args:
+        engine: Engine of the warehouse database.
+        artifact: The serialised model and its checksum.
+        trained_at: When training finished.
+        run_id: The Dagster run that trained it.
+        snapshot: The data it was trained on.
+        parameters: Its hyper-parameters.
+        metrics: Its evaluation and that of the baselines and production, on one held-out set.
+        gate_passed: The promotion gate's verdict.
+        gate_reason: The verdict in words (shown in the UI and the registry).
+        gate_figures: The figures the verdict compared.
+
+    Returns:
+        The new version number.
+    """
+    ensure_registry_schema(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text(_LOCK_SQL), {"key": f"{ML_SCHEMA}.{REGISTRY_TABLE}"})
+        version = int(
+            conn.execute(sa.text(f"SELECT coalesce(max(version), 0) + 1 FROM {_REGISTRY}")).scalar()
+        )
+        conn.execute(
+            sa.text(
+                f"""
+                INSERT INTO {_REGISTRY} (
+                    version, status, trained_at, run_id, data_interactions, data_users,
+                    data_tracks, data_snapshot_date, parameters, metrics, gate_passed,
+                    gate_reason, gate_figures, artifact, artifact_sha256, artifact_bytes
+                ) VALUES (
+                    :version, :status, :trained_at, :run_id, :interactions, :users, :tracks,
+                    :snapshot_date, CAST(:parameters AS jsonb), CAST(:metrics AS jsonb),
+                    :gate_passed, :gate_reason, CAST(:gate_figures AS jsonb), :artifact,
+                    :sha256, :size
+                )
+                """
+            ),
+            {
+                "version": version,
+                "status": STATUS_CANDIDATE,
+                "trained_at": trained_at,
+                "run_id": run_id,
+                "interactions": snapshot.interactions,
+                "users": snapshot.users,
+                "tracks": snapshot.tracks,
+                "snapshot_date": snapshot.snapshot_date,
+                "parameters": json.dumps(parameters, sort_keys=True),
+                "metrics": json.dumps(metrics, sort_keys=True),
+                "gate_passed": gate_passed,
+                "gate_reason": gate_reason,
+                "gate_figures": json.dumps(gate_figures, sort_keys=True),
+                "artifact": artifact.payload,
+                "sha256": artifact.sha256,
+                "size": artifact.size_bytes,
+            },
+        )
+        _log(conn, version, "refused" if not gate_passed else "registered", gate_reason)
+    return version
+
+
+def _make_production(conn: sa.Connection, version: int) -> int | None:
+    previous = conn.execute(
+        sa.text(f"SELECT version FROM {_REGISTRY} WHERE status = 'production'")
+    ).scalar()
+    conn.execute(
+        sa.text(
+            f"UPDATE {_REGISTRY} SET status = 'retired', retired_at = now() "
+            "WHERE status = 'production'"
+        )
+    )
+    conn.execute(
+        sa.text(
+            f"UPDATE {_REGISTRY} SET status = 'production', promoted_at = now(), "
+            "retired_at = NULL WHERE version = :v"
+        ),
+        {"v": version},
+    )
+    return None if previous is None else int(previous)
+
+
+def promote(engine: sa.Engine, version: int) -> int | None:
+    """Make the candidate ``version`` the production model, retiring the current one.
+
+    Idempotent: promoting the production model again changes nothing.
+
+    Args:
+        engine: Engine of the warehouse database.
+        version: A candidate whose promotion gate passed.
+
+    Returns:
+        The previous production version (None if there was none or ``version`` already was it).
+
+    Raises:
+        RegistryError: Unknown version, a retired version, or a candidate refused by the gate.
+    """
+    ensure_registry_schema(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text(_LOCK_SQL), {"key": f"{ML_SCHEMA}.{REGISTRY_TABLE}"})
+        row = conn.execute(
+            sa.text(
+                f"SELECT status, gate_passed, gate_reason FROM {_REGISTRY} "
+                "WHERE version = :v FOR UPDATE"
+            ),
+            {"v": version},
+        ).first()
+        if row is None:
+            raise RegistryError(f"cannot promote version {version}: it is not registered")
+        if row.status == STATUS_PRODUCTION:
+            return None
+        if row.status != STATUS_CANDIDATE:
+            raise RegistryError(
+                f"cannot promote version {version}: it is {row.status}; use a rollback to "
+                "bring a previous production model back"
+            )
+        if not row.gate_passed:
+            raise RegistryError(
+                f"cannot promote version {version}: its gate refused it ({row.gate_reason})"
+            )
+        previous = _make_production(conn, version)
+        _log(conn, version, "promoted", f"replaces version {previous}")
+    return previous
+
+
+def rollback(engine: sa.Engine, to_version: int) -> int | None:
+    """Put a previously promoted model back in production, retiring the current one.
+
+    Only versions that once served (``promoted_at`` set) qualify: a candidate the gate refused, or
+    one never promoted, is not a rollback target.
+
+    Args:
+        engine: Engine of the warehouse database.
+        to_version: The version to serve again.
+
+    Returns:
+        The version that was in production before (None if none).
+
+    Raises:
+        RegistryError: Unknown version, already in production, or never promoted.
+    """
+    ensure_registry_schema(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text(_LOCK_SQL), {"key": f"{ML_SCHEMA}.{REGISTRY_TABLE}"})
+        row = conn.execute(
+            sa.text(f"SELECT status, promoted_at FROM {_REGISTRY} WHERE version = :v FOR UPDATE"),
+            {"v": to_version},
+        ).first()
+        if row is None:
+            raise RegistryError(f"cannot roll back to version {to_version}: it is not registered")
+        if row.status == STATUS_PRODUCTION:
+            raise RegistryError(f"version {to_version} is already the production model")
+        if row.promoted_at is None:
+            raise RegistryError(
+                f"cannot roll back to version {to_version}: it was never in production "
+                f"(status {row.status})"
+            )
+        previous = _make_production(conn, to_version)
+        _log(conn, to_version, "rollback", f"rolled back from version {previous}")
+    return previous
+
+
+def record_evaluation(
+    engine: sa.Engine,
+    version: int,
+    *,
+    evaluated_at: datetime,
+    run_id: str | None,
+    snapshot: DataSnapshot,
+    metrics: dict[str, Any],
+) -> None:
+    """Append one daily evaluation of ``version`` to ``ml.model_evaluations``."""
+    ensure_registry_schema(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                f"""
+                INSERT INTO {_EVALUATIONS} (
+                    version, evaluated_at, run_id, data_interactions, data_snapshot_date, metrics
+                ) VALUES (:v, :at, :run_id, :n, :day, CAST(:metrics AS jsonb))
+                """
+            ),
+            {
+                "v": version,
+                "at": evaluated_at,
+                "run_id": run_id,
+                "n": snapshot.interactions,
+                "day": snapshot.snapshot_date,
+                "metrics": json.dumps(metrics, sort_keys=True),
+            },
+        )
+
+
+def latest_evaluation(engine: sa.Engine, version: int) -> Evaluation | None:
+    """The newest daily evaluation of ``version``, or None."""
+    with engine.connect() as conn:
+        if not _exists(conn, EVALUATIONS_TABLE):
+            return None
+        row = conn.execute(
+            sa.text(
+                f"SELECT version, evaluated_at, data_interactions, data_snapshot_date, metrics "
+                f"FROM {_EVALUATIONS} WHERE version = :v ORDER BY evaluated_at DESC LIMIT 1"
+            ),
+            {"v": version},
+        ).first()
+    if row is None:
+        return None
+    return Evaluation(
+        version=int(row.version),
+        evaluated_at=row.evaluated_at,
+        snapshot=DataSnapshot(
+            interactions=int(row.data_interactions),
+            users=0,
+            tracks=0,
+            snapshot_date=row.data_snapshot_date,
+        ),
+        metrics=dict(row.metrics),
+    )
+
+
+def registry_log(engine: sa.Engine) -> list[tuple[int, str, str]]:
+    """Every (version, action, detail) of the registry log, oldest first."""
+    with engine.connect() as conn:
+        if not _exists(conn, REGISTRY_LOG_TABLE):
+            return []
+        rows = conn.execute(sa.text(f"SELECT version, action, detail FROM {_LOG} ORDER BY id")).all()
+    return [(int(r.version), r.action, r.detail) for r in rows]
