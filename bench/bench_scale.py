@@ -1,0 +1,137 @@
+"""Scale benchmark: the whole daily run (raw, core, recommendations) at several sizes.
+
+For each size (records per endpoint; listening lists average 5 tracks, so 1,000,000 records mean
+about 5,000,000 listening pairs) it starts the API stand-in, then materializes the daily graph one
+asset at a time, in topological order, each in a fresh process (so that wall time and peak RSS are
+that step's own), through the project's own `defs` and resources, against a PostgreSQL in a
+temporary folder (or MOOVITAMIX_DATABASE_URL). Prints a table per size and the growth from 100k to
+1M (target: at most 12x; peak RSS under 2 GB at 1M).
+
+    python bench/bench_scale.py [--sizes 10000 100000 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_step(key: str, partition: str) -> dict:
+    """Materialize one asset (with its checks) of the project's definitions, in this process."""
+    import dagster as dg
+
+    from moovitamix_assets.definitions import defs
+
+    started = time.perf_counter()
+    selection = dg.AssetSelection.assets(dg.AssetKey.from_user_string(key))
+    partitioned = defs.resolve_assets_def(dg.AssetKey.from_user_string(key)).partitions_def
+    result = dg.materialize(
+        [a for a in defs.assets if isinstance(a, dg.AssetsDefinition)],
+        selection=selection,
+        resources=dict(defs.resources or {}),
+        partition_key=partition if partitioned else None,
+        raise_on_error=False,
+    )
+    rows = None
+    for event in result.get_asset_materialization_events():
+        value = event.materialization.metadata.get("dagster/row_count")
+        rows = value.value if value is not None else rows
+    return {
+        "success": result.success,
+        "wall_s": time.perf_counter() - started,
+        "peak_rss_mb": peak_rss_mb(),
+        "rows": rows,
+    }
+
+
+def step_order() -> list[str]:
+    """The daily graph's materializable assets, upstream first."""
+    from moovitamix_assets.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    keys = graph.toposorted_asset_keys
+    return [k.to_user_string() for k in keys if graph.get(k).is_materializable]
+
+
+def bench_size(records: int, env: dict[str, str], partition: str) -> list[dict]:
+    from moovitamix_api.server import run_subprocess
+
+    rows = []
+    with run_subprocess(["--records", str(records), "--seed", "42"]) as api:
+        env = {**env, "MOOVITAMIX_API_URL": api.base_url}
+        for key in step_order():
+            out = subprocess.run(
+                [sys.executable, __file__, "--step", key, "--partition", partition],
+                env=env,
+                capture_output=True,
+                text=True,
+            )
+            lines = out.stdout.strip().splitlines()
+            if out.returncode != 0 or not lines:
+                print(out.stderr[-3000:], file=sys.stderr)
+                raise SystemExit(f"step {key} crashed at {records:,} records")
+            figures = json.loads(lines[-1])
+            figures["key"] = key
+            rows.append(figures)
+            status = "ok" if figures["success"] else "FAILED"
+            print(
+                f"  {records:>9,}  {key:<36}{figures['wall_s']:>8.1f} s"
+                f"{figures['peak_rss_mb']:>9.0f} MB  {status}",
+                flush=True,
+            )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--step")
+    parser.add_argument("--partition")
+    args = parser.parse_args()
+    if args.step:
+        print(json.dumps(run_step(args.step, args.partition)))
+        return
+
+    from moovitamix_assets.partitions import utc_today
+
+    partition = utc_today().isoformat()
+    results: dict[int, list[dict]] = {}
+    with tempfile.TemporaryDirectory(prefix="moovitamix-scale-") as tmp:
+        env = dict(os.environ)
+        env.setdefault("MOOVITAMIX_STATE_DIR", str(Path(tmp) / "state"))
+        env.setdefault("DAGSTER_HOME", tmp)
+        for size in args.sizes:
+            # Each size starts from empty tables: a fresh state folder (or scratch schemas).
+            env["MOOVITAMIX_STATE_DIR"] = str(Path(tmp) / f"state-{size}")
+            results[size] = bench_size(size, env, partition)
+
+    print(f"\n{'step':<36}" + "".join(f"{s:>14,}" for s in args.sizes) + "   (wall s / peak MB)")
+    keys = [r["key"] for r in results[args.sizes[0]]]
+    for i, key in enumerate(keys):
+        cells = "".join(
+            f"{results[s][i]['wall_s']:>7.1f}/{results[s][i]['peak_rss_mb']:>6.0f}"
+            for s in args.sizes
+        )
+        print(f"{key:<36}{cells}")
+    totals = {s: sum(r["wall_s"] for r in results[s]) for s in args.sizes}
+    print(f"{'total wall s':<36}" + "".join(f"{totals[s]:>14.1f}" for s in args.sizes))
+    if 100_000 in totals and 1_000_000 in totals:
+        print(f"1M / 100k wall time: {totals[1_000_000] / totals[100_000]:.1f}x (target <= 12x)")
+    if 1_000_000 in results:
+        peak = max(r["peak_rss_mb"] for r in results[1_000_000])
+        print(f"peak RSS at 1M: {peak:.0f} MB (target < 2048 MB)")
+
+
+if __name__ == "__main__":
+    main()
