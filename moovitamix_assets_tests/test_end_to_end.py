@@ -87,7 +87,7 @@ def test_materialize_everything_from_the_terminal(api_server, fresh_database, tm
                 "WHERE dagster_event_type = 'ASSET_MATERIALIZATION'"
             )
         ).scalar_one()
-        assert materialized == 7  # 3 raw + 4 core
+        assert materialized == 12  # 3 raw + 4 core + 5 ml
     storage.dispose()
 
 

@@ -525,5 +525,7 @@ def registry_log(engine: sa.Engine) -> list[tuple[int, str, str]]:
     with engine.connect() as conn:
         if not _exists(conn, REGISTRY_LOG_TABLE):
             return []
-        rows = conn.execute(sa.text(f"SELECT version, action, detail FROM {_LOG} ORDER BY id")).all()
+        rows = conn.execute(
+            sa.text(f"SELECT version, action, detail FROM {_LOG} ORDER BY id")
+        ).all()
     return [(int(r.version), r.action, r.detail) for r in rows]

@@ -1,0 +1,203 @@
+"""Plain typed steps between the ML library and the assets: split, train, evaluate, recommend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+import numpy as np
+import pandas as pd
+
+from moovitamix_assets.ml import INTERACTION_COLUMNS
+from moovitamix_assets.ml.evaluation import Metrics, evaluate_on_holdout
+from moovitamix_assets.ml.models import (
+    SOURCE_COLD_START,
+    AlsModel,
+    AlsParams,
+    Recommender,
+    fit_genre_popularity,
+    fit_popularity,
+    known_items_matrix,
+    recommend_for_all_users,
+    train_als,
+)
+
+CANDIDATE: Final = "candidate"
+POPULARITY: Final = "popularity"
+GENRE_POPULARITY: Final = "genre_popularity"
+PRODUCTION: Final = "production"
+# model_version of recommendations served before any model was promoted (popularity only).
+NO_MODEL_VERSION: Final = 0
+RECOMMENDATION_TABLE_COLUMNS: Final = (
+    "user_id",
+    "track_id",
+    "score",
+    "rank",
+    "source",
+    "model_version",
+    "generated_at",
+)
+
+
+def _pair_keys(frame: pd.DataFrame) -> np.ndarray:
+    # One complex number per pair keys it exactly (ids are exact in float64 up to 2**53) with no
+    # overflow risk, unlike user_id * n_tracks + track_id.
+    users = frame["user_id"].to_numpy(dtype=np.int64)
+    tracks = frame["track_id"].to_numpy(dtype=np.int64)
+    return users.astype(np.complex128) + 1j * tracks.astype(np.complex128)
+
+
+def training_half(interactions: pd.DataFrame, holdout: pd.DataFrame) -> pd.DataFrame:
+    """The interactions minus the held-out (user, track) pairs: what models may learn from."""
+    if len(holdout) == 0:
+        return interactions
+    held = np.isin(_pair_keys(interactions), _pair_keys(holdout))
+    return interactions.loc[~held].reset_index(drop=True)
+
+
+def holdout_frame(test: pd.DataFrame) -> pd.DataFrame:
+    """The held-out pairs with the interaction columns, in a stable order for storage."""
+    return (
+        test[list(INTERACTION_COLUMNS)]
+        .sort_values(["user_id", "track_id"], kind="stable")
+        .reset_index(drop=True)
+    )
+
+
+def catalogue_size(tracks: pd.DataFrame, interactions: pd.DataFrame) -> int:
+    """Tracks that could be recommended: the catalogue plus any track listened to."""
+    ids = np.concatenate(
+        [tracks["id"].to_numpy(dtype=np.int64), interactions["track_id"].to_numpy(dtype=np.int64)]
+    )
+    return max(1, len(np.unique(ids)))
+
+
+@dataclass(frozen=True, eq=False)
+class CandidateResult:
+    """A trained candidate and every recommender's metrics on the same held-out pairs."""
+
+    model: AlsModel
+    metrics: dict[str, Metrics]
+
+    def metrics_json(self, production_version: int | None) -> dict[str, Any]:
+        document: dict[str, Any] = {name: m.as_dict() for name, m in self.metrics.items()}
+        document["production_version"] = production_version
+        return document
+
+
+def train_and_evaluate(
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    users: pd.DataFrame,
+    tracks: pd.DataFrame,
+    params: AlsParams,
+    k: int,
+    production: AlsModel | None = None,
+) -> CandidateResult:
+    """Train ALS on ``train`` and score it, both baselines and production on ``test``.
+
+    Args:
+        train: Training interactions.
+        test: Held-out interactions (each user's most recent listens).
+        users: Users ``[id, favorite_genres]`` (for the genre baseline).
+        tracks: Catalogue ``[id, genres]``.
+        params: ALS hyper-parameters (seeded).
+        k: Metric cut-off.
+        production: The current production model, evaluated on the same data, or None.
+
+    Returns:
+        The model and metrics keyed ``candidate``, ``popularity``, ``genre_popularity`` and (when
+        given) ``production``.
+    """
+    model = train_als(train, params)
+    recommenders: dict[str, Recommender] = {
+        CANDIDATE: model,
+        POPULARITY: fit_popularity(train, tracks),
+        GENRE_POPULARITY: fit_genre_popularity(train, tracks, users),
+    }
+    if production is not None:
+        recommenders[PRODUCTION] = production
+    metrics = evaluate_on_holdout(recommenders, train, test, catalogue_size(tracks, train), k)
+    return CandidateResult(model=model, metrics=metrics)
+
+
+def evaluate_model(
+    model: AlsModel, train: pd.DataFrame, test: pd.DataFrame, tracks: pd.DataFrame, k: int
+) -> dict[str, Metrics]:
+    """Score ``model`` and the popularity baseline on the same held-out pairs."""
+    return evaluate_on_holdout(
+        {PRODUCTION: model, POPULARITY: fit_popularity(train, tracks)},
+        train,
+        test,
+        catalogue_size(tracks, train),
+        k,
+    )
+
+
+def restrict_to_catalogue(model: AlsModel, track_ids: np.ndarray) -> AlsModel:
+    """The same model scoring only ``track_ids`` (tracks removed from the catalogue drop out)."""
+    keep = np.isin(model.item_ids, np.asarray(track_ids, dtype=np.int64))
+    if keep.all():
+        return model
+    return AlsModel(
+        params=model.params,
+        user_ids=model.user_ids,
+        item_ids=model.item_ids[keep],
+        user_factors=model.user_factors,
+        item_factors=np.ascontiguousarray(model.item_factors[keep]),
+    )
+
+
+def build_recommendations(
+    model: AlsModel | None,
+    model_version: int,
+    users: pd.DataFrame,
+    tracks: pd.DataFrame,
+    interactions: pd.DataFrame,
+    k: int,
+    generated_at: datetime,
+) -> pd.DataFrame:
+    """Exactly ``k`` unheard, active tracks for every user of ``users``.
+
+    Users known to ``model`` get its ALS ranking, the others (and everyone when there is no
+    model yet) genre-aware popularity. Listened tracks are never recommended, and neither are
+    tracks outside ``tracks`` (the active catalogue).
+
+    Args:
+        model: The production model, or None before the first promotion.
+        model_version: Its registry version (``NO_MODEL_VERSION`` without a model).
+        users: Active users ``[id, favorite_genres]``.
+        tracks: Active catalogue ``[id, genres]``.
+        interactions: Every known interaction (the exclusion list and popularity source).
+        k: Recommendations per user.
+        generated_at: Timestamp written on every row (UTC).
+
+    Returns:
+        A frame with ``RECOMMENDATION_TABLE_COLUMNS``, ordered by user then rank.
+    """
+    catalogue = tracks["id"].to_numpy(dtype=np.int64)
+    # Popularity counts only listens of tracks still in the catalogue, so it never ranks a
+    # removed track; the full interactions still serve as the exclusion list.
+    active_listens = interactions.loc[
+        np.isin(interactions["track_id"].to_numpy(dtype=np.int64), catalogue)
+    ]
+    cold_start = fit_genre_popularity(active_listens, tracks, users)
+    if model is None:
+        user_ids = np.unique(users["id"].to_numpy(dtype=np.int64))
+        recs = cold_start.recommend(
+            user_ids, known_items_matrix(interactions, user_ids, cold_start.item_ids), k
+        )
+        recs["source"] = SOURCE_COLD_START
+    else:
+        recs = recommend_for_all_users(
+            restrict_to_catalogue(model, catalogue),
+            users,
+            tracks,
+            interactions,
+            k,
+            cold_start=cold_start,
+        )
+    recs["model_version"] = np.int64(model_version)
+    recs["generated_at"] = pd.Timestamp(generated_at).tz_convert("UTC")
+    return recs[list(RECOMMENDATION_TABLE_COLUMNS)].reset_index(drop=True)

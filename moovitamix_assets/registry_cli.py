@@ -1,0 +1,79 @@
+"""`python -m moovitamix_assets.registry_cli list|rollback`: inspect and roll back the registry.
+
+    python -m moovitamix_assets.registry_cli list
+    python -m moovitamix_assets.registry_cli rollback --to-version 3
+
+The warehouse is the one of the platform: ``--database-url``, else ``$MOOVITAMIX_DATABASE_URL``,
+else the embedded server of the state folder. A rollback puts a version that once served back in
+production in one transaction and retires the current one; the next daily run (or
+``dagster asset materialize -m moovitamix_assets.definitions --select ml/user_recommendations``)
+serves its recommendations.
+"""
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from moovitamix_assets.assets.recommendation import registry
+from moovitamix_assets.resources.database import PostgresResource
+
+
+def _format_entry(entry: registry.RegistryEntry) -> str:
+    precision = entry.metric("candidate", "precision_at_k")
+    baseline = entry.metric("popularity", "precision_at_k")
+    figures = (
+        f"P@k {precision:.4f} vs popularity {baseline:.4f}"
+        if precision is not None and baseline is not None
+        else "no metrics"
+    )
+    day = entry.snapshot.snapshot_date.isoformat() if entry.snapshot.snapshot_date else "-"
+    return (
+        f"v{entry.version:<4} {entry.status:<10} trained {entry.trained_at:%Y-%m-%d %H:%M} UTC  "
+        f"data {day} ({entry.snapshot.interactions:,} interactions)  {figures}\n"
+        f"      gate: {entry.gate_reason}"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the process exit code (0 on success, 1 on a refused action)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m moovitamix_assets.registry_cli",
+        description="Inspect the model registry (ml.model_registry) and roll production back.",
+    )
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="Warehouse URL (default: $MOOVITAMIX_DATABASE_URL, else the embedded server).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("list", help="List every registered model, newest first.")
+    rollback = commands.add_parser(
+        "rollback", help="Put a previously promoted version back in production."
+    )
+    rollback.add_argument("--to-version", type=int, required=True, help="Version to serve again.")
+    args = parser.parse_args(argv)
+
+    engine = PostgresResource(database_url=args.database_url).engine()
+    if args.command == "list":
+        entries = registry.list_entries(engine)
+        if not entries:
+            sys.stdout.write("no model registered yet\n")
+        for entry in entries:
+            sys.stdout.write(_format_entry(entry) + "\n")
+        return 0
+
+    try:
+        previous = registry.rollback(engine, args.to_version)
+    except registry.RegistryError as exc:
+        sys.stderr.write(f"rollback refused: {exc}\n")
+        return 1
+    sys.stdout.write(
+        f"version {args.to_version} is the production model again (was version {previous}); "
+        "recommendations switch at the next daily run, or now with: dagster asset materialize "
+        "-m moovitamix_assets.definitions --select ml/user_recommendations\n"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

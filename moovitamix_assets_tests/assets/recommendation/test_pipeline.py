@@ -1,0 +1,71 @@
+"""The plain steps behind the assets, on tiny frames (no database)."""
+
+from datetime import datetime, timezone
+
+import numpy as np
+import pandas as pd
+
+from moovitamix_assets.assets.recommendation import pipeline
+from moovitamix_assets.ml.models import AlsModel, AlsParams
+
+NOW = datetime(2026, 11, 20, 2, tzinfo=timezone.utc)
+
+
+def interactions(pairs: list[tuple[int, int]]) -> pd.DataFrame:
+    frame = pd.DataFrame(pairs, columns=["user_id", "track_id"])
+    return frame.assign(play_count=1, weight=1.0, last_position=np.arange(len(frame)))
+
+
+def test_training_half_drops_exactly_the_held_out_pairs() -> None:
+    everything = interactions([(1, 10), (1, 11), (2, 10), (2, 12)])
+    holdout = interactions([(1, 11), (2, 12)])
+    train = pipeline.training_half(everything, holdout)
+    assert sorted(zip(train["user_id"], train["track_id"], strict=True)) == [(1, 10), (2, 10)]
+    assert pipeline.training_half(everything, holdout.iloc[0:0]) is everything
+
+
+def test_restricted_model_never_scores_removed_tracks() -> None:
+    model = AlsModel(
+        params=AlsParams(factors=1),
+        user_ids=np.array([1], dtype=np.int64),
+        item_ids=np.array([10, 11, 12], dtype=np.int64),
+        user_factors=np.ones((1, 1), dtype=np.float32),
+        item_factors=np.array([[3.0], [2.0], [1.0]], dtype=np.float32),
+    )
+    restricted = pipeline.restrict_to_catalogue(model, np.array([11, 12]))
+    assert restricted.item_ids.tolist() == [11, 12]
+    assert restricted.item_factors[:, 0].tolist() == [2.0, 1.0]
+    assert pipeline.restrict_to_catalogue(model, np.array([10, 11, 12])) is model
+
+
+def test_without_a_model_every_user_gets_k_genre_recommendations() -> None:
+    users = pd.DataFrame({"id": [1, 2, 3], "favorite_genres": ["Rock", "Jazz", None]})
+    tracks = pd.DataFrame({"id": [10, 11, 12, 13], "genres": ["Rock", "Jazz", "Rock", "Jazz"]})
+    listens = interactions([(1, 10), (2, 10), (2, 11), (4, 13), (4, 12)])
+    recs = pipeline.build_recommendations(None, 0, users, tracks, listens, 2, NOW)
+    assert list(recs.columns) == list(pipeline.RECOMMENDATION_TABLE_COLUMNS)
+    assert recs.groupby("user_id").size().to_dict() == {1: 2, 2: 2, 3: 2}
+    assert set(recs["source"]) == {"cold_start"} and set(recs["model_version"]) == {0}
+    assert recs.merge(listens, on=["user_id", "track_id"]).empty
+    # Rock fan: the unheard Rock track first.
+    assert recs.loc[recs["user_id"] == 1, "track_id"].iloc[0] == 12
+
+
+def test_removed_tracks_are_never_recommended() -> None:
+    users = pd.DataFrame({"id": [1, 2], "favorite_genres": ["Rock", "Rock"]})
+    all_tracks = pd.DataFrame({"id": [10, 11, 12, 13], "genres": ["Rock"] * 4})
+    active = all_tracks[all_tracks["id"] != 11]
+    listens = interactions([(1, 10), (2, 11), (3, 11), (3, 12)])
+    model = AlsModel(
+        params=AlsParams(factors=1),
+        user_ids=np.array([1, 2, 3], dtype=np.int64),
+        item_ids=np.array([10, 11, 12, 13], dtype=np.int64),
+        user_factors=np.ones((3, 1), dtype=np.float32),
+        item_factors=np.array([[1.0], [9.0], [2.0], [0.5]], dtype=np.float32),
+    )
+    recs = pipeline.build_recommendations(model, 4, users, active, listens, 2, NOW)
+    assert 11 not in set(recs["track_id"])
+    assert recs.groupby("user_id").size().to_dict() == {1: 2, 2: 2}
+    assert recs.loc[recs["user_id"] == 1, "track_id"].tolist() == [12, 13]
+    assert set(recs["model_version"]) == {4}
+    assert (recs["generated_at"] == pd.Timestamp(NOW)).all()

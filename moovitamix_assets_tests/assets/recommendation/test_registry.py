@@ -1,0 +1,158 @@
+"""The model registry on a real PostgreSQL: promote, refuse, roll back (library and command)."""
+
+import subprocess
+import sys
+from datetime import datetime, timezone
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from moovitamix_assets import registry_cli
+from moovitamix_assets.assets.recommendation import registry
+from moovitamix_assets.ml.artifacts import serialize_model
+from moovitamix_assets.ml.models import AlsModel, AlsParams
+from moovitamix_assets.resources.database import PostgresResource
+
+
+def tiny_model(seed: int) -> AlsModel:
+    rng = np.random.default_rng(seed)
+    return AlsModel(
+        params=AlsParams(factors=2, random_state=seed),
+        user_ids=np.array([1, 2, 3], dtype=np.int64),
+        item_ids=np.array([10, 20], dtype=np.int64),
+        user_factors=rng.random((3, 2), dtype=np.float32),
+        item_factors=rng.random((2, 2), dtype=np.float32),
+    )
+
+
+def register(
+    engine: sa.Engine, *, passed: bool = True, interactions: int = 1_000, precision: float = 0.05
+) -> int:
+    return registry.register_candidate(
+        engine,
+        serialize_model(tiny_model(interactions)),
+        trained_at=datetime(2026, 11, 20, 4, tzinfo=timezone.utc),
+        run_id=None,
+        snapshot=registry.DataSnapshot(interactions, 3, 2, None),
+        parameters=AlsParams().as_dict(),
+        metrics={
+            "candidate": {"precision_at_k": precision},
+            "popularity": {"precision_at_k": 0.01},
+            "production_version": None,
+        },
+        gate_passed=passed,
+        gate_reason="promoted: test" if passed else "refused: test does not beat the baseline",
+        gate_figures={"candidate": precision, "baseline": 0.01},
+    )
+
+
+@pytest.fixture
+def engine(postgres_resource: PostgresResource) -> sa.Engine:
+    return postgres_resource.engine()
+
+
+def statuses(engine: sa.Engine) -> dict[int, str]:
+    return {e.version: e.status for e in registry.list_entries(engine)}
+
+
+def test_promotion_retires_the_previous_production_model(engine: sa.Engine) -> None:
+    assert registry.production_entry(engine) is None
+    first = register(engine)
+    assert registry.promote(engine, first) is None
+    second = register(engine, interactions=2_000)
+    assert (first, second) == (1, 2)
+    assert registry.promote(engine, second) == first
+    assert statuses(engine) == {1: "retired", 2: "production"}
+    # Promoting the production model again is a no-op.
+    assert registry.promote(engine, second) is None
+    production = registry.production_entry(engine)
+    assert production is not None and production.snapshot.interactions == 2_000
+    assert [action for _, action, _ in registry.registry_log(engine)] == [
+        "registered",
+        "promoted",
+        "registered",
+        "promoted",
+    ]
+
+
+def test_a_refused_candidate_is_never_promoted(engine: sa.Engine) -> None:
+    registry.promote(engine, register(engine))
+    refused = register(engine, passed=False)
+    with pytest.raises(registry.RegistryError, match="gate refused it"):
+        registry.promote(engine, refused)
+    assert statuses(engine) == {1: "production", 2: "candidate"}
+    entry = registry.get_entry(engine, refused)
+    assert entry is not None and not entry.gate_passed
+    assert entry.gate_reason.startswith("refused")
+    assert (2, "refused", entry.gate_reason) in registry.registry_log(engine)
+
+
+def test_the_database_refuses_two_production_models(engine: sa.Engine) -> None:
+    registry.promote(engine, register(engine))
+    register(engine)
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE ml.model_registry SET status = 'production' WHERE version = 2")
+        )
+
+
+def test_artifacts_round_trip_and_tampering_is_detected(engine: sa.Engine) -> None:
+    version = register(engine, interactions=7)
+    model = registry.load_model(engine, version)
+    np.testing.assert_array_equal(model.user_factors, tiny_model(7).user_factors)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE ml.model_registry SET artifact = artifact || '\\x00'::bytea"))
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        registry.load_model(engine, version)
+
+
+def test_rollback_command_restores_a_previous_version(
+    engine: sa.Engine, pg_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    registry.promote(engine, register(engine))
+    registry.promote(engine, register(engine, interactions=2_000))
+    refused = register(engine, passed=False)
+
+    assert registry_cli.main(["--database-url", pg_url, "rollback", "--to-version", "1"]) == 0
+    assert "version 1 is the production model again (was version 2)" in capsys.readouterr().out
+    assert statuses(engine) == {1: "production", 2: "retired", 3: "candidate"}
+    assert registry.registry_log(engine)[-1][:2] == (1, "rollback")
+
+    # Neither a never-promoted candidate nor the current model is a rollback target.
+    assert registry_cli.main(["--database-url", pg_url, "rollback", "--to-version", "3"]) == 1
+    assert "never in production" in capsys.readouterr().err
+    assert registry_cli.main(["--database-url", pg_url, "rollback", "--to-version", "1"]) == 1
+    assert registry_cli.main(["--database-url", pg_url, "rollback", "--to-version", "9"]) == 1
+    assert statuses(engine) == {1: "production", 2: "retired", refused: "candidate"}
+
+
+def test_the_documented_command_runs_as_a_module(engine: sa.Engine, pg_url: str) -> None:
+    registry.promote(engine, register(engine))
+    registry.promote(engine, register(engine))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "moovitamix_assets.registry_cli",
+            "--database-url",
+            pg_url,
+            "rollback",
+            "--to-version",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert statuses(engine) == {1: "production", 2: "retired"}
+    listing = subprocess.run(
+        [sys.executable, "-m", "moovitamix_assets.registry_cli", "--database-url", pg_url, "list"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "v1    production" in listing.stdout and "v2    retired" in listing.stdout
