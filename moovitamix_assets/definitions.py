@@ -8,15 +8,23 @@ import dagster as dg
 
 from moovitamix_assets.assets.core.assets import core_assets
 from moovitamix_assets.assets.raw.api_snapshots import raw_assets
+from moovitamix_assets.assets.recommendation.assets import recommendation_assets
+from moovitamix_assets.assets.recommendation.checks import recommendation_checks
 from moovitamix_assets.checks.core_checks import core_checks
 from moovitamix_assets.checks.raw_checks import raw_checks
-from moovitamix_assets.jobs import daily_refresh_job
+from moovitamix_assets.jobs import daily_refresh_job, retraining_job
 from moovitamix_assets.resources.alerts import alert_notifier_from_env
 from moovitamix_assets.resources.api import MoovitamixApiResource
 from moovitamix_assets.resources.database import PostgresResource
 from moovitamix_assets.resources.io_manager import PostgresPandasIOManager
-from moovitamix_assets.schedules import DEFAULT_DAILY_CRON, build_daily_schedule
+from moovitamix_assets.schedules import (
+    DEFAULT_DAILY_CRON,
+    DEFAULT_WEEKLY_RETRAINING_CRON,
+    build_daily_schedule,
+    build_weekly_retraining_schedule,
+)
 from moovitamix_assets.sensors.alerts import build_alert_sensors
+from moovitamix_assets.sensors.retraining import build_retraining_sensor, thresholds_from_env
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 
@@ -44,11 +52,16 @@ def build_resources() -> dict[str, object]:
 
 
 defs = dg.Definitions(
-    assets=[*raw_assets, *core_assets],
-    asset_checks=[*raw_checks, *core_checks],
-    jobs=[daily_refresh_job],
-    schedules=[build_daily_schedule(os.environ.get("MOOVITAMIX_DAILY_CRON", DEFAULT_DAILY_CRON))],
-    sensors=build_alert_sensors(),
+    assets=[*raw_assets, *core_assets, *recommendation_assets],
+    asset_checks=[*raw_checks, *core_checks, *recommendation_checks],
+    jobs=[daily_refresh_job, retraining_job],
+    schedules=[
+        build_daily_schedule(os.environ.get("MOOVITAMIX_DAILY_CRON", DEFAULT_DAILY_CRON)),
+        build_weekly_retraining_schedule(
+            os.environ.get("MOOVITAMIX_RETRAINING_CRON", DEFAULT_WEEKLY_RETRAINING_CRON)
+        ),
+    ],
+    sensors=[*build_alert_sensors(), build_retraining_sensor(thresholds_from_env())],
     resources=build_resources(),
     # One process per run: at our sizes a step's own process costs more (imports, connections)
     # than running the steps one after another saves; the API read is bound by the API anyway.
