@@ -26,6 +26,7 @@ from moovitamix_assets.resources.database import PostgresResource, quote_ident
 from moovitamix_assets.resources.embedded_postgres import state_dir as resolve_state_dir
 
 DAGSTER_STORAGE_ENV = "MOOVITAMIX_DAGSTER_STORAGE_URL"
+DEFAULT_UI_HOST = "127.0.0.1"
 
 LOCAL_DAGSTER_YAML = f"""\
 # Written by `python -m moovitamix_assets.cli`: Dagster's runs, event logs and schedules live in
@@ -125,34 +126,39 @@ def summarize(partition: str, state_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m moovitamix_assets.cli``."""
     parser = argparse.ArgumentParser(prog="python -m moovitamix_assets.cli")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="materialize every asset for one day and print a summary")
     run.add_argument("--partition", default=None, help="UTC day, YYYY-MM-DD (default: today)")
     ui = sub.add_parser("ui", help="start `dagster dev` on 127.0.0.1 with the same defaults")
     ui.add_argument("--port", type=int, default=3000)
-    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument(
+        "--host",
+        default=DEFAULT_UI_HOST,
+        help="address the UI binds to (default: loopback only; 0.0.0.0 exposes it to the network)",
+    )
     for p in (run, ui):
         p.add_argument("--records", type=int, default=1000, help="stand-in records per endpoint")
         p.add_argument("--seed", type=int, default=42, help="stand-in seed")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def dagster_dev_command(host: str = DEFAULT_UI_HOST, port: int = 3000) -> list[str]:
+    """The ``dagster dev`` command line that ``ui`` runs: the UI has no login, so loopback only
+    unless ``--host`` says otherwise."""
+    return ["dagster", "dev", "-m", "moovitamix_assets.definitions", "-h", host, "-p", str(port)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     state_dir = resolve_state_dir()
     env = prepare_environment(state_dir)
     with api_stand_in(env, args.records, args.seed):
         if args.command == "ui":
-            cmd = [
-                "dagster",
-                "dev",
-                "-m",
-                "moovitamix_assets.definitions",
-                "-h",
-                args.host,
-                "-p",
-                str(args.port),
-            ]
-            return subprocess.call(cmd, env=env)
+            return subprocess.call(dagster_dev_command(args.host, args.port), env=env)
         partition = args.partition or utc_today().isoformat()
         cmd = [
             "dagster",

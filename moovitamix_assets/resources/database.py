@@ -76,6 +76,31 @@ def quote_ident(name: str, kind: str = "identifier") -> str:
     return f'"{validate_identifier(name, kind)}"'
 
 
+def create_schema_sql(schema: str) -> str:
+    """SQL text that creates ``schema`` when it is missing and does nothing when it exists.
+
+    ``CREATE SCHEMA IF NOT EXISTS`` checks the CREATE privilege on the database before it looks
+    for the schema, so it fails for the least-privilege role of
+    ``deploy/sql/least_privilege.sql`` (which owns ``raw``, ``core`` and ``ml`` but may not create
+    schemas) even when the schema exists. Callers serialise concurrent creations themselves.
+
+    Args:
+        schema: The schema name.
+
+    Returns:
+        A ``DO`` block, for ``cursor.execute`` or ``sqlalchemy.text``.
+
+    Raises:
+        ValueError: See :func:`validate_identifier`.
+    """
+    # A validated name holds only [a-z0-9_]: safe as a quoted identifier and inside the literal.
+    name = validate_identifier(schema, "schema")
+    return (
+        f"DO $$BEGIN IF to_regnamespace('{name}') IS NULL THEN "
+        f'CREATE SCHEMA IF NOT EXISTS "{name}"; END IF; END$$'
+    )
+
+
 def mask_url(url: str | URL) -> str:
     """Render a URL with its password (in the authority or the query string) replaced by ``***``."""
     try:
@@ -184,6 +209,19 @@ class PostgresResource(dg.ConfigurableResource):
             "$MOOVITAMIX_STATE_DIR at run time, else <repo root>/.moovitamix."
         ),
     )
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """Connect, creating the database when missing, before any step of the run starts.
+
+        A wrong password, an unreachable server or a database that cannot be created then fails
+        the run at its start, naming MOOVITAMIX_DATABASE_URL with the password masked, instead
+        of in a step after the API has already been read.
+
+        Raises:
+            DatabaseConfigError: The URL is malformed or names another driver.
+            DatabaseConnectionError: The server cannot be reached or the database created.
+        """
+        self.sqlalchemy_url()
 
     def _configured(self) -> tuple[str | None, str]:
         """The explicit URL (if any) and the name of the setting it came from."""

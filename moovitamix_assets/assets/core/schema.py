@@ -14,7 +14,7 @@ from typing import Final
 import sqlalchemy as sa
 
 from moovitamix_assets.constants import CORE_SCHEMA
-from moovitamix_assets.resources.database import quote_ident
+from moovitamix_assets.resources.database import create_schema_sql, quote_ident
 
 USERS_TABLE: Final = "users"
 TRACKS_TABLE: Final = "tracks"
@@ -36,7 +36,6 @@ def core_table(table: str) -> str:
     return f"{quote_ident(CORE_SCHEMA)}.{quote_ident(table)}"
 
 
-_S = quote_ident(CORE_SCHEMA)
 # Every daily merge moves last_seen on nearly every row. Half-empty pages let PostgreSQL write the
 # new row version on the same page without touching the indexes (a HOT update; no indexed column
 # changes), and page pruning reclaims the old version on the next merge: the daily update of all
@@ -44,7 +43,7 @@ _S = quote_ident(CORE_SCHEMA)
 _FILLFACTOR: Final = 50
 
 _DDL: Final = (
-    f"CREATE SCHEMA IF NOT EXISTS {_S}",
+    create_schema_sql(CORE_SCHEMA),
     f"""
     CREATE TABLE IF NOT EXISTS {core_table(USERS_TABLE)} (
         id bigint PRIMARY KEY,

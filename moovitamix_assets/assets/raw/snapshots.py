@@ -15,6 +15,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from moovitamix_assets.constants import RAW_SCHEMA, SNAPSHOT_DATE_COLUMN
+from moovitamix_assets.resources.database import create_schema_sql
 from moovitamix_assets.resources.io_manager import Sidecar
 
 MANIFEST_TABLE = "snapshot_manifest"
@@ -79,7 +80,7 @@ def ensure_bookkeeping_tables(engine: sa.Engine) -> None:
     with engine.begin() as conn:
         # Two endpoints' first runs may race to create the same tables.
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('raw.bookkeeping.ddl'))"))
-        conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {RAW_SCHEMA}"))
+        conn.execute(sa.text(create_schema_sql(RAW_SCHEMA)))
         for ddl in _DDL:
             conn.execute(sa.text(ddl))
 

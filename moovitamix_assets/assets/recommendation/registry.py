@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from moovitamix_assets.constants import ML_SCHEMA
 from moovitamix_assets.ml.artifacts import ModelArtifact, deserialize_model
 from moovitamix_assets.ml.models import AlsModel
-from moovitamix_assets.resources.database import quote_ident
+from moovitamix_assets.resources.database import create_schema_sql, quote_ident
 
 REGISTRY_TABLE: Final = "model_registry"
 REGISTRY_LOG_TABLE: Final = "model_registry_log"
@@ -50,7 +50,7 @@ _RECOMMENDATIONS = ml_table(RECOMMENDATIONS_TABLE)
 _LOCK_SQL: Final = "SELECT pg_advisory_xact_lock(hashtext(:key))"
 
 _DDL: Final = (
-    f"CREATE SCHEMA IF NOT EXISTS {quote_ident(ML_SCHEMA)}",
+    create_schema_sql(ML_SCHEMA),
     f"""
     CREATE TABLE IF NOT EXISTS {_REGISTRY} (
         version integer PRIMARY KEY,
