@@ -105,7 +105,7 @@ CORE_CHECKS: Final[dict[str, tuple[CoreCheck, ...]]] = {
             "orphan_rate",
             audit_orphan_rate,
             False,
-            "At most 10% of active listening pairs reference an unknown user or track "
+            "At most 15% of active listening pairs reference an unknown user or track "
             "(ERROR, not blocking: interactions leave orphans out).",
         ),
         _inactive(LISTEN_EVENTS_TABLE),

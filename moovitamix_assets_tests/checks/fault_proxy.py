@@ -1,9 +1,9 @@
 """A loopback proxy in front of the API stand-in that corrupts pages the way a real API could.
 
-The stand-in's own fault knobs cover errors, rate limits, malformed records and duplicates; two
-faults the checks must catch are not among them, so this proxy adds them to the stand-in's real
-pages: a field the contract does not define (schema drift) and an item silently missing from a
-page (an incomplete read that the client cannot notice, since ``total`` is unchanged).
+The stand-in's own fault knobs cover errors, rate limits and malformed records; the faults the
+checks must catch are added here to the stand-in's real pages: a field the contract does not
+define (schema drift), an item silently missing from a page (an incomplete read that the client
+cannot notice, since ``total`` is unchanged) and records repeating another record's id.
 """
 
 from __future__ import annotations
@@ -29,12 +29,20 @@ class PageFaults:
     extra_fields: dict[str, Mapping[str, Any]] = field(default_factory=dict)
     # endpoint -> page numbers whose last item is dropped
     drop_last_item: dict[str, set[int]] = field(default_factory=dict)
+    # endpoint -> how many items of every page (the 2nd, 3rd, ...) take the first item's key
+    duplicate_ids: dict[str, int] = field(default_factory=dict)
+
+
+KEY_FIELD = {"listen_history": "user_id"}
 
 
 def _corrupt(body: dict[str, Any], endpoint: str, page: int, faults: PageFaults) -> dict[str, Any]:
     items = list(body.get("items") or [])
     if page in faults.drop_last_item.get(endpoint, set()) and items:
         items = items[:-1]
+    key = KEY_FIELD.get(endpoint, "id")
+    for i in range(1, min(faults.duplicate_ids.get(endpoint, 0) + 1, len(items))):
+        items[i] = {**items[i], key: items[0][key]}
     extra = faults.extra_fields.get(endpoint)
     if extra:
         items = [{**item, **extra} for item in items]
