@@ -502,7 +502,9 @@ class Dataset:
         dup = (_unit(_hash(self._salts["dup"], key)) < self.config.duplicate_rate) & (positions > 0)
         if not dup.any():
             return ids, emails
-        ids, emails = ids.copy(), emails.copy()
+        # Tracks have no emails: only users can share one.
+        ids = ids.copy()
+        emails = emails.copy() if emails is not None else None
         where = np.flatnonzero(dup)
         previous = self._user_arrays(positions[where] - 1, t) if emails is not None else None
         if previous is None:

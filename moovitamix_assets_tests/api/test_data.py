@@ -154,6 +154,10 @@ def test_duplicates_and_nulls_are_injected_on_demand():
     histories = dirty.records("listen_history")
     assert sum(h["user_id"] is None for h in histories) > 40
     assert sum(h["items"] is None for h in histories) > 40
+    # Tracks have no email: a duplicate there repeats the id only.
+    tracks = dirty.records("tracks")
+    assert len(tracks) == 2000
+    assert len(tracks) - len({t["id"] for t in tracks}) > 10
 
 
 def test_zipf_ranks_stay_in_range_and_are_skewed():
