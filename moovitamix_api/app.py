@@ -203,7 +203,12 @@ async def _answer(
     if faults.error_rate and fstate.rng.random() < faults.error_rate:
         return _error(fstate.rng.choice(statuses), "injected random failure")
 
-    extra = faults.total_drift if faults.total_drift and n > faults.total_drift_after else 0
+    extra = 0
+    if faults.total_drift and n > faults.total_drift_after:
+        steps = 1
+        if faults.total_drift_every > 0:
+            steps += (n - faults.total_drift_after - 1) // faults.total_drift_every
+        extra = faults.total_drift * steps
     items, total = state.dataset().page(endpoint, page, size, extra=extra)
     for p, index, kind in faults.malformed_records:
         if p == page and 0 <= index < len(items):

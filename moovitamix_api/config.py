@@ -114,6 +114,8 @@ class FaultConfig:
         total_drift: After ``total_drift_after`` requests, the endpoint serves total + this many
             records (negative shrinks), so a reader sees ``total`` change mid-read.
         total_drift_after: Number of requests served before the drift starts.
+        total_drift_every: When > 0, the drift grows by another ``total_drift`` every this many
+            requests after it starts, so ``total`` never settles (a re-read drifts again).
     """
 
     error_rate: float = 0.0
@@ -129,6 +131,7 @@ class FaultConfig:
     truncated_pages: list[int] = field(default_factory=list)
     total_drift: int = 0
     total_drift_after: int = 0
+    total_drift_every: int = 0
 
     def __post_init__(self) -> None:
         # JSON (admin route, CLI) gives string keys and lists; normalise to the declared types.
@@ -139,6 +142,8 @@ class FaultConfig:
         self.truncated_pages = [int(p) for p in self.truncated_pages]
         if not 0.0 <= self.error_rate <= 1.0:
             raise ValueError("error_rate must be within [0, 1]")
+        if self.total_drift_every < 0:
+            raise ValueError("total_drift_every must be >= 0")
         if not self.error_statuses:
             raise ValueError("error_statuses must not be empty")
         for _, _, kind in self.malformed_records:

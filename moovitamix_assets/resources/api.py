@@ -22,7 +22,13 @@ from urllib.parse import urlsplit
 import dagster as dg
 import pandas as pd
 import requests
-from pydantic import Field, PrivateAttr, field_validator
+from pydantic import (
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+)
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import (
     ConnectTimeoutError,
@@ -49,6 +55,8 @@ logger = logging.getLogger(__name__)
 
 API_URL_ENV_VAR: Final = "MOOVITAMIX_API_URL"
 DEFAULT_BASE_URL: Final = "http://127.0.0.1:8000"
+# The service's OpenAPI schema (a FastAPI app serves it; the contract lists it).
+OPENAPI_PATH: Final = "openapi.json"
 # Transient answers worth another try: rate limiting and the 5xx a proxy or a restarting app gives.
 RETRY_STATUSES: Final = frozenset({429, 500, 502, 503, 504})
 # Info-level progress once per this many pages: 10 lines for a million-record endpoint.
@@ -228,12 +236,19 @@ class PagePlan:
 
 @dataclass(slots=True)
 class PageBatch:
-    """One page's items, validated: typed rows, reject rows and schema drift."""
+    """One page's items, validated: typed rows, reject rows and schema drift.
+
+    ``extra_fields``/``missing_fields`` cover every item; the ``loaded_`` ones only the items
+    that validated, i.e. the drift of what is stored (a rejected item is accounted for in the
+    rejects, with its reason).
+    """
 
     rows: list[tuple[object, ...]]
     rejects: list[dict[str, object]]
     extra_fields: set[str]
     missing_fields: set[str]
+    loaded_extra_fields: set[str] = field(default_factory=set)
+    loaded_missing_fields: set[str] = field(default_factory=set)
 
 
 def validate_page(endpoint: str, number: int, items: list[Any]) -> PageBatch:
@@ -246,7 +261,7 @@ def validate_page(endpoint: str, number: int, items: list[Any]) -> PageBatch:
 
     Returns:
         The valid rows (contract order), the reject rows (``REJECT_COLUMNS``) and the field
-        names seen outside the contract or missing from it.
+        names seen outside the contract or missing from it (in any item, and in valid items).
     """
     batch = PageBatch(rows=[], rejects=[], extra_fields=set(), missing_fields=set())
     for position, item in enumerate(items):
@@ -270,6 +285,8 @@ def validate_page(endpoint: str, number: int, items: list[Any]) -> PageBatch:
             )
         else:
             batch.rows.append(values)
+            batch.loaded_extra_fields |= extra
+            batch.loaded_missing_fields |= missing
     return batch
 
 
@@ -292,6 +309,9 @@ class EndpointRead:
         bytes: Response body bytes received.
         extra_fields: Sorted field names seen in items that the contract does not define.
         missing_fields: Sorted contract fields absent from at least one item.
+        loaded_extra_fields: ``extra_fields`` of the valid records only: the stored snapshot's
+            drift (one rejected record is not a schema change; it is counted in the rejects).
+        loaded_missing_fields: ``missing_fields`` of the valid records only.
         page_size: The page size used.
         rereads: 1 if ``total`` changed mid-read and the endpoint was read again, else 0.
         empty_page: The page at which an early empty page stopped the read, if any.
@@ -312,6 +332,8 @@ class EndpointRead:
     page_size: int
     rereads: int = 0
     empty_page: int | None = None
+    loaded_extra_fields: list[str] = field(default_factory=list)
+    loaded_missing_fields: list[str] = field(default_factory=list)
 
     @property
     def rows(self) -> int:
@@ -452,6 +474,8 @@ class _Attempt:
     empty_page: int | None
     extra_fields: set[str] = field(default_factory=set)
     missing_fields: set[str] = field(default_factory=set)
+    loaded_extra_fields: set[str] = field(default_factory=set)
+    loaded_missing_fields: set[str] = field(default_factory=set)
 
 
 class MoovitamixApiResource(dg.ConfigurableResource):
@@ -510,25 +534,29 @@ class MoovitamixApiResource(dg.ConfigurableResource):
     _probe_session: requests.Session | None = PrivateAttr(default=None)
     _session_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
-    @field_validator("page_size")
+    # "wrap" validators see the raw value: an EnvVar.int placeholder is recognised there (pydantic
+    # hands an "after" validator a plain 0) and checked at setup, once resolved.
+    @field_validator("page_size", mode="wrap")
     @classmethod
-    def _check_page_size(cls, value: int) -> int:
-        return _check_range("page_size", value, 1, API_MAX_PAGE_SIZE)
+    def _check_page_size(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> int:
+        return _validated_range("page_size", value, handler, 1, API_MAX_PAGE_SIZE)
 
-    @field_validator("max_concurrency")
+    @field_validator("max_concurrency", mode="wrap")
     @classmethod
-    def _check_concurrency(cls, value: int) -> int:
-        return _check_range("max_concurrency", value, 1, 64)
+    def _check_concurrency(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> int:
+        return _validated_range("max_concurrency", value, handler, 1, 64)
 
-    @field_validator("max_pages")
+    @field_validator("max_pages", mode="wrap")
     @classmethod
-    def _check_max_pages(cls, value: int) -> int:
-        return _check_range("max_pages", value, 1, None)
+    def _check_max_pages(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> int:
+        return _validated_range("max_pages", value, handler, 1, None)
 
-    @field_validator("max_retries", "retry_after_max")
+    @field_validator("max_retries", "retry_after_max", mode="wrap")
     @classmethod
-    def _check_non_negative_int(cls, value: int, info: Any) -> int:
-        return _check_range(info.field_name, value, 0, None)
+    def _check_non_negative_int(
+        cls, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo
+    ) -> int:
+        return _validated_range(info.field_name or "", value, handler, 0, None)
 
     @field_validator("connect_timeout", "read_timeout")
     @classmethod
@@ -546,12 +574,18 @@ class MoovitamixApiResource(dg.ConfigurableResource):
 
     # Lifecycle -----------------------------------------------------------------------------------
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        """Check the settings once their environment variables are resolved.
+        """Check the settings and that the API answers, before any step of the run starts.
+
+        Dagster sets resources up before the first step, so a bad ``page_size`` or an unreachable
+        or wrong ``MOOVITAMIX_API_URL`` fails the run there, with the setting named, instead of
+        in each raw step after its retries (or after other steps already did work).
 
         Raises:
             ValueError: If a setting is out of range or the base URL is not an http(s) URL.
+            ApiUnavailableError: If the base URL does not serve the MooVitamix API.
         """
         self.check_settings()
+        self.check_service()
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         """Close the pooled connections."""
@@ -729,6 +763,51 @@ class MoovitamixApiResource(dg.ConfigurableResource):
             seconds=time.perf_counter() - started,
         )
 
+    def check_service(self) -> None:
+        """Check, without requesting any page, that the base URL serves the MooVitamix API.
+
+        Reads the service's OpenAPI schema (``/openapi.json``, part of the contract) through the
+        read session, so a blip is retried like a page would be, and checks that it lists the
+        three endpoints. No data endpoint is called: nothing is read before the steps run, and
+        the service's page counters and rate limits are left alone.
+
+        Raises:
+            ApiUnavailableError: Naming MOOVITAMIX_API_URL, when the API cannot be reached once
+                retries are exhausted, answers an error status, or is not the MooVitamix API.
+            ValueError: If a setting is invalid.
+        """
+        self.check_settings()
+        where = f"{redact_url(self.base_url)} (from {API_URL_ENV_VAR})"
+        try:
+            response = self._get_session().get(
+                f"{self.base_url.rstrip('/')}/{OPENAPI_PATH}",
+                timeout=(self.connect_timeout, self.read_timeout),
+            )
+        except requests.RequestException as exc:
+            raise ApiUnavailableError(
+                OPENAPI_PATH, None, f"API unreachable at {where}: {_describe_request_error(exc)}"
+            ) from exc
+        if response.status_code != 200:
+            raise ApiUnavailableError(
+                OPENAPI_PATH,
+                None,
+                f"API at {where} answered HTTP {response.status_code} to /{OPENAPI_PATH}",
+            )
+        try:
+            schema = response.json()
+        except ValueError:
+            schema = None
+        paths = schema.get("paths") if isinstance(schema, dict) else None
+        listed = paths if isinstance(paths, dict) else {}
+        missing = [f"/{e}" for e in ENDPOINTS if f"/{e}" not in listed]
+        if missing:
+            raise ApiUnavailableError(
+                OPENAPI_PATH,
+                None,
+                f"{where} does not serve the MooVitamix API: its /{OPENAPI_PATH} lists no "
+                f"{', '.join(missing)}",
+            )
+
     def check_reachable(self) -> ApiProbe:
         """Alias of ``probe()`` for call sites that read better as a precondition."""
         return self.probe()
@@ -795,6 +874,8 @@ class MoovitamixApiResource(dg.ConfigurableResource):
             bytes=stats.bytes,
             extra_fields=sorted(attempt.extra_fields),
             missing_fields=sorted(attempt.missing_fields),
+            loaded_extra_fields=sorted(attempt.loaded_extra_fields),
+            loaded_missing_fields=sorted(attempt.loaded_missing_fields),
             page_size=self.page_size,
             rereads=rereads,
             empty_page=attempt.empty_page,
@@ -851,6 +932,8 @@ class MoovitamixApiResource(dg.ConfigurableResource):
             attempt.rejects.extend(batch.rejects)
             attempt.extra_fields |= batch.extra_fields
             attempt.missing_fields |= batch.missing_fields
+            attempt.loaded_extra_fields |= batch.loaded_extra_fields
+            attempt.loaded_missing_fields |= batch.loaded_missing_fields
             attempt.pages_read += 1
             if attempt.pages_read % PROGRESS_EVERY_PAGES == 0:
                 log.info(
@@ -895,10 +978,24 @@ class MoovitamixApiResource(dg.ConfigurableResource):
             pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _is_int_env_var(value: object) -> bool:
+    """Whether ``value`` is dagster's ``EnvVar.int`` placeholder (an int subclass, not a bool)."""
+    return isinstance(value, int) and type(value) is not int and not isinstance(value, bool)
+
+
+def _validated_range(
+    name: str, raw: Any, handler: ValidatorFunctionWrapHandler, low: int, high: int | None
+) -> int:
+    value = handler(raw)
+    if _is_int_env_var(raw):
+        return value
+    return _check_range(name, value, low, high)
+
+
 def _check_range(name: str, value: int, low: int, high: int | None) -> int:
     # dagster's EnvVar.int placeholder is an int subclass valued 0 until resolved at setup,
     # where check_settings() validates the real value.
-    if type(value) is not int and not isinstance(value, bool):
+    if _is_int_env_var(value):
         return value
     if value < low or (high is not None and value > high):
         bound = f"between {low} and {high}" if high is not None else f">= {low}"
@@ -908,6 +1005,7 @@ def _check_range(name: str, value: int, low: int, high: int | None) -> int:
 
 __all__ = [
     "API_URL_ENV_VAR",
+    "OPENAPI_PATH",
     "REJECT_COLUMNS",
     "ApiDriftError",
     "ApiError",

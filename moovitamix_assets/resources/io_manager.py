@@ -45,7 +45,11 @@ import psycopg2
 from psycopg2 import sql
 from pydantic import Field
 
-from moovitamix_assets.resources.database import PostgresResource, validate_identifier
+from moovitamix_assets.resources.database import (
+    PostgresResource,
+    create_schema_sql,
+    validate_identifier,
+)
 
 PARTITION_EXPR_KEY: Final = "partition_expr"
 CHUNK_ROWS: Final = 50_000
@@ -746,7 +750,7 @@ def _replace_rows(
 def _create_table(cur: Any, schema: str, table: str, types: dict[str, str]) -> None:
     # Two tables of one new schema may be created at once: serialise the schema creation.
     cur.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key("schema", schema),))
-    cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+    cur.execute(create_schema_sql(schema))
     columns = sql.SQL(", ").join(
         sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(pg_type))
         for name, pg_type in types.items()

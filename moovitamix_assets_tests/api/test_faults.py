@@ -123,6 +123,14 @@ def test_total_drift_changes_total_mid_read(api_server):
     assert (shrunk["total"], len(shrunk["items"])) == (200, 0)
 
 
+def test_total_drift_every_keeps_the_total_moving(api_server):
+    server = api_server(
+        records=250, day=DAY, total_drift=5, total_drift_after=1, total_drift_every=2
+    )
+    totals = [get(server, "/users", page=1).json()["total"] for _ in range(6)]
+    assert totals == [250, 255, 255, 260, 260, 265]
+
+
 def test_faults_and_day_are_reconfigured_at_runtime_through_admin_routes(api_server):
     server = api_server(records=300, day=DAY)
     before = get(server, "/users").json()

@@ -16,6 +16,7 @@ from moovitamix_assets.assets.core.merge import (
     merge_users,
     rebuild_interactions,
 )
+from moovitamix_assets.checks.step_figures import StepStart, finish_step_figures, start_step_figures
 from moovitamix_assets.constants import (
     CORE_GROUP,
     CORE_SCHEMA,
@@ -46,7 +47,7 @@ _COMMON = {
 
 
 def _materialization(
-    context: dg.AssetExecutionContext, result: MergeResult
+    context: dg.AssetExecutionContext, result: MergeResult, start: StepStart
 ) -> dg.MaterializeResult:
     warnings = [a for a in result.audits if not a.passed]
     for audit in warnings:
@@ -59,7 +60,7 @@ def _materialization(
     if result.snapshot_date is not None:
         metadata["snapshot_date"] = dg.MetadataValue.text(result.snapshot_date.isoformat())
     metadata["raw_audit_warnings"] = len(warnings)
-    return dg.MaterializeResult(metadata=metadata)
+    return dg.MaterializeResult(metadata=finish_step_figures(context, metadata, start))
 
 
 @dg.asset(name="users", deps=[RAW_USERS], **_COMMON)
@@ -67,8 +68,9 @@ def core_users(
     context: dg.AssetExecutionContext, postgres: PostgresResource
 ) -> dg.MaterializeResult:
     """Current state of every user ever seen: one row per id, merged from the raw snapshot."""
+    start = start_step_figures()
     result = merge_users(postgres.engine(), date.fromisoformat(context.partition_key))
-    return _materialization(context, result)
+    return _materialization(context, result, start)
 
 
 @dg.asset(name="tracks", deps=[RAW_TRACKS], **_COMMON)
@@ -76,8 +78,9 @@ def core_tracks(
     context: dg.AssetExecutionContext, postgres: PostgresResource
 ) -> dg.MaterializeResult:
     """Current state of every track ever seen: one row per id, merged from the raw snapshot."""
+    start = start_step_figures()
     result = merge_tracks(postgres.engine(), date.fromisoformat(context.partition_key))
-    return _materialization(context, result)
+    return _materialization(context, result, start)
 
 
 @dg.asset(name="listen_events", deps=[RAW_LISTEN_HISTORY, CORE_USERS, CORE_TRACKS], **_COMMON)
@@ -85,8 +88,9 @@ def core_listen_events(
     context: dg.AssetExecutionContext, postgres: PostgresResource
 ) -> dg.MaterializeResult:
     """Listening normalized to one row per (user, track) pair, orphans kept and flagged."""
+    start = start_step_figures()
     result = merge_listen_events(postgres.engine(), date.fromisoformat(context.partition_key))
-    return _materialization(context, result)
+    return _materialization(context, result, start)
 
 
 @dg.asset(
@@ -99,8 +103,9 @@ def core_user_track_interactions(
     context: dg.AssetExecutionContext, postgres: PostgresResource
 ) -> dg.MaterializeResult:
     """Weighted (user, track) interactions of the current listening state: the models' input."""
+    start = start_step_figures()
     result = rebuild_interactions(postgres.engine())
-    return _materialization(context, result)
+    return _materialization(context, result, start)
 
 
 core_assets = [core_users, core_tracks, core_listen_events, core_user_track_interactions]

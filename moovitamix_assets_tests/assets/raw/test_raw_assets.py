@@ -47,6 +47,9 @@ def test_every_endpoint_lands_with_its_manifest(api_server, pg_url):
     assert metadata["dagster/row_count"].value == 2345
     assert metadata["api_total"].value == 2345
     assert metadata["pages"].value == 24
+    # The seed pipeline's run figures: CPU and memory of the step, plotted over time.
+    assert metadata["cpu_seconds"].value > 0
+    assert metadata["peak_rss_mb"].value > 50
 
 
 def test_a_malformed_record_is_kept_in_rejects_and_its_neighbours_load(api_server, pg_url):
