@@ -5,26 +5,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from moovitamix_assets.models.records import GENRE_LIST
+
 # The genres the MooVitamix API draws favourite genres from (see the API contract).
-GENRES: tuple[str, ...] = (
-    "Rock",
-    "Pop",
-    "Hip Hop",
-    "Jazz",
-    "Electronic",
-    "Classical",
-    "Country",
-    "Blues",
-    "R&B",
-    "Reggae",
-    "Folk",
-    "Metal",
-    "Punk",
-    "Funk",
-    "Indie",
-    "Alternative",
-    "Techno",
-)
+GENRES = GENRE_LIST
 
 # Ids far from 0..n-1 so that any confusion between ids and matrix indices shows up in tests.
 USER_ID_OFFSET = 500_000
