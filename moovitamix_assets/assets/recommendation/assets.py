@@ -44,7 +44,28 @@ class HoldoutConfig(dg.Config):
     )
 
 
-class CandidateModelConfig(dg.Config):
+class ScoringConfig(dg.Config):
+    """How much of the catalogue the model ranks."""
+
+    candidate_pool: int = Field(
+        default=pipeline.DEFAULT_CANDIDATE_POOL,
+        ge=1,
+        description="Most-listened tracks the model ranks for each user (serving and evaluation "
+        "stay linear in users; the long tail has too little listening to rank anyway).",
+    )
+
+
+class EvaluatedScoringConfig(ScoringConfig):
+    """How much of the catalogue the model ranks, and for how many held-out users."""
+
+    evaluation_users: int = Field(
+        default=pipeline.DEFAULT_EVALUATION_USERS,
+        ge=1,
+        description="Held-out users scored by the evaluation (a seeded sample beyond that).",
+    )
+
+
+class CandidateModelConfig(EvaluatedScoringConfig):
     """Hyper-parameters of the ALS candidate and the thresholds of its promotion gate."""
 
     factors: int = Field(default=_DEFAULTS.factors, ge=1, description=FACTORS_DESCRIPTION)
@@ -82,13 +103,13 @@ class CandidateModelConfig(dg.Config):
         )
 
 
-class EvaluationConfig(dg.Config):
-    """Cut-off of the daily evaluation."""
+class EvaluationConfig(EvaluatedScoringConfig):
+    """Cut-off and size of the daily evaluation."""
 
     k: int = Field(default=DEFAULT_K, ge=1, description="Cut-off of the evaluation metrics (@k).")
 
 
-class RecommendationsConfig(dg.Config):
+class RecommendationsConfig(ScoringConfig):
     """How many recommendations each user gets."""
 
     k: int = Field(default=DEFAULT_K, ge=1, description="Recommendations per user (top-K).")
@@ -181,7 +202,15 @@ def candidate_model(
 
     params = config.als_params()
     result = pipeline.train_and_evaluate(
-        train, holdout, inputs.users, inputs.tracks, params, config.k, production_model
+        train,
+        holdout,
+        inputs.users,
+        inputs.tracks,
+        params,
+        config.k,
+        production_model,
+        candidate_pool_size=config.candidate_pool,
+        evaluation_users=config.evaluation_users,
     )
     decision = decide_promotion(
         result.metrics[pipeline.CANDIDATE],
@@ -285,7 +314,15 @@ def production_model_evaluation(
     inputs = read_model_inputs(engine)
     train = pipeline.training_half(inputs.interactions, holdout)
     model = registry.load_model(engine, production.version)
-    metrics = pipeline.evaluate_model(model, train, holdout, inputs.tracks, config.k)
+    metrics = pipeline.evaluate_model(
+        model,
+        train,
+        holdout,
+        inputs.tracks,
+        config.k,
+        candidate_pool_size=config.candidate_pool,
+        evaluation_users=config.evaluation_users,
+    )
     registry.record_evaluation(
         engine,
         production.version,
@@ -327,7 +364,14 @@ def user_recommendations(
     if model is None:
         context.log.warning("no production model yet: every user gets genre-aware popularity")
     recs = pipeline.build_recommendations(
-        model, version, inputs.users, inputs.tracks, inputs.interactions, config.k, _now()
+        model,
+        version,
+        inputs.users,
+        inputs.tracks,
+        inputs.interactions,
+        config.k,
+        _now(),
+        candidate_pool_size=config.candidate_pool,
     )
     per_user = recs.groupby("user_id").size()
     rows_by_source = recs["source"].value_counts()

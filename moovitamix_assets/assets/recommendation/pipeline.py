@@ -40,6 +40,12 @@ RECOMMENDATION_TABLE_COLUMNS: Final = (
 )
 
 
+# Serving and evaluation score only the most-listened tracks, and evaluation a seeded sample of
+# the held-out users, so that both stay linear in the data (see candidate_pool).
+DEFAULT_CANDIDATE_POOL = 50_000
+DEFAULT_EVALUATION_USERS = 20_000
+
+
 def _pair_keys(frame: pd.DataFrame) -> np.ndarray:
     # One complex number per pair keys it exactly (ids are exact in float64 up to 2**53) with no
     # overflow risk, unlike user_id * n_tracks + track_id.
@@ -94,6 +100,9 @@ def train_and_evaluate(
     params: AlsParams,
     k: int,
     production: AlsModel | None = None,
+    *,
+    candidate_pool_size: int = DEFAULT_CANDIDATE_POOL,
+    evaluation_users: int = DEFAULT_EVALUATION_USERS,
 ) -> CandidateResult:
     """Train ALS on ``train`` and score it, both baselines and production on ``test``.
 
@@ -105,6 +114,8 @@ def train_and_evaluate(
         params: ALS hyper-parameters (seeded).
         k: Metric cut-off.
         production: The current production model, evaluated on the same data, or None.
+        candidate_pool_size: Tracks the ALS models rank (the most listened), as when serving.
+        evaluation_users: Held-out users scored (a seeded sample when there are more).
 
     Returns:
         The model and metrics keyed ``candidate``, ``popularity``, ``genre_popularity`` and (when
@@ -112,26 +123,46 @@ def train_and_evaluate(
     """
     model = train_als(train, params)
     recommenders: dict[str, Recommender] = {
-        CANDIDATE: model,
+        CANDIDATE: candidate_pool(model, train, candidate_pool_size),
         POPULARITY: fit_popularity(train, tracks),
         GENRE_POPULARITY: fit_genre_popularity(train, tracks, users),
     }
     if production is not None:
-        recommenders[PRODUCTION] = production
-    metrics = evaluate_on_holdout(recommenders, train, test, catalogue_size(tracks, train), k)
-    return CandidateResult(model=model, metrics=metrics)
-
-
-def evaluate_model(
-    model: AlsModel, train: pd.DataFrame, test: pd.DataFrame, tracks: pd.DataFrame, k: int
-) -> dict[str, Metrics]:
-    """Score ``model`` and the popularity baseline on the same held-out pairs."""
-    return evaluate_on_holdout(
-        {PRODUCTION: model, POPULARITY: fit_popularity(train, tracks)},
+        recommenders[PRODUCTION] = candidate_pool(production, train, candidate_pool_size)
+    metrics = evaluate_on_holdout(
+        recommenders,
         train,
         test,
         catalogue_size(tracks, train),
         k,
+        max_users=evaluation_users,
+        seed=params.random_state,
+    )
+    return CandidateResult(model=model, metrics=metrics)
+
+
+def evaluate_model(
+    model: AlsModel,
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    tracks: pd.DataFrame,
+    k: int,
+    *,
+    candidate_pool_size: int = DEFAULT_CANDIDATE_POOL,
+    evaluation_users: int = DEFAULT_EVALUATION_USERS,
+) -> dict[str, Metrics]:
+    """Score ``model`` and the popularity baseline on the same held-out pairs."""
+    return evaluate_on_holdout(
+        {
+            PRODUCTION: candidate_pool(model, train, candidate_pool_size),
+            POPULARITY: fit_popularity(train, tracks),
+        },
+        train,
+        test,
+        catalogue_size(tracks, train),
+        k,
+        max_users=evaluation_users,
+        seed=model.params.random_state,
     )
 
 
@@ -149,6 +180,24 @@ def restrict_to_catalogue(model: AlsModel, track_ids: np.ndarray) -> AlsModel:
     )
 
 
+def candidate_pool(model: AlsModel, interactions: pd.DataFrame, size: int) -> AlsModel:
+    """The same model scoring only its ``size`` most-listened tracks (the candidate pool).
+
+    Scoring every user against every track grows with users x tracks; a pool of the most
+    listened tracks keeps serving linear in users, and the tail it drops has too little listening
+    for ALS to rank it above the pool anyway.
+    """
+    if model.n_items <= size:
+        return model
+    listeners = (
+        interactions.loc[interactions["track_id"].isin(model.item_ids)]
+        .groupby("track_id")["user_id"]
+        .nunique()
+    )
+    top = listeners.sort_values(ascending=False, kind="stable").index[:size]
+    return restrict_to_catalogue(model, top.to_numpy(dtype=np.int64))
+
+
 def build_recommendations(
     model: AlsModel | None,
     model_version: int,
@@ -157,6 +206,8 @@ def build_recommendations(
     interactions: pd.DataFrame,
     k: int,
     generated_at: datetime,
+    *,
+    candidate_pool_size: int = DEFAULT_CANDIDATE_POOL,
 ) -> pd.DataFrame:
     """Exactly ``k`` unheard, active tracks for every user of ``users``.
 
@@ -172,6 +223,7 @@ def build_recommendations(
         interactions: Every known interaction (the exclusion list and popularity source).
         k: Recommendations per user.
         generated_at: Timestamp written on every row (UTC).
+        candidate_pool_size: Tracks the model ranks (the most listened of the catalogue).
 
     Returns:
         A frame with ``RECOMMENDATION_TABLE_COLUMNS``, ordered by user then rank.
@@ -191,7 +243,9 @@ def build_recommendations(
         recs["source"] = SOURCE_COLD_START
     else:
         recs = recommend_for_all_users(
-            restrict_to_catalogue(model, catalogue),
+            candidate_pool(
+                restrict_to_catalogue(model, catalogue), active_listens, candidate_pool_size
+            ),
             users,
             tracks,
             interactions,

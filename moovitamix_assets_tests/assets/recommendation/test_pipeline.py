@@ -69,3 +69,37 @@ def test_removed_tracks_are_never_recommended() -> None:
     assert recs.loc[recs["user_id"] == 1, "track_id"].tolist() == [12, 13]
     assert set(recs["model_version"]) == {4}
     assert (recs["generated_at"] == pd.Timestamp(NOW)).all()
+
+
+def test_candidate_pool_keeps_the_most_listened_tracks() -> None:
+    model = AlsModel(
+        params=AlsParams(factors=1),
+        user_ids=np.array([1, 2, 3], dtype=np.int64),
+        item_ids=np.array([10, 11, 12], dtype=np.int64),
+        user_factors=np.ones((3, 1), dtype=np.float32),
+        # Track 10 scores best but only one user listened to it: outside a pool of two.
+        item_factors=np.array([[9.0], [2.0], [1.0]], dtype=np.float32),
+    )
+    listens = interactions([(1, 10), (1, 11), (2, 11), (3, 11), (2, 12), (3, 12)])
+    pooled = pipeline.candidate_pool(model, listens, size=2)
+    assert pooled.item_ids.tolist() == [11, 12]
+    assert pooled.recommend(np.array([1]), None, 1)["track_id"].tolist() == [11]
+    assert pipeline.candidate_pool(model, listens, size=3) is model
+
+
+def test_evaluation_scores_the_same_seeded_sample_of_users_for_every_model() -> None:
+    from moovitamix_assets.ml.evaluation import evaluate_on_holdout
+    from moovitamix_assets.ml.models import fit_popularity
+
+    rng = np.random.default_rng(0)
+    pairs = [(u, int(t)) for u in range(1, 201) for t in rng.choice(50, size=4, replace=False)]
+    everything = interactions(pairs)
+    test = everything.groupby("user_id").tail(1)
+    train = pipeline.training_half(everything, test)
+    recommenders = {"a": fit_popularity(train), "b": fit_popularity(train)}
+    full = evaluate_on_holdout(recommenders, train, test, 50, 10)
+    sampled = evaluate_on_holdout(recommenders, train, test, 50, 10, max_users=40, seed=3)
+    again = evaluate_on_holdout(recommenders, train, test, 50, 10, max_users=40, seed=3)
+    assert full["a"].n_users_evaluated == 200
+    assert sampled["a"].n_users_evaluated == sampled["b"].n_users_evaluated == 40
+    assert sampled["a"] == sampled["b"] == again["a"]
