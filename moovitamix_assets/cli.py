@@ -27,6 +27,9 @@ from moovitamix_assets.resources.embedded_postgres import state_dir as resolve_s
 
 DAGSTER_STORAGE_ENV = "MOOVITAMIX_DAGSTER_STORAGE_URL"
 DEFAULT_UI_HOST = "127.0.0.1"
+# The dagster command of this interpreter's environment: `make run` calls .venv/bin/python without
+# activating the virtualenv, so `dagster` is not on PATH.
+DAGSTER = str(Path(sys.executable).with_name("dagster"))
 
 LOCAL_DAGSTER_YAML = f"""\
 # Written by `python -m moovitamix_assets.cli`: Dagster's runs, event logs and schedules live in
@@ -148,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
 def dagster_dev_command(host: str = DEFAULT_UI_HOST, port: int = 3000) -> list[str]:
     """The ``dagster dev`` command line that ``ui`` runs: the UI has no login, so loopback only
     unless ``--host`` says otherwise."""
-    return ["dagster", "dev", "-m", "moovitamix_assets.definitions", "-h", host, "-p", str(port)]
+    return [DAGSTER, "dev", "-m", "moovitamix_assets.definitions", "-h", host, "-p", str(port)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             return subprocess.call(dagster_dev_command(args.host, args.port), env=env)
         partition = args.partition or utc_today().isoformat()
         cmd = [
-            "dagster",
+            DAGSTER,
             "asset",
             "materialize",
             "-m",

@@ -41,7 +41,7 @@ query ($selector: RepositorySelector!) {
 def test_ui_binds_to_loopback_by_default() -> None:
     args = build_parser().parse_args(["ui"])
     command = dagster_dev_command(args.host, args.port)
-    assert command[:2] == ["dagster", "dev"]
+    assert command[:2] == [str(Path(sys.executable).with_name("dagster")), "dev"]
     assert command[command.index("-h") + 1] == DEFAULT_UI_HOST == "127.0.0.1"
     assert command[command.index("-p") + 1] == "3000"
 
