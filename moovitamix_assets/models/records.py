@@ -1,6 +1,6 @@
 """Typed records of the MooVitamix API contract, their validation and their typed columns.
 
-The models mirror /work/shared/API_CONTRACT.md field for field, in contract order. Validation is
+The models mirror the MooVitamix API contract field for field, in contract order. Validation is
 deliberately narrow: an item is rejected only when a value cannot live in its typed column (wrong
 JSON type, a missing required field, an unparseable timestamp, a malformed duration, items that are
 not a list of integers). Values that are well typed but semantically odd (an unknown genre, a
