@@ -1,12 +1,15 @@
 """The model registry in PostgreSQL: one row per trained model, its status and its artifact.
 
 ``ml.model_registry`` holds every candidate ever trained (version, training time, data snapshot,
-parameters, metrics, the promotion gate's verdict) with the serialised model itself in a ``bytea``
-column and its sha256. The artifact lives next to its metadata on purpose: the warehouse is the
-one durable, backed-up store the platform already has (Dagster's local storage is not), a
-registry row and its model are written in one transaction so they can never disagree, and a
-rollback only flips statuses because every version's model is still there. A model is a few MB
-(32 factors x 150k ids in float32, compressed), far below PostgreSQL's 1 GB ``bytea`` limit.
+parameters, metrics, the promotion gate's verdict) with the serialised model itself in a
+PostgreSQL large object (the ``artifact`` column holds its oid) and its sha256. The artifact lives
+next to its metadata on purpose: the warehouse is the one durable, backed-up store the platform
+already has (Dagster's local storage is not), a registry row and its model are written in one
+transaction so they can never disagree, and a rollback only flips statuses because every
+version's model is still there. A large object rather than ``bytea``: a model grows with the
+users (32 float32 factors each: about 250 MB at 1M users), and a ``bytea`` parameter travels as
+hex text built whole in memory on both sides (four times the model at its peak), where a large
+object is written and read in chunks.
 
 At most one row is ``production`` (a partial unique index enforces it). ``ml.model_registry_log``
 records every promotion, refusal and rollback; ``ml.model_evaluations`` the daily evaluation of
@@ -68,7 +71,7 @@ _DDL: Final = (
         gate_figures jsonb NOT NULL,
         promoted_at timestamptz,
         retired_at timestamptz,
-        artifact bytea NOT NULL,
+        artifact oid NOT NULL,
         artifact_sha256 text NOT NULL,
         artifact_bytes bigint NOT NULL
     )
@@ -274,9 +277,37 @@ def load_model(engine: sa.Engine, version: int) -> AlsModel:
             sa.text(f"SELECT artifact, artifact_sha256 FROM {_REGISTRY} WHERE version = :v"),
             {"v": version},
         ).first()
-    if row is None:
-        raise RegistryError(f"model version {version} is not in {ML_SCHEMA}.{REGISTRY_TABLE}")
-    return deserialize_model(bytes(row.artifact), expected_sha256=row.artifact_sha256)
+        if row is None:
+            raise RegistryError(f"model version {version} is not in {ML_SCHEMA}.{REGISTRY_TABLE}")
+        payload = _read_large_object(conn, row.artifact)
+    return deserialize_model(payload, expected_sha256=row.artifact_sha256)
+
+
+# Large objects move in slices of this size: memory stays at the model plus one slice.
+_LO_CHUNK = 16 << 20
+
+
+def _write_large_object(conn: sa.Connection, payload: bytes) -> int:
+    """Store ``payload`` as a new large object in ``conn``'s transaction; return its oid."""
+    lobject = conn.connection.driver_connection.lobject(0, "wb")
+    try:
+        for start in range(0, len(payload), _LO_CHUNK):
+            lobject.write(payload[start : start + _LO_CHUNK])
+        return int(lobject.oid)
+    finally:
+        lobject.close()
+
+
+def _read_large_object(conn: sa.Connection, oid: int) -> bytes:
+    """The bytes of large object ``oid``, read in slices (inside ``conn``'s transaction)."""
+    lobject = conn.connection.driver_connection.lobject(int(oid), "rb")
+    try:
+        buffer = bytearray()
+        while chunk := lobject.read(_LO_CHUNK):
+            buffer += chunk
+        return bytes(buffer)
+    finally:
+        lobject.close()
 
 
 def _log(conn: sa.Connection, version: int, action: str, detail: str) -> None:
@@ -324,6 +355,8 @@ def register_candidate(
         version = int(
             conn.execute(sa.text(f"SELECT coalesce(max(version), 0) + 1 FROM {_REGISTRY}")).scalar()
         )
+        # In the same transaction as the row: a failed registration leaves no orphan object.
+        artifact_oid = _write_large_object(conn, artifact.payload)
         conn.execute(
             sa.text(
                 f"""
@@ -353,7 +386,7 @@ def register_candidate(
                 "gate_passed": gate_passed,
                 "gate_reason": gate_reason,
                 "gate_figures": json.dumps(gate_figures, sort_keys=True),
-                "artifact": artifact.payload,
+                "artifact": artifact_oid,
                 "sha256": artifact.sha256,
                 "size": artifact.size_bytes,
             },
