@@ -495,22 +495,27 @@ def recommend_for_all_users(
 
     per_user = als_recs.groupby("user_id").size().reindex(user_ids, fill_value=0)
     needing = per_user[per_user < k]
-    fill_parts = []
-    if len(needing):
-        needing_ids = needing.index.to_numpy(dtype=np.int64)
-        # Already-recommended ALS tracks join the history so the top-up never repeats them.
-        seen = pd.concat(
-            [interactions[["user_id", "track_id"]], als_recs[["user_id", "track_id"]]],
-            ignore_index=True,
-        )
-        fill = cold_start.recommend(
-            needing_ids, known_items_matrix(seen, needing_ids, cold_start.item_ids), k
-        )
-        have = needing.reindex(fill["user_id"]).to_numpy()
-        fill["rank"] = fill["rank"].to_numpy() + have
-        fill = fill[fill["rank"].to_numpy() <= k].copy()
-        fill["source"] = SOURCE_COLD_START
-        fill_parts.append(fill)
+    if not len(needing):
+        # The common case at scale: no copy of millions of rows (already ordered by user, rank).
+        return als_recs
+    needing_ids = needing.index.to_numpy(dtype=np.int64)
+    # Already-recommended ALS tracks join the history so the top-up never repeats them; only the
+    # users being topped up matter.
+    seen = pd.concat(
+        [
+            frame.loc[np.isin(frame["user_id"].to_numpy(dtype=np.int64), needing_ids)]
+            for frame in (interactions[["user_id", "track_id"]], als_recs[["user_id", "track_id"]])
+        ],
+        ignore_index=True,
+    )
+    fill = cold_start.recommend(
+        needing_ids, known_items_matrix(seen, needing_ids, cold_start.item_ids), k
+    )
+    have = needing.reindex(fill["user_id"]).to_numpy()
+    fill["rank"] = fill["rank"].to_numpy() + have
+    fill = fill[fill["rank"].to_numpy() <= k].copy()
+    fill["source"] = SOURCE_COLD_START
+    fill_parts = [fill]
 
     recs = pd.concat([als_recs, *fill_parts], ignore_index=True)
     return recs.sort_values(["user_id", "rank"], kind="stable", ignore_index=True)

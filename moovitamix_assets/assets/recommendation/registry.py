@@ -302,10 +302,11 @@ def _read_large_object(conn: sa.Connection, oid: int) -> bytes:
     """The bytes of large object ``oid``, read in slices (inside ``conn``'s transaction)."""
     lobject = conn.connection.driver_connection.lobject(int(oid), "rb")
     try:
-        buffer = bytearray()
+        chunks = []
         while chunk := lobject.read(_LO_CHUNK):
-            buffer += chunk
-        return bytes(buffer)
+            chunks.append(chunk)
+        # bytes, so that the BytesIO of deserialize_model shares it instead of copying it.
+        return b"".join(chunks)
     finally:
         lobject.close()
 
