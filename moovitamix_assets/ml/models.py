@@ -274,7 +274,14 @@ def recommend_top_k(
     if len(user_ids) == 0 or k_eff <= 0:
         return _frame([], [], [], [])
 
-    parts = []
+    # Filled batch by batch into arrays sized for the whole result: concatenating per-batch frames
+    # would hold every recommendation twice (10M rows at 1M users).
+    capacity = len(user_ids) * k_eff
+    out_users = np.empty(capacity, dtype=np.int64)
+    out_tracks = np.empty(capacity, dtype=np.int64)
+    out_scores = np.empty(capacity, dtype=np.float64)
+    out_ranks = np.empty(capacity, dtype=np.int64)
+    filled = 0
     for start in range(0, len(user_ids), batch_size):
         stop = min(start + batch_size, len(user_ids))
         batch_exclude = exclude[start:stop] if exclude is not None else None
@@ -291,15 +298,22 @@ def recommend_top_k(
         # Filtered items sort last, so the valid recommendations of a row are a prefix.
         valid = scores > _FILTERED_SCORE
         batch_row, column = np.nonzero(valid)
-        parts.append(
-            _frame(
-                user_ids[start:stop][batch_row],
-                model.item_ids[ids[batch_row, column]],
-                scores[batch_row, column],
-                column + 1,
-            )
-        )
-    return pd.concat(parts, ignore_index=True)
+        end = filled + len(batch_row)
+        out_users[filled:end] = user_ids[start:stop][batch_row]
+        out_tracks[filled:end] = model.item_ids[ids[batch_row, column]]
+        out_scores[filled:end] = scores[batch_row, column]
+        out_ranks[filled:end] = column + 1
+        filled = end
+    return pd.DataFrame(
+        {
+            "user_id": out_users[:filled],
+            "track_id": out_tracks[:filled],
+            "score": out_scores[:filled],
+            "rank": out_ranks[:filled],
+        },
+        columns=list(RECOMMENDATION_COLUMNS),
+        copy=False,
+    )
 
 
 def _first_k_allowed(
