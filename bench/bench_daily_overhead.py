@@ -22,13 +22,14 @@ from pathlib import Path
 MULTIPROCESS_DEFS = """\
 import dagster as dg
 
-from moovitamix_assets.definitions import defs as project
+from moovitamix_assets import definitions as project
 
+# Only one Definitions object may live at module scope: reach the project's through its module.
 defs = dg.Definitions(
-    assets=project.assets,
-    asset_checks=project.asset_checks,
-    jobs=project.jobs,
-    resources=project.resources,
+    assets=project.defs.assets,
+    asset_checks=project.defs.asset_checks,
+    jobs=project.defs.jobs,
+    resources=project.defs.resources,
     executor=dg.multiprocess_executor,
 )
 """
