@@ -531,5 +531,15 @@ def recommend_for_all_users(
     fill["source"] = SOURCE_COLD_START
     fill_parts = [fill]
 
-    recs = pd.concat([als_recs, *fill_parts], ignore_index=True)
-    return recs.sort_values(["user_id", "rank"], kind="stable", ignore_index=True)
+    # Interleave the top-ups column by column: a concatenated then sorted frame would hold every
+    # recommendation three times at once (30M rows at 1M users).
+    parts = [als_recs, *fill_parts]
+    users_all = np.concatenate([p["user_id"].to_numpy() for p in parts])
+    ranks_all = np.concatenate([p["rank"].to_numpy() for p in parts])
+    order = np.lexsort((ranks_all, users_all))
+    del users_all, ranks_all
+    columns = {}
+    for name in (*RECOMMENDATION_COLUMNS, "source"):
+        columns[name] = np.concatenate([p[name].to_numpy() for p in parts])[order]
+    del parts, als_recs, fill_parts
+    return pd.DataFrame(columns, copy=False)

@@ -254,6 +254,16 @@ def build_recommendations(
             k,
             cold_start=cold_start,
         )
-    recs["model_version"] = np.int64(model_version)
-    recs["generated_at"] = pd.Timestamp(generated_at).tz_convert("UTC")
-    return recs[list(RECOMMENDATION_TABLE_COLUMNS)].reset_index(drop=True)
+    # Built column by column without copying (copy=False): selecting and re-indexing the frame
+    # would copy all of it, 10M rows at 1M users.
+    n = len(recs)
+    columns = {name: recs[name].to_numpy() for name in ("user_id", "track_id", "score", "rank")}
+    columns["source"] = recs["source"].to_numpy()
+    columns["model_version"] = np.full(n, model_version, dtype=np.int64)
+    columns["generated_at"] = pd.DatetimeIndex(
+        [pd.Timestamp(generated_at).tz_convert("UTC")]
+    ).repeat(n)
+    del recs
+    return pd.DataFrame(
+        {name: columns.pop(name) for name in RECOMMENDATION_TABLE_COLUMNS}, copy=False
+    )
