@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -39,8 +38,9 @@ def run_once(target: list[str], env: dict[str, str], partition: str) -> tuple[fl
     """(wall seconds of the command, seconds inside steps) of one materialization."""
     import dagster as dg
 
-    dagster = str(Path(sys.executable).with_name("dagster"))
-    cmd = [dagster, "asset", "materialize", *target, "--select", "*", "--partition", partition]
+    from moovitamix_assets.cli import DAGSTER
+
+    cmd = [DAGSTER, "asset", "materialize", *target, "--select", "*", "--partition", partition]
     started = time.perf_counter()
     subprocess.run(cmd, env=env, check=True, capture_output=True)
     wall = time.perf_counter() - started

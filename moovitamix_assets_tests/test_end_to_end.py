@@ -7,12 +7,12 @@ PostgreSQL, and Dagster's own instance stored in PostgreSQL through `deploy/dags
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
+from moovitamix_assets.cli import DAGSTER
 from moovitamix_assets.partitions import utc_today
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,7 +52,7 @@ def test_materialize_everything_from_the_terminal(api_server, fresh_database, tm
         "MOOVITAMIX_DATABASE_URL": warehouse_url,
     }
     cmd = [
-        str(Path(sys.executable).with_name("dagster")),
+        DAGSTER,
         "asset", "materialize",
         "-m", "moovitamix_assets.definitions",
         "--select", "*",
@@ -100,7 +100,7 @@ def test_an_old_partition_is_refused_from_the_terminal(api_server, pg_url, tmp_p
         "MOOVITAMIX_DATABASE_URL": pg_url,
     }
     cmd = [
-        str(Path(sys.executable).with_name("dagster")),
+        DAGSTER,
         "asset", "materialize",
         "-m", "moovitamix_assets.definitions",
         "--select", "raw/users",

@@ -6,12 +6,12 @@ needs) from the terminal must run that op for core/users' checks only.
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
+from moovitamix_assets.cli import DAGSTER
 from moovitamix_assets.partitions import utc_today
 
 pytestmark = [pytest.mark.e2e, pytest.mark.http]
@@ -30,7 +30,7 @@ def test_selecting_one_asset_from_the_terminal_runs_only_its_checks(
         "MOOVITAMIX_DATABASE_URL": pg_url,
     }
     cmd = [
-        str(Path(sys.executable).with_name("dagster")),
+        DAGSTER,
         "asset", "materialize",
         "-m", "moovitamix_assets.definitions",
         "--select", "raw/users,core/users",

@@ -7,11 +7,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from moovitamix_assets.cli import DAGSTER
 from moovitamix_assets_tests.reliability.harness import (
     VOLATILE_COLUMNS,
     WAIT_S,
@@ -60,7 +60,7 @@ def materialize_cli(api_url: str, database_url: str, day: str, home: Path) -> su
         "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
     }
     cmd = [
-        str(Path(sys.executable).with_name("dagster")),
+        DAGSTER,
         "asset", "materialize",
         "-m", FAULT_DEFINITIONS,
         "--select", "*",
