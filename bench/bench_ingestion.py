@@ -4,7 +4,7 @@ Starts the API stand-in with N records per endpoint (default 100,000), then, eac
 process so that peak RSS is its own:
 
 * ceiling: a bare concurrent read of every page of the three endpoints (JSON parsed, nothing kept,
-  nothing validated, nothing stored) with the client's own concurrency;
+  nothing validated, nothing stored) with the client's own transport (urllib3) and concurrency;
 * ingestion: the raw assets materialized through Dagster into PostgreSQL (embedded in a temporary
   folder unless MOOVITAMIX_DATABASE_URL is set): pagination, validation, rejects, COPY.
 
@@ -27,7 +27,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import requests
+import urllib3
 
 from moovitamix_api.server import run_subprocess
 from moovitamix_assets.constants import ENDPOINTS
@@ -38,22 +38,26 @@ def peak_rss_mb() -> float:
 
 
 def phase_ceiling(url: str, concurrency: int) -> dict:
-    session = requests.Session()
-    adapter = requests.adapters.HTTPAdapter(pool_maxsize=concurrency)
-    session.mount("http://", adapter)
+    # The platform's own transport (a urllib3 pool of `concurrency` connections), so that the
+    # ceiling is what any client could read, not what a slower client stack allows.
+    pool = urllib3.PoolManager(maxsize=concurrency)
     rows = 0
     started = time.perf_counter()
     for endpoint in ENDPOINTS:
-        first = session.get(f"{url}/{endpoint}", params={"page": 1, "size": 100}, timeout=30).json()
-        rows += len(first["items"])
 
         def fetch(page: int, endpoint: str = endpoint) -> int:
-            resp = session.get(f"{url}/{endpoint}", params={"page": page, "size": 100}, timeout=30)
-            resp.raise_for_status()
-            return len(resp.json()["items"])
+            response = pool.request(
+                "GET", f"{url}/{endpoint}", fields={"page": page, "size": 100}, timeout=30
+            )
+            assert response.status == 200, response.status
+            return len(json.loads(response.data)["items"])
 
-        with ThreadPoolExecutor(concurrency) as pool:
-            rows += sum(pool.map(fetch, range(2, first["pages"] + 1)))
+        first = json.loads(
+            pool.request("GET", f"{url}/{endpoint}", fields={"page": 1, "size": 100}).data
+        )
+        rows += len(first["items"])
+        with ThreadPoolExecutor(concurrency) as threads:
+            rows += sum(threads.map(fetch, range(2, first["pages"] + 1)))
     wall = time.perf_counter() - started
     return {"rows": rows, "wall_s": wall, "peak_rss_mb": peak_rss_mb()}
 
@@ -73,8 +77,12 @@ def phase_ingest(url: str, partition: str) -> dict:
         "warehouse_io_manager": PostgresPandasIOManager(database=postgres),
     }
     postgres.engine()  # start the embedded server before the clock starts
+    # A deployment's instance exists before any run: create it before the clock starts too.
+    instance = dg.DagsterInstance.ephemeral()
     started = time.perf_counter()
-    result = dg.materialize(raw_assets, resources=resources, partition_key=partition)
+    result = dg.materialize(
+        raw_assets, resources=resources, partition_key=partition, instance=instance
+    )
     wall = time.perf_counter() - started
     rows = sum(
         int(m.metadata["dagster/row_count"].value)

@@ -42,6 +42,7 @@ def finish_step_figures(
     start: StepStart,
     *,
     gateway_url: str | None = None,
+    asset_key: dg.AssetKey | None = None,
 ) -> dict[str, Any]:
     """Add the step's figures to its metadata and push the numbers when a Pushgateway is set.
 
@@ -50,6 +51,7 @@ def finish_step_figures(
         metadata: The materialization's metadata so far.
         start: What ``start_step_figures`` sampled before the work.
         gateway_url: Pushgateway base URL; MOOVITAMIX_PROMETHEUS_PUSHGATEWAY_URL when None.
+        asset_key: The asset the figures belong to; required in a multi-asset step.
 
     Returns:
         A new mapping: the metadata plus ``cpu_seconds``, ``peak_rss_mb`` and ``step_seconds``.
@@ -64,7 +66,7 @@ def finish_step_figures(
     push_run_metrics(
         context.job_name,
         figures,
-        {"asset": context.asset_key.to_user_string()},
+        {"asset": (asset_key or context.asset_key).to_user_string()},
         gateway_url=gateway_url,
         log=context.log,
     )

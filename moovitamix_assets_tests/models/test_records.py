@@ -311,17 +311,22 @@ def test_empty_frame_has_contract_columns_and_dtypes(endpoint: str) -> None:
 
 def test_accumulator_chunks_preserve_order_and_types() -> None:
     accumulator = FrameAccumulator("users", chunk_rows=7)
+    names = contract_columns("users")
     expected_ids = []
     for page in range(5):
-        rows = []
+        columns: list[list[object]] = [[] for _ in names]
         for position in range(4):
             user_id = page * 10 + position
             expected_ids.append(user_id)
-            values = validate_values("users", a_user(id=user_id, first_name=f"n{user_id}"))
-            assert isinstance(values, tuple)
-            rows.append(values)
-        accumulator.extend(rows)
-    accumulator.extend([])
+            # Pages hand over the values as sent: timestamps are still contract strings.
+            item = a_user(id=user_id, first_name=f"n{user_id}")
+            item["updated_at"] = f"2026-04-09T12:31:{user_id % 60:02d}" + (
+                ".5" if user_id % 2 else ""
+            )
+            for column, name in zip(columns, names, strict=True):
+                column.append(item[name])
+        accumulator.extend(columns)
+    accumulator.extend([[] for _ in names])
     frame = accumulator.to_frame()
     assert frame["id"].tolist() == expected_ids
     assert frame.index.tolist() == list(range(20))
@@ -329,7 +334,13 @@ def test_accumulator_chunks_preserve_order_and_types() -> None:
     assert str(frame["id"].dtype) == "Int64"
     assert frame["email"].dtype == object
     assert str(frame["updated_at"].dtype) == "datetime64[us, UTC]"
+    assert frame["updated_at"].tolist() == [
+        pd.Timestamp(f"2026-04-09T12:31:{i % 60:02d}" + (".5" if i % 2 else ""), tz="UTC")
+        for i in expected_ids
+    ]
     assert accumulator.rows == 20
+    with pytest.raises(ValueError, match="columns of unequal length"):
+        accumulator.extend([[1], *([] for _ in names[1:])])
     assert list(FrameAccumulator("tracks").to_frame().columns) == list(contract_columns("tracks"))
 
 

@@ -94,9 +94,12 @@ def step_starts(result: dg.ExecuteInProcessResult) -> list[str]:
     return [e.step_key for e in result.all_events if e.event_type_value == "STEP_START"]
 
 
-def metadata_of(result: dg.ExecuteInProcessResult, node: str) -> dict[str, Any]:
-    """Plain metadata values of a node's (single) materialization."""
-    (materialization,) = result.asset_materializations_for_node(node)
+def metadata_of(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, Any]:
+    """Plain metadata values of an asset's (single) materialization, e.g. ``raw/users``."""
+    key = dg.AssetKey.from_user_string(asset)
+    (materialization,) = [
+        e.materialization for e in result.get_asset_materialization_events() if e.asset_key == key
+    ]
     return {k: v.value for k, v in materialization.metadata.items()}
 
 

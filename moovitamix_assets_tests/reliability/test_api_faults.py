@@ -29,7 +29,7 @@ from moovitamix_assets_tests.reliability.harness import (
 
 pytestmark = [pytest.mark.faults, pytest.mark.http]
 
-RAW_NODES = ("raw__users", "raw__tracks", "raw__listen_history")
+RAW_NODES = ("raw/users", "raw/tracks", "raw/listen_history")
 ENDPOINTS = ("users", "tracks", "listen_history")
 KEY = {"users": "id", "tracks": "id", "listen_history": "user_id"}
 

@@ -98,7 +98,7 @@ def test_backend_terminated_during_copy_leaves_the_partition_intact(baseline, wa
     result = run.join()
     assert not result.success
     message = failure_text(result)
-    assert 'handling output "result" of step "raw__users"' in message
+    assert 'handling output "raw__users" of step "raw_snapshots"' in message
     assert "OperationalError" in message  # the connection's own words vary with the timing
     assert_same_contents(baseline.contents, table_contents(warehouse))
 

@@ -120,7 +120,7 @@ def test_validate_page_keeps_neighbours_of_a_bad_item() -> None:
     bad = dict(good, user_id="abc")
     drifted = dict(good, user_id=3, device="ios")
     batch = validate_page("listen_history", 7, [good, bad, drifted, "junk"])
-    assert [row[0] for row in batch.rows] == [1, 3]
+    assert batch.columns[0] == [1, 3]
     assert batch.extra_fields == {"device"}
     assert batch.missing_fields == set()
     assert [(r["page"], r["position"], r["field"]) for r in batch.rejects] == [

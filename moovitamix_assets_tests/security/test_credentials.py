@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from psycopg2 import sql
 
 from moovitamix_assets.assets.core.assets import core_assets
-from moovitamix_assets.assets.raw.api_snapshots import raw_assets, raw_users
+from moovitamix_assets.assets.raw.api_snapshots import RAW_KEYS, raw_assets
 from moovitamix_assets.checks.core_checks import core_checks
 from moovitamix_assets.checks.raw_checks import raw_checks
 from moovitamix_assets.definitions import build_resources
@@ -158,7 +158,8 @@ def test_a_failed_connection_leaks_the_password_nowhere(
     caplog.set_level(logging.DEBUG)
     with dg.DagsterInstance.local_temp(tempdir=str(home)) as instance:
         result = dg.materialize(
-            [raw_users],
+            raw_assets,
+            selection=[RAW_KEYS["users"]],
             resources=warehouse_resources(url, api.base_url),
             partition_key=utc_today().isoformat(),
             instance=instance,

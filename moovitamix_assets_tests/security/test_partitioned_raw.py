@@ -11,7 +11,7 @@ from datetime import date, timedelta
 import dagster as dg
 import psycopg2
 
-from moovitamix_assets.assets.raw.api_snapshots import raw_users
+from moovitamix_assets.assets.raw.api_snapshots import RAW_KEYS, raw_assets
 from moovitamix_assets.partitions import utc_today
 from moovitamix_assets.resources.api import MoovitamixApiResource
 from moovitamix_assets.resources.database import PostgresResource
@@ -56,7 +56,12 @@ def test_a_range_partitioned_raw_table_is_loaded_and_reloaded_in_place(
         "warehouse_io_manager": PostgresPandasIOManager(database=postgres),
     }
     for _ in range(2):  # the second run replaces the day's rows, it does not add to them
-        assert dg.materialize([raw_users], resources=resources, partition_key=today.isoformat())
+        assert dg.materialize(
+            raw_assets,
+            selection=[RAW_KEYS["users"]],
+            resources=resources,
+            partition_key=today.isoformat(),
+        )
 
     with pg_conn.cursor() as cur:
         cur.execute("SELECT relkind FROM pg_class WHERE oid = 'raw.users'::regclass")

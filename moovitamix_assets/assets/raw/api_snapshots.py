@@ -1,5 +1,8 @@
 """Raw layer: one daily snapshot of each MooVitamix API endpoint, stored as returned."""
 
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import date
 
 import dagster as dg
@@ -10,7 +13,11 @@ from moovitamix_assets.assets.raw.snapshots import (
     bookkeeping_sidecars,
     ensure_bookkeeping_tables,
 )
-from moovitamix_assets.checks.step_figures import finish_step_figures, start_step_figures
+from moovitamix_assets.checks.step_figures import (
+    StepStart,
+    finish_step_figures,
+    start_step_figures,
+)
 from moovitamix_assets.constants import (
     ENDPOINTS,
     INGESTION_GROUP,
@@ -60,60 +67,111 @@ def read_metadata(read: EndpointRead) -> dict[str, dg.MetadataValue]:
     }
 
 
-def build_raw_asset(endpoint: str) -> dg.AssetsDefinition:
-    """Build the raw snapshot asset of one API endpoint."""
+RAW_KEYS: dict[str, dg.AssetKey] = {e: dg.AssetKey([RAW_SCHEMA, e]) for e in ENDPOINTS}
 
-    @dg.asset(
-        name=endpoint,
-        key_prefix=[RAW_SCHEMA],
+
+def raw_spec(endpoint: str) -> dg.AssetSpec:
+    """The raw snapshot asset of one API endpoint, as the UI and the lineage show it."""
+    return dg.AssetSpec(
+        key=RAW_KEYS[endpoint],
         description=DESCRIPTIONS[endpoint],
         group_name=INGESTION_GROUP,
         kinds={"api", "postgres"},
-        partitions_def=daily_partitions,
-        io_manager_key="warehouse_io_manager",
         metadata={"partition_expr": SNAPSHOT_DATE_COLUMN},
         freshness_policy=DAILY_FRESHNESS,
+    ).with_io_manager_key("warehouse_io_manager")
+
+
+@dataclass(frozen=True)
+class _TimedRead:
+    read: EndpointRead
+    start: StepStart
+
+
+class RawSnapshotError(Exception):
+    """One or more endpoints could not be read; the others were stored."""
+
+
+def snapshot_output(read: EndpointRead, snapshot: date, run_id: str) -> FrameWithSidecars:
+    """The raw partition of one read, with its manifest row and rejects as sidecars."""
+    summary = SnapshotSummary(
+        endpoint=read.endpoint,
+        snapshot_date=snapshot,
+        api_total=read.total,
+        pages=read.pages,
+        rows_valid=len(read.frame),
+        rows_rejected=len(read.rejects),
+        # The manifest's drift (judged by the schema audit) is that of the stored rows: a
+        # record rejected for a missing key is in raw.rejects, under the reject-rate audit.
+        extra_fields=list(read.loaded_extra_fields),
+        missing_fields=list(read.loaded_missing_fields),
+        run_id=run_id,
     )
-    def _raw_snapshot(
-        context: dg.AssetExecutionContext,
-        moovitamix_api: MoovitamixApiResource,
-        postgres: PostgresResource,
-    ) -> dg.Output[FrameWithSidecars]:
+    # The raw partition, its manifest row and its rejects are written in one transaction.
+    return FrameWithSidecars(
+        with_snapshot_date(read.frame, snapshot), bookkeeping_sidecars(summary, read.rejects)
+    )
+
+
+@dg.multi_asset(
+    name="raw_snapshots",
+    specs=[raw_spec(e) for e in ENDPOINTS],
+    partitions_def=daily_partitions,
+    can_subset=True,
+)
+def raw_snapshots(
+    context: dg.AssetExecutionContext,
+    moovitamix_api: MoovitamixApiResource,
+    postgres: PostgresResource,
+) -> Iterator[dg.Output[FrameWithSidecars]]:
+    """Daily snapshots of the MooVitamix API's endpoints; each is stored while the next is read."""
+    # One step for the whole API source, like Dagster's own API integrations: the next
+    # endpoint's pages are fetched while the IO manager COPYs the previous one, so the service
+    # is kept busy instead of waiting for every load (bench/bench_ingestion.py measures it).
+    snapshot = snapshot_date_for(context.partition_key)
+    endpoints = [e for e in ENDPOINTS if RAW_KEYS[e] in context.selected_asset_keys]
+    ensure_bookkeeping_tables(postgres.engine())
+
+    def read(endpoint: str) -> _TimedRead:
         start = start_step_figures()
-        snapshot = snapshot_date_for(context.partition_key)
-        read = moovitamix_api.read_endpoint(endpoint, log=context.log)
-        summary = SnapshotSummary(
-            endpoint=endpoint,
-            snapshot_date=snapshot,
-            api_total=read.total,
-            pages=read.pages,
-            rows_valid=len(read.frame),
-            rows_rejected=len(read.rejects),
-            # The manifest's drift (judged by the schema audit) is that of the stored rows: a
-            # record rejected for a missing key is in raw.rejects, under the reject-rate audit.
-            extra_fields=list(read.loaded_extra_fields),
-            missing_fields=list(read.loaded_missing_fields),
-            run_id=context.run.run_id,
-        )
-        ensure_bookkeeping_tables(postgres.engine())
-        if len(read.rejects):
-            context.log.warning(
-                f"/{endpoint}: {len(read.rejects)} record(s) failed validation and were kept in "
-                f"{RAW_SCHEMA}.rejects for {snapshot}; first: page {read.rejects.iloc[0]['page']}, "
-                f"reason: {read.rejects.iloc[0]['reason']}"
+        return _TimedRead(moovitamix_api.read_endpoint(endpoint, log=context.log), start)
+
+    failures: list[tuple[str, Exception]] = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="moovitamix-endpoint") as reader:
+        pending = reader.submit(read, endpoints[0])
+        for index, endpoint in enumerate(endpoints):
+            try:
+                done: _TimedRead | None = pending.result()
+            except Exception as exc:  # noqa: BLE001 - reported below, after the other endpoints
+                context.log.error(f"/{endpoint}: {exc}")
+                failures.append((endpoint, exc))
+                done = None
+            if index + 1 < len(endpoints):
+                pending = reader.submit(read, endpoints[index + 1])
+            if done is None:
+                continue
+            if len(done.read.rejects):
+                first = done.read.rejects.iloc[0]
+                context.log.warning(
+                    f"/{endpoint}: {len(done.read.rejects)} record(s) failed validation and were "
+                    f"kept in {RAW_SCHEMA}.rejects for {snapshot}; first: page {first['page']}, "
+                    f"reason: {first['reason']}"
+                )
+            yield dg.Output(
+                snapshot_output(done.read, snapshot, context.run.run_id),
+                output_name=RAW_KEYS[endpoint].to_python_identifier(),
+                # CPU and memory while this endpoint was read (the previous one's load ran
+                # alongside); the IO manager's load figures follow separately.
+                metadata=finish_step_figures(
+                    context, read_metadata(done.read), done.start, asset_key=RAW_KEYS[endpoint]
+                ),
             )
-        # The raw partition, its manifest row and its rejects are written in one transaction.
-        return dg.Output(
-            FrameWithSidecars(
-                with_snapshot_date(read.frame, snapshot),
-                bookkeeping_sidecars(summary, read.rejects),
-            ),
-            # CPU and memory of the read; the IO manager's load figures follow separately.
-            metadata=finish_step_figures(context, read_metadata(read), start),
-        )
-
-    return _raw_snapshot
+    if failures:
+        # Endpoints read successfully are stored; the step fails naming every one that was not.
+        details = "; ".join(f"/{endpoint}: {exc}" for endpoint, exc in failures)
+        raise RawSnapshotError(
+            f"{len(failures)} of {len(endpoints)} endpoint(s) could not be read: {details}"
+        ) from failures[0][1]
 
 
-raw_users, raw_tracks, raw_listen_history = (build_raw_asset(e) for e in ENDPOINTS)
-raw_assets = [raw_users, raw_tracks, raw_listen_history]
+raw_assets = [raw_snapshots]

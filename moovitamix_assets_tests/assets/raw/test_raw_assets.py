@@ -4,7 +4,7 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from moovitamix_assets.assets.raw.api_snapshots import raw_assets, raw_users
+from moovitamix_assets.assets.raw.api_snapshots import RAW_KEYS, raw_assets
 from moovitamix_assets.partitions import utc_today
 from moovitamix_assets.resources.api import MoovitamixApiResource
 from moovitamix_assets.resources.database import PostgresResource
@@ -20,6 +20,15 @@ def resources_for(base_url: str, pg_url: str) -> dict[str, object]:
         "postgres": postgres,
         "warehouse_io_manager": PostgresPandasIOManager(database=postgres),
     }
+
+
+def materialization_of(result: dg.ExecuteInProcessResult, endpoint: str) -> dg.AssetMaterialization:
+    (materialization,) = [
+        e.materialization
+        for e in result.get_asset_materialization_events()
+        if e.asset_key == RAW_KEYS[endpoint]
+    ]
+    return materialization
 
 
 def test_every_endpoint_lands_with_its_manifest(api_server, pg_url):
@@ -43,7 +52,7 @@ def test_every_endpoint_lands_with_its_manifest(api_server, pg_url):
             assert rows == manifest.api_total == manifest.rows_valid == 2345
             assert (manifest.pages, manifest.rows_rejected) == (24, 0)
     engine.dispose()
-    metadata = result.asset_materializations_for_node("raw__users")[0].metadata
+    metadata = materialization_of(result, "users").metadata
     assert metadata["dagster/row_count"].value == 2345
     assert metadata["api_total"].value == 2345
     assert metadata["pages"].value == 24
@@ -56,7 +65,10 @@ def test_a_malformed_record_is_kept_in_rejects_and_its_neighbours_load(api_serve
     api = api_server(records=500, malformed_records=[(3, 7, "wrong_type")])
     today = utc_today().isoformat()
     result = dg.materialize(
-        [raw_users], resources=resources_for(api.base_url, pg_url), partition_key=today
+        raw_assets,
+        selection=[RAW_KEYS["users"]],
+        resources=resources_for(api.base_url, pg_url),
+        partition_key=today,
     )
     assert result.success
     engine = sa.create_engine(pg_url)
@@ -73,7 +85,7 @@ def test_a_malformed_record_is_kept_in_rejects_and_its_neighbours_load(api_serve
     )  # fmt: skip
     assert reject.field == "id"
     assert reject.reason
-    metadata = result.asset_materializations_for_node("raw__users")[0].metadata
+    metadata = materialization_of(result, "users").metadata
     assert metadata["rejected_records"].value == 1
     assert metadata["dagster/row_count"].value == 499
 
@@ -83,7 +95,9 @@ def test_rematerializing_the_day_replaces_it(api_server, pg_url):
     today = utc_today().isoformat()
     resources = resources_for(api.base_url, pg_url)
     for _ in range(2):
-        assert dg.materialize([raw_users], resources=resources, partition_key=today).success
+        assert dg.materialize(
+            raw_assets, selection=[RAW_KEYS["users"]], resources=resources, partition_key=today
+        ).success
     engine = sa.create_engine(pg_url)
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM raw.users")).scalar_one() == 300
