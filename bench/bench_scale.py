@@ -2,10 +2,11 @@
 
 For each size (records per endpoint; listening lists average 5 tracks, so 1,000,000 records mean
 about 5,000,000 listening pairs) it starts the API stand-in, then materializes the daily graph one
-asset at a time, in topological order, each in a fresh process (so that wall time and peak RSS are
-that step's own), through the project's own `defs` and resources, against a PostgreSQL in a
-temporary folder (or MOOVITAMIX_DATABASE_URL). Prints a table per size and the growth from 100k to
-1M (target: at most 12x; peak RSS under 2 GB at 1M).
+step at a time (one asset, or the assets of a multi-asset step such as the three raw snapshots), in
+topological order, each in a fresh process (so that wall time and peak RSS are that step's own),
+through the project's own `defs` and resources, against a PostgreSQL in a temporary folder (or
+MOOVITAMIX_DATABASE_URL). Prints a table per size and the growth from 100k to 1M (target: at most
+12x; peak RSS under 2 GB at 1M).
 
     python bench/bench_scale.py [--sizes 10000 100000 1000000]
 """
@@ -27,15 +28,16 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_step(key: str, partition: str) -> dict:
-    """Materialize one asset (with its checks) of the project's definitions, in this process."""
+def run_step(step: str, partition: str) -> dict:
+    """Materialize one step's assets (comma-separated keys) with their checks, in this process."""
     import dagster as dg
 
     from moovitamix_assets.definitions import defs
 
     started = time.perf_counter()
-    selection = dg.AssetSelection.assets(dg.AssetKey.from_user_string(key))
-    partitioned = defs.resolve_assets_def(dg.AssetKey.from_user_string(key)).partitions_def
+    keys = [dg.AssetKey.from_user_string(key) for key in step.split(",")]
+    selection = dg.AssetSelection.assets(*keys)
+    partitioned = defs.resolve_assets_def(keys[0]).partitions_def
     result = dg.materialize(
         [a for a in defs.assets if isinstance(a, dg.AssetsDefinition)],
         selection=selection,
@@ -56,12 +58,16 @@ def run_step(key: str, partition: str) -> dict:
 
 
 def step_order() -> list[str]:
-    """The daily graph's materializable assets, upstream first."""
+    """The daily graph's steps, upstream first: the comma-separated keys each one materializes."""
     from moovitamix_assets.definitions import defs
 
     graph = defs.resolve_asset_graph()
-    keys = graph.toposorted_asset_keys
-    return [k.to_user_string() for k in keys if graph.get(k).is_materializable]
+    steps: dict[str, list[str]] = {}  # node name -> keys, in first-seen (topological) order
+    for key in graph.toposorted_asset_keys:
+        if graph.get(key).is_materializable:
+            node = defs.resolve_assets_def(key).node_def.name
+            steps.setdefault(node, []).append(key.to_user_string())
+    return [",".join(keys) for keys in steps.values()]
 
 
 def bench_size(records: int, env: dict[str, str], partition: str) -> list[dict]:
@@ -86,7 +92,7 @@ def bench_size(records: int, env: dict[str, str], partition: str) -> list[dict]:
             rows.append(figures)
             status = "ok" if figures["success"] else "FAILED"
             print(
-                f"  {records:>9,}  {key:<36}{figures['wall_s']:>8.1f} s"
+                f"  {records:>9,}  {key[:48]:<48}{figures['wall_s']:>8.1f} s"
                 f"{figures['peak_rss_mb']:>9.0f} MB  {status}",
                 flush=True,
             )
@@ -116,16 +122,16 @@ def main() -> None:
             env["MOOVITAMIX_STATE_DIR"] = str(Path(tmp) / f"state-{size}")
             results[size] = bench_size(size, env, partition)
 
-    print(f"\n{'step':<36}" + "".join(f"{s:>14,}" for s in args.sizes) + "   (wall s / peak MB)")
+    print(f"\n{'step':<48}" + "".join(f"{s:>14,}" for s in args.sizes) + "   (wall s / peak MB)")
     keys = [r["key"] for r in results[args.sizes[0]]]
     for i, key in enumerate(keys):
         cells = "".join(
             f"{results[s][i]['wall_s']:>7.1f}/{results[s][i]['peak_rss_mb']:>6.0f}"
             for s in args.sizes
         )
-        print(f"{key:<36}{cells}")
+        print(f"{key[:48]:<48}{cells}")
     totals = {s: sum(r["wall_s"] for r in results[s]) for s in args.sizes}
-    print(f"{'total wall s':<36}" + "".join(f"{totals[s]:>14.1f}" for s in args.sizes))
+    print(f"{'total wall s':<48}" + "".join(f"{totals[s]:>14.1f}" for s in args.sizes))
     if 100_000 in totals and 1_000_000 in totals:
         print(f"1M / 100k wall time: {totals[1_000_000] / totals[100_000]:.1f}x (target <= 12x)")
     if 1_000_000 in results:
