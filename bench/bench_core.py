@@ -148,7 +148,7 @@ def main() -> None:
         counts = fig["counts"]
         changes = ", ".join(
             f"{k} {counts[k]:,}"
-            for k in ("snapshot_pairs", "inserted", "updated", "inactivated")
+            for k in ("snapshot_pairs", "changed_histories", "inserted", "updated", "inactivated")
             if k in counts
         )
         backend = fig["backend_peak_mb"]

@@ -108,7 +108,8 @@ def summarize(partition: str, state_dir: Path) -> str:
         tables = conn.execute(
             sa.text(
                 "SELECT table_schema, table_name FROM information_schema.tables "
-                "WHERE table_schema IN ('raw', 'core', 'ml') AND table_type = 'BASE TABLE' "
+                "WHERE table_schema IN ('raw', 'core', 'ml') "
+                "AND table_type IN ('BASE TABLE', 'VIEW') "
                 "ORDER BY array_position(ARRAY['raw', 'core', 'ml'], table_schema::text), "
                 "table_name"
             )

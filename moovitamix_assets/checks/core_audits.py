@@ -22,6 +22,7 @@ from moovitamix_assets.assets.core.schema import (
     INTERACTIONS_TABLE,
     LISTEN_EVENTS_TABLE,
     MERGE_LOG_TABLE,
+    STORAGE_TABLES,
     TRACKS_TABLE,
     USERS_TABLE,
     core_table,
@@ -147,16 +148,18 @@ def audit_primary_key(conn: sa.Connection, table: str) -> CoreAuditResult:
     """The table's primary key constraint is in place and no key is duplicated or null.
 
     The constraint makes duplicates impossible; the audit proves it is still there (a restored
-    dump or a hand-made table may lack it) and counts what a missing one let through.
+    dump or a hand-made table may lack it) and counts what a missing one let through. For a view
+    (``core.listen_events``) it is the key of the table that stores its rows.
     """
     _check_table(table)
     name = "primary_key"
-    if not _exists(conn, table):
+    storage = STORAGE_TABLES.get(table, table)
+    if not _exists(conn, storage):
         return _missing(name, table, 0, "ERROR")
     keys = PRIMARY_KEYS[table]
     key_list = ", ".join(q(k) for k in keys)
     any_null = " OR ".join(f"{q(k)} IS NULL" for k in keys)
-    target = core_table(table)
+    target = core_table(storage)
     constraint = conn.execute(
         sa.text(
             """
@@ -166,7 +169,7 @@ def audit_primary_key(conn: sa.Connection, table: str) -> CoreAuditResult:
             WHERE c.conrelid = to_regclass(:name) AND c.contype = 'p'
             """
         ),
-        {"name": f"{CORE_SCHEMA}.{table}"},
+        {"name": f"{CORE_SCHEMA}.{storage}"},
     ).scalar_one()
     rows, null_keys = conn.execute(
         sa.text(f"SELECT count(*), count(*) FILTER (WHERE {any_null}) FROM {target}")

@@ -131,7 +131,7 @@ def test_orphans_over_the_threshold_fail_without_blocking(
 def test_a_wrong_reference_flag_fails_the_orphan_check(engine: sa.Engine) -> None:
     load_day(engine)
     with engine.begin() as conn:
-        conn.execute(sa.text("UPDATE core.listen_events SET track_known = false WHERE user_id = 3"))
+        conn.execute(sa.text("UPDATE core.listen_pairs SET track_known = false WHERE user_id = 3"))
     # Audited directly: a merge in the same run would re-check the flag and repair it.
     ((_, audit),) = run_core_audits(engine, {"listen_events": ["orphan_rate"]})
     assert not audit.passed and audit.figures["stale_reference_flags"] == 2

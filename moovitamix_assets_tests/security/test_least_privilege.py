@@ -161,10 +161,15 @@ def test_the_platform_role_runs_the_daily_job_and_raw_backs_up_and_restores(
         ("raw", "listen_history"),
         ("raw", "snapshot_manifest"),
         ("core", "users"),
-        ("core", "listen_events"),
+        ("core", "listen_pairs"),
         ("core", "user_track_interactions"),
     }
     assert {owner for _, _, owner in tables} == {roles.platform}
+    # core.listen_events is a view over core.listen_pairs (docs/data-model.md).
+    assert query(
+        roles.admin_url,
+        "SELECT viewowner FROM pg_views WHERE schemaname = 'core' AND viewname = 'listen_events'",
+    ) == [(roles.platform,)]
     assert query(roles.platform_url, "SELECT count(*) FROM core.users") == [(RECORDS,)]
 
     # A second run of the same day (the daily job is re-runnable) works as the role too.
