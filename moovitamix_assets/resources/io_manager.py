@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import dagster as dg
+import msgspec
 import numpy as np
 import pandas as pd
 import psycopg2
@@ -329,8 +330,8 @@ def _timestamp_texts(present: pd.Series) -> list[str]:
         naive_utc = pd.to_datetime(present, utc=True).dt.tz_localize(None)
     else:
         naive_utc = present
-    stamps = naive_utc.to_numpy(dtype="datetime64[us]")
-    return np.datetime_as_string(stamps, unit="us").tolist()
+    # ISO text with microseconds ("2026-04-09T12:31:25.269777"), which PostgreSQL reads as is.
+    return naive_utc.to_numpy(dtype="datetime64[us]").astype(str).tolist()
 
 
 def _date_texts(present: pd.Series) -> list[str]:
@@ -346,8 +347,11 @@ def _array_literals(values: list[Any], pg_type: str) -> list[str]:
         containers = set(map(type, values))
         items = set(map(type, itertools.chain.from_iterable(values)))
         if containers == {list} and items <= {int}:
-            # repr of a list of ints is C-fast: "[1, 2]" -> "{1,2}".
-            return ["{" + repr(v)[1:-1].replace(" ", "") + "}" for v in values]
+            if not values:
+                return []
+            # One C call encodes the whole column, "[[1,2],[]]"; its inner lists become "{1,2}".
+            inner = msgspec.json.encode(values).decode()[2:-2]
+            return ["{" + text + "}" for text in inner.split("],[")]
     return [_array_literal(v) for v in values]
 
 

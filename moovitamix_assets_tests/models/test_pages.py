@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 
 from moovitamix_assets.models.pages import decode_conforming_page
@@ -39,8 +40,6 @@ def test_a_clean_page_decodes_to_the_same_columns_and_frame_as_the_explaining_pa
     if endpoint == "listen_history":
         items[1] = make(user_id=None, items=None)  # nullable fields, still a clean page
         items[2] = make(items=[])
-    # isoformat() drops the fraction when microseconds are zero: still a contract timestamp.
-    items[3]["updated_at"] = "2026-04-09T12:31:25"
     body = page_body(items)
 
     page = decode_conforming_page(endpoint, body, 2, 100)
@@ -71,6 +70,7 @@ BAD_ITEMS = {
     "impossible date": lambda: a_user(updated_at="2026-02-30T12:31:25.269777"),
     "seven fraction digits": lambda: a_user(updated_at="2026-04-09T12:31:25.2697771"),
     "not an object": lambda: "junk",
+    "non-ASCII digit in a timestamp": lambda: a_user(created_at="2026-04-09T12:31:25.26977\u0661"),
 }
 
 
@@ -112,3 +112,20 @@ def test_a_page_the_contract_does_not_allow_is_not_taken_in_one_pass(
     assert decode_conforming_page(endpoint, body, 2, size) is None
     outcome = explained(endpoint, body, 2, size)
     assert isinstance(outcome, ApiPageError) or outcome[1], case  # a page error or a reject
+
+
+@pytest.mark.parametrize("stamp", ["2026-04-09T12:31:25", "2026-04-09T12:31:25.5"])
+def test_a_timestamp_without_six_fraction_digits_loads_through_the_explaining_path(
+    stamp: str,
+) -> None:
+    # isoformat() drops the fraction when microseconds are zero: still a valid timestamp, only
+    # not the fixed shape the one-pass check tests a whole column against.
+    body = page_body([a_user(id=1), a_user(id=2, updated_at=stamp)])
+
+    assert decode_conforming_page("users", body, 2, 100) is None
+    columns, rejects, drift = explained("users", body)
+    assert (rejects, drift) == ([], set())
+    assert columns[0] == [1, 2]
+    frame = FrameAccumulator("users")
+    frame.extend(columns)
+    assert frame.to_frame()["updated_at"].iloc[1] == pd.Timestamp(stamp, tz="UTC")

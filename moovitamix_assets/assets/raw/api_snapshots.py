@@ -44,7 +44,8 @@ DESCRIPTIONS: dict[str, str] = {
 
 def with_snapshot_date(frame: pd.DataFrame, snapshot_date: date) -> pd.DataFrame:
     """Return the API records with the partition column the IO manager replaces by."""
-    out = frame.copy()
+    # Shallow: copy-on-write keeps ``frame`` as it was without duplicating its columns.
+    out = frame.copy(deep=False)
     out.insert(0, SNAPSHOT_DATE_COLUMN, snapshot_date)
     return out
 
