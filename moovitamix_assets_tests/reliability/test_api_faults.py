@@ -206,3 +206,31 @@ def test_record_missing_a_field_is_rejected_and_neighbours_load(baseline, wareho
     assert {e.asset_key.path[0] for e in result.get_asset_materialization_events()} == {
         "raw", "core",
     }  # fmt: skip
+
+
+def test_one_endpoint_failing_is_named_and_the_others_are_still_stored(
+    baseline, warehouse, standin
+):
+    # The raw endpoints are one step: /tracks keeps failing, /users and /listen_history do not.
+    api = standin(endpoint_faults={"tracks": {"fail_first_n": 50}})
+    resources = daily_resources(api.base_url, warehouse, max_retries=1, backoff_factor=0.01)
+    result = run_day(resources, baseline.day)
+    assert not result.success
+    message = failure_text(result)
+    assert "1 of 3 endpoint(s) could not be read: /tracks:" in message
+    assert "error responses" in message  # urllib3: "too many 500 (or 503) error responses"
+    manifest = dict(
+        scalar(
+            warehouse,
+            "SELECT array_agg(ARRAY[endpoint, run_id] ORDER BY endpoint) "
+            "FROM raw.snapshot_manifest",
+        )
+    )
+    # The endpoints read before and after the failing one were stored by this run...
+    assert manifest["users"] == manifest["listen_history"] == result.run_id
+    # ...and the failing one's snapshot is the first day's, untouched.
+    assert manifest["tracks"] != result.run_id
+    tracks = table_contents(warehouse, schemas=("raw",))
+    assert {k: v for k, v in tracks.items() if k == "raw.tracks"} == {
+        k: v for k, v in baseline.contents.items() if k == "raw.tracks"
+    }
