@@ -558,7 +558,7 @@ class FrameAccumulator:
         self._buffer: list[list[object]] = [[] for _ in self._specs]
         self._buffered = 0
         self._chunks: list[pd.DataFrame] = []
-        self.rows = 0
+        self.rows = 0  # records held (since creation or the last drain)
 
     def extend(self, columns: Sequence[Sequence[object]]) -> None:
         """Append one page's valid records, given as columns in contract order.
@@ -589,13 +589,20 @@ class FrameAccumulator:
             self._buffered = 0
 
     def to_frame(self) -> pd.DataFrame:
-        """Return all records as one typed frame with a fresh RangeIndex."""
+        """Return the records held as one typed frame with a fresh RangeIndex."""
         self._flush()
         if not self._chunks:
             return empty_frame(self.endpoint)
         if len(self._chunks) == 1:
             return self._chunks[0]
         return pd.concat(self._chunks, ignore_index=True)
+
+    def drain(self) -> pd.DataFrame:
+        """Return the records held, like ``to_frame``, and start empty again."""
+        frame = self.to_frame()
+        self._chunks = []
+        self.rows = 0
+        return frame
 
 
 def rejects_frame(rows: Sequence[dict[str, object]]) -> pd.DataFrame:

@@ -12,7 +12,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum
@@ -50,10 +50,12 @@ from moovitamix_assets.models.records import (
     FrameAccumulator,
     Rejection,
     contract_columns,
+    empty_frame,
     item_field_drift,
     rejects_frame,
     validate_values,
 )
+from moovitamix_assets.resources.io_manager import RestartStream
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +65,8 @@ DEFAULT_BASE_URL: Final = "http://127.0.0.1:8000"
 OPENAPI_PATH: Final = "openapi.json"
 # Transient answers worth another try: rate limiting and the 5xx a proxy or a restarting app gives.
 RETRY_STATUSES: Final = frozenset({429, 500, 502, 503, 504})
+# Valid rows per frame a streamed read hands on (the IO manager COPYs each while reading on).
+STREAM_CHUNK_ROWS: Final = 20_000
 # Info-level progress once per this many pages: 10 lines for a million-record endpoint.
 PROGRESS_EVERY_PAGES: Final = 1000
 USER_AGENT: Final = "moovitamix-platform"
@@ -316,7 +320,9 @@ class EndpointRead:
     Attributes:
         endpoint: The endpoint read.
         frame: Valid records; the contract's columns in contract order, typed (``Int64``,
-            object ``str``, ``datetime64[us, UTC]``, object lists of ints).
+            object ``str``, ``datetime64[us, UTC]``, object lists of ints). Empty (zero rows,
+            the same columns) after a streamed read, whose frames went on as they came.
+        rows: Valid records read.
         rejects: One row per item that could not be typed (``REJECT_COLUMNS``).
         total: The service's ``total`` (of the read that succeeded).
         pages: The service's ``pages``.
@@ -349,15 +355,11 @@ class EndpointRead:
     extra_fields: list[str]
     missing_fields: list[str]
     page_size: int
+    rows: int
     rereads: int = 0
     empty_page: int | None = None
     loaded_extra_fields: list[str] = field(default_factory=list)
     loaded_missing_fields: list[str] = field(default_factory=list)
-
-    @property
-    def rows(self) -> int:
-        """Valid records loaded."""
-        return len(self.frame)
 
     def summary(self) -> dict[str, Any]:
         """Plain numbers and lists for materialization metadata and logs."""
@@ -494,13 +496,13 @@ class _TotalDrift(Exception):
 
 @dataclass(slots=True)
 class _Attempt:
-    """What one pass over the pages produced."""
+    """What one pass over the pages produced (the valid rows themselves are handed on)."""
 
-    frame: pd.DataFrame
-    rejects: list[dict[str, object]]
-    plan: PagePlan
-    pages_read: int
-    empty_page: int | None
+    rejects: list[dict[str, object]] = field(default_factory=list)
+    plan: PagePlan | None = None
+    rows: int = 0
+    pages_read: int = 0
+    empty_page: int | None = None
     extra_fields: set[str] = field(default_factory=set)
     missing_fields: set[str] = field(default_factory=set)
     loaded_extra_fields: set[str] = field(default_factory=set)
@@ -850,134 +852,119 @@ class MoovitamixApiResource(dg.ConfigurableResource):
             ApiPageError: A response was not a contract page.
             ApiDriftError: ``total`` changed again during the re-read.
         """
+        stream = self.stream_endpoint(endpoint, log, chunk_rows=None)
+        while True:
+            try:
+                frames = list(stream.frames())
+                break
+            except RestartStream:
+                continue  # read again from page 1 (at most once: then ApiDriftError)
+        frame = frames[0] if len(frames) == 1 else empty_frame(endpoint)
+        return stream.result(frame)
+
+    def stream_endpoint(
+        self,
+        endpoint: str,
+        log: logging.Logger | None = None,
+        chunk_rows: int | None = STREAM_CHUNK_ROWS,
+    ) -> EndpointStream:
+        """Prepare a read of every page of an endpoint that hands on typed frames as it goes.
+
+        Nothing is requested until ``frames()`` is iterated; see ``EndpointStream``.
+
+        Args:
+            endpoint: ``users``, ``tracks`` or ``listen_history``.
+            log: Where to log progress (e.g. ``context.log``); the module logger by default.
+            chunk_rows: Valid rows per frame handed on; None for one frame at the end.
+
+        Raises:
+            ValueError: If the endpoint is unknown or a setting is invalid.
+        """
         contract_columns(endpoint)  # unknown endpoints fail before any request
         self.check_settings()
-        log = log or logger
-        stats = _ReadStats()
-        started = time.perf_counter()
-        rereads = 0
-        try:
-            attempt = self._read_pages(endpoint, stats, log)
-        except _TotalDrift as first:
-            rereads = 1
-            log.warning(
-                "MooVitamix %s changed during the read (%s); reading it again from page 1",
-                endpoint,
-                first.describe(),
-            )
-            try:
-                attempt = self._read_pages(endpoint, stats, log)
-            except _TotalDrift as second:
-                raise ApiDriftError(
-                    endpoint,
-                    second.page,
-                    second.old_total,
-                    second.new_total,
-                    f"total changed during the read ({first.describe()}) and again during the "
-                    f"re-read ({second.describe()}): old total {second.old_total}, new total "
-                    f"{second.new_total}; the service's data is changing, try again later",
-                ) from second
-        read = EndpointRead(
-            endpoint=endpoint,
-            frame=attempt.frame,
-            rejects=rejects_frame(attempt.rejects),
-            total=attempt.plan.total,
-            pages=attempt.plan.pages,
-            pages_read=attempt.pages_read,
-            requests=stats.requests,
-            retries=stats.retries,
-            api_seconds=time.perf_counter() - started,
-            bytes=stats.bytes,
-            extra_fields=sorted(attempt.extra_fields),
-            missing_fields=sorted(attempt.missing_fields),
-            loaded_extra_fields=sorted(attempt.loaded_extra_fields),
-            loaded_missing_fields=sorted(attempt.loaded_missing_fields),
-            page_size=self.page_size,
-            rereads=rereads,
-            empty_page=attempt.empty_page,
-        )
-        log.info(
-            "MooVitamix %s: %d rows, %d rejected, total %d, %d pages, %d requests, %d retries, "
-            "%.1f s",
-            endpoint,
-            read.rows,
-            len(read.rejects),
-            read.total,
-            read.pages_read,
-            read.requests,
-            read.retries,
-            read.api_seconds,
-        )
-        if read.extra_fields or read.missing_fields:
-            log.warning(
-                "MooVitamix %s schema drift: fields outside the contract %s, contract fields "
-                "missing %s",
-                endpoint,
-                read.extra_fields,
-                read.missing_fields,
-            )
-        return read
+        return EndpointStream(self, endpoint, log or logger, chunk_rows)
 
-    def _read_pages(self, endpoint: str, stats: _ReadStats, log: logging.Logger) -> _Attempt:
-        """One pass over all pages; raises _TotalDrift when a page disagrees with page 1."""
+    def _read_pages(
+        self,
+        endpoint: str,
+        stats: _ReadStats,
+        log: logging.Logger,
+        attempt: _Attempt,
+        chunk_rows: int | None,
+    ) -> Iterator[pd.DataFrame]:
+        """One pass over all pages, yielding typed frames; _TotalDrift if a page disagrees."""
         first = self._fetch_page(endpoint, 1, stats)
         plan = PagePlan.from_first_page(endpoint, first, self.page_size, self.max_pages)
+        attempt.plan = plan
         log.debug("MooVitamix %s: total %d in %d pages", endpoint, plan.total, plan.pages)
         accumulator = FrameAccumulator(endpoint)
-        attempt = _Attempt(
-            frame=pd.DataFrame(), rejects=[], plan=plan, pages_read=0, empty_page=None
-        )
-
-        def consume(page: ApiPage) -> bool:
-            """Load one page in order; False when the read must stop at it."""
-            outcome = plan.classify(page)
-            if outcome is PageOutcome.DRIFT:
-                raise _TotalDrift(page.number, plan.total, page.total, plan.pages, page.pages)
-            if outcome is PageOutcome.EMPTY_BEFORE_END:
-                attempt.empty_page = page.number
-                log.warning(
-                    "MooVitamix %s: page %d of %d is empty; stopping there (total %d)",
-                    endpoint,
-                    page.number,
-                    plan.pages,
-                    plan.total,
-                )
-                return False
-            if page.conforming is not None:
-                accumulator.extend(page.conforming.columns)
-            else:
-                batch = validate_page(endpoint, page.number, page.items)
-                accumulator.extend(batch.columns)
-                attempt.rejects.extend(batch.rejects)
-                attempt.extra_fields |= batch.extra_fields
-                attempt.missing_fields |= batch.missing_fields
-                attempt.loaded_extra_fields |= batch.loaded_extra_fields
-                attempt.loaded_missing_fields |= batch.loaded_missing_fields
-            attempt.pages_read += 1
-            if attempt.pages_read % PROGRESS_EVERY_PAGES == 0:
-                log.info(
-                    "MooVitamix %s: %d/%d pages, %d rows",
-                    endpoint,
-                    attempt.pages_read,
-                    plan.pages,
-                    accumulator.rows,
-                )
-            return True
-
         # With total 0 there are no pages and page 1 is legitimately empty.
-        if plan.pages >= 1 and consume(first) and plan.pages >= 2:
-            self._read_rest(endpoint, plan, stats, consume)
-        attempt.frame = accumulator.to_frame()
-        return attempt
+        if plan.pages >= 1:
+            pages = self._pages_in_order(endpoint, plan, stats, first)
+            try:
+                for page in pages:
+                    if not self._consume(endpoint, plan, page, accumulator, attempt, log):
+                        break
+                    if chunk_rows is not None and accumulator.rows >= chunk_rows:
+                        attempt.rows += accumulator.rows
+                        yield accumulator.drain()
+            finally:
+                pages.close()  # stops the fetching threads when the read ends early
+        if accumulator.rows:
+            attempt.rows += accumulator.rows
+            yield accumulator.drain()
 
-    def _read_rest(
+    def _consume(
         self,
         endpoint: str,
         plan: PagePlan,
-        stats: _ReadStats,
-        consume: Callable[[ApiPage], bool],
-    ) -> None:
-        """Fetch pages 2..N concurrently and hand them to ``consume`` in page order."""
+        page: ApiPage,
+        accumulator: FrameAccumulator,
+        attempt: _Attempt,
+        log: logging.Logger,
+    ) -> bool:
+        """Load one page, in page order; False when the read must stop at it."""
+        outcome = plan.classify(page)
+        if outcome is PageOutcome.DRIFT:
+            raise _TotalDrift(page.number, plan.total, page.total, plan.pages, page.pages)
+        if outcome is PageOutcome.EMPTY_BEFORE_END:
+            attempt.empty_page = page.number
+            log.warning(
+                "MooVitamix %s: page %d of %d is empty; stopping there (total %d)",
+                endpoint,
+                page.number,
+                plan.pages,
+                plan.total,
+            )
+            return False
+        if page.conforming is not None:
+            accumulator.extend(page.conforming.columns)
+        else:
+            batch = validate_page(endpoint, page.number, page.items)
+            accumulator.extend(batch.columns)
+            attempt.rejects.extend(batch.rejects)
+            attempt.extra_fields |= batch.extra_fields
+            attempt.missing_fields |= batch.missing_fields
+            attempt.loaded_extra_fields |= batch.loaded_extra_fields
+            attempt.loaded_missing_fields |= batch.loaded_missing_fields
+        attempt.pages_read += 1
+        if attempt.pages_read % PROGRESS_EVERY_PAGES == 0:
+            log.info(
+                "MooVitamix %s: %d/%d pages, %d rows",
+                endpoint,
+                attempt.pages_read,
+                plan.pages,
+                attempt.rows + accumulator.rows,
+            )
+        return True
+
+    def _pages_in_order(
+        self, endpoint: str, plan: PagePlan, stats: _ReadStats, first: ApiPage
+    ) -> Iterator[ApiPage]:
+        """Page 1, then pages 2..N fetched concurrently, in page order."""
+        yield first
+        if plan.pages < 2:
+            return
         # A bounded window of in-flight pages keeps memory flat however many pages there are.
         window = 2 * self.max_concurrency
         pool = ThreadPoolExecutor(
@@ -991,10 +978,131 @@ class MoovitamixApiResource(dg.ConfigurableResource):
                 while next_page <= plan.pages and len(in_flight) < window:
                     in_flight[next_page] = pool.submit(self._fetch_page, endpoint, next_page, stats)
                     next_page += 1
-                if not consume(in_flight.pop(number).result()):
-                    return
+                yield in_flight.pop(number).result()
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+class EndpointStream:
+    """One endpoint's read, handed on as typed frames while its pages arrive.
+
+    ``frames()`` reads every page and yields frames of about ``chunk_rows`` valid rows, in page
+    order, so that they can be stored while the next pages are fetched. If ``total`` changes
+    mid-read, the service's data moved under us and a mix of two states would duplicate or lose
+    records: the first time, ``frames()`` raises ``RestartStream`` (whoever stored frames discards
+    them and iterates ``frames()`` again, which reads from page 1); the second time it raises
+    ``ApiDriftError``. ``result()`` gives the read's figures and rejects once the frames ran out.
+    """
+
+    def __init__(
+        self,
+        api: MoovitamixApiResource,
+        endpoint: str,
+        log: logging.Logger,
+        chunk_rows: int | None,
+    ) -> None:
+        self._api = api
+        self.endpoint = endpoint
+        self._log = log
+        self._chunk_rows = chunk_rows
+        self._stats = _ReadStats()
+        self._started = time.perf_counter()
+        self._drift: _TotalDrift | None = None
+        self._attempt: _Attempt | None = None
+        self._complete = False
+
+    def frames(self) -> Iterator[pd.DataFrame]:
+        """Read every page from page 1, yielding typed frames (contract columns, in order).
+
+        Raises:
+            RestartStream: ``total`` changed during this read; iterate ``frames()`` again.
+            ApiDriftError: ``total`` changed again during the re-read.
+            ApiError: A request failed after retries, or the page cap was exceeded.
+            ApiPageError: A response was not a contract page.
+        """
+        self._complete = False
+        self._attempt = attempt = _Attempt()
+        try:
+            yield from self._api._read_pages(
+                self.endpoint, self._stats, self._log, attempt, self._chunk_rows
+            )
+        except _TotalDrift as drift:
+            if self._drift is not None:
+                first = self._drift
+                raise ApiDriftError(
+                    self.endpoint,
+                    drift.page,
+                    drift.old_total,
+                    drift.new_total,
+                    f"total changed during the read ({first.describe()}) and again during the "
+                    f"re-read ({drift.describe()}): old total {drift.old_total}, new total "
+                    f"{drift.new_total}; the service's data is changing, try again later",
+                ) from drift
+            self._drift = drift
+            self._log.warning(
+                "MooVitamix %s changed during the read (%s); reading it again from page 1",
+                self.endpoint,
+                drift.describe(),
+            )
+            raise RestartStream(
+                f"MooVitamix {self.endpoint} changed during the read ({drift.describe()})"
+            ) from drift
+        self._complete = True
+
+    def result(self, frame: pd.DataFrame | None = None) -> EndpointRead:
+        """The read's figures, once ``frames()`` ran to its end (and logs them).
+
+        Args:
+            frame: The frame to carry (``read_endpoint``'s whole read); empty when streamed.
+
+        Raises:
+            RuntimeError: ``frames()`` has not been read to its end.
+        """
+        attempt = self._attempt
+        if not self._complete or attempt is None or attempt.plan is None:
+            raise RuntimeError(f"the read of {self.endpoint} has not run to its end")
+        stats, log = self._stats, self._log
+        read = EndpointRead(
+            endpoint=self.endpoint,
+            frame=empty_frame(self.endpoint) if frame is None else frame,
+            rows=attempt.rows,
+            rejects=rejects_frame(attempt.rejects),
+            total=attempt.plan.total,
+            pages=attempt.plan.pages,
+            pages_read=attempt.pages_read,
+            requests=stats.requests,
+            retries=stats.retries,
+            api_seconds=time.perf_counter() - self._started,
+            bytes=stats.bytes,
+            extra_fields=sorted(attempt.extra_fields),
+            missing_fields=sorted(attempt.missing_fields),
+            loaded_extra_fields=sorted(attempt.loaded_extra_fields),
+            loaded_missing_fields=sorted(attempt.loaded_missing_fields),
+            page_size=self._api.page_size,
+            rereads=int(self._drift is not None),
+            empty_page=attempt.empty_page,
+        )
+        log.info(
+            "MooVitamix %s: %d rows, %d rejected, total %d, %d pages, %d requests, %d retries, "
+            "%.1f s",
+            self.endpoint,
+            read.rows,
+            len(read.rejects),
+            read.total,
+            read.pages_read,
+            read.requests,
+            read.retries,
+            read.api_seconds,
+        )
+        if read.extra_fields or read.missing_fields:
+            log.warning(
+                "MooVitamix %s schema drift: fields outside the contract %s, contract fields "
+                "missing %s",
+                self.endpoint,
+                read.extra_fields,
+                read.missing_fields,
+            )
+        return read
 
 
 def _is_int_env_var(value: object) -> bool:
@@ -1034,6 +1142,7 @@ __all__ = [
     "ApiUnavailableError",
     "CountingRetry",
     "EndpointRead",
+    "EndpointStream",
     "MoovitamixApiResource",
     "PageOutcome",
     "PagePlan",

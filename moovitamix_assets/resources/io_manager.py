@@ -33,9 +33,9 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import dagster as dg
@@ -127,11 +127,46 @@ class Sidecar:
     match: dict[str, Any]
 
 
+class RestartStream(Exception):  # noqa: N818 - a signal to the writer, not an error
+    """Raised by a stream's frames when its source changed mid-read: drop what was written of
+    the stream and iterate it again."""
+
+
+@dataclass(frozen=True)
+class StreamEnd:
+    """What a stream knows once its last frame is written: bookkeeping rows and metadata."""
+
+    sidecars: tuple[Sidecar, ...] = ()
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, eq=False)
+class FrameStream:
+    """A frame written while it is produced: each chunk is COPY'd as it arrives.
+
+    Everything still happens in the one transaction of the write (readers see the old rows until
+    commit; any error rolls it all back), but the producer (an API read, say) and PostgreSQL work
+    at the same time, and memory holds a chunk instead of the whole frame.
+
+    Attributes:
+        template: A zero-row frame with the stream's columns and dtypes: the table's types come
+            from it, so an empty stream still creates or checks the table.
+        frames: Returns a new iterator of chunks (the template's columns). Called again after
+            it raised ``RestartStream``, once the rows written so far are rolled back.
+        finish: Called after the last chunk is COPY'd, inside the transaction; its sidecars are
+            replaced with the table and its metadata is added to the output's.
+    """
+
+    template: pd.DataFrame
+    frames: Callable[[], Iterator[pd.DataFrame]]
+    finish: Callable[[], StreamEnd] = StreamEnd
+
+
 @dataclass(frozen=True)
 class FrameWithSidecars:
-    """An asset output: the asset's DataFrame plus sidecar rows written atomically with it."""
+    """An asset output: the asset's DataFrame (or stream) plus sidecar rows written with it."""
 
-    frame: pd.DataFrame
+    frame: pd.DataFrame | FrameStream
     sidecars: tuple[Sidecar, ...] = ()
 
 
@@ -144,6 +179,8 @@ class WriteResult:
     copy_bytes: int
     seconds: float
     columns: list[tuple[str, str]]
+    preview: pd.DataFrame
+    metadata: Mapping[str, Any] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -625,7 +662,7 @@ def write_frame(
     conn: Any,
     schema: str,
     table: str,
-    df: pd.DataFrame,
+    df: pd.DataFrame | FrameStream,
     part: PartitionSlice | None = None,
     chunk_rows: int = CHUNK_ROWS,
     sidecars: Sequence[Sidecar] = (),
@@ -643,7 +680,8 @@ def write_frame(
         conn: A psycopg2 connection (not autocommit); committed on success, rolled back on error.
         schema: Target schema.
         table: Target table.
-        df: Rows to write.
+        df: Rows to write, or a stream of them (COPY'd chunk by chunk as they are produced;
+            its ``finish()`` sidecars are replaced after them).
         part: The partition slice being written, or None for the whole table.
         chunk_rows: Rows serialised per COPY chunk.
         sidecars: Bookkeeping rows replaced in the same transaction (same partition slice).
@@ -656,13 +694,18 @@ def write_frame(
         SchemaMismatchError, PartitionMismatchError, TypeError, ValueError, psycopg2.Error.
     """
     started = time.perf_counter()
+    written = _Written(preview=df.template if isinstance(df, FrameStream) else df)
+    end = StreamEnd()
     try:
         with conn.cursor() as cur:
             # Timestamps are sent as UTC wall-clock texts.
             cur.execute("SET LOCAL TIME ZONE 'UTC'")
             replaced, copied, final_columns = _replace_rows(
-                cur, schema, table, df, part, chunk_rows, match
+                cur, schema, table, df, part, chunk_rows, match, written
             )
+            if isinstance(df, FrameStream):
+                end = df.finish()
+                sidecars = (*sidecars, *end.sidecars)
             for sidecar in sidecars:
                 _replace_rows(
                     cur,
@@ -680,22 +723,37 @@ def write_frame(
             conn.rollback()
         raise
     return WriteResult(
-        rows=len(df),
+        rows=written.rows,
         rows_replaced=max(replaced, 0),
         copy_bytes=copied,
         seconds=time.perf_counter() - started,
         columns=final_columns,
+        preview=written.preview.head(PREVIEW_ROWS),
+        metadata=end.metadata,
     )
+
+
+@dataclass
+class _Written:
+    """Rows COPY'd into the main table, and the first rows (for the preview)."""
+
+    preview: pd.DataFrame
+    rows: int = 0
+
+
+# Rolled back to when a stream restarts: the slice is deleted, nothing of the stream is written.
+_STREAM_SAVEPOINT: Final = "moovitamix_stream"
 
 
 def _replace_rows(
     cur: Any,
     schema: str,
     table: str,
-    df: pd.DataFrame,
+    df: pd.DataFrame | FrameStream,
     part: PartitionSlice | None,
     chunk_rows: int,
     match: dict[str, Any] | None = None,
+    written: _Written | None = None,
 ) -> tuple[int, int, list[tuple[str, str]]]:
     """Inside the caller's transaction: delete the slice's rows (matching ``match``), COPY ``df``.
 
@@ -706,9 +764,15 @@ def _replace_rows(
     cur.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key("table", qualified),))
     existing_columns = table_columns(cur, schema, table)
     existing = dict(existing_columns or [])
-    types = resolve_column_types(df, existing, qualified)
+    stream = df if isinstance(df, FrameStream) else None
+    if stream is not None:
+        # Types come from real rows: a zero-row template cannot tell a date from a text.
+        frames, frame = _first_frame(stream)
+    else:
+        frame = df
+    types = resolve_column_types(frame, existing, qualified)
     if part is not None:
-        check_partition_values(df, part, qualified)
+        check_partition_values(frame, part, qualified)
     target = sql.Identifier(schema, table)
     if existing_columns is None:
         _create_table(cur, schema, table, types)
@@ -734,21 +798,84 @@ def _replace_rows(
     cur.execute(delete, params)
     replaced = cur.rowcount
     copied = 0
-    if types and len(df):
-        source = CopySource(prefetch(iter_copy_chunks(df, types, chunk_rows)))
-        copy = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT text)").format(
-            target, sql.SQL(", ").join(map(sql.Identifier, types))
-        )
-        try:
-            cur.copy_expert(copy.as_string(cur), source, size=_COPY_READ_SIZE)
-        except psycopg2.Error as exc:
-            if source.error is not None:
-                raise source.error from exc
-            raise
-        finally:
-            source.close()
-        copied = source.bytes_read
+    written = written or _Written(preview=frame)
+    if stream is not None:
+        cur.execute(sql.SQL("SAVEPOINT {}").format(sql.Identifier(_STREAM_SAVEPOINT)))
+        while True:
+            written.rows = 0
+            chunks = _stream_chunks(frames, frame, types, part, qualified, chunk_rows, written)
+            try:
+                copied = _copy(cur, target, types, chunks)
+                break
+            except RestartStream:
+                # The source changed under the read and reads again from the start: forget
+                # its rows so far, keep the deletion and the lock.
+                cur.execute(
+                    sql.SQL("ROLLBACK TO SAVEPOINT {}").format(sql.Identifier(_STREAM_SAVEPOINT))
+                )
+                frames = stream.frames()
+    elif types and len(df):
+        copied = _copy(cur, target, types, iter_copy_chunks(df, types, chunk_rows))
+        written.rows = len(df)
     return replaced, copied, table_columns(cur, schema, table) or []
+
+
+def _first_frame(stream: FrameStream) -> tuple[Iterator[pd.DataFrame], pd.DataFrame]:
+    """The stream's frames with the first one already in hand (the template if there is none)."""
+    while True:
+        frames = stream.frames()
+        try:
+            first = next(frames, None)
+        except RestartStream:
+            continue  # nothing written yet: just take the new read
+        if first is None:
+            return iter(()), stream.template
+        return itertools.chain([first], frames), first
+
+
+def _stream_chunks(
+    frames: Iterator[pd.DataFrame],
+    model: pd.DataFrame,
+    types: dict[str, str],
+    part: PartitionSlice | None,
+    qualified: str,
+    chunk_rows: int,
+    written: _Written,
+) -> Iterator[bytes]:
+    """COPY text of a stream's frames, checked like a whole frame, as they are produced."""
+    for frame in frames:
+        if list(frame.columns) != list(model.columns):
+            raise ValueError(
+                f"{qualified}: a streamed chunk has columns {list(frame.columns)}, not the "
+                f"stream's {list(model.columns)}"
+            )
+        if part is not None:
+            check_partition_values(frame, part, qualified)
+        if not written.rows:
+            written.preview = frame.head(PREVIEW_ROWS)
+        written.rows += len(frame)
+        yield from iter_copy_chunks(frame, types, chunk_rows)
+
+
+def _copy(cur: Any, target: sql.Composable, types: dict[str, str], chunks: Iterator[bytes]) -> int:
+    """COPY the chunks into ``target`` (PostgreSQL parses one while the next is serialised).
+
+    Returns:
+        The bytes COPY'd.
+    """
+    source = CopySource(prefetch(chunks))
+    copy = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT text)").format(
+        target, sql.SQL(", ").join(map(sql.Identifier, types))
+    )
+    try:
+        cur.copy_expert(copy.as_string(cur), source, size=_COPY_READ_SIZE)
+    except psycopg2.Error as exc:
+        if source.error is not None:
+            raise source.error from exc
+        raise
+    finally:
+        source.close()
+    return source.bytes_read
 
 
 def _create_table(cur: Any, schema: str, table: str, types: dict[str, str]) -> None:
@@ -873,7 +1000,7 @@ class PostgresPandasIOManager(dg.ConfigurableIOManager):
     )
 
     def handle_output(
-        self, context: dg.OutputContext, obj: pd.DataFrame | FrameWithSidecars
+        self, context: dg.OutputContext, obj: pd.DataFrame | FrameStream | FrameWithSidecars
     ) -> None:
         """Write the frame: replace its partition(s) or the whole table, in one transaction.
 
@@ -890,7 +1017,7 @@ class PostgresPandasIOManager(dg.ConfigurableIOManager):
         sidecars: tuple[Sidecar, ...] = ()
         if isinstance(obj, FrameWithSidecars):
             obj, sidecars = obj.frame, obj.sidecars
-        if not isinstance(obj, pd.DataFrame):
+        if not isinstance(obj, pd.DataFrame | FrameStream):
             raise TypeError(
                 f"{type(self).__name__} stores pandas DataFrames; asset "
                 f"{context.asset_key.to_user_string()} returned {type(obj).__name__}"
@@ -928,10 +1055,11 @@ class PostgresPandasIOManager(dg.ConfigurableIOManager):
                         columns=[dg.TableColumn(name, pg_type) for name, pg_type in result.columns]
                     )
                 ),
-                "preview": dg.MetadataValue.md(_markdown_preview(obj)),
+                "preview": dg.MetadataValue.md(_markdown_preview(result.preview)),
                 "rows_replaced": dg.MetadataValue.int(result.rows_replaced),
                 "copy_bytes": dg.MetadataValue.int(result.copy_bytes),
                 "load_seconds": dg.MetadataValue.float(round(result.seconds, 4)),
+                **result.metadata,
             }
         )
 

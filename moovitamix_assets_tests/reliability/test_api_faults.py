@@ -39,6 +39,12 @@ def assert_unchanged(baseline, warehouse: str) -> None:
     assert_same_contents(baseline.contents, table_contents(warehouse))
 
 
+def assert_not_read_after_users(api) -> None:
+    """The step stopped at /users: no request reached the endpoints read after it."""
+    stats = api.stats()
+    assert all(stats.get(e, {}).get("requests", 0) == 0 for e in ("tracks", "listen_history"))
+
+
 def assert_rewritten_identically(baseline, warehouse: str, result) -> None:
     """The run rewrote the day (its run id is on every manifest row) with the same rows."""
     assert_same_contents(baseline.stable_contents, table_contents(warehouse, VOLATILE_COLUMNS))
@@ -101,8 +107,9 @@ def test_persistent_5xx_fails_naming_endpoint_and_page(baseline, warehouse, stan
     result = run_day(daily_resources(api.base_url, warehouse, max_retries=2), baseline.day)
     assert not result.success
     message = failure_text(result)
-    for endpoint in ENDPOINTS:
-        assert f"endpoint {endpoint!r}, page 1: too many" in message
+    # The endpoints are read in order in one step: the first failure stops it, named.
+    assert "endpoint 'users', page 1: too many" in message
+    assert_not_read_after_users(api)
     assert_unchanged(baseline, warehouse)
 
 
@@ -112,8 +119,8 @@ def test_persistently_slow_page_fails_naming_endpoint_and_page(baseline, warehou
     result = run_day(resources, baseline.day)
     assert not result.success
     message = failure_text(result)
-    for endpoint in ENDPOINTS:
-        assert f"endpoint {endpoint!r}, page 2: read timed out" in message
+    assert "endpoint 'users', page 2: read timed out" in message
+    assert_not_read_after_users(api)
     assert_unchanged(baseline, warehouse)
 
 
@@ -122,9 +129,9 @@ def test_truncated_body_fails_naming_endpoint_and_page(baseline, warehouse, stan
     result = run_day(daily_resources(api.base_url, warehouse), baseline.day)
     assert not result.success
     message = failure_text(result)
-    for endpoint in ENDPOINTS:
-        assert f"endpoint {endpoint!r}, page 3: body is not valid JSON" in message
+    assert "endpoint 'users', page 3: body is not valid JSON" in message
     assert "truncated?" in message
+    assert_not_read_after_users(api)
     assert_unchanged(baseline, warehouse)
 
 
@@ -133,12 +140,12 @@ def test_total_that_keeps_changing_fails_clearly(baseline, warehouse, standin):
     result = run_day(daily_resources(api.base_url, warehouse), baseline.day)
     assert not result.success
     message = failure_text(result)
-    for endpoint in ENDPOINTS:
-        assert f"endpoint {endpoint!r}, page" in message
+    assert "endpoint 'users', page" in message
     assert f"total {RECORDS} -> {RECORDS + 5}" in message
     assert "and again during the re-read" in message
-    # Each endpoint was read twice from page 1, never a third time.
-    assert all(s["pages"]["1"] == 2 for s in api.stats().values())
+    # /users was read twice from page 1, never a third time; the step stopped there.
+    assert api.stats()["users"]["pages"]["1"] == 2
+    assert_not_read_after_users(api)
     assert_unchanged(baseline, warehouse)
 
 
@@ -208,16 +215,16 @@ def test_record_missing_a_field_is_rejected_and_neighbours_load(baseline, wareho
     }  # fmt: skip
 
 
-def test_one_endpoint_failing_is_named_and_the_others_are_still_stored(
+def test_an_endpoint_failing_stops_the_step_naming_it_and_keeps_its_stored_day(
     baseline, warehouse, standin
 ):
-    # The raw endpoints are one step: /tracks keeps failing, /users and /listen_history do not.
+    # The raw endpoints are one step, read in order: /tracks keeps failing.
     api = standin(endpoint_faults={"tracks": {"fail_first_n": 50}})
     resources = daily_resources(api.base_url, warehouse, max_retries=1, backoff_factor=0.01)
     result = run_day(resources, baseline.day)
     assert not result.success
     message = failure_text(result)
-    assert "1 of 3 endpoint(s) could not be read: /tracks:" in message
+    assert "endpoint 'tracks'" in message
     assert "error responses" in message  # urllib3: "too many 500 (or 503) error responses"
     manifest = dict(
         scalar(
@@ -226,11 +233,10 @@ def test_one_endpoint_failing_is_named_and_the_others_are_still_stored(
             "FROM raw.snapshot_manifest",
         )
     )
-    # The endpoints read before and after the failing one were stored by this run...
-    assert manifest["users"] == manifest["listen_history"] == result.run_id
-    # ...and the failing one's snapshot is the first day's, untouched.
-    assert manifest["tracks"] != result.run_id
-    tracks = table_contents(warehouse, schemas=("raw",))
-    assert {k: v for k, v in tracks.items() if k == "raw.tracks"} == {
-        k: v for k, v in baseline.contents.items() if k == "raw.tracks"
-    }
+    # The endpoint read before the failing one was stored by this run...
+    assert manifest["users"] == result.run_id
+    # ...the failing one and the one after it keep the first day's snapshot, untouched.
+    assert result.run_id not in (manifest["tracks"], manifest["listen_history"])
+    raw = table_contents(warehouse, schemas=("raw",))
+    for table in ("raw.tracks", "raw.listen_history"):
+        assert raw[table] == baseline.contents[table]

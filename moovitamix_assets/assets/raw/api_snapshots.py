@@ -1,8 +1,6 @@
 """Raw layer: one daily snapshot of each MooVitamix API endpoint, stored as returned."""
 
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import date
 
 import dagster as dg
@@ -13,11 +11,7 @@ from moovitamix_assets.assets.raw.snapshots import (
     bookkeeping_sidecars,
     ensure_bookkeeping_tables,
 )
-from moovitamix_assets.checks.step_figures import (
-    StepStart,
-    finish_step_figures,
-    start_step_figures,
-)
+from moovitamix_assets.checks.step_figures import finish_step_figures, start_step_figures
 from moovitamix_assets.constants import (
     ENDPOINTS,
     INGESTION_GROUP,
@@ -28,10 +22,11 @@ from moovitamix_assets.constants import (
     USERS_ENDPOINT,
 )
 from moovitamix_assets.freshness import DAILY_FRESHNESS
+from moovitamix_assets.models.records import empty_frame
 from moovitamix_assets.partitions import daily_partitions, snapshot_date_for
-from moovitamix_assets.resources.api import EndpointRead, MoovitamixApiResource
+from moovitamix_assets.resources.api import EndpointRead, EndpointStream, MoovitamixApiResource
 from moovitamix_assets.resources.database import PostgresResource
-from moovitamix_assets.resources.io_manager import FrameWithSidecars
+from moovitamix_assets.resources.io_manager import FrameStream, FrameWithSidecars, StreamEnd
 
 DESCRIPTIONS: dict[str, str] = {
     USERS_ENDPOINT: "Daily snapshot of every MooVitamix user account, as the API served it.",
@@ -54,7 +49,7 @@ def read_metadata(read: EndpointRead) -> dict[str, dg.MetadataValue]:
     """Numeric figures of one endpoint read, for the UI's plots."""
     return {
         "api_total": dg.MetadataValue.int(read.total),
-        "rows_valid": dg.MetadataValue.int(len(read.frame)),
+        "rows_valid": dg.MetadataValue.int(read.rows),
         "rejected_records": dg.MetadataValue.int(len(read.rejects)),
         "pages": dg.MetadataValue.int(read.pages),
         "requests": dg.MetadataValue.int(read.requests),
@@ -83,24 +78,14 @@ def raw_spec(endpoint: str) -> dg.AssetSpec:
     ).with_io_manager_key("warehouse_io_manager")
 
 
-@dataclass(frozen=True)
-class _TimedRead:
-    read: EndpointRead
-    start: StepStart
-
-
-class RawSnapshotError(Exception):
-    """One or more endpoints could not be read; the others were stored."""
-
-
-def snapshot_output(read: EndpointRead, snapshot: date, run_id: str) -> FrameWithSidecars:
-    """The raw partition of one read, with its manifest row and rejects as sidecars."""
-    summary = SnapshotSummary(
+def snapshot_summary(read: EndpointRead, snapshot: date, run_id: str) -> SnapshotSummary:
+    """The manifest row of one read."""
+    return SnapshotSummary(
         endpoint=read.endpoint,
         snapshot_date=snapshot,
         api_total=read.total,
         pages=read.pages,
-        rows_valid=len(read.frame),
+        rows_valid=read.rows,
         rows_rejected=len(read.rejects),
         # The manifest's drift (judged by the schema audit) is that of the stored rows: a
         # record rejected for a missing key is in raw.rejects, under the reject-rate audit.
@@ -108,10 +93,45 @@ def snapshot_output(read: EndpointRead, snapshot: date, run_id: str) -> FrameWit
         missing_fields=list(read.loaded_missing_fields),
         run_id=run_id,
     )
-    # The raw partition, its manifest row and its rejects are written in one transaction.
-    return FrameWithSidecars(
-        with_snapshot_date(read.frame, snapshot), bookkeeping_sidecars(summary, read.rejects)
-    )
+
+
+def snapshot_stream(
+    context: dg.AssetExecutionContext,
+    stream: EndpointStream,
+    snapshot: date,
+) -> FrameWithSidecars:
+    """One endpoint's raw partition, stored while it is read, with its manifest and rejects.
+
+    The IO manager COPYs each chunk of rows as the pages come in, then the manifest row and
+    the rejects, all in one transaction: a failed read leaves the stored day as it was.
+    """
+    endpoint = stream.endpoint
+    start = start_step_figures()
+
+    def frames() -> Iterator[pd.DataFrame]:
+        for frame in stream.frames():
+            yield with_snapshot_date(frame, snapshot)
+
+    def finish() -> StreamEnd:
+        read = stream.result()
+        if len(read.rejects):
+            first = read.rejects.iloc[0]
+            context.log.warning(
+                f"/{endpoint}: {len(read.rejects)} record(s) failed validation and were kept in "
+                f"{RAW_SCHEMA}.rejects for {snapshot}; first: page {first['page']}, "
+                f"reason: {first['reason']}"
+            )
+        summary = snapshot_summary(read, snapshot, context.run.run_id)
+        return StreamEnd(
+            sidecars=bookkeeping_sidecars(summary, read.rejects),
+            # CPU and memory of the read and its load, which ran together.
+            metadata=finish_step_figures(
+                context, read_metadata(read), start, asset_key=RAW_KEYS[endpoint]
+            ),
+        )
+
+    template = with_snapshot_date(empty_frame(endpoint), snapshot)
+    return FrameWithSidecars(FrameStream(template=template, frames=frames, finish=finish))
 
 
 @dg.multi_asset(
@@ -125,54 +145,21 @@ def raw_snapshots(
     moovitamix_api: MoovitamixApiResource,
     postgres: PostgresResource,
 ) -> Iterator[dg.Output[FrameWithSidecars]]:
-    """Daily snapshots of the MooVitamix API's endpoints; each is stored while the next is read."""
-    # One step for the whole API source, like Dagster's own API integrations: the next
-    # endpoint's pages are fetched while the IO manager COPYs the previous one, so the service
-    # is kept busy instead of waiting for every load (bench/bench_ingestion.py measures it).
+    """Daily snapshots of the MooVitamix API's endpoints, stored while they are read."""
+    # One step for the whole API source, like Dagster's own API integrations. Each output is a
+    # stream: the IO manager COPYs every chunk of rows while the next pages are fetched, so the
+    # service and PostgreSQL work at the same time (bench/bench_ingestion.py measures it), and
+    # memory holds a chunk, not an endpoint. An endpoint that fails stops the step there, naming
+    # the endpoint and page; the endpoints stored before it keep today's snapshot.
     snapshot = snapshot_date_for(context.partition_key)
-    endpoints = [e for e in ENDPOINTS if RAW_KEYS[e] in context.selected_asset_keys]
     ensure_bookkeeping_tables(postgres.engine())
-
-    def read(endpoint: str) -> _TimedRead:
-        start = start_step_figures()
-        return _TimedRead(moovitamix_api.read_endpoint(endpoint, log=context.log), start)
-
-    failures: list[tuple[str, Exception]] = []
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="moovitamix-endpoint") as reader:
-        pending = reader.submit(read, endpoints[0])
-        for index, endpoint in enumerate(endpoints):
-            try:
-                done: _TimedRead | None = pending.result()
-            except Exception as exc:  # noqa: BLE001 - reported below, after the other endpoints
-                context.log.error(f"/{endpoint}: {exc}")
-                failures.append((endpoint, exc))
-                done = None
-            if index + 1 < len(endpoints):
-                pending = reader.submit(read, endpoints[index + 1])
-            if done is None:
-                continue
-            if len(done.read.rejects):
-                first = done.read.rejects.iloc[0]
-                context.log.warning(
-                    f"/{endpoint}: {len(done.read.rejects)} record(s) failed validation and were "
-                    f"kept in {RAW_SCHEMA}.rejects for {snapshot}; first: page {first['page']}, "
-                    f"reason: {first['reason']}"
-                )
+    for endpoint in ENDPOINTS:
+        if RAW_KEYS[endpoint] in context.selected_asset_keys:
+            stream = moovitamix_api.stream_endpoint(endpoint, log=context.log)
             yield dg.Output(
-                snapshot_output(done.read, snapshot, context.run.run_id),
+                snapshot_stream(context, stream, snapshot),
                 output_name=RAW_KEYS[endpoint].to_python_identifier(),
-                # CPU and memory while this endpoint was read (the previous one's load ran
-                # alongside); the IO manager's load figures follow separately.
-                metadata=finish_step_figures(
-                    context, read_metadata(done.read), done.start, asset_key=RAW_KEYS[endpoint]
-                ),
             )
-    if failures:
-        # Endpoints read successfully are stored; the step fails naming every one that was not.
-        details = "; ".join(f"/{endpoint}: {exc}" for endpoint, exc in failures)
-        raise RawSnapshotError(
-            f"{len(failures)} of {len(endpoints)} endpoint(s) could not be read: {details}"
-        ) from failures[0][1]
 
 
 raw_assets = [raw_snapshots]
