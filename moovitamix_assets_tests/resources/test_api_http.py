@@ -355,3 +355,21 @@ def test_resource_reads_its_url_from_the_environment_in_a_run(api_server, monkey
     metadata = result.asset_materializations_for_node("tracks")[0].metadata
     assert metadata["dagster/row_count"].value == 250
     assert metadata["requests"].value == 3
+
+
+def test_a_streamed_read_hands_on_frames_in_order_equal_to_the_whole_read(api_server) -> None:
+    server = api_server(records=1000, day=DAY)
+    api = client(server)
+    stream = api.stream_endpoint("listen_history", chunk_rows=300)
+    frames = stream.frames()
+    first = next(frames)
+    with pytest.raises(RuntimeError, match="has not run to its end"):
+        stream.result()  # the figures exist only once every page is read
+    rest = list(frames)
+    # Frames are handed on as soon as 300 rows are in (whole pages of 100 each).
+    assert [len(f) for f in [first, *rest]] == [300, 300, 300, 100]
+    streamed = pd.concat([first, *rest], ignore_index=True)
+    whole = api.read_endpoint("listen_history").frame
+    pd.testing.assert_frame_equal(streamed, whole)
+    read = stream.result()
+    assert (read.rows, read.total, read.pages_read, len(read.frame)) == (1000, 1000, 10, 0)

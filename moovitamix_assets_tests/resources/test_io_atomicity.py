@@ -176,3 +176,94 @@ def test_large_frame_is_streamed_in_chunks(pg_url: str) -> None:
     assert len(loaded) == 120_000
     assert loaded["id"].sum() == frame["id"].sum()
     conn.close()
+
+
+def _stream(
+    batches: list[list[int]], finish: Any = None, restart_after: int | None = None
+) -> io_manager.FrameStream:
+    """A stream of ``_frame`` chunks; the first pass raises RestartStream after some chunks."""
+    passes = []
+
+    def frames() -> Iterator[pd.DataFrame]:
+        passes.append(1)
+        for index, ids in enumerate(batches):
+            if restart_after is not None and len(passes) == 1 and index == restart_after:
+                raise io_manager.RestartStream("the source changed")
+            yield _frame([i + 1000 * (len(passes) - 1) for i in ids])
+
+    return io_manager.FrameStream(
+        template=_frame([]).iloc[:0], frames=frames, finish=finish or io_manager.StreamEnd
+    )
+
+
+def test_a_stream_is_written_chunk_by_chunk_with_its_sidecars_in_one_replace(
+    pg_url: str, pg_conn: Any
+) -> None:
+    writer = connect_psycopg2(pg_url)
+    write_frame(writer, "raw", "t", _frame([1, 2, 3]), PART)
+    copied: list[int] = []
+
+    def finish() -> io_manager.StreamEnd:
+        # Called once every chunk is COPY'd, inside the transaction: the rows are there.
+        with writer.cursor() as cur:
+            cur.execute("SELECT count(*) FROM raw.t")
+            copied.append(cur.fetchone()[0])
+        sidecar = io_manager.Sidecar("raw", "manifest", _frame([42]), {})
+        return io_manager.StreamEnd(sidecars=(sidecar,), metadata={"api_total": 7})
+
+    result = write_frame(writer, "raw", "t", _stream([[10, 11], [12], [13, 14, 15]], finish), PART)
+
+    assert (result.rows, result.rows_replaced, dict(result.metadata)) == (6, 3, {"api_total": 7})
+    assert copied == [6]
+    assert result.preview["id"].tolist() == [10, 11]
+    with pg_conn.cursor() as cur:
+        cur.execute("SELECT id FROM raw.t ORDER BY id")
+        assert [r[0] for r in cur.fetchall()] == [10, 11, 12, 13, 14, 15]
+    assert _count(pg_conn, "SELECT count(*) FROM raw.manifest") == 1
+    writer.close()
+
+
+def test_a_stream_that_restarts_keeps_only_the_rows_of_its_last_pass(
+    pg_url: str, pg_conn: Any
+) -> None:
+    writer = connect_psycopg2(pg_url)
+    write_frame(writer, "raw", "t", _frame([1, 2, 3]), PART)
+    # The first pass COPYs two chunks, then its source changes: they must not survive.
+    result = write_frame(writer, "raw", "t", _stream([[10], [11], [12]], restart_after=2), PART)
+    assert result.rows == 3
+    with pg_conn.cursor() as cur:
+        cur.execute("SELECT id FROM raw.t ORDER BY id")
+        assert [r[0] for r in cur.fetchall()] == [1010, 1011, 1012]
+    writer.close()
+
+
+def test_a_stream_failing_midway_leaves_the_old_partition(pg_url: str, pg_conn: Any) -> None:
+    writer = connect_psycopg2(pg_url)
+    write_frame(writer, "raw", "t", _frame([1, 2, 3]), PART)
+
+    def frames() -> Iterator[pd.DataFrame]:
+        yield _frame([10, 11])
+        raise RuntimeError("page 7 is not a page")
+
+    stream = io_manager.FrameStream(template=_frame([]).iloc[:0], frames=frames)
+    with pytest.raises(RuntimeError, match="page 7 is not a page"):
+        write_frame(writer, "raw", "t", stream, PART)
+    with pg_conn.cursor() as cur:
+        cur.execute("SELECT id FROM raw.t ORDER BY id")
+        assert [r[0] for r in cur.fetchall()] == [1, 2, 3]
+    writer.close()
+
+
+def test_a_stream_chunk_outside_the_partition_is_refused(pg_url: str, pg_conn: Any) -> None:
+    writer = connect_psycopg2(pg_url)
+    write_frame(writer, "raw", "t", _frame([1, 2, 3]), PART)
+
+    def frames() -> Iterator[pd.DataFrame]:
+        yield _frame([10])
+        yield pd.DataFrame({"snapshot_date": [DAY + dt.timedelta(days=1)], "id": [11]})
+
+    stream = io_manager.FrameStream(template=_frame([]).iloc[:0], frames=frames)
+    with pytest.raises(io_manager.PartitionMismatchError, match="outside the partition"):
+        write_frame(writer, "raw", "t", stream, PART)
+    assert _count(pg_conn) == 3
+    writer.close()
