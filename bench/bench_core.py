@@ -4,7 +4,8 @@ pairs on top of an existing day.
 Generates two consecutive days with the stand-in's generator (in process, no HTTP), stores both as
 raw snapshots (COPY, as the raw layer does), merges day 1 (the existing state), then merges day 2,
 each core asset in a fresh process so that peak RSS is its own. Prints wall seconds, the Python
-process's peak RSS and the PostgreSQL backend's peak RSS (VmHWM, when /proc shows it) per asset.
+process's peak RSS and the PostgreSQL backend's peak RSS (VmHWM, when /proc shows it) per asset,
+then the time to read ``core.user_track_interactions`` whole (a view: the recommender's read).
 
 Uses an embedded PostgreSQL in a temporary folder (stopped at the end), or ``--database-url``
 (a scratch database: the raw and core schemas are dropped first).
@@ -69,6 +70,29 @@ def phase_merge(url: str, asset: str, day: date) -> dict:
         "rows_total": result.rows_total,
         "counts": result.counts,
     }
+
+
+def read_interactions(url: str) -> tuple[int, float]:
+    """Read the interactions whole as the model layer does (COPY, CSV); return rows, seconds."""
+    import io
+
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    raw = engine.raw_connection()
+    try:
+        buffer = io.StringIO()
+        started = time.perf_counter()
+        with raw.driver_connection.cursor() as cur:
+            cur.copy_expert(
+                "COPY (SELECT * FROM core.user_track_interactions) TO STDOUT WITH (FORMAT csv)",
+                buffer,
+            )
+        seconds = time.perf_counter() - started
+    finally:
+        raw.close()
+        engine.dispose()
+    return buffer.getvalue().count("\n"), seconds
 
 
 def run_phase(url: str, asset: str, day: date) -> dict:
@@ -137,6 +161,7 @@ def main() -> None:
                 run_phase(url, asset, DAY1)
             print(f"day {DAY1} merged (the existing state); merging day {DAY2}:")
             figures = {asset: run_phase(url, asset, DAY2) for asset in ASSETS}
+            read_rows, read_seconds = read_interactions(url)
         finally:
             if server is not None:
                 stop_embedded_postgres(server)
@@ -148,7 +173,16 @@ def main() -> None:
         counts = fig["counts"]
         changes = ", ".join(
             f"{k} {counts[k]:,}"
-            for k in ("snapshot_pairs", "changed_histories", "inserted", "updated", "inactivated")
+            for k in (
+                "snapshot_pairs",
+                "changed_histories",
+                "inserted",
+                "updated",
+                "inactivated",
+                "deleted",
+                "list_lengths_written",
+                "track_active_updated",
+            )
             if k in counts
         )
         backend = fig["backend_peak_mb"]
@@ -158,6 +192,7 @@ def main() -> None:
         )
     total = sum(fig["wall_s"] for fig in figures.values())
     print(f"daily core merge, all assets: {total:.2f} s wall")
+    print(f"reading core.user_track_interactions whole: {read_rows:,} rows in {read_seconds:.2f} s")
 
 
 if __name__ == "__main__":

@@ -189,7 +189,8 @@ def test_an_unusable_interaction_fails_and_blocks(engine: sa.Engine) -> None:
     load_day(engine)
     with engine.begin() as conn:
         conn.execute(
-            sa.text("UPDATE core.user_track_interactions SET weight = 'NaN' WHERE user_id = 1")
+            # The view adds up the stored weight terms: a NaN term makes a NaN weight.
+            sa.text("UPDATE core.interaction_pairs SET weight_base = 'NaN' WHERE user_id = 1")
         )
         conn.execute(sa.text("DELETE FROM core.tracks WHERE id = 5"))
     # Audited directly: the interactions asset would rebuild the table before its checks.

@@ -9,13 +9,13 @@ from datetime import date
 import dagster as dg
 
 from moovitamix_assets.assets.core.merge import (
-    WEIGHT_SQL,
     MergeResult,
     merge_listen_events,
     merge_tracks,
     merge_users,
     rebuild_interactions,
 )
+from moovitamix_assets.assets.core.schema import WEIGHT_SQL
 from moovitamix_assets.checks.step_figures import StepStart, finish_step_figures, start_step_figures
 from moovitamix_assets.constants import (
     CORE_GROUP,

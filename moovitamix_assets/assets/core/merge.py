@@ -29,20 +29,30 @@ import sqlalchemy as sa
 
 from moovitamix_assets.assets.core.schema import (
     DURATION_SECONDS_SQL,
+    INACTIVE_TRACKS_TABLE,
+    INTERACTION_PAIRS_TABLE,
+    INTERACTION_PAIRS_TRACK_INDEX,
+    INTERACTION_USERS_TABLE,
     INTERACTIONS_PKEY,
+    INTERACTIONS_STATE_TABLE,
     INTERACTIONS_TABLE,
     LISTEN_EVENTS_TABLE,
     LISTEN_HISTORIES_TABLE,
     LISTEN_PAIRS_TABLE,
     MERGE_LOG_TABLE,
+    PENDING_PAIRS_TABLE,
+    PENDING_USERS_TABLE,
     TRACKS_TABLE,
     USERS_TABLE,
+    WEIGHT_BASE_SQL,
+    WEIGHT_RECENCY_SQL,
     core_table,
     ensure_core_schema,
-    interactions_pkey_ddl,
+    interactions_index_ddl,
 )
 from moovitamix_assets.checks.raw_audits import AuditResult, assert_snapshot_publishable
 from moovitamix_assets.constants import (
+    CORE_SCHEMA,
     LISTEN_HISTORY_ENDPOINT,
     RAW_SCHEMA,
     SNAPSHOT_DATE_COLUMN,
@@ -137,7 +147,6 @@ TRACKS_SPEC: Final = EntitySpec(
 )
 
 MERGE_WORK_MEM: Final = "64MB"
-_INTERACTIONS_STATS_TARGET: Final = 10
 # Autovacuum's own default threshold for a new ANALYZE (autovacuum_analyze_scale_factor).
 _BULK_LOAD_SHARE: Final = 0.1
 
@@ -399,6 +408,10 @@ def merge_tracks(engine: sa.Engine, snapshot_date: date) -> MergeResult:
         return _merge_entity(conn, TRACKS_SPEC, snapshot_date)
 
 
+# The listen_events merge's stages of the pairs it writes and of the orphans it resolves.
+_DELTA_STAGE: Final = q("_stage_listen_delta")
+_RESOLVED_STAGE: Final = q("_stage_resolved_references")
+
 # A pair's own fields, and those it shares with its user's history record.
 _PAIR_VALUES: Final = ("position", "play_count")
 _HISTORY_VALUES: Final = ("list_length", "source_created_at", "source_updated_at")
@@ -487,7 +500,7 @@ def _merge_pairs(
     writes then read that small delta, never the whole table again.
     """
     target = core_table(LISTEN_PAIRS_TABLE)
-    delta = q("_stage_listen_delta")
+    delta = _DELTA_STAGE
     is_newest = newest is None or snapshot_date >= newest
     params = {"day": snapshot_date, "newest": newest, "is_newest": is_newest}
     own = [q(c) for c in _PAIR_VALUES]
@@ -627,7 +640,7 @@ def _resolve_references(conn: sa.Connection) -> int:
     rows to change are staged first so the update never scans the whole table.
     """
     target = core_table(LISTEN_PAIRS_TABLE)
-    resolved = q("_stage_resolved_references")
+    resolved = _RESOLVED_STAGE
     conn.execute(sa.text(f"DROP TABLE IF EXISTS {resolved}"))
     conn.execute(
         sa.text(
@@ -654,6 +667,44 @@ def _resolve_references(conn: sa.Connection) -> int:
                 UPDATE {target} t SET user_known = r.user_known, track_known = r.track_known
                 FROM {resolved} r
                 WHERE t.user_id = r.user_id AND t.track_id = r.track_id
+                """
+            )
+        ).rowcount
+    )
+
+
+def _record_pending(conn: sa.Connection, stored_histories: str | None) -> int:
+    """Record what the next interactions build must recompute; return the pairs recorded.
+
+    Every pair this merge wrote (``_merge_pairs``'s delta: new, changed, gone, back, or dates
+    widened) or whose orphan flags it resolved; and, when it stored the snapshot's histories,
+    every user whose history changed (a list that grew moves the recency of all its pairs: the
+    build rewrites that user's list length, not the pairs). Nothing is recorded while a full
+    build is due: it recomputes everything anyway.
+    """
+    full_build = conn.execute(
+        sa.text(f"SELECT full_build_needed FROM {core_table(INTERACTIONS_STATE_TABLE)}")
+    ).scalar_one_or_none()
+    if full_build is None or full_build:
+        return 0
+    if stored_histories:
+        conn.execute(
+            sa.text(
+                f"""
+                INSERT INTO {core_table(PENDING_USERS_TABLE)} (user_id)
+                SELECT user_id FROM {stored_histories}
+                ON CONFLICT (user_id) DO NOTHING
+                """
+            )
+        )
+    return int(
+        conn.execute(
+            sa.text(
+                f"""
+                INSERT INTO {core_table(PENDING_PAIRS_TABLE)} (user_id, track_id)
+                SELECT user_id, track_id FROM {_DELTA_STAGE}
+                UNION SELECT user_id, track_id FROM {_RESOLVED_STAGE}
+                ON CONFLICT (user_id, track_id) DO NOTHING
                 """
             )
         ).rowcount
@@ -739,6 +790,7 @@ def _merge_listen_events(conn: sa.Connection, snapshot_date: date) -> MergeResul
     if is_newest:
         _store_histories(conn, histories, changed)
     resolved = _resolve_references(conn)
+    pending = _record_pending(conn, changed if is_newest else None)
     _log_merge(conn, LISTEN_EVENTS_TABLE, snapshot_date)
     _analyze_after_bulk_load(conn, target, changes["inserted"])
     totals = conn.execute(
@@ -782,6 +834,7 @@ def _merge_listen_events(conn: sa.Connection, snapshot_date: date) -> MergeResul
         "orphan_track_pairs": orphan_track_pairs,
         **changes,
         "references_resolved": int(resolved),
+        "interaction_pairs_pending": pending,
         "active_rows": int(totals.active_rows),
         "orphan_user_rows": int(totals.orphan_user_rows),
         "orphan_track_rows": int(totals.orphan_track_rows),
@@ -817,93 +870,351 @@ def merge_listen_events(engine: sa.Engine, snapshot_date: date) -> MergeResult:
         return _merge_listen_events(conn, snapshot_date)
 
 
-# Confidence of one (user, track) pair: damped play count times recency. ln keeps a track played
-# ten times from outweighing ten tracks played once; recency runs from 0.5 (first track of the
-# list) to 1.0 (last one), since the lists are append-only in listening order.
-WEIGHT_SQL: Final = (
-    "(1.0 + ln(e.play_count::double precision))"
-    " * (0.5 + 0.5 * e.position::double precision / greatest(e.list_length, 1))"
+# A build with more pending pairs than this share of the stored ones recomputes every row the bulk
+# way instead (first day, migration, a back-fill of an old day).
+_FULL_BUILD_SHARE: Final = 0.3
+
+_PAIR_COLUMNS: Final = (
+    "user_id",
+    "track_id",
+    "play_count",
+    "weight_base",
+    "weight_recency",
+    "last_position",
+    "first_seen",
+    "track_active",
 )
 
 
-def rebuild_interactions(engine: sa.Engine) -> MergeResult:
-    """Rebuild ``core.user_track_interactions`` from the current ``core.listen_events``.
+def _full_interactions_build(conn: sa.Connection) -> dict[str, int]:
+    """Recompute every interaction: TRUNCATE, load without indexes, then one sort per index."""
+    target = core_table(INTERACTION_PAIRS_TABLE)
+    users = core_table(INTERACTION_USERS_TABLE)
+    conn.execute(
+        sa.text(
+            f"TRUNCATE {target}, {users}, {core_table(PENDING_PAIRS_TABLE)}, "
+            f"{core_table(PENDING_USERS_TABLE)}, {core_table(INACTIVE_TRACKS_TABLE)}"
+        )
+    )
+    conn.execute(sa.text(f"ALTER TABLE {target} DROP CONSTRAINT IF EXISTS {q(INTERACTIONS_PKEY)}"))
+    conn.execute(
+        sa.text(f"DROP INDEX IF EXISTS {q(CORE_SCHEMA)}.{q(INTERACTION_PAIRS_TRACK_INDEX)}")
+    )
+    inserted = conn.execute(
+        sa.text(
+            f"""
+            INSERT INTO {target} ({", ".join(_PAIR_COLUMNS)})
+            SELECT e.user_id, e.track_id, e.play_count, {WEIGHT_BASE_SQL},
+                   {WEIGHT_RECENCY_SQL}, e.position, e.first_seen, k.is_active
+            FROM {core_table(LISTEN_PAIRS_TABLE)} e
+            JOIN {core_table(TRACKS_TABLE)} k ON k.id = e.track_id
+            WHERE e.last_seen IS NULL AND e.user_known AND e.track_known
+            """
+        )
+    ).rowcount
+    for ddl in interactions_index_ddl():
+        conn.execute(sa.text(ddl))
+    users_written = conn.execute(
+        sa.text(
+            f"""
+            INSERT INTO {users} (user_id, list_length)
+            SELECT user_id, list_length FROM {core_table(LISTEN_HISTORIES_TABLE)}
+            WHERE list_length IS NOT NULL
+            """
+        )
+    ).rowcount
+    conn.execute(
+        sa.text(
+            f"INSERT INTO {core_table(INACTIVE_TRACKS_TABLE)} (track_id) "
+            f"SELECT id FROM {core_table(TRACKS_TABLE)} WHERE NOT is_active"
+        )
+    )
+    conn.execute(sa.text(f"ANALYZE {target}"))
+    conn.execute(sa.text(f"ANALYZE {users}"))
+    return {
+        "full_build": 1,
+        "inserted": int(inserted),
+        "updated": 0,
+        "deleted": 0,
+        "list_lengths_written": int(users_written),
+        "tracks_changed_activity": 0,
+        "track_active_updated": 0,
+    }
+
+
+def _take(conn: sa.Connection, pending: str, stage: str, key: str) -> int:
+    """Move the rows of a pending table into a new temp table (same transaction); return them."""
+    conn.execute(sa.text(f"DROP TABLE IF EXISTS {stage}"))
+    conn.execute(
+        sa.text(f"CREATE TEMP TABLE {stage} ON COMMIT DROP AS SELECT * FROM {pending} LIMIT 0")
+    )
+    taken = conn.execute(
+        sa.text(
+            f"""
+            WITH taken AS (DELETE FROM {pending} RETURNING {key})
+            INSERT INTO {stage} ({key}) SELECT {key} FROM taken
+            """
+        )
+    ).rowcount
+    conn.execute(sa.text(f"ANALYZE {stage}"))
+    return int(taken)
+
+
+def _sync_list_lengths(conn: sa.Connection, users: str) -> int:
+    """Make the staged users' list lengths those of ``core.listen_histories``; return the writes.
+
+    A list that grew changes the recency of all its pairs; one row per user records it.
+    """
+    return int(
+        conn.execute(
+            sa.text(
+                f"""
+                MERGE INTO {core_table(INTERACTION_USERS_TABLE)} t
+                USING (
+                    SELECT c.user_id, h.list_length
+                    FROM {users} c
+                    LEFT JOIN {core_table(LISTEN_HISTORIES_TABLE)} h ON h.user_id = c.user_id
+                ) s ON t.user_id = s.user_id
+                WHEN MATCHED AND s.list_length IS NULL THEN DELETE
+                WHEN MATCHED AND t.list_length <> s.list_length THEN
+                    UPDATE SET list_length = s.list_length
+                WHEN NOT MATCHED AND s.list_length IS NOT NULL THEN
+                    INSERT (user_id, list_length) VALUES (s.user_id, s.list_length)
+                """
+            )
+        ).rowcount
+    )
+
+
+def _sync_pairs(conn: sa.Connection, pairs: str) -> dict[str, int]:
+    """Recompute the staged pairs from ``core.listen_pairs``; write only those that differ.
+
+    Call after ``_sync_track_activity``: the inactive-tracks table is then current and gives
+    ``track_active`` without a join with ``core.tracks``.
+    """
+    target = core_table(INTERACTION_PAIRS_TABLE)
+    delta = q("_stage_interactions_delta")
+    values = [c for c in _PAIR_COLUMNS if c not in ("user_id", "track_id")]
+    fresh = (
+        f"e.play_count, {WEIGHT_BASE_SQL} AS weight_base, {WEIGHT_RECENCY_SQL} AS weight_recency, "
+        "e.position AS last_position, e.first_seen, NOT EXISTS ("
+        f"SELECT 1 FROM {core_table(INACTIVE_TRACKS_TABLE)} m WHERE m.track_id = c.track_id"
+        ") AS track_active"
+    )
+    conn.execute(sa.text(f"DROP TABLE IF EXISTS {delta}"))
+    conn.execute(
+        sa.text(
+            f"""
+            CREATE TEMP TABLE {delta} ON COMMIT DROP AS
+            SELECT c.user_id, c.track_id, t.row_id, f.*,
+                   CASE WHEN t.user_id IS NULL THEN 'insert'
+                        WHEN f.play_count IS NULL THEN 'delete'
+                        ELSE 'update' END AS change
+            FROM {pairs} c
+            -- One key lookup per pending pair on each side (OFFSET 0 keeps them lookups: the
+            -- planner, misjudging the two-column key, would hash the whole tables instead).
+            LEFT JOIN LATERAL (
+                SELECT {fresh}
+                FROM {core_table(LISTEN_PAIRS_TABLE)} e
+                WHERE e.user_id = c.user_id AND e.track_id = c.track_id
+                  AND e.last_seen IS NULL AND e.user_known AND e.track_known
+                OFFSET 0
+            ) f ON true
+            LEFT JOIN LATERAL (
+                SELECT t.ctid AS row_id, t.* FROM {target} t
+                WHERE t.user_id = c.user_id AND t.track_id = c.track_id
+                OFFSET 0
+            ) t ON true
+            WHERE (t.user_id IS NULL) <> (f.play_count IS NULL)
+               OR ROW({", ".join(f"f.{c}" for c in values)})
+                  IS DISTINCT FROM ROW({", ".join(f"t.{c}" for c in values)})
+            """
+        )
+    )
+    counts = conn.execute(
+        sa.text(
+            f"""
+            SELECT count(*) FILTER (WHERE change = 'insert') AS inserted,
+                   count(*) FILTER (WHERE change = 'update') AS updated,
+                   count(*) FILTER (WHERE change = 'delete') AS deleted
+            FROM {delta}
+            """
+        )
+    ).one()
+    # By physical address, as in _merge_pairs (the planner misjudges the two-column key); the key
+    # is compared again, and the advisory locks keep the other writers out.
+    same_row = (
+        "t.ctid = d.row_id AND ROW(t.user_id, t.track_id) IS NOT DISTINCT FROM "
+        "ROW(d.user_id, d.track_id)"
+    )
+    updated = conn.execute(
+        sa.text(
+            f"""
+            UPDATE {target} t SET {", ".join(f"{c} = d.{c}" for c in values)}
+            FROM {delta} d WHERE d.change = 'update' AND {same_row}
+            """
+        )
+    ).rowcount
+    deleted = conn.execute(
+        sa.text(f"DELETE FROM {target} t USING {delta} d WHERE d.change = 'delete' AND {same_row}")
+    ).rowcount
+    if (updated, deleted) != (counts.updated, counts.deleted):
+        raise RuntimeError(f"{target} changed during the build: start it again")
+    conn.execute(
+        sa.text(
+            f"""
+            INSERT INTO {target} ({", ".join(_PAIR_COLUMNS)})
+            SELECT {", ".join(f"d.{c}" for c in _PAIR_COLUMNS)}
+            FROM {delta} d WHERE d.change = 'insert'
+            """
+        )
+    )
+    return {
+        "inserted": int(counts.inserted),
+        "updated": int(counts.updated),
+        "deleted": int(counts.deleted),
+    }
+
+
+def _incremental_interactions_build(conn: sa.Connection, pairs: str, users: str) -> dict[str, int]:
+    """Write what the staged pending pairs and users changed, and the tracks that moved."""
+    tracks_changed, rows_changed = _sync_track_activity(conn)
+    changes = _sync_pairs(conn, pairs)
+    lengths = _sync_list_lengths(conn, users)
+    return {
+        "full_build": 0,
+        **changes,
+        "list_lengths_written": lengths,
+        "tracks_changed_activity": tracks_changed,
+        "track_active_updated": rows_changed,
+    }
+
+
+def _sync_track_activity(conn: sa.Connection) -> tuple[int, int]:
+    """Carry the tracks that left or came back since the last build into ``track_active``.
+
+    ``core.interaction_inactive_tracks`` holds the tracks inactive at the last build: comparing
+    it with ``core.tracks`` finds the few whose flag moved, and only their rows are written.
+
+    Returns:
+        The tracks whose flag moved, and the interaction rows rewritten for them.
+    """
+    moved = q("_stage_moved_tracks")
+    inactive = core_table(INACTIVE_TRACKS_TABLE)
+    conn.execute(sa.text(f"DROP TABLE IF EXISTS {moved}"))
+    conn.execute(
+        sa.text(
+            f"""
+            CREATE TEMP TABLE {moved} ON COMMIT DROP AS
+            SELECT k.id, k.is_active
+            FROM {core_table(TRACKS_TABLE)} k LEFT JOIN {inactive} m ON m.track_id = k.id
+            WHERE k.is_active = (m.track_id IS NOT NULL)
+            """
+        )
+    )
+    tracks = _count(conn, f"SELECT count(*) FROM {moved}")
+    if tracks == 0:
+        return 0, 0
+    conn.execute(sa.text(f"ANALYZE {moved}"))
+    rows = conn.execute(
+        sa.text(
+            f"""
+            UPDATE {core_table(INTERACTION_PAIRS_TABLE)} t SET track_active = r.is_active
+            FROM (
+                -- The rows of each moved track by the track index (OFFSET 0 keeps it a lookup:
+                -- the planner would scan the whole table for a few hundred tracks).
+                SELECT x.row_id, m.is_active
+                FROM {moved} m
+                CROSS JOIN LATERAL (
+                    SELECT p.ctid AS row_id FROM {core_table(INTERACTION_PAIRS_TABLE)} p
+                    WHERE p.track_id = m.id AND p.track_active <> m.is_active
+                    OFFSET 0
+                ) x
+            ) r
+            WHERE t.ctid = r.row_id
+            """
+        )
+    ).rowcount
+    conn.execute(
+        sa.text(f"DELETE FROM {inactive} i USING {moved} m WHERE i.track_id = m.id AND m.is_active")
+    )
+    conn.execute(
+        sa.text(f"INSERT INTO {inactive} (track_id) SELECT id FROM {moved} WHERE NOT is_active")
+    )
+    return tracks, int(rows)
+
+
+def rebuild_interactions(engine: sa.Engine, *, full: bool = False) -> MergeResult:
+    """Bring ``core.user_track_interactions`` up to the current ``core.listen_events``.
 
     Keeps the active pairs (present in the newest merged listening snapshot) whose user and track
-    are known; orphans stay in ``core.listen_events`` only. Every row's ``last_seen`` moves with
-    each new snapshot, so the table is rewritten whole: TRUNCATE, the rows inserted without the
-    key's index, then the key built by one sort, all in one transaction, so a reader waits and
-    then sees the new table, never an empty one.
+    are known; orphans stay in ``core.listen_events`` only. Writes only what changed since the
+    last build: the pairs and the users' list lengths the listen_events merges recorded as
+    pending, and the rows of the tracks that left or came back; a row that comes out the same
+    is not rewritten. Every row's ``last_seen`` is the one date of ``core.interactions_state``.
+    A first build (or one after a migration, or with most pairs pending) recomputes every row
+    the bulk way. One transaction: readers see the previous rows, then the new ones.
 
     Args:
         engine: Engine of the warehouse database.
+        full: Recompute every row whatever is pending.
 
     Returns:
-        Row counts of the rebuilt table (``snapshot_date`` is the newest merged listening day).
+        Counts of the build (``snapshot_date`` is the newest merged listening day).
     """
     started = time.perf_counter()
     ensure_core_schema(engine)
-    target = core_table(INTERACTIONS_TABLE)
-    pairs = core_table(LISTEN_PAIRS_TABLE)
+    target = core_table(INTERACTION_PAIRS_TABLE)
+    state = core_table(INTERACTIONS_STATE_TABLE)
+    pairs = q("_stage_pending_pairs")
+    users = q("_stage_pending_users")
     with engine.begin() as conn:
         _lock(conn, INTERACTIONS_TABLE)
+        # The listen_events merge records pending rows and reads the state: never both at once.
+        _lock(conn, LISTEN_EVENTS_TABLE)
         as_of = _newest_merged(conn, LISTEN_EVENTS_TABLE)
-        conn.execute(sa.text(f"TRUNCATE {target}"))
+        needed = conn.execute(sa.text(f"SELECT full_build_needed FROM {state}")).scalar()
+        full = full or bool(needed)
+        if not full:
+            taken = _take(conn, core_table(PENDING_PAIRS_TABLE), pairs, "user_id, track_id")
+            _take(conn, core_table(PENDING_USERS_TABLE), users, "user_id")
+            stored = conn.execute(
+                sa.text("SELECT greatest(reltuples, 0) FROM pg_class WHERE oid = to_regclass(:t)"),
+                {"t": f"{CORE_SCHEMA}.{INTERACTION_PAIRS_TABLE}"},
+            ).scalar_one()
+            # The planner's row estimate is enough to choose the way.
+            full = taken > _FULL_BUILD_SHARE * float(stored)
+        if full:
+            changes = _full_interactions_build(conn)
+        else:
+            changes = _incremental_interactions_build(conn, pairs, users)
         conn.execute(
-            sa.text(f"ALTER TABLE {target} DROP CONSTRAINT IF EXISTS {q(INTERACTIONS_PKEY)}")
+            sa.text(
+                f"UPDATE {state} SET as_of = :as_of, built_at = now(), full_build_needed = false"
+            ),
+            {"as_of": as_of},
         )
-        # Straight from the pairs table (the view's last_seen of an active pair is as_of). The
-        # figures are taken from the inserted rows on the way, not by scanning the table again.
+        # One scan of the pairs, the active orphans by their partial index. No count of the
+        # inactive pairs: it would scan core.listen_pairs (its merge counts them).
         figures = conn.execute(
             sa.text(
                 f"""
-                WITH inserted AS (
-                    INSERT INTO {target} (
-                        user_id, track_id, play_count, weight, last_position, list_length,
-                        first_seen, last_seen, track_active
-                    )
-                    SELECT e.user_id, e.track_id, e.play_count, {WEIGHT_SQL}, e.position,
-                           e.list_length, e.first_seen, CAST(:as_of AS date), k.is_active
-                    FROM (
-                        -- An active pair's list length is its user's current one.
-                        SELECT p.user_id, p.track_id, p.play_count, p.position,
-                               h.list_length, p.first_seen
-                        FROM {pairs} p
-                        JOIN {core_table(LISTEN_HISTORIES_TABLE)} h ON h.user_id = p.user_id
-                        WHERE p.last_seen IS NULL AND p.user_known AND p.track_known
-                    ) e
-                    JOIN {core_table(TRACKS_TABLE)} k ON k.id = e.track_id
-                    RETURNING track_active
-                )
-                -- No distinct user and track counts: they cost a fifth of the rebuild.
                 SELECT i.total, i.inactive_track_rows,
-                       p.orphan_pairs_excluded, p.inactive_pairs_excluded
+                       (SELECT count(*) FROM {core_table(LISTEN_PAIRS_TABLE)}
+                        WHERE NOT (user_known AND track_known) AND last_seen IS NULL)
+                           AS orphan_pairs_excluded
                 FROM (
                     SELECT count(*) AS total,
                            count(*) FILTER (WHERE NOT track_active) AS inactive_track_rows
-                    FROM inserted
+                    FROM {target}
                 ) i
-                CROSS JOIN (
-                    SELECT count(*) FILTER (WHERE last_seen IS NULL
-                               AND NOT (user_known AND track_known)) AS orphan_pairs_excluded,
-                           count(*) FILTER (WHERE last_seen IS NOT NULL)
-                               AS inactive_pairs_excluded
-                    FROM {pairs}
-                ) p
                 """
-            ),
-            {"as_of": as_of},
+            )
         ).one()
-        conn.execute(sa.text(interactions_pkey_ddl()))
-        # Autovacuum is off for this table (see schema.py): fresh statistics for the
-        # recommender's queries come from here. Its readers scan it whole or by key, so a small
-        # sample is enough (a tenth of the default, a tenth of the time).
-        conn.execute(sa.text(f"SET LOCAL default_statistics_target = {_INTERACTIONS_STATS_TARGET}"))
-        conn.execute(sa.text(f"ANALYZE {target}"))
     counts = {
+        **changes,
         "inactive_track_rows": int(figures.inactive_track_rows),
         "orphan_pairs_excluded": int(figures.orphan_pairs_excluded),
-        "inactive_pairs_excluded": int(figures.inactive_pairs_excluded),
     }
     return MergeResult(
         table=INTERACTIONS_TABLE,

@@ -13,6 +13,16 @@ them from the merge log and from the user's current history. Most pairs do not c
 day to the next, but a stored ``last_seen`` would rewrite all of them every day, and a list that
 grows by one track would rewrite every pair of its user. The view derives the columns back, so
 readers see one row per pair with every field, as before.
+
+``core.user_track_interactions`` is a view over ``core.interaction_pairs`` and
+``core.interaction_users`` in the same spirit. Every interaction is an active pair, so its
+``last_seen`` is one date for all rows, kept once in ``core.interactions_state``; and its recency
+(position / list length) moves for every pair of a user whose list grows, so the list length is
+kept once per user and the view computes the weight from it and two per-pair terms. A build then
+writes only the pairs the listen_events merges wrote (``core.interaction_pending_pairs``), the
+list lengths of the users whose history changed (``core.interaction_pending_users``) and the rows
+of the tracks that left or came back (``core.interaction_inactive_tracks`` remembers which were
+inactive).
 """
 
 from __future__ import annotations
@@ -32,6 +42,16 @@ LISTEN_EVENTS_TABLE: Final = "listen_events"
 LISTEN_PAIRS_TABLE: Final = "listen_pairs"
 LISTEN_HISTORIES_TABLE: Final = "listen_histories"
 INTERACTIONS_TABLE: Final = "user_track_interactions"
+# Storage of the user_track_interactions view (pairs, and each user's list length); the date
+# every row's last_seen reads and whether the next build must start over; the pairs and users the
+# next build recomputes (recorded by the listen_events merge); the tracks inactive at the last
+# build.
+INTERACTION_PAIRS_TABLE: Final = "interaction_pairs"
+INTERACTION_USERS_TABLE: Final = "interaction_users"
+INTERACTIONS_STATE_TABLE: Final = "interactions_state"
+PENDING_PAIRS_TABLE: Final = "interaction_pending_pairs"
+PENDING_USERS_TABLE: Final = "interaction_pending_users"
+INACTIVE_TRACKS_TABLE: Final = "interaction_inactive_tracks"
 MERGE_LOG_TABLE: Final = "merge_log"
 
 CORE_TABLES: Final = (
@@ -39,12 +59,20 @@ CORE_TABLES: Final = (
     TRACKS_TABLE,
     LISTEN_PAIRS_TABLE,
     LISTEN_HISTORIES_TABLE,
-    INTERACTIONS_TABLE,
+    INTERACTION_PAIRS_TABLE,
+    INTERACTION_USERS_TABLE,
+    INTERACTIONS_STATE_TABLE,
+    PENDING_PAIRS_TABLE,
+    PENDING_USERS_TABLE,
+    INACTIVE_TRACKS_TABLE,
     MERGE_LOG_TABLE,
 )
-CORE_VIEWS: Final = (LISTEN_EVENTS_TABLE,)
+CORE_VIEWS: Final = (LISTEN_EVENTS_TABLE, INTERACTIONS_TABLE)
 # Where the rows (and the primary key) of each core relation live.
-STORAGE_TABLES: Final = {LISTEN_EVENTS_TABLE: LISTEN_PAIRS_TABLE}
+STORAGE_TABLES: Final = {
+    LISTEN_EVENTS_TABLE: LISTEN_PAIRS_TABLE,
+    INTERACTIONS_TABLE: INTERACTION_PAIRS_TABLE,
+}
 
 
 # duration_seconds of core.tracks from a row aliased ``s``: null unless duration is ``M+:SS``.
@@ -69,20 +97,64 @@ _FILLFACTOR: Final = 50
 # list grew): a quarter of free space keeps those updates HOT without doubling the table.
 _PAIRS_FILLFACTOR: Final = 75
 
+# Few stored pairs change in place (a repeat moves a position, a track leaves the catalogue):
+# a tenth of free space keeps those updates on their page (HOT: no index touched).
+_INTERACTIONS_FILLFACTOR: Final = 90
+
+# A tenth of the users' lists grow every day: their row is updated in place (HOT).
+_INTERACTION_USERS_FILLFACTOR: Final = 70
+
+# Confidence of one (user, track) pair: damped play count times recency. ln keeps a track played
+# ten times from outweighing ten tracks played once; recency runs from 0.5 (first track of the
+# list) to 1.0 (last one), since the lists are append-only in listening order.
+WEIGHT_SQL: Final = (
+    "(1.0 + ln(e.play_count::double precision))"
+    " * (0.5 + 0.5 * e.position::double precision / greatest(e.list_length, 1))"
+)
+# The same weight split as base + recency / list_length: the two terms are the pair's own (they
+# change only when its play count or position does), the list length its user's. The view adds
+# them up, so a list that grows rewrites one row of core.interaction_users, not every pair.
+WEIGHT_BASE_SQL: Final = "0.5 * (1.0 + ln(e.play_count::double precision))"
+WEIGHT_RECENCY_SQL: Final = (
+    "0.5 * (1.0 + ln(e.play_count::double precision)) * e.position::double precision"
+)
+
+# The key keeps the first representation's name (a migrated table keeps its constraint).
 INTERACTIONS_PKEY: Final = "user_track_interactions_pkey"
-# The first representation's "by track" index on the interactions. Its readers (the model layer,
-# the retraining sensor) scan the table whole, and rebuilding it cost a tenth of the daily merge:
-# it is dropped; "by track" queries go to core.listen_events.
+# The first representation's "by track" index, rebuilt whole every day: dropped.
 INTERACTIONS_TRACK_INDEX: Final = "user_track_interactions_track_id_idx"
+# Finds the rows of a track that left or came back; maintained only for the rows a day inserts.
+INTERACTION_PAIRS_TRACK_INDEX: Final = "interaction_pairs_track_id_idx"
 
 
-def interactions_pkey_ddl() -> str:
-    """The interactions table's primary key (the rebuild drops it and adds it back: one sort
-    costs a fraction of half a million index insertions)."""
+def interactions_index_ddl() -> tuple[str, ...]:
+    """The indexes of the interactions' storage (a full build drops them and adds them back: one
+    sort costs a fraction of half a million index insertions)."""
     return (
-        f"ALTER TABLE {core_table(INTERACTIONS_TABLE)} ADD CONSTRAINT "
-        f"{quote_ident(INTERACTIONS_PKEY)} PRIMARY KEY (user_id, track_id)"
+        f"ALTER TABLE {core_table(INTERACTION_PAIRS_TABLE)} ADD CONSTRAINT "
+        f"{quote_ident(INTERACTIONS_PKEY)} PRIMARY KEY (user_id, track_id)",
+        f"CREATE INDEX {quote_ident(INTERACTION_PAIRS_TRACK_INDEX)} "
+        f"ON {core_table(INTERACTION_PAIRS_TABLE)} (track_id)",
     )
+
+
+def interactions_view_sql() -> str:
+    """The ``core.user_track_interactions`` view: stored pairs, their user's list length, the
+    weight (``WEIGHT_SQL``, as base + recency / list length), ``last_seen`` from the state.
+
+    A LEFT JOIN on the users' key: a query that reads no user column (``count(*)``, the pairs)
+    does not join at all (PostgreSQL removes the join).
+    """
+    return f"""
+    CREATE VIEW {core_table(INTERACTIONS_TABLE)} AS
+    SELECT i.user_id, i.track_id, i.play_count,
+           i.weight_base + i.weight_recency / greatest(u.list_length, 1) AS weight,
+           i.last_position, u.list_length, i.first_seen,
+           (SELECT s.as_of FROM {core_table(INTERACTIONS_STATE_TABLE)} s) AS last_seen,
+           i.track_active
+    FROM {core_table(INTERACTION_PAIRS_TABLE)} i
+    LEFT JOIN {core_table(INTERACTION_USERS_TABLE)} u ON u.user_id = i.user_id
+    """
 
 
 def listen_events_view_sql() -> str:
@@ -116,6 +188,23 @@ def _sql_literal(value: str) -> str:
         raise ValueError(f"not a plain name: {value!r}")
     return f"'{value}'"
 
+
+# One row: the date every interaction's last_seen reads, and whether the next build must recompute
+# every row (a new or migrated database starts so).
+_STATE_DDL: Final = (
+    f"""
+    CREATE TABLE IF NOT EXISTS {core_table(INTERACTIONS_STATE_TABLE)} (
+        id boolean PRIMARY KEY DEFAULT true CHECK (id),
+        as_of date,
+        built_at timestamptz,
+        full_build_needed boolean NOT NULL DEFAULT true
+    )
+    """,
+    f"""
+    INSERT INTO {core_table(INTERACTIONS_STATE_TABLE)} (id) VALUES (true)
+    ON CONFLICT (id) DO NOTHING
+    """,
+)
 
 _DDL: Final = (
     create_schema_sql(CORE_SCHEMA),
@@ -191,23 +280,48 @@ _DDL: Final = (
     )
     """,
     f"""
-    CREATE TABLE IF NOT EXISTS {core_table(INTERACTIONS_TABLE)} (
+    CREATE TABLE IF NOT EXISTS {core_table(INTERACTION_PAIRS_TABLE)} (
         user_id bigint NOT NULL,
         track_id bigint NOT NULL,
         play_count integer NOT NULL,
-        weight double precision NOT NULL,
+        -- weight = weight_base + weight_recency / the user's list length (WEIGHT_SQL).
+        weight_base double precision NOT NULL,
+        weight_recency double precision NOT NULL,
         last_position integer NOT NULL,
-        list_length integer NOT NULL,
         first_seen date NOT NULL,
-        last_seen date NOT NULL,
         track_active boolean NOT NULL,
         CONSTRAINT {quote_ident(INTERACTIONS_PKEY)} PRIMARY KEY (user_id, track_id)
-    )
+    ) WITH (fillfactor = {_INTERACTIONS_FILLFACTOR})
+    """,
+    f"""
+    CREATE TABLE IF NOT EXISTS {core_table(INTERACTION_USERS_TABLE)} (
+        user_id bigint PRIMARY KEY,
+        list_length integer NOT NULL
+    ) WITH (fillfactor = {_INTERACTION_USERS_FILLFACTOR})
     """,
     f"DROP INDEX IF EXISTS {quote_ident(CORE_SCHEMA)}.{quote_ident(INTERACTIONS_TRACK_INDEX)}",
-    # Rewritten whole by every rebuild, which analyzes it itself: autovacuum has nothing to clean,
-    # and a run of it would hold up the next rebuild's TRUNCATE until deadlock_timeout.
-    f"ALTER TABLE {core_table(INTERACTIONS_TABLE)} SET (autovacuum_enabled = false)",
+    f"""
+    CREATE INDEX IF NOT EXISTS {quote_ident(INTERACTION_PAIRS_TRACK_INDEX)}
+        ON {core_table(INTERACTION_PAIRS_TABLE)} (track_id)
+    """,
+    *_STATE_DDL,
+    f"""
+    CREATE TABLE IF NOT EXISTS {core_table(PENDING_PAIRS_TABLE)} (
+        user_id bigint NOT NULL,
+        track_id bigint NOT NULL,
+        PRIMARY KEY (user_id, track_id)
+    )
+    """,
+    f"""
+    CREATE TABLE IF NOT EXISTS {core_table(PENDING_USERS_TABLE)} (
+        user_id bigint PRIMARY KEY
+    )
+    """,
+    f"""
+    CREATE TABLE IF NOT EXISTS {core_table(INACTIVE_TRACKS_TABLE)} (
+        track_id bigint PRIMARY KEY
+    )
+    """,
     f"""
     CREATE TABLE IF NOT EXISTS {core_table(MERGE_LOG_TABLE)} (
         table_name text NOT NULL,
@@ -237,10 +351,14 @@ def ensure_core_schema(engine: sa.Engine) -> None:
             return
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('core.ddl'))"))
         migrated = _migrate_listen_events_table(conn)
+        interactions_migrated = _migrate_interactions_table(conn)
         for ddl in _DDL:
             conn.execute(sa.text(ddl))
         if migrated:
             _move_history_fields(conn)
+        if migrated or interactions_migrated:
+            # The changes merged before this code ran were not recorded: start over once.
+            request_full_interactions_build(conn)
         if _generated_duration(conn):
             # Keeps the computed values: the column becomes a plain one the merge maintains.
             conn.execute(
@@ -252,6 +370,19 @@ def ensure_core_schema(engine: sa.Engine) -> None:
         # Created once, not replaced on every run: CREATE OR REPLACE would lock out its readers.
         if migrated or not _exists(conn, LISTEN_EVENTS_TABLE):
             conn.execute(sa.text(listen_events_view_sql()))
+        if interactions_migrated or not _exists(conn, INTERACTIONS_TABLE):
+            conn.execute(sa.text(interactions_view_sql()))
+
+
+def request_full_interactions_build(conn: sa.Connection) -> None:
+    """Make the next interactions build recompute every row (pending changes are then moot).
+
+    Args:
+        conn: A connection inside the caller's transaction.
+    """
+    conn.execute(
+        sa.text(f"UPDATE {core_table(INTERACTIONS_STATE_TABLE)} SET full_build_needed = true")
+    )
 
 
 # Every relation the DDL creates (indexes included): all present means nothing to do.
@@ -262,22 +393,25 @@ _RELATIONS: Final = (
     "listen_events_track_id_idx",
     "listen_events_orphans_idx",
     INTERACTIONS_PKEY,
+    INTERACTION_PAIRS_TRACK_INDEX,
 )
 
 
 def _all_exist(conn: sa.Connection) -> bool:
-    kinds = conn.execute(
+    views = conn.execute(
         sa.text(
             """
-            SELECT coalesce(array_agg(c.relkind::text), '{}')
+            SELECT count(*) FILTER (WHERE c.relkind = 'v'), count(c.oid)
             FROM unnest(CAST(:names AS text[])) AS n(name)
-            JOIN pg_class c ON c.oid = to_regclass(n.name)
+            LEFT JOIN pg_class c ON c.oid = to_regclass(n.name)
             """
         ),
         {"names": [f"{CORE_SCHEMA}.{name}" for name in _RELATIONS]},
-    ).scalar_one()
-    # A listen_events *table* (the first representation) comes without listen_pairs: migrated.
-    return len(kinds) == len(_RELATIONS) and not _generated_duration(conn)
+    ).one()
+    n_views = sum(1 for name in _RELATIONS if name in CORE_VIEWS)
+    # A first-representation *table* in a view's place (listen_events, user_track_interactions)
+    # is migrated.
+    return tuple(views) == (n_views, len(_RELATIONS)) and not _generated_duration(conn)
 
 
 def _generated_duration(conn: sa.Connection) -> bool:
@@ -333,6 +467,51 @@ def _move_history_fields(conn: sa.Connection) -> None:
             """
         )
     )
+
+
+def _migrate_interactions_table(conn: sa.Connection) -> bool:
+    """Turn a ``core.user_track_interactions`` *table* into ``core.interaction_pairs`` (and
+    its users' list lengths into ``core.interaction_users``).
+
+    Its rows stay readable through the view until the next build, which recomputes them all.
+
+    Returns:
+        Whether there was such a table to migrate.
+    """
+    kind = conn.execute(
+        sa.text("SELECT relkind FROM pg_class WHERE oid = to_regclass(:name)"),
+        {"name": f"{CORE_SCHEMA}.{INTERACTIONS_TABLE}"},
+    ).scalar_one_or_none()
+    if kind != "r":
+        return False
+    old = core_table(INTERACTIONS_TABLE)
+    stored = core_table(INTERACTION_PAIRS_TABLE)
+    as_of = conn.execute(sa.text(f"SELECT max(last_seen) FROM {old}")).scalar_one()
+    users = core_table(INTERACTION_USERS_TABLE)
+    for ddl in (
+        f"CREATE TABLE {users} (user_id bigint PRIMARY KEY, list_length integer NOT NULL) "
+        f"WITH (fillfactor = {_INTERACTION_USERS_FILLFACTOR})",
+        f"""INSERT INTO {users} (user_id, list_length)
+            SELECT user_id, max(list_length) FROM {old} GROUP BY user_id""",
+        f"ALTER TABLE {old} RENAME TO {quote_ident(INTERACTION_PAIRS_TABLE)}",
+        f"ALTER TABLE {stored} DROP COLUMN last_seen",
+        # The stored weight as the base term: the view reads the same weights until the build.
+        f"ALTER TABLE {stored} RENAME COLUMN weight TO weight_base",
+        f"ALTER TABLE {stored} ADD COLUMN weight_recency double precision NOT NULL DEFAULT 0",
+        f"ALTER TABLE {stored} ALTER COLUMN weight_recency DROP DEFAULT",
+        f"ALTER TABLE {stored} DROP COLUMN list_length",
+        f"ALTER TABLE {stored} RESET (autovacuum_enabled)",
+        f"ALTER TABLE {stored} SET (fillfactor = {_INTERACTIONS_FILLFACTOR})",
+    ):
+        conn.execute(sa.text(ddl))
+    # The state table does not exist yet in a first-representation database.
+    for ddl in _STATE_DDL:
+        conn.execute(sa.text(ddl))
+    conn.execute(
+        sa.text(f"UPDATE {core_table(INTERACTIONS_STATE_TABLE)} SET as_of = :as_of"),
+        {"as_of": as_of},
+    )
+    return True
 
 
 def _migrate_listen_events_table(conn: sa.Connection) -> bool:

@@ -1,8 +1,8 @@
 """Arrange the core tables the recommendation layer reads: from the API stand-in or synthetic data.
 
 ``load_standin_core`` goes the real way (raw snapshots, then the core merges); ``load_core_frames``
-COPYs frames straight into ``core.users``, ``core.tracks`` and ``core.user_track_interactions``
-for tests that only need the model layer's input.
+COPYs frames straight into ``core.users``, ``core.tracks`` and the tables behind the
+``core.user_track_interactions`` view, for tests that only need the model layer's input.
 """
 
 from __future__ import annotations
@@ -81,10 +81,17 @@ def load_core_frames(
     """
     ensure_core_schema(engine)
     with engine.begin() as conn:
+        # core.user_track_interactions is a view over interaction_pairs and interaction_users;
+        # its last_seen is the state's as_of.
         conn.execute(
             sa.text(
-                "TRUNCATE core.users, core.tracks, core.user_track_interactions, core.merge_log"
+                "TRUNCATE core.users, core.tracks, core.interaction_pairs, core.interaction_users,"
+                " core.merge_log"
             )
+        )
+        conn.execute(
+            sa.text("UPDATE core.interactions_state SET as_of = :day, full_build_needed = false"),
+            {"day": day},
         )
     _copy(
         engine,
@@ -94,14 +101,26 @@ def load_core_frames(
     track_rows = tracks[["id", "genres"]].assign(first_seen=day, last_seen=day)
     track_rows["is_active"] = ~track_rows["id"].isin(list(inactive_tracks))
     _copy(engine, "core.tracks", track_rows)
-    list_length = interactions.groupby("user_id")["last_position"].transform("max") + 1
+    # The view's weight is weight_base + weight_recency / list_length: the frame's weight is
+    # stored as the base term, so the view reads it back exactly.
     _copy(
         engine,
-        "core.user_track_interactions",
-        interactions[["user_id", "track_id", "play_count", "weight", "last_position"]].assign(
-            list_length=list_length.to_numpy(dtype=np.int64),
+        "core.interaction_pairs",
+        interactions[["user_id", "track_id", "play_count", "last_position"]].assign(
+            weight_base=interactions["weight"].to_numpy(dtype=np.float64),
+            weight_recency=0.0,
             first_seen=day,
-            last_seen=day,
             track_active=~interactions["track_id"].isin(list(inactive_tracks)),
+        ),
+    )
+    list_length = interactions.groupby("user_id")["last_position"].max() + 1
+    _copy(
+        engine,
+        "core.interaction_users",
+        pd.DataFrame(
+            {
+                "user_id": list_length.index.to_numpy(dtype=np.int64),
+                "list_length": list_length.to_numpy(dtype=np.int64),
+            }
         ),
     )
