@@ -207,6 +207,11 @@ for _endpoint, _specs in ENDPOINT_FIELDS.items():
     assert tuple(f.name for f in fields(RECORD_MODELS[_endpoint])) == tuple(s.name for s in _specs)
 
 
+def timestamp_columns(endpoint: str) -> tuple[str, ...]:
+    """Return the contract's timestamp fields of an endpoint, in contract order."""
+    return tuple(s.name for s in _specs_for(endpoint) if s.kind is FieldKind.TIMESTAMP)
+
+
 def contract_columns(endpoint: str) -> tuple[str, ...]:
     """Return the contract's field names for an endpoint, in contract order.
 
@@ -481,7 +486,11 @@ _FIELD_SETS: Final[dict[str, frozenset[str]]] = {
 }
 
 
-def _typed_series(spec: FieldSpec, values: Sequence[object]) -> pd.Series:
+def _typed_series(
+    spec: FieldSpec, values: Sequence[object], timestamps_as_text: bool = False
+) -> pd.Series:
+    if spec.kind is FieldKind.TIMESTAMP and timestamps_as_text:
+        return pd.Series(values, dtype=object, name=spec.name)
     if spec.kind is FieldKind.INTEGER:
         return pd.Series(pd.array(values, dtype=INTEGER_DTYPE), name=spec.name)
     if spec.kind is FieldKind.TIMESTAMP:
@@ -520,12 +529,16 @@ def records_to_frame(endpoint: str, records: Sequence[ContractRecord]) -> pd.Dat
     return columns_to_frame(endpoint, [list(col) for col in columns])
 
 
-def columns_to_frame(endpoint: str, columns: Sequence[Sequence[object]]) -> pd.DataFrame:
+def columns_to_frame(
+    endpoint: str, columns: Sequence[Sequence[object]], timestamps_as_text: bool = False
+) -> pd.DataFrame:
     """Build a typed frame from column lists given in contract order.
 
     Args:
         endpoint: The endpoint the columns belong to.
         columns: One sequence of normalised values per contract field, in contract order.
+        timestamps_as_text: Keep timestamps as their validated contract strings (object
+            column) for a writer that stores them as ``timestamptz`` itself.
 
     Returns:
         A frame with exactly the contract's columns and dtypes.
@@ -533,7 +546,10 @@ def columns_to_frame(endpoint: str, columns: Sequence[Sequence[object]]) -> pd.D
     specs = _specs_for(endpoint)
     if len(columns) != len(specs):
         raise ValueError(f"{endpoint}: expected {len(specs)} columns, got {len(columns)}")
-    series = [_typed_series(spec, col) for spec, col in zip(specs, columns, strict=True)]
+    series = [
+        _typed_series(spec, col, timestamps_as_text)
+        for spec, col in zip(specs, columns, strict=True)
+    ]
     return pd.concat(series, axis=1) if series[0].size else empty_frame(endpoint)
 
 
@@ -551,8 +567,11 @@ class FrameAccumulator:
     millions of live Python ints and strings.
     """
 
-    def __init__(self, endpoint: str, chunk_rows: int = 20_000) -> None:
+    def __init__(
+        self, endpoint: str, chunk_rows: int = 20_000, timestamps_as_text: bool = False
+    ) -> None:
         self.endpoint = endpoint
+        self._timestamps_as_text = timestamps_as_text
         self._specs = _specs_for(endpoint)
         self._chunk_rows = chunk_rows
         self._buffer: list[list[object]] = [[] for _ in self._specs]
@@ -584,7 +603,9 @@ class FrameAccumulator:
 
     def _flush(self) -> None:
         if self._buffered:
-            self._chunks.append(columns_to_frame(self.endpoint, self._buffer))
+            self._chunks.append(
+                columns_to_frame(self.endpoint, self._buffer, self._timestamps_as_text)
+            )
             self._buffer = [[] for _ in self._specs]
             self._buffered = 0
 

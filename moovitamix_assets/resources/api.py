@@ -867,6 +867,7 @@ class MoovitamixApiResource(dg.ConfigurableResource):
         endpoint: str,
         log: logging.Logger | None = None,
         chunk_rows: int | None = STREAM_CHUNK_ROWS,
+        timestamps_as_text: bool = False,
     ) -> EndpointStream:
         """Prepare a read of every page of an endpoint that hands on typed frames as it goes.
 
@@ -876,13 +877,16 @@ class MoovitamixApiResource(dg.ConfigurableResource):
             endpoint: ``users``, ``tracks`` or ``listen_history``.
             log: Where to log progress (e.g. ``context.log``); the module logger by default.
             chunk_rows: Valid rows per frame handed on; None for one frame at the end.
+            timestamps_as_text: Hand timestamps on as their validated contract strings, for a
+                writer that stores them as ``timestamptz`` (skips parsing them to render them
+                back as text for COPY).
 
         Raises:
             ValueError: If the endpoint is unknown or a setting is invalid.
         """
         contract_columns(endpoint)  # unknown endpoints fail before any request
         self.check_settings()
-        return EndpointStream(self, endpoint, log or logger, chunk_rows)
+        return EndpointStream(self, endpoint, log or logger, chunk_rows, timestamps_as_text)
 
     def _read_pages(
         self,
@@ -891,13 +895,14 @@ class MoovitamixApiResource(dg.ConfigurableResource):
         log: logging.Logger,
         attempt: _Attempt,
         chunk_rows: int | None,
+        timestamps_as_text: bool = False,
     ) -> Iterator[pd.DataFrame]:
         """One pass over all pages, yielding typed frames; _TotalDrift if a page disagrees."""
         first = self._fetch_page(endpoint, 1, stats)
         plan = PagePlan.from_first_page(endpoint, first, self.page_size, self.max_pages)
         attempt.plan = plan
         log.debug("MooVitamix %s: total %d in %d pages", endpoint, plan.total, plan.pages)
-        accumulator = FrameAccumulator(endpoint)
+        accumulator = FrameAccumulator(endpoint, timestamps_as_text=timestamps_as_text)
         # With total 0 there are no pages and page 1 is legitimately empty.
         if plan.pages >= 1:
             pages = self._pages_in_order(endpoint, plan, stats, first)
@@ -965,8 +970,10 @@ class MoovitamixApiResource(dg.ConfigurableResource):
         yield first
         if plan.pages < 2:
             return
-        # A bounded window of in-flight pages keeps memory flat however many pages there are.
-        window = 2 * self.max_concurrency
+        # A bounded window of in-flight pages keeps memory flat however many pages there are
+        # (64 pages of 100 records are about 2 MB). It is deep so that the fetching threads keep
+        # the service busy while the reader builds and hands on a frame of 20,000 rows.
+        window = 16 * self.max_concurrency
         pool = ThreadPoolExecutor(
             max_workers=min(self.max_concurrency, plan.pages - 1),
             thread_name_prefix=f"moovitamix-{endpoint}",
@@ -1000,8 +1007,10 @@ class EndpointStream:
         endpoint: str,
         log: logging.Logger,
         chunk_rows: int | None,
+        timestamps_as_text: bool = False,
     ) -> None:
         self._api = api
+        self._timestamps_as_text = timestamps_as_text
         self.endpoint = endpoint
         self._log = log
         self._chunk_rows = chunk_rows
@@ -1024,7 +1033,12 @@ class EndpointStream:
         self._attempt = attempt = _Attempt()
         try:
             yield from self._api._read_pages(
-                self.endpoint, self._stats, self._log, attempt, self._chunk_rows
+                self.endpoint,
+                self._stats,
+                self._log,
+                attempt,
+                self._chunk_rows,
+                self._timestamps_as_text,
             )
         except _TotalDrift as drift:
             if self._drift is not None:

@@ -155,11 +155,15 @@ class FrameStream:
             it raised ``RestartStream``, once the rows written so far are rolled back.
         finish: Called after the last chunk is COPY'd, inside the transaction; its sidecars are
             replaced with the table and its metadata is added to the output's.
+        types: PostgreSQL types declared for some columns instead of inferred, e.g.
+            ``timestamptz`` for ISO 8601 strings the producer already validated: PostgreSQL
+            parses them in the COPY (the session's zone is UTC), nothing is parsed in Python.
     """
 
     template: pd.DataFrame
     frames: Callable[[], Iterator[pd.DataFrame]]
     finish: Callable[[], StreamEnd] = StreamEnd
+    types: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -330,6 +334,8 @@ def copy_text_column(series: pd.Series, pg_type: str) -> list[str]:
         rendered = list(map(repr, present.astype("float64").tolist()))
     elif pg_type == BOOLEAN:
         rendered = np.where(present.astype(bool).to_numpy(), "t", "f").tolist()
+    elif pg_type == TIMESTAMPTZ and len(present) and isinstance(present.iloc[0], str):
+        rendered = _escaped(present.tolist())  # declared ISO texts, parsed by PostgreSQL
     elif pg_type == TIMESTAMPTZ:
         rendered = _timestamp_texts(present)
     elif pg_type == DATE:
@@ -770,7 +776,17 @@ def _replace_rows(
         frames, frame = _first_frame(stream)
     else:
         frame = df
-    types = resolve_column_types(frame, existing, qualified)
+    declared = dict(stream.types) if stream is not None else {}
+    inferred = resolve_column_types(
+        frame[[c for c in frame.columns if c not in declared]], existing, qualified
+    )
+    for name, pg_type in declared.items():
+        if existing.get(name, pg_type) != pg_type:
+            raise SchemaMismatchError(
+                f"cannot write column {qualified}.{name}: the table column is {existing[name]} "
+                f"but the stream declares {pg_type}; migrate or drop the table"
+            )
+    types = {name: declared.get(name) or inferred[name] for name in frame.columns}
     if part is not None:
         check_partition_values(frame, part, qualified)
     target = sql.Identifier(schema, table)

@@ -22,11 +22,16 @@ from moovitamix_assets.constants import (
     USERS_ENDPOINT,
 )
 from moovitamix_assets.freshness import DAILY_FRESHNESS
-from moovitamix_assets.models.records import empty_frame
+from moovitamix_assets.models.records import empty_frame, timestamp_columns
 from moovitamix_assets.partitions import daily_partitions, snapshot_date_for
 from moovitamix_assets.resources.api import EndpointRead, EndpointStream, MoovitamixApiResource
 from moovitamix_assets.resources.database import PostgresResource
-from moovitamix_assets.resources.io_manager import FrameStream, FrameWithSidecars, StreamEnd
+from moovitamix_assets.resources.io_manager import (
+    TIMESTAMPTZ,
+    FrameStream,
+    FrameWithSidecars,
+    StreamEnd,
+)
 
 DESCRIPTIONS: dict[str, str] = {
     USERS_ENDPOINT: "Daily snapshot of every MooVitamix user account, as the API served it.",
@@ -131,7 +136,12 @@ def snapshot_stream(
         )
 
     template = with_snapshot_date(empty_frame(endpoint), snapshot)
-    return FrameWithSidecars(FrameStream(template=template, frames=frames, finish=finish))
+    # Timestamps travel as the API's validated ISO texts and PostgreSQL parses them in the COPY:
+    # parsing them in Python only to print them back cost a fifth of the client's time.
+    types = dict.fromkeys(timestamp_columns(endpoint), TIMESTAMPTZ)
+    return FrameWithSidecars(
+        FrameStream(template=template, frames=frames, finish=finish, types=types)
+    )
 
 
 @dg.multi_asset(
@@ -155,7 +165,9 @@ def raw_snapshots(
     ensure_bookkeeping_tables(postgres.engine())
     for endpoint in ENDPOINTS:
         if RAW_KEYS[endpoint] in context.selected_asset_keys:
-            stream = moovitamix_api.stream_endpoint(endpoint, log=context.log)
+            stream = moovitamix_api.stream_endpoint(
+                endpoint, log=context.log, timestamps_as_text=True
+            )
             yield dg.Output(
                 snapshot_stream(context, stream, snapshot),
                 output_name=RAW_KEYS[endpoint].to_python_identifier(),
