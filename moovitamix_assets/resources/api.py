@@ -859,7 +859,11 @@ class MoovitamixApiResource(dg.ConfigurableResource):
                 break
             except RestartStream:
                 continue  # read again from page 1 (at most once: then ApiDriftError)
-        frame = frames[0] if len(frames) == 1 else empty_frame(endpoint)
+        # One frame (chunk_rows=None hands on everything at the end), or none for no rows.
+        if len(frames) == 1:
+            frame = frames[0]
+        else:
+            frame = pd.concat(frames, ignore_index=True) if frames else empty_frame(endpoint)
         return stream.result(frame)
 
     def stream_endpoint(
