@@ -785,9 +785,9 @@ class MoovitamixApiResource(dg.ConfigurableResource):
     def check_service(self) -> None:
         """Check, without requesting any page, that the base URL serves the MooVitamix API.
 
-        Reads the service's OpenAPI schema (``/openapi.json``, part of the contract) through the
-        read session, so a blip is retried like a page would be, and checks that it lists the
-        three endpoints. No data endpoint is called: nothing is read before the steps run, and
+        Reads the service's OpenAPI schema (``/openapi.json``, part of the contract) with the
+        page reads' retry policy, so a blip is retried like a page would be, and checks that it
+        lists the three endpoints. No data endpoint is called: nothing is read before the steps run, and
         the service's page counters and rate limits are left alone.
 
         Raises:
