@@ -787,8 +787,8 @@ class MoovitamixApiResource(dg.ConfigurableResource):
 
         Reads the service's OpenAPI schema (``/openapi.json``, part of the contract) with the
         page reads' retry policy, so a blip is retried like a page would be, and checks that it
-        lists the three endpoints. No data endpoint is called: nothing is read before the steps run, and
-        the service's page counters and rate limits are left alone.
+        lists the three endpoints. No data endpoint is called: nothing is read before the steps
+        run, and the service's page counters and rate limits are left alone.
 
         Raises:
             ApiUnavailableError: Naming MOOVITAMIX_API_URL, when the API cannot be reached once
