@@ -469,6 +469,15 @@ def _move_history_fields(conn: sa.Connection) -> None:
     )
 
 
+def _is_plain_table(conn: sa.Connection, name: str) -> bool:
+    """Whether ``core.<name>`` exists as a table (the earlier representations), not a view."""
+    kind = conn.execute(
+        sa.text("SELECT relkind FROM pg_class WHERE oid = to_regclass(:name)"),
+        {"name": f"{CORE_SCHEMA}.{name}"},
+    ).scalar_one_or_none()
+    return kind == "r"
+
+
 def _migrate_interactions_table(conn: sa.Connection) -> bool:
     """Turn a ``core.user_track_interactions`` *table* into ``core.interaction_pairs`` (and
     its users' list lengths into ``core.interaction_users``).
@@ -478,11 +487,7 @@ def _migrate_interactions_table(conn: sa.Connection) -> bool:
     Returns:
         Whether there was such a table to migrate.
     """
-    kind = conn.execute(
-        sa.text("SELECT relkind FROM pg_class WHERE oid = to_regclass(:name)"),
-        {"name": f"{CORE_SCHEMA}.{INTERACTIONS_TABLE}"},
-    ).scalar_one_or_none()
-    if kind != "r":
+    if not _is_plain_table(conn, INTERACTIONS_TABLE):
         return False
     old = core_table(INTERACTIONS_TABLE)
     stored = core_table(INTERACTION_PAIRS_TABLE)
@@ -520,11 +525,7 @@ def _migrate_listen_events_table(conn: sa.Connection) -> bool:
     Returns:
         Whether there was such a table to migrate.
     """
-    kind = conn.execute(
-        sa.text("SELECT relkind FROM pg_class WHERE oid = to_regclass(:name)"),
-        {"name": f"{CORE_SCHEMA}.{LISTEN_EVENTS_TABLE}"},
-    ).scalar_one_or_none()
-    if kind != "r":
+    if not _is_plain_table(conn, LISTEN_EVENTS_TABLE):
         return False
     old = core_table(LISTEN_EVENTS_TABLE)
     pairs = core_table(LISTEN_PAIRS_TABLE)
