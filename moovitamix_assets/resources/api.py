@@ -8,13 +8,13 @@ transient failures, and say clearly what it could not load.
 from __future__ import annotations
 
 import gc
+import itertools
 import json
 import logging
 import math
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
@@ -58,6 +58,7 @@ from moovitamix_assets.models.records import (
     validate_values,
 )
 from moovitamix_assets.resources.io_manager import RestartStream
+from moovitamix_assets.resources.page_feed import PageFeed
 
 logger = logging.getLogger(__name__)
 
@@ -941,47 +942,67 @@ class MoovitamixApiResource(dg.ConfigurableResource):
         self.check_settings()
         return EndpointStream(self, endpoint, log or logger, chunk_rows, timestamps_as_text)
 
+    def _page_feed(
+        self, endpoint: str, stats: _ReadStats, on_fetched: Callable[[], None] | None = None
+    ) -> PageFeed[ApiPage]:
+        """Pages 1..N of a read of ``endpoint``, fetched ahead of the reader."""
+        return PageFeed(
+            lambda number: self._fetch_page(endpoint, number, stats),
+            concurrency=self.max_concurrency,
+            # 16 pages per connection in flight and 192 queued (about 10 MB of decoded pages,
+            # a third of a second of the service's work): enough to keep the service busy
+            # while the reader waits for PostgreSQL or hands over to the next endpoint.
+            in_flight=16 * self.max_concurrency,
+            queued=192,
+            max_pages=self.max_pages,
+            name=f"moovitamix-{endpoint}",
+            on_fetched=on_fetched,
+        )
+
     def _read_pages(
         self,
+        feed: PageFeed[ApiPage],
         endpoint: str,
-        stats: _ReadStats,
         log: logging.Logger,
         attempt: _Attempt,
         chunk_rows: int | None,
         timestamps_as_text: bool = False,
     ) -> Iterator[pd.DataFrame]:
-        """One pass over all pages, yielding typed frames; _TotalDrift if a page disagrees."""
-        with _collector_skips_older_objects():
-            yield from self._read_pages_unfrozen(
-                endpoint, stats, log, attempt, chunk_rows, timestamps_as_text
-            )
+        """One pass over the feed's pages, yielding typed frames; _TotalDrift if a page disagrees.
 
-    def _read_pages_unfrozen(
+        The feed is closed when the pass ends, however it ends.
+        """
+        with _collector_skips_older_objects():
+            try:
+                yield from self._read_feed(
+                    feed, endpoint, log, attempt, chunk_rows, timestamps_as_text
+                )
+            finally:
+                feed.close()  # stops the fetching threads when the read ends early
+
+    def _read_feed(
         self,
+        feed: PageFeed[ApiPage],
         endpoint: str,
-        stats: _ReadStats,
         log: logging.Logger,
         attempt: _Attempt,
         chunk_rows: int | None,
         timestamps_as_text: bool,
     ) -> Iterator[pd.DataFrame]:
-        first = self._fetch_page(endpoint, 1, stats)
+        pages = iter(feed)
+        first = next(pages)
         plan = PagePlan.from_first_page(endpoint, first, self.page_size, self.max_pages)
         attempt.plan = plan
         log.debug("MooVitamix %s: total %d in %d pages", endpoint, plan.total, plan.pages)
         accumulator = FrameAccumulator(endpoint, timestamps_as_text=timestamps_as_text)
         # With total 0 there are no pages and page 1 is legitimately empty.
         if plan.pages >= 1:
-            pages = self._pages_in_order(endpoint, plan, stats, first)
-            try:
-                for page in pages:
-                    if not self._consume(endpoint, plan, page, accumulator, attempt, log):
-                        break
-                    if chunk_rows is not None and accumulator.rows >= chunk_rows:
-                        attempt.rows += accumulator.rows
-                        yield accumulator.drain()
-            finally:
-                pages.close()  # stops the fetching threads when the read ends early
+            for page in itertools.chain([first], pages):
+                if not self._consume(endpoint, plan, page, accumulator, attempt, log):
+                    break
+                if chunk_rows is not None and accumulator.rows >= chunk_rows:
+                    attempt.rows += accumulator.rows
+                    yield accumulator.drain()
         if accumulator.rows:
             attempt.rows += accumulator.rows
             yield accumulator.drain()
@@ -1030,32 +1051,6 @@ class MoovitamixApiResource(dg.ConfigurableResource):
             )
         return True
 
-    def _pages_in_order(
-        self, endpoint: str, plan: PagePlan, stats: _ReadStats, first: ApiPage
-    ) -> Iterator[ApiPage]:
-        """Page 1, then pages 2..N fetched concurrently, in page order."""
-        yield first
-        if plan.pages < 2:
-            return
-        # A bounded window of in-flight pages keeps memory flat however many pages there are
-        # (64 pages of 100 records are about 2 MB). It is deep so that the fetching threads keep
-        # the service busy while the reader builds and hands on a frame of 20,000 rows.
-        window = 16 * self.max_concurrency
-        pool = ThreadPoolExecutor(
-            max_workers=min(self.max_concurrency, plan.pages - 1),
-            thread_name_prefix=f"moovitamix-{endpoint}",
-        )
-        in_flight: dict[int, Future[ApiPage]] = {}
-        next_page = 2
-        try:
-            for number in range(2, plan.pages + 1):
-                while next_page <= plan.pages and len(in_flight) < window:
-                    in_flight[next_page] = pool.submit(self._fetch_page, endpoint, next_page, stats)
-                    next_page += 1
-                yield in_flight.pop(number).result()
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-
 
 class EndpointStream:
     """One endpoint's read, handed on as typed frames while its pages arrive.
@@ -1082,10 +1077,39 @@ class EndpointStream:
         self._log = log
         self._chunk_rows = chunk_rows
         self._stats = _ReadStats()
-        self._started = time.perf_counter()
+        self._started: float | None = None
         self._drift: _TotalDrift | None = None
         self._attempt: _Attempt | None = None
         self._complete = False
+        self._feed: PageFeed[ApiPage] | None = None  # started ahead of frames(), if at all
+        self._following: EndpointStream | None = None
+
+    def start(self) -> None:
+        """Start fetching pages now, ahead of ``frames()`` (which then reads them)."""
+        if self._feed is None:
+            self._feed = self._new_feed()
+        self._feed.start()
+
+    def read_ahead(self, following: EndpointStream) -> None:
+        """Start ``following`` as soon as this read has fetched its last page.
+
+        The service then serves the next endpoint's pages while this one's last rows are being
+        stored and committed, instead of waiting for the hand-over.
+        """
+        self._following = following
+
+    def close(self) -> None:
+        """Stop fetching (pages fetched ahead and not read are dropped)."""
+        if self._feed is not None:
+            self._feed.close()
+
+    def _new_feed(self) -> PageFeed[ApiPage]:
+        if self._started is None:
+            self._started = time.perf_counter()
+        following = self._following
+        return self._api._page_feed(
+            self.endpoint, self._stats, following.start if following is not None else None
+        )
 
     def frames(self) -> Iterator[pd.DataFrame]:
         """Read every page from page 1, yielding typed frames (contract columns, in order).
@@ -1098,10 +1122,12 @@ class EndpointStream:
         """
         self._complete = False
         self._attempt = attempt = _Attempt()
+        # The feed started ahead serves the first pass; a re-read starts from page 1 anew.
+        feed, self._feed = self._feed or self._new_feed(), None
         try:
             yield from self._api._read_pages(
+                feed,
                 self.endpoint,
-                self._stats,
                 self._log,
                 attempt,
                 self._chunk_rows,
@@ -1153,7 +1179,7 @@ class EndpointStream:
             pages_read=attempt.pages_read,
             requests=stats.requests,
             retries=stats.retries,
-            api_seconds=time.perf_counter() - self._started,
+            api_seconds=time.perf_counter() - (self._started or time.perf_counter()),
             bytes=stats.bytes,
             extra_fields=sorted(attempt.extra_fields),
             missing_fields=sorted(attempt.missing_fields),

@@ -1,5 +1,6 @@
 """Raw layer: one daily snapshot of each MooVitamix API endpoint, stored as returned."""
 
+import itertools
 from collections.abc import Iterator
 from datetime import date
 
@@ -163,15 +164,23 @@ def raw_snapshots(
     # the endpoint and page; the endpoints stored before it keep today's snapshot.
     snapshot = snapshot_date_for(context.partition_key)
     ensure_bookkeeping_tables(postgres.engine())
-    for endpoint in ENDPOINTS:
-        if RAW_KEYS[endpoint] in context.selected_asset_keys:
-            stream = moovitamix_api.stream_endpoint(
-                endpoint, log=context.log, timestamps_as_text=True
-            )
+    streams = [
+        moovitamix_api.stream_endpoint(endpoint, log=context.log, timestamps_as_text=True)
+        for endpoint in ENDPOINTS
+        if RAW_KEYS[endpoint] in context.selected_asset_keys
+    ]
+    # Each endpoint's pages are fetched while the previous one's last rows are stored.
+    for current, following in itertools.pairwise(streams):
+        current.read_ahead(following)
+    try:
+        for stream in streams:
             yield dg.Output(
                 snapshot_stream(context, stream, snapshot),
-                output_name=RAW_KEYS[endpoint].to_python_identifier(),
+                output_name=RAW_KEYS[stream.endpoint].to_python_identifier(),
             )
+    finally:
+        for stream in streams:  # a failed endpoint stops the pages read ahead for the next
+            stream.close()
 
 
 raw_assets = [raw_snapshots]

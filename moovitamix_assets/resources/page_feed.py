@@ -1,0 +1,158 @@
+"""Pages of one paginated read, fetched ahead in a background thread and handed out in order.
+
+The service's work per page is the pace of a read. The reader, though, stops now and then:
+while it builds and hands on a frame, while PostgreSQL deletes the partition it replaces, while
+the previous endpoint's write commits. A feed keeps fetching through those pauses (up to a
+bounded number of pages ahead), and can start before its reader asks for the first page, so the
+next endpoint's pages arrive while the previous endpoint is still being stored.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Final, Generic, Protocol, TypeVar
+
+
+class Page(Protocol):
+    """What a feed needs to know of page 1: how many pages there are."""
+
+    @property
+    def pages(self) -> int: ...
+
+
+P = TypeVar("P", bound=Page)
+
+_END: Final = object()
+
+
+class _Failure:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class PageFeed(Generic[P]):
+    """Pages 1..N fetched by ``concurrency`` threads, yielded in page order.
+
+    Page 1 is fetched first; its ``pages`` (capped at ``max_pages``: the reader refuses more)
+    says how many follow. At most ``in_flight`` pages are being fetched and at most ``queued``
+    wait for the reader, so memory stays bounded however long the read. A failed fetch is raised
+    to the reader at that page's turn, after the pages before it. ``close()`` stops the fetching
+    (the reader stopping early, a failure elsewhere).
+    """
+
+    def __init__(
+        self,
+        fetch: Callable[[int], P],
+        *,
+        concurrency: int,
+        in_flight: int,
+        queued: int,
+        max_pages: int,
+        name: str,
+        on_fetched: Callable[[], None] | None = None,
+    ) -> None:
+        """
+        Args:
+            fetch: Fetches one page by number (retrying as it sees fit).
+            concurrency: Threads fetching pages 2..N.
+            in_flight: Pages being fetched at once, at most.
+            queued: Pages fetched but not yet taken by the reader, at most.
+            max_pages: Never fetch beyond this page, whatever page 1 says.
+            name: Name of the feed's thread (and prefix of its fetching threads).
+            on_fetched: Called from the feed's thread once every page was fetched successfully
+                (e.g. to start the next feed while this one's pages are still being used).
+        """
+        if concurrency < 1 or in_flight < 1 or queued < 1:
+            raise ValueError("a feed needs concurrency, in_flight and queued >= 1")
+        self._fetch = fetch
+        self._concurrency = concurrency
+        self._in_flight = in_flight
+        self._max_pages = max_pages
+        self._name = name
+        self._on_fetched = on_fetched
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=queued)
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def started(self) -> bool:
+        """Whether fetching has begun."""
+        return self._thread is not None
+
+    def start(self) -> None:
+        """Begin fetching in the background (reading the feed starts it too)."""
+        with self._lock:
+            if self._thread is None and not self._stop.is_set():
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread.start()
+
+    def __iter__(self) -> Iterator[P]:
+        """Yield pages 1..N in order; raise a fetch's error at its page's turn."""
+        self.start()
+        while True:
+            item = self._queue.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item  # type: ignore[misc]
+
+    def close(self) -> None:
+        """Stop fetching and wait for the feed's threads (pages not taken are dropped)."""
+        with self._lock:
+            self._stop.set()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+        # Drop what is left so that nothing holds the pages.
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+
+    def _put(self, item: object) -> bool:
+        """Queue an item for the reader; False once the feed is closed."""
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            first = self._fetch(1)
+            if not self._put(first):
+                return
+            last = min(first.pages, self._max_pages)
+            if last >= 2 and not self._fetch_rest(last):
+                return
+            if self._on_fetched is not None:
+                self._on_fetched()
+            self._put(_END)
+        except BaseException as exc:  # handed to the reader, which raises it
+            self._put(_Failure(exc))
+
+    def _fetch_rest(self, last: int) -> bool:
+        """Fetch pages 2..last concurrently, queueing them in order; False if closed."""
+        pool = ThreadPoolExecutor(
+            max_workers=min(self._concurrency, last - 1), thread_name_prefix=self._name
+        )
+        pending: dict[int, Future[P]] = {}
+        next_page = 2
+        try:
+            for number in range(2, last + 1):
+                while next_page <= last and len(pending) < self._in_flight:
+                    pending[next_page] = pool.submit(self._fetch, next_page)
+                    next_page += 1
+                if not self._put(pending.pop(number).result()):
+                    return False
+            return True
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
