@@ -756,6 +756,16 @@ class MoovitamixApiResource(dg.ConfigurableResource):
                 status that is not worth retrying (4xx).
             ApiPageError: The answer was not a contract page.
         """
+        return self._decode_page(endpoint, number, self._fetch_body(endpoint, number, stats))
+
+    def _fetch_body(self, endpoint: str, number: int, stats: _ReadStats) -> bytes:
+        """GET one page (with retries); its body, not yet decoded.
+
+        Raises:
+            ApiError: The request failed once retries were exhausted, or answered an error
+                status that is not worth retrying (4xx).
+            ApiPageError: The body was compressed and does not decompress.
+        """
         _retry_tally.count = 0
         received = 0
         try:
@@ -784,6 +794,14 @@ class MoovitamixApiResource(dg.ConfigurableResource):
                 f"HTTP {response.status} {response.reason} after "
                 f"{_retry_tally.count} retries: {excerpt}",
             )
+        return body
+
+    def _decode_page(self, endpoint: str, number: int, body: bytes) -> ApiPage:
+        """Decode a page's body, in one pass if it follows the contract exactly.
+
+        Raises:
+            ApiPageError: The body is not a contract page.
+        """
         conforming = decode_conforming_page(endpoint, body, number, self.page_size)
         if conforming is not None:
             return ApiPage(number, [], conforming.total, conforming.pages, conforming)
@@ -944,10 +962,11 @@ class MoovitamixApiResource(dg.ConfigurableResource):
 
     def _page_feed(
         self, endpoint: str, stats: _ReadStats, on_fetched: Callable[[], None] | None = None
-    ) -> PageFeed[ApiPage]:
+    ) -> PageFeed[bytes, ApiPage]:
         """Pages 1..N of a read of ``endpoint``, fetched ahead of the reader."""
         return PageFeed(
-            lambda number: self._fetch_page(endpoint, number, stats),
+            lambda number: self._fetch_body(endpoint, number, stats),
+            lambda number, body: self._decode_page(endpoint, number, body),
             concurrency=self.max_concurrency,
             # 16 pages per connection in flight and 192 queued (about 10 MB of decoded pages,
             # a third of a second of the service's work): enough to keep the service busy
@@ -961,7 +980,7 @@ class MoovitamixApiResource(dg.ConfigurableResource):
 
     def _read_pages(
         self,
-        feed: PageFeed[ApiPage],
+        feed: PageFeed[bytes, ApiPage],
         endpoint: str,
         log: logging.Logger,
         attempt: _Attempt,
@@ -982,7 +1001,7 @@ class MoovitamixApiResource(dg.ConfigurableResource):
 
     def _read_feed(
         self,
-        feed: PageFeed[ApiPage],
+        feed: PageFeed[bytes, ApiPage],
         endpoint: str,
         log: logging.Logger,
         attempt: _Attempt,
@@ -1081,7 +1100,7 @@ class EndpointStream:
         self._drift: _TotalDrift | None = None
         self._attempt: _Attempt | None = None
         self._complete = False
-        self._feed: PageFeed[ApiPage] | None = None  # started ahead of frames(), if at all
+        self._feed: PageFeed[bytes, ApiPage] | None = None  # started ahead of frames(), if at all
         self._following: EndpointStream | None = None
 
     def start(self) -> None:
@@ -1103,7 +1122,7 @@ class EndpointStream:
         if self._feed is not None:
             self._feed.close()
 
-    def _new_feed(self) -> PageFeed[ApiPage]:
+    def _new_feed(self) -> PageFeed[bytes, ApiPage]:
         if self._started is None:
             self._started = time.perf_counter()
         following = self._following

@@ -24,6 +24,7 @@ class Page(Protocol):
 
 
 P = TypeVar("P", bound=Page)
+R = TypeVar("R")
 
 _END: Final = object()
 
@@ -33,19 +34,23 @@ class _Failure:
         self.error = error
 
 
-class PageFeed(Generic[P]):
-    """Pages 1..N fetched by ``concurrency`` threads, yielded in page order.
+class PageFeed(Generic[R, P]):
+    """Pages 1..N fetched by ``concurrency`` threads, decoded in order by the feed's thread.
 
-    Page 1 is fetched first; its ``pages`` (capped at ``max_pages``: the reader refuses more)
-    says how many follow. At most ``in_flight`` pages are being fetched and at most ``queued``
-    wait for the reader, so memory stays bounded however long the read. A failed fetch is raised
-    to the reader at that page's turn, after the pages before it. ``close()`` stops the fetching
-    (the reader stopping early, a failure elsewhere).
+    The fetching threads only fetch: each sends its next request as soon as a response is in,
+    and the decoding (CPU work on the GIL they share) happens in the feed's thread, in page
+    order, instead of between a response and the next request. Page 1 is fetched first; its
+    ``pages`` (capped at ``max_pages``: the reader refuses more) says how many follow. At most
+    ``in_flight`` pages are being fetched and at most ``queued`` wait for the reader, so memory
+    stays bounded however long the read. A failed fetch or decode is raised to the reader at
+    that page's turn, after the pages before it. ``close()`` stops the fetching (the reader
+    stopping early, a failure elsewhere).
     """
 
     def __init__(
         self,
-        fetch: Callable[[int], P],
+        fetch: Callable[[int], R],
+        decode: Callable[[int, R], P],
         *,
         concurrency: int,
         in_flight: int,
@@ -57,6 +62,7 @@ class PageFeed(Generic[P]):
         """
         Args:
             fetch: Fetches one page by number (retrying as it sees fit).
+            decode: Turns a fetched page (its number and what ``fetch`` returned) into a page.
             concurrency: Threads fetching pages 2..N.
             in_flight: Pages being fetched at once, at most.
             queued: Pages fetched but not yet taken by the reader, at most.
@@ -68,6 +74,7 @@ class PageFeed(Generic[P]):
         if concurrency < 1 or in_flight < 1 or queued < 1:
             raise ValueError("a feed needs concurrency, in_flight and queued >= 1")
         self._fetch = fetch
+        self._decode = decode
         self._concurrency = concurrency
         self._in_flight = in_flight
         self._max_pages = max_pages
@@ -127,7 +134,7 @@ class PageFeed(Generic[P]):
 
     def _run(self) -> None:
         try:
-            first = self._fetch(1)
+            first = self._decode(1, self._fetch(1))
             if not self._put(first):
                 return
             last = min(first.pages, self._max_pages)
@@ -144,14 +151,14 @@ class PageFeed(Generic[P]):
         pool = ThreadPoolExecutor(
             max_workers=min(self._concurrency, last - 1), thread_name_prefix=self._name
         )
-        pending: dict[int, Future[P]] = {}
+        pending: dict[int, Future[R]] = {}
         next_page = 2
         try:
             for number in range(2, last + 1):
                 while next_page <= last and len(pending) < self._in_flight:
                     pending[next_page] = pool.submit(self._fetch, next_page)
                     next_page += 1
-                if not self._put(pending.pop(number).result()):
+                if not self._put(self._decode(number, pending.pop(number).result())):
                     return False
             return True
         finally:

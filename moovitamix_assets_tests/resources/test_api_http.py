@@ -373,3 +373,43 @@ def test_a_streamed_read_hands_on_frames_in_order_equal_to_the_whole_read(api_se
     pd.testing.assert_frame_equal(streamed, whole)
     read = stream.result()
     assert (read.rows, read.total, read.pages_read, len(read.frame)) == (1000, 1000, 10, 0)
+
+
+def test_read_ahead_starts_the_next_endpoint_once_the_previous_has_fetched_every_page(
+    api_server,
+) -> None:
+    server = api_server(records=450, day=DAY)
+    api = client(server)
+    users = api.stream_endpoint("users", chunk_rows=100)
+    tracks = api.stream_endpoint("tracks", chunk_rows=100)
+    users.read_ahead(tracks)
+    server.reset_stats()
+    frames = users.frames()
+    next(frames)
+    assert server.stats().get("tracks", {}).get("requests", 0) == 0  # not before users is in
+    rest = list(frames)
+    # users has fetched its 5 pages: tracks' pages are requested before anyone reads tracks.
+    deadline = time.monotonic() + 5
+    while server.stats().get("tracks", {}).get("requests", 0) < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.stats()["tracks"]["requests"] == 5
+    assert sum(map(len, rest)) == 350
+    streamed = pd.concat(list(tracks.frames()), ignore_index=True)
+    pd.testing.assert_frame_equal(streamed, api.read_endpoint("tracks").frame)
+    assert server.stats()["tracks"]["requests"] == 10  # the read ahead, then read_endpoint's
+    assert tracks.result().pages_read == 5
+
+
+def test_closing_a_stream_read_ahead_stops_its_fetching(api_server) -> None:
+    server = api_server(records=30_000, day=DAY)
+    api = client(server, max_concurrency=2)
+    stream = api.stream_endpoint("users")
+    server.reset_stats()
+    stream.start()
+    time.sleep(0.3)
+    stream.close()
+    stopped = server.stats()["users"]["requests"]
+    time.sleep(0.3)
+    # Bounded (window and queue) and stopped: far fewer than the 300 pages, none after close.
+    assert 0 < stopped < 300
+    assert server.stats()["users"]["requests"] == stopped
