@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -144,8 +143,8 @@ def main() -> None:
 
     from moovitamix_assets.resources.database import normalize_database_url
     from moovitamix_assets.resources.embedded_postgres import (
+        discard_embedded_postgres,
         start_embedded_postgres,
-        stop_embedded_postgres,
     )
 
     with tempfile.TemporaryDirectory(prefix="moovitamix-bench-core-") as tmp:
@@ -164,10 +163,7 @@ def main() -> None:
             read_rows, read_seconds = read_interactions(url)
         finally:
             if server is not None:
-                stop_embedded_postgres(server)
-                # As root the data may live in a fallback folder outside tmp.
-                if not server.pgdata.is_relative_to(tmp):
-                    shutil.rmtree(server.pgdata.parent, ignore_errors=True)
+                discard_embedded_postgres(Path(tmp) / "state")
     print(f"{'core asset':<26}{'rows':>10}{'wall s':>9}{'py RSS MB':>11}{'pg RSS MB':>11}  changes")
     for asset, fig in figures.items():
         counts = fig["counts"]

@@ -61,6 +61,7 @@ def main() -> None:
     from moovitamix_api.server import run_subprocess
     from moovitamix_assets.cli import prepare_environment
     from moovitamix_assets.partitions import utc_today
+    from moovitamix_assets.resources.embedded_postgres import discard_embedded_postgres
 
     partition = utc_today().isoformat()
     with tempfile.TemporaryDirectory(prefix="moovitamix-overhead-") as tmp:
@@ -73,15 +74,19 @@ def main() -> None:
             "in-process (the project's)": ["-m", "moovitamix_assets.definitions"],
             "multiprocess": ["-f", str(multi)],
         }
-        with run_subprocess(["--records", str(args.records)]) as api:
-            env["MOOVITAMIX_API_URL"] = api.base_url
-            # A first run creates every table and the first model; later runs are the daily case.
-            run_once(variants["in-process (the project's)"], env, partition)
-            print(f"{'executor':<28}{'wall s':>8}{'in steps s':>12}{'overhead s':>12}")
-            for name, target in variants.items():
-                for _ in range(args.repeat):
-                    wall, inside = run_once(target, env, partition)
-                    print(f"{name:<28}{wall:>8.1f}{inside:>12.1f}{wall - inside:>12.1f}")
+        try:
+            with run_subprocess(["--records", str(args.records)]) as api:
+                env["MOOVITAMIX_API_URL"] = api.base_url
+                # A first run creates every table and the first model; later runs are the
+                # daily case.
+                run_once(variants["in-process (the project's)"], env, partition)
+                print(f"{'executor':<28}{'wall s':>8}{'in steps s':>12}{'overhead s':>12}")
+                for name, target in variants.items():
+                    for _ in range(args.repeat):
+                        wall, inside = run_once(target, env, partition)
+                        print(f"{name:<28}{wall:>8.1f}{inside:>12.1f}{wall - inside:>12.1f}")
+        finally:
+            discard_embedded_postgres(Path(tmp) / "state")  # its server and data
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ import urllib3
 
 from moovitamix_api.server import run_subprocess
 from moovitamix_assets.constants import ENDPOINTS
+from moovitamix_assets.resources.embedded_postgres import discard_embedded_postgres
 
 
 def peak_rss_mb() -> float:
@@ -136,19 +137,23 @@ def main() -> None:
     pairs: list[tuple[dict, dict]] = []
     with tempfile.TemporaryDirectory(prefix="moovitamix-bench-") as tmp:
         env.setdefault("MOOVITAMIX_STATE_DIR", str(Path(tmp) / "state"))
-        with run_subprocess(["--records", str(args.records), "--seed", str(args.seed)]) as api:
-            print(f"stand-in: {args.records:,} records per endpoint at {api.base_url}")
-            # The two phases alternate, so that a change in the machine's speed between runs
-            # (a shared host drifts by tens of percent) shows in both, not in one.
-            for run in range(1, args.repeat + 1):
-                ceiling = run_phase("ceiling", api.base_url, env, args.concurrency)
-                ingest = run_phase("ingest", api.base_url, env, args.concurrency)
-                pairs.append((ceiling, ingest))
-                print(
-                    f"run {run}: ceiling {ceiling['wall_s']:.2f} s, ingestion "
-                    f"{ingest['wall_s']:.2f} s, ratio {ratio(ceiling, ingest):.0%}",
-                    flush=True,
-                )
+        try:
+            with run_subprocess(["--records", str(args.records), "--seed", str(args.seed)]) as api:
+                print(f"stand-in: {args.records:,} records per endpoint at {api.base_url}")
+                # The two phases alternate, so that a change in the machine's speed between runs
+                # (a shared host drifts by tens of percent) shows in both, not in one.
+                for run in range(1, args.repeat + 1):
+                    ceiling = run_phase("ceiling", api.base_url, env, args.concurrency)
+                    ingest = run_phase("ingest", api.base_url, env, args.concurrency)
+                    pairs.append((ceiling, ingest))
+                    print(
+                        f"run {run}: ceiling {ceiling['wall_s']:.2f} s, ingestion "
+                        f"{ingest['wall_s']:.2f} s, ratio {ratio(ceiling, ingest):.0%}",
+                        flush=True,
+                    )
+        finally:
+            if env["MOOVITAMIX_STATE_DIR"].startswith(tmp):  # ours: stop it, drop its data
+                discard_embedded_postgres(env["MOOVITAMIX_STATE_DIR"])
     print(f"\n{'phase (median)':<16}{'rows':>10}{'wall s':>10}{'rows/s':>12}{'peak RSS MB':>14}")
     medians = []
     for name, index in (("ceiling", 0), ("ingestion", 1)):

@@ -110,6 +110,7 @@ def main() -> None:
         return
 
     from moovitamix_assets.partitions import utc_today
+    from moovitamix_assets.resources.embedded_postgres import discard_embedded_postgres
 
     partition = utc_today().isoformat()
     results: dict[int, list[dict]] = {}
@@ -120,7 +121,10 @@ def main() -> None:
         for size in args.sizes:
             # Each size starts from empty tables: a fresh state folder (or scratch schemas).
             env["MOOVITAMIX_STATE_DIR"] = str(Path(tmp) / f"state-{size}")
-            results[size] = bench_size(size, env, partition)
+            try:
+                results[size] = bench_size(size, env, partition)
+            finally:
+                discard_embedded_postgres(env["MOOVITAMIX_STATE_DIR"])  # its server and data
 
     print(f"\n{'step':<48}" + "".join(f"{s:>14,}" for s in args.sizes) + "   (wall s / peak MB)")
     keys = [r["key"] for r in results[args.sizes[0]]]

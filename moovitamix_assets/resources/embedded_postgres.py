@@ -220,6 +220,24 @@ def stop_embedded_postgres(server: EmbeddedPostgres) -> None:
     )
 
 
+def discard_embedded_postgres(state: str | os.PathLike[str]) -> None:
+    """Stop the embedded server of a throwaway state folder and delete its data.
+
+    For benchmarks and tests: their state folders are temporary, but as root the data may live
+    in the fallback folder outside them (see the module docstring), where nothing would ever
+    remove it, and a server left running keeps its memory and background work.
+
+    Args:
+        state: The state folder the server was started for.
+    """
+    folder = state_dir(state)
+    pgdata = _pgdata_location(folder)
+    if pgdata.exists():
+        stop_embedded_postgres(EmbeddedPostgres(pgdata=pgdata, socket_dir=pgdata, port=0))
+    if not pgdata.is_relative_to(folder):
+        shutil.rmtree(pgdata.parent, ignore_errors=True)
+
+
 def _start_locked(pgdata: Path, durable_init: bool) -> EmbeddedPostgres:
     if _is_root():
         _mirror_binaries_if_unreachable()

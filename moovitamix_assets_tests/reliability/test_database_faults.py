@@ -7,7 +7,6 @@ must fail, the stored data must be exactly as before, and the next run must succ
 
 from __future__ import annotations
 
-import shutil
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from moovitamix_assets.assets.raw.snapshots import ensure_bookkeeping_tables
 from moovitamix_assets.resources.database import dispose_engines
 from moovitamix_assets.resources.embedded_postgres import (
     EmbeddedPostgres,
+    discard_embedded_postgres,
     start_embedded_postgres,
     stop_embedded_postgres,
 )
@@ -155,10 +155,7 @@ def own_server(tmp_path: Path) -> Iterator[OwnServer]:
     yield own
     dispose_engines()
     if own.server is not None:
-        own.stop()
-        # As root the data may live in a fallback folder outside tmp_path (see embedded_postgres).
-        if not own.server.pgdata.is_relative_to(own.state):
-            shutil.rmtree(own.server.pgdata.parent, ignore_errors=True)
+        discard_embedded_postgres(own.state)
 
 
 def test_postgres_restarted_mid_load(own_server, standin, baseline):

@@ -18,10 +18,10 @@ from moovitamix_assets.resources.embedded_postgres import (
     EMBEDDED_DATABASE,
     STATE_DIR_ENV,
     EmbeddedPostgres,
+    discard_embedded_postgres,
     ensure_runtime_dir,
     start_embedded_postgres,
     state_dir,
-    stop_embedded_postgres,
 )
 
 pytestmark = pytest.mark.postgres
@@ -45,9 +45,7 @@ def _postmasters(pgdata: Path) -> list[int]:
 
 
 def _cleanup(server: EmbeddedPostgres, state: Path) -> None:
-    stop_embedded_postgres(server)
-    if not server.pgdata.is_relative_to(state):
-        shutil.rmtree(server.pgdata.parent, ignore_errors=True)
+    discard_embedded_postgres(state)
 
 
 def _start_in_subprocesses(state: Path, count: int, durable: bool = False) -> list[tuple[str, str]]:
@@ -126,6 +124,21 @@ def test_root_never_widens_a_closed_parent_folder(tmp_path: Path) -> None:
             assert server.pgdata == state / "pgdata"
     finally:
         _cleanup(server, state)
+
+
+def test_discarding_a_throwaway_state_stops_its_server_and_deletes_its_data(
+    tmp_path: Path,
+) -> None:
+    # tmp_path's parents are closed to other users: as root the data lives outside it.
+    state = tmp_path / "state"
+    server = start_embedded_postgres(state, durable_init=False)
+    assert _postmasters(server.pgdata)
+    discard_embedded_postgres(state)
+    assert _postmasters(server.pgdata) == []
+    assert not server.is_running()
+    if not server.pgdata.is_relative_to(state):
+        assert not server.pgdata.parent.exists()  # nothing left behind in the fallback folder
+    discard_embedded_postgres(state)  # a second call (nothing running) is harmless
 
 
 def test_long_state_path_gets_a_short_socket() -> None:
