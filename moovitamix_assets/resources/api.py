@@ -23,7 +23,6 @@ from urllib.parse import urlsplit
 
 import dagster as dg
 import pandas as pd
-import requests.utils
 import urllib3
 from pydantic import (
     Field,
@@ -32,17 +31,7 @@ from pydantic import (
     ValidatorFunctionWrapHandler,
     field_validator,
 )
-from urllib3.exceptions import (
-    ConnectTimeoutError,
-    DecodeError,
-    HTTPError,
-    MaxRetryError,
-    NewConnectionError,
-    ProtocolError,
-    ReadTimeoutError,
-    ResponseError,
-)
-from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
+from urllib3.exceptions import HTTPError
 from urllib3.util.retry import Retry
 
 from moovitamix_assets.constants import API_MAX_PAGE_SIZE, ENDPOINTS, USERS_ENDPOINT
@@ -58,7 +47,18 @@ from moovitamix_assets.models.records import (
     validate_values,
 )
 from moovitamix_assets.resources.io_manager import RestartStream
-from moovitamix_assets.resources.page_feed import PageFeed
+from moovitamix_assets.resources.page_feed import PageFeed, fetch_in_threads
+from moovitamix_assets.resources.transport import (
+    NO_RETRY,
+    Connections,
+    CountingRetry,
+    FetchedBody,
+    PageFetchError,
+    RetrySettings,
+    describe_http_error,
+    fetch_page_body,
+    page_path,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -66,15 +66,13 @@ API_URL_ENV_VAR: Final = "MOOVITAMIX_API_URL"
 DEFAULT_BASE_URL: Final = "http://127.0.0.1:8000"
 # The service's OpenAPI schema (a FastAPI app serves it; the contract lists it).
 OPENAPI_PATH: Final = "openapi.json"
-# Transient answers worth another try: rate limiting and the 5xx a proxy or a restarting app gives.
-RETRY_STATUSES: Final = frozenset({429, 500, 502, 503, 504})
 # Valid rows per frame a streamed read hands on (the IO manager COPYs each while reading on).
 STREAM_CHUNK_ROWS: Final = 20_000
+# Pages being fetched at once per connection: enough that the service always has a request
+# waiting while responses travel back and are handed on.
+_IN_FLIGHT_PER_CONNECTION: Final = 16
 # Info-level progress once per this many pages: 10 lines for a million-record endpoint.
 PROGRESS_EVERY_PAGES: Final = 1000
-USER_AGENT: Final = "moovitamix-platform"
-# Characters of an unexpected error body quoted in an exception message.
-_BODY_EXCERPT: Final = 200
 
 
 class ApiError(Exception):
@@ -395,39 +393,6 @@ class ApiProbe:
     seconds: float
 
 
-# Retries are counted per thread: each page is fetched by one thread, so the count a fetch reads
-# after its request is exactly the retries that request needed, even with concurrent reads.
-_retry_tally = threading.local()
-# A probe's single attempt: errors surface at once, redirects are still followed.
-_NO_RETRY: Final = Retry(
-    total=None, connect=0, read=0, status=0, other=0, redirect=5, raise_on_status=False
-)
-
-
-def _tally_retry() -> None:
-    _retry_tally.count = getattr(_retry_tally, "count", 0) + 1
-
-
-class CountingRetry(Retry):
-    """urllib3 ``Retry`` that reports every retry it grants, for the read's metadata."""
-
-    def __init__(self, *args: Any, on_retry: Callable[[], None] | None = None, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.on_retry = on_retry
-
-    def new(self, **kw: Any) -> CountingRetry:
-        retry = super().new(**kw)
-        retry.on_retry = self.on_retry
-        return retry
-
-    def increment(self, *args: Any, **kwargs: Any) -> CountingRetry:
-        # super() raises MaxRetryError once retries are exhausted: only granted retries count.
-        retry = super().increment(*args, **kwargs)
-        if self.on_retry is not None:
-            self.on_retry()
-        return retry
-
-
 def redact_url(url: str) -> str:
     """Return ``scheme://host[:port]/path`` of a URL: no credentials, query or fragment."""
     parts = urlsplit(url)
@@ -436,67 +401,10 @@ def redact_url(url: str) -> str:
     return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
-def _describe_http_error(exc: HTTPError) -> str:
-    """A short cause for an error urllib3 raised (after its retries, for the read pool)."""
-    cause: BaseException = exc
-    if isinstance(exc, MaxRetryError) and exc.reason is not None:
-        cause = exc.reason
-    if isinstance(cause, ReadTimeoutError):
-        return "read timed out"
-    # NewConnectionError subclasses ConnectTimeoutError in urllib3 2: test it first.
-    if isinstance(cause, NewConnectionError):
-        return "cannot connect (connection refused, unknown host or host unreachable)"
-    if isinstance(cause, ConnectTimeoutError):
-        return "connection timed out"
-    if isinstance(cause, ResponseError):
-        return str(cause)  # "too many 503 error responses"
-    if isinstance(cause, ProtocolError):
-        return f"connection broken ({cause})"
-    if isinstance(cause, Urllib3TimeoutError):
-        return "timed out"
-    return f"{type(cause).__name__}: {cause}"
-
-
-_HEADERS: Final = {"Accept": "application/json", "User-Agent": USER_AGENT}
-
-
-def _pool_manager(base_url: str, maxsize: int) -> urllib3.PoolManager:
-    """A connection pool for the API, through the environment's proxy as requests would do."""
-    scheme = urlsplit(base_url).scheme
-    proxy = requests.utils.get_environ_proxies(base_url).get(scheme)
-    if proxy:
-        return urllib3.ProxyManager(proxy, num_pools=2, maxsize=maxsize, headers=_HEADERS)
-    return urllib3.PoolManager(num_pools=2, maxsize=maxsize, headers=_HEADERS)
-
-
-class _Connections:
-    """The API host's pooled connections, and the shortest way to send a GET over them."""
-
-    def __init__(self, base_url: str, maxsize: int) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.manager = _pool_manager(base_url, maxsize)
-        # Straight to the host's pool: the manager's per-request URL parsing, pool lookup and
-        # redirect layer cost 0.2 ms of CPU per page (a third of a request), on the GIL the
-        # decoding needs. Through a proxy, the manager keeps sending absolute URLs itself.
-        self.pool: urllib3.HTTPConnectionPool | None = (
-            None
-            if isinstance(self.manager, urllib3.ProxyManager)
-            else self.manager.connection_from_url(base_url)
-        )
-        self.path = urlsplit(self.base_url).path
-
-    def get(self, path: str, retries: Retry, timeout: urllib3.Timeout) -> urllib3.BaseHTTPResponse:
-        """GET ``path`` (below the base URL, query included); the body is read before returning."""
-        if self.pool is None:
-            return self.manager.urlopen(
-                "GET", f"{self.base_url}/{path}", retries=retries, timeout=timeout
-            )
-        return self.pool.urlopen(
-            "GET", f"{self.path}/{path}", retries=retries, timeout=timeout, headers=_HEADERS
-        )
-
-    def clear(self) -> None:
-        self.manager.clear()
+def _api_error(endpoint: str, exc: PageFetchError) -> ApiError:
+    """The client's error for a page the transport could not fetch."""
+    kind = ApiPageError if exc.not_a_page else ApiError
+    return kind(endpoint, exc.number, exc.reason)
 
 
 @contextmanager
@@ -567,9 +475,7 @@ class MoovitamixApiResource(dg.ConfigurableResource):
     One urllib3 connection pool per resource instance, sized to the page concurrency, with
     urllib3's retries (429 and 5xx with backoff, jitter and ``Retry-After``, connection errors,
     read timeouts and broken bodies). Every request carries a connect and a read timeout.
-    urllib3 directly rather than requests (built on it): a read makes thousands of requests,
-    and requests' per-request work (settings merge, cookies, hooks, proxy and netrc lookups)
-    cost 1.6 ms of CPU per page against 0.7 ms, on the GIL the page decoding needs.
+    The transport (``transport``) is urllib3 itself, not requests: see that module for why.
     """
 
     base_url: str = Field(
@@ -616,7 +522,7 @@ class MoovitamixApiResource(dg.ConfigurableResource):
         "50,000 pages of 100 allow 5 million records.",
     )
 
-    _pool: _Connections | None = PrivateAttr(default=None)
+    _pool: Connections | None = PrivateAttr(default=None)
     _pool_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _retries: CountingRetry | None = PrivateAttr(default=None)
 
@@ -704,48 +610,39 @@ class MoovitamixApiResource(dg.ConfigurableResource):
                 f"{redact_url(self.base_url)!r}"
             )
 
+    def _retry_settings(self) -> RetrySettings:
+        return RetrySettings(
+            max_retries=self.max_retries,
+            backoff_factor=self.backoff_factor,
+            backoff_jitter=self.backoff_jitter,
+            backoff_max=self.backoff_max,
+            retry_after_max=self.retry_after_max,
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
+        )
+
     def _retry_policy(self) -> CountingRetry:
         # Retry objects are immutable (each retry makes a new one): one serves every request.
         with self._pool_lock:
             if self._retries is None:
-                self._retries = self._new_retry_policy()
+                self._retries = self._retry_settings().policy()
             return self._retries
 
-    def _new_retry_policy(self) -> CountingRetry:
-        retries = self.max_retries
-        return CountingRetry(
-            total=retries,
-            connect=retries,
-            read=retries,
-            status=retries,
-            allowed_methods=frozenset({"GET"}),
-            status_forcelist=RETRY_STATUSES,
-            backoff_factor=self.backoff_factor,
-            backoff_jitter=self.backoff_jitter,
-            backoff_max=self.backoff_max,
-            respect_retry_after_header=True,
-            retry_after_max=self.retry_after_max,
-            # An exhausted retry raises instead of handing back the last 5xx as if it were data.
-            raise_on_status=True,
-            on_retry=_tally_retry,
-        )
-
-    def _get_pool(self) -> _Connections:
+    def _get_pool(self) -> Connections:
         with self._pool_lock:
             if self._pool is None:
-                self._pool = _Connections(self.base_url, self.max_concurrency)
+                self._pool = Connections(self.base_url, self.max_concurrency)
             return self._pool
 
     def _get(self, path: str, retries: Retry) -> urllib3.BaseHTTPResponse:
         """GET ``path`` below the base URL with the pool's connections; the body is read (and
         retried) before returning."""
-        timeout = urllib3.Timeout(connect=self.connect_timeout, read=self.read_timeout)
-        return self._get_pool().get(path, retries, timeout)
+        return self._get_pool().get(path, retries, self._retry_settings().timeout())
 
     def _endpoint_path(self, endpoint: str, page: int, size: int) -> str:
         if endpoint not in ENDPOINTS:
             raise ValueError(f"unknown MooVitamix endpoint {endpoint!r} (known: {ENDPOINTS})")
-        return f"{endpoint}?page={page}&size={size}"
+        return page_path(endpoint, page, size)
 
     # Requests ------------------------------------------------------------------------------------
     def _fetch_page(self, endpoint: str, number: int, stats: _ReadStats) -> ApiPage:
@@ -758,50 +655,37 @@ class MoovitamixApiResource(dg.ConfigurableResource):
         """
         return self._decode_page(endpoint, number, self._fetch_body(endpoint, number, stats))
 
-    def _fetch_body(self, endpoint: str, number: int, stats: _ReadStats) -> bytes:
-        """GET one page (with retries); its body, not yet decoded.
+    def _fetch_body(self, endpoint: str, number: int, stats: _ReadStats) -> FetchedBody:
+        """GET one page (with retries) in this process; its body, not yet decoded.
 
         Raises:
             ApiError: The request failed once retries were exhausted, or answered an error
                 status that is not worth retrying (4xx).
             ApiPageError: The body was compressed and does not decompress.
         """
-        _retry_tally.count = 0
-        received = 0
+        self._endpoint_path(endpoint, number, self.page_size)  # an unknown endpoint fails here
         try:
-            response = self._get(
-                self._endpoint_path(endpoint, number, self.page_size), self._retry_policy()
-            )
-            body = response.data
-            received = len(body)
-        except DecodeError as exc:  # a compressed body that does not decompress
-            raise ApiPageError(endpoint, number, f"undecodable body: {exc}") from exc
-        except HTTPError as exc:
-            timeouts = f"connect {self.connect_timeout}s, read {self.read_timeout}s"
-            raise ApiError(
+            fetched = fetch_page_body(
+                self._get_pool(),
+                self._retry_settings(),
+                self._retry_policy(),
                 endpoint,
                 number,
-                f"{_describe_http_error(exc)}; gave up after {_retry_tally.count} retries "
-                f"(max_retries={self.max_retries}, timeouts {timeouts})",
-            ) from exc
-        finally:
-            stats.add(1, _retry_tally.count, received)
-        if response.status >= 400:
-            excerpt = body[:_BODY_EXCERPT].decode("utf-8", "replace")
-            raise ApiError(
-                endpoint,
-                number,
-                f"HTTP {response.status} {response.reason} after "
-                f"{_retry_tally.count} retries: {excerpt}",
+                self.page_size,
             )
-        return body
+        except PageFetchError as exc:
+            stats.add(1, exc.retries, exc.received)
+            raise _api_error(endpoint, exc) from exc
+        stats.add(1, fetched.retries, len(fetched.body))
+        return fetched
 
-    def _decode_page(self, endpoint: str, number: int, body: bytes) -> ApiPage:
+    def _decode_page(self, endpoint: str, number: int, fetched: FetchedBody) -> ApiPage:
         """Decode a page's body, in one pass if it follows the contract exactly.
 
         Raises:
             ApiPageError: The body is not a contract page.
         """
+        body = fetched.body
         conforming = decode_conforming_page(endpoint, body, number, self.page_size)
         if conforming is not None:
             return ApiPage(number, [], conforming.total, conforming.pages, conforming)
@@ -830,10 +714,10 @@ class MoovitamixApiResource(dg.ConfigurableResource):
         started = time.perf_counter()
         try:
             # The probe must fail fast: no retries, unlike page reads.
-            response = self._get(self._endpoint_path(endpoint, 1, 1), _NO_RETRY)
+            response = self._get(self._endpoint_path(endpoint, 1, 1), NO_RETRY)
         except HTTPError as exc:
             raise ApiUnavailableError(
-                endpoint, None, f"API unreachable at {where}: {_describe_http_error(exc)}"
+                endpoint, None, f"API unreachable at {where}: {describe_http_error(exc)}"
             ) from exc
         if response.status != 200:
             raise ApiUnavailableError(
@@ -871,7 +755,7 @@ class MoovitamixApiResource(dg.ConfigurableResource):
             response = self._get(OPENAPI_PATH, self._retry_policy())
         except HTTPError as exc:
             raise ApiUnavailableError(
-                OPENAPI_PATH, None, f"API unreachable at {where}: {_describe_http_error(exc)}"
+                OPENAPI_PATH, None, f"API unreachable at {where}: {describe_http_error(exc)}"
             ) from exc
         if response.status != 200:
             raise ApiUnavailableError(
@@ -962,16 +846,21 @@ class MoovitamixApiResource(dg.ConfigurableResource):
 
     def _page_feed(
         self, endpoint: str, stats: _ReadStats, on_fetched: Callable[[], None] | None = None
-    ) -> PageFeed[bytes, ApiPage]:
+    ) -> PageFeed[FetchedBody, ApiPage]:
         """Pages 1..N of a read of ``endpoint``, fetched ahead of the reader."""
-        return PageFeed(
+        rest = fetch_in_threads(
             lambda number: self._fetch_body(endpoint, number, stats),
-            lambda number, body: self._decode_page(endpoint, number, body),
-            concurrency=self.max_concurrency,
-            # 16 pages per connection in flight and 192 queued (about 10 MB of decoded pages,
-            # a third of a second of the service's work): enough to keep the service busy
-            # while the reader waits for PostgreSQL or hands over to the next endpoint.
-            in_flight=16 * self.max_concurrency,
+            self.max_concurrency,
+            _IN_FLIGHT_PER_CONNECTION * self.max_concurrency,
+            name=f"moovitamix-{endpoint}",
+        )
+        return PageFeed(
+            lambda: self._fetch_body(endpoint, 1, stats),
+            rest,
+            lambda number, fetched: self._decode_page(endpoint, number, fetched),
+            # 192 decoded pages (about 10 MB, a third of a second of the service's work) keep
+            # the service busy while the reader waits for PostgreSQL or hands over to the next
+            # endpoint.
             queued=192,
             max_pages=self.max_pages,
             name=f"moovitamix-{endpoint}",
@@ -980,7 +869,7 @@ class MoovitamixApiResource(dg.ConfigurableResource):
 
     def _read_pages(
         self,
-        feed: PageFeed[bytes, ApiPage],
+        feed: PageFeed[FetchedBody, ApiPage],
         endpoint: str,
         log: logging.Logger,
         attempt: _Attempt,
@@ -1001,7 +890,7 @@ class MoovitamixApiResource(dg.ConfigurableResource):
 
     def _read_feed(
         self,
-        feed: PageFeed[bytes, ApiPage],
+        feed: PageFeed[FetchedBody, ApiPage],
         endpoint: str,
         log: logging.Logger,
         attempt: _Attempt,
@@ -1100,7 +989,9 @@ class EndpointStream:
         self._drift: _TotalDrift | None = None
         self._attempt: _Attempt | None = None
         self._complete = False
-        self._feed: PageFeed[bytes, ApiPage] | None = None  # started ahead of frames(), if at all
+        self._feed: PageFeed[FetchedBody, ApiPage] | None = (
+            None  # started ahead of frames(), if at all
+        )
         self._following: EndpointStream | None = None
 
     def start(self) -> None:
@@ -1122,7 +1013,7 @@ class EndpointStream:
         if self._feed is not None:
             self._feed.close()
 
-    def _new_feed(self) -> PageFeed[bytes, ApiPage]:
+    def _new_feed(self) -> PageFeed[FetchedBody, ApiPage]:
         if self._started is None:
             self._started = time.perf_counter()
         following = self._following

@@ -34,26 +34,52 @@ class _Failure:
         self.error = error
 
 
-class PageFeed(Generic[R, P]):
-    """Pages 1..N fetched by ``concurrency`` threads, decoded in order by the feed's thread.
+def fetch_in_threads(
+    fetch: Callable[[int], R], concurrency: int, in_flight: int, name: str
+) -> Callable[[int], Iterator[R]]:
+    """Pages 2..last fetched by ``concurrency`` threads of this process, yielded in page order.
 
-    The fetching threads only fetch: each sends its next request as soon as a response is in,
-    and the decoding (CPU work on the GIL they share) happens in the feed's thread, in page
-    order, instead of between a response and the next request. Page 1 is fetched first; its
-    ``pages`` (capped at ``max_pages``: the reader refuses more) says how many follow. At most
-    ``in_flight`` pages are being fetched and at most ``queued`` wait for the reader, so memory
-    stays bounded however long the read. A failed fetch or decode is raised to the reader at
-    that page's turn, after the pages before it. ``close()`` stops the fetching (the reader
-    stopping early, a failure elsewhere).
+    At most ``in_flight`` pages are being fetched at once; a failed fetch is raised at its turn.
+    Closing the iterator stops the fetching.
+    """
+
+    def rest(last: int) -> Iterator[R]:
+        if last < 2:
+            return
+        pool = ThreadPoolExecutor(max_workers=min(concurrency, last - 1), thread_name_prefix=name)
+        pending: dict[int, Future[R]] = {}
+        next_page = 2
+        try:
+            for number in range(2, last + 1):
+                while next_page <= last and len(pending) < in_flight:
+                    pending[next_page] = pool.submit(fetch, next_page)
+                    next_page += 1
+                yield pending.pop(number).result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    return rest
+
+
+class PageFeed(Generic[R, P]):
+    """Pages 1..N fetched ahead of the reader, decoded in order by the feed's thread.
+
+    ``first`` fetches page 1, whose ``pages`` (capped at ``max_pages``: the reader refuses more)
+    says how many follow; ``rest(last)`` yields pages 2..last as fetched, in page order (in this
+    process's threads, ``fetch_in_threads``, or in a helper process). Decoding happens in the
+    feed's thread, in page order, not where pages are fetched, so that a response never waits
+    for a decode before the next request goes out. At most ``queued`` decoded pages wait for
+    the reader, so memory stays bounded however long the read. A failed fetch or decode is
+    raised to the reader at that page's turn, after the pages before it. ``close()`` stops the
+    fetching (the reader stopping early, a failure elsewhere).
     """
 
     def __init__(
         self,
-        fetch: Callable[[int], R],
+        first: Callable[[], R],
+        rest: Callable[[int], Iterator[R]],
         decode: Callable[[int, R], P],
         *,
-        concurrency: int,
-        in_flight: int,
         queued: int,
         max_pages: int,
         name: str,
@@ -61,22 +87,20 @@ class PageFeed(Generic[R, P]):
     ) -> None:
         """
         Args:
-            fetch: Fetches one page by number (retrying as it sees fit).
-            decode: Turns a fetched page (its number and what ``fetch`` returned) into a page.
-            concurrency: Threads fetching pages 2..N.
-            in_flight: Pages being fetched at once, at most.
-            queued: Pages fetched but not yet taken by the reader, at most.
+            first: Fetches page 1.
+            rest: Yields pages 2..last (its argument), fetched, in page order.
+            decode: Turns a fetched page (its number and what was fetched) into a page.
+            queued: Pages decoded but not yet taken by the reader, at most.
             max_pages: Never fetch beyond this page, whatever page 1 says.
-            name: Name of the feed's thread (and prefix of its fetching threads).
+            name: Name of the feed's thread.
             on_fetched: Called from the feed's thread once every page was fetched successfully
                 (e.g. to start the next feed while this one's pages are still being used).
         """
-        if concurrency < 1 or in_flight < 1 or queued < 1:
-            raise ValueError("a feed needs concurrency, in_flight and queued >= 1")
-        self._fetch = fetch
+        if queued < 1:
+            raise ValueError("a feed needs queued >= 1")
+        self._first = first
+        self._rest = rest
         self._decode = decode
-        self._concurrency = concurrency
-        self._in_flight = in_flight
         self._max_pages = max_pages
         self._name = name
         self._on_fetched = on_fetched
@@ -109,7 +133,7 @@ class PageFeed(Generic[R, P]):
             yield item  # type: ignore[misc]
 
     def close(self) -> None:
-        """Stop fetching and wait for the feed's threads (pages not taken are dropped)."""
+        """Stop fetching and wait for the feed's thread (pages not taken are dropped)."""
         with self._lock:
             self._stop.set()
             thread = self._thread
@@ -134,32 +158,20 @@ class PageFeed(Generic[R, P]):
 
     def _run(self) -> None:
         try:
-            first = self._decode(1, self._fetch(1))
+            first = self._decode(1, self._first())
             if not self._put(first):
                 return
-            last = min(first.pages, self._max_pages)
-            if last >= 2 and not self._fetch_rest(last):
-                return
+            rest = self._rest(min(first.pages, self._max_pages))
+            try:
+                for number, fetched in enumerate(rest, start=2):
+                    if not self._put(self._decode(number, fetched)):
+                        return
+            finally:
+                close = getattr(rest, "close", None)
+                if close is not None:
+                    close()  # stops the fetching threads or process
             if self._on_fetched is not None:
                 self._on_fetched()
             self._put(_END)
         except BaseException as exc:  # handed to the reader, which raises it
             self._put(_Failure(exc))
-
-    def _fetch_rest(self, last: int) -> bool:
-        """Fetch pages 2..last concurrently, queueing them in order; False if closed."""
-        pool = ThreadPoolExecutor(
-            max_workers=min(self._concurrency, last - 1), thread_name_prefix=self._name
-        )
-        pending: dict[int, Future[R]] = {}
-        next_page = 2
-        try:
-            for number in range(2, last + 1):
-                while next_page <= last and len(pending) < self._in_flight:
-                    pending[next_page] = pool.submit(self._fetch, next_page)
-                    next_page += 1
-                if not self._put(self._decode(number, pending.pop(number).result())):
-                    return False
-            return True
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from moovitamix_assets.resources.page_feed import PageFeed
+from moovitamix_assets.resources.page_feed import PageFeed, fetch_in_threads
 
 
 @dataclass(frozen=True)
@@ -42,16 +42,13 @@ class Source:
         return FakePage(number, self.pages, threading.current_thread().name)
 
 
-def feed(source: Source, **settings: object) -> PageFeed[int, FakePage]:
-    options: dict = {
-        "concurrency": 3,
-        "in_flight": 6,
-        "queued": 4,
-        "max_pages": 1000,
-        "name": "feed-under-test",
-    }
+def feed(
+    source: Source, concurrency: int = 3, in_flight: int = 6, **settings: object
+) -> PageFeed[int, FakePage]:
+    options: dict = {"queued": 4, "max_pages": 1000, "name": "feed-under-test"}
     options.update(settings)
-    return PageFeed(source.fetch, source.decode, **options)
+    rest = fetch_in_threads(source.fetch, concurrency, in_flight, name="fetcher")
+    return PageFeed(lambda: source.fetch(1), rest, source.decode, **options)
 
 
 def test_pages_come_in_order_decoded_by_the_feed_thread_not_the_fetchers() -> None:
@@ -61,7 +58,7 @@ def test_pages_come_in_order_decoded_by_the_feed_thread_not_the_fetchers() -> No
     assert sorted(source.fetched) == list(range(1, 26))  # each page fetched exactly once
     assert {p.decoded_in for p in pages} == {"feed-under-test"}
     # Pages 2..N were fetched by the pool's threads, so a response never waits for a decode.
-    assert len(source.fetch_threads - {"feed-under-test"}) > 1
+    assert len({t for t in source.fetch_threads if t.startswith("fetcher")}) > 1
 
 
 def test_page_one_says_how_many_pages_follow_capped_by_max_pages() -> None:
