@@ -844,9 +844,7 @@ class MoovitamixApiResource(dg.ConfigurableResource):
         self.check_settings()
         return EndpointStream(self, endpoint, log or logger, chunk_rows, timestamps_as_text)
 
-    def _page_feed(
-        self, endpoint: str, stats: _ReadStats, on_fetched: Callable[[], None] | None = None
-    ) -> PageFeed[FetchedBody, ApiPage]:
+    def _page_feed(self, endpoint: str, stats: _ReadStats) -> PageFeed[FetchedBody, ApiPage]:
         """Pages 1..N of a read of ``endpoint``, fetched ahead of the reader."""
         rest = fetch_in_threads(
             lambda number: self._fetch_body(endpoint, number, stats),
@@ -864,7 +862,6 @@ class MoovitamixApiResource(dg.ConfigurableResource):
             queued=192,
             max_pages=self.max_pages,
             name=f"moovitamix-{endpoint}",
-            on_fetched=on_fetched,
         )
 
     def _read_pages(
@@ -875,15 +872,17 @@ class MoovitamixApiResource(dg.ConfigurableResource):
         attempt: _Attempt,
         chunk_rows: int | None,
         timestamps_as_text: bool = False,
+        on_read: Callable[[], None] | None = None,
     ) -> Iterator[pd.DataFrame]:
         """One pass over the feed's pages, yielding typed frames; _TotalDrift if a page disagrees.
 
-        The feed is closed when the pass ends, however it ends.
+        ``on_read`` is called once every page is read and checked, before the last frame is
+        handed on. The feed is closed when the pass ends, however it ends.
         """
         with _collector_skips_older_objects():
             try:
                 yield from self._read_feed(
-                    feed, endpoint, log, attempt, chunk_rows, timestamps_as_text
+                    feed, endpoint, log, attempt, chunk_rows, timestamps_as_text, on_read
                 )
             finally:
                 feed.close()  # stops the fetching threads when the read ends early
@@ -896,6 +895,7 @@ class MoovitamixApiResource(dg.ConfigurableResource):
         attempt: _Attempt,
         chunk_rows: int | None,
         timestamps_as_text: bool,
+        on_read: Callable[[], None] | None,
     ) -> Iterator[pd.DataFrame]:
         pages = iter(feed)
         first = next(pages)
@@ -911,6 +911,8 @@ class MoovitamixApiResource(dg.ConfigurableResource):
                 if chunk_rows is not None and accumulator.rows >= chunk_rows:
                     attempt.rows += accumulator.rows
                     yield accumulator.drain()
+        if on_read is not None:
+            on_read()
         if accumulator.rows:
             attempt.rows += accumulator.rows
             yield accumulator.drain()
@@ -1001,10 +1003,11 @@ class EndpointStream:
         self._feed.start()
 
     def read_ahead(self, following: EndpointStream) -> None:
-        """Start ``following`` as soon as this read has fetched its last page.
+        """Start ``following`` as soon as this read has read and checked its last page.
 
         The service then serves the next endpoint's pages while this one's last rows are being
-        stored and committed, instead of waiting for the hand-over.
+        stored and committed, instead of waiting for the hand-over. A read that fails (a page
+        that cannot be fetched, ``total`` drifting) never starts the next one.
         """
         self._following = following
 
@@ -1016,10 +1019,7 @@ class EndpointStream:
     def _new_feed(self) -> PageFeed[FetchedBody, ApiPage]:
         if self._started is None:
             self._started = time.perf_counter()
-        following = self._following
-        return self._api._page_feed(
-            self.endpoint, self._stats, following.start if following is not None else None
-        )
+        return self._api._page_feed(self.endpoint, self._stats)
 
     def frames(self) -> Iterator[pd.DataFrame]:
         """Read every page from page 1, yielding typed frames (contract columns, in order).
@@ -1042,6 +1042,7 @@ class EndpointStream:
                 attempt,
                 self._chunk_rows,
                 self._timestamps_as_text,
+                on_read=self._following.start if self._following is not None else None,
             )
         except _TotalDrift as drift:
             if self._drift is not None:

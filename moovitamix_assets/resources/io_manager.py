@@ -46,10 +46,22 @@ import psycopg2
 from psycopg2 import sql
 from pydantic import Field
 
+from moovitamix_assets.resources import copy_binary
 from moovitamix_assets.resources.database import (
     PostgresResource,
     create_schema_sql,
     validate_identifier,
+)
+from moovitamix_assets.resources.pg_types import (
+    BIGINT,
+    BIGINT_ARRAY,
+    BOOLEAN,
+    DATE,
+    DOUBLE,
+    JSONB,
+    TEXT,
+    TEXT_ARRAY,
+    TIMESTAMPTZ,
 )
 
 PARTITION_EXPR_KEY: Final = "partition_expr"
@@ -61,15 +73,6 @@ _NULL: Final = "\\N"
 # COPY text format escapes (https://www.postgresql.org/docs/current/sql-copy.html#id-1.9.3.55.9.2).
 _COPY_ESCAPES: Final = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
-BIGINT: Final = "bigint"
-DOUBLE: Final = "double precision"
-BOOLEAN: Final = "boolean"
-TIMESTAMPTZ: Final = "timestamp with time zone"
-DATE: Final = "date"
-TEXT: Final = "text"
-BIGINT_ARRAY: Final = "bigint[]"
-TEXT_ARRAY: Final = "text[]"
-JSONB: Final = "jsonb"
 # Inference results that mean "no value to tell from": adopt the table's type, else a default.
 _UNKNOWN: Final = "unknown"
 _UNKNOWN_ARRAY: Final = "unknown[]"
@@ -413,24 +416,38 @@ def _array_literal(value: Iterable[Any]) -> str:
     return "{" + ",".join(items) + "}"
 
 
-def iter_copy_chunks(
-    df: pd.DataFrame, types: dict[str, str], chunk_rows: int = CHUNK_ROWS
-) -> Iterator[bytes]:
-    """Serialise a frame to COPY text format, ``chunk_rows`` rows at a time.
+def copy_format(types: dict[str, str]) -> str:
+    """``binary`` when every column's type has a binary encoding (``copy_binary``), else ``text``.
 
-    Only one chunk is rendered at a time, so memory stays bounded for large frames.
+    Binary spares PostgreSQL parsing every value back from text (timestamps and arrays above
+    all): half its CPU time on the raw tables, the cores the API and the fetching share.
+    """
+    return "binary" if copy_binary.supports(types) else "text"
+
+
+def iter_copy_chunks(
+    df: pd.DataFrame, types: dict[str, str], chunk_rows: int = CHUNK_ROWS, fmt: str = "text"
+) -> Iterator[bytes]:
+    """Serialise a frame's rows to COPY format, ``chunk_rows`` rows at a time.
+
+    Only one chunk is rendered at a time, so memory stays bounded for large frames. The binary
+    format's header and trailer are not included (``_copy`` adds them around the whole stream).
 
     Args:
         df: The frame (its columns in ``types`` order are written).
         types: Column -> resolved PostgreSQL type.
         chunk_rows: Rows per chunk.
+        fmt: ``text`` or ``binary`` (see ``copy_format``).
 
     Yields:
-        UTF-8 encoded COPY text, one chunk (whole lines) at a time.
+        The rows, one chunk (whole rows) at a time.
     """
     names = list(types)
     for start in range(0, len(df), chunk_rows):
         chunk = df.iloc[start : start + chunk_rows]
+        if fmt == "binary":
+            yield copy_binary.encode_rows(chunk, types)
+            continue
         fields = [copy_text_column(chunk[name], types[name]) for name in names]
         lines = map("\t".join, zip(*fields, strict=True))
         yield ("\n".join(lines) + "\n").encode("utf-8")
@@ -819,9 +836,10 @@ def _replace_rows(
         cur.execute(sql.SQL("SAVEPOINT {}").format(sql.Identifier(_STREAM_SAVEPOINT)))
         while True:
             written.rows = 0
-            chunks = _stream_chunks(frames, frame, types, part, qualified, chunk_rows, written)
+            fmt = copy_format(types)
+            chunks = _stream_chunks(frames, frame, types, part, qualified, chunk_rows, written, fmt)
             try:
-                copied = _copy(cur, target, types, chunks)
+                copied = _copy(cur, target, types, chunks, fmt)
                 break
             except RestartStream:
                 # The source changed under the read and reads again from the start: forget
@@ -831,7 +849,8 @@ def _replace_rows(
                 )
                 frames = stream.frames()
     elif types and len(df):
-        copied = _copy(cur, target, types, iter_copy_chunks(df, types, chunk_rows))
+        fmt = copy_format(types)
+        copied = _copy(cur, target, types, iter_copy_chunks(df, types, chunk_rows, fmt), fmt)
         written.rows = len(df)
     return replaced, copied, table_columns(cur, schema, table) or []
 
@@ -857,8 +876,9 @@ def _stream_chunks(
     qualified: str,
     chunk_rows: int,
     written: _Written,
+    fmt: str,
 ) -> Iterator[bytes]:
-    """COPY text of a stream's frames, checked like a whole frame, as they are produced."""
+    """COPY rows of a stream's frames, checked like a whole frame, as they are produced."""
     for frame in frames:
         if list(frame.columns) != list(model.columns):
             raise ValueError(
@@ -870,18 +890,22 @@ def _stream_chunks(
         if not written.rows:
             written.preview = frame.head(PREVIEW_ROWS)
         written.rows += len(frame)
-        yield from iter_copy_chunks(frame, types, chunk_rows)
+        yield from iter_copy_chunks(frame, types, chunk_rows, fmt)
 
 
-def _copy(cur: Any, target: sql.Composable, types: dict[str, str], chunks: Iterator[bytes]) -> int:
+def _copy(
+    cur: Any, target: sql.Composable, types: dict[str, str], chunks: Iterator[bytes], fmt: str
+) -> int:
     """COPY the chunks into ``target`` (PostgreSQL parses one while the next is serialised).
 
     Returns:
         The bytes COPY'd.
     """
+    if fmt == "binary":
+        chunks = itertools.chain([copy_binary.HEADER], chunks, [copy_binary.TRAILER])
     source = CopySource(prefetch(chunks))
-    copy = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT text)").format(
-        target, sql.SQL(", ").join(map(sql.Identifier, types))
+    copy = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT {})").format(
+        target, sql.SQL(", ").join(map(sql.Identifier, types)), sql.SQL(fmt)
     )
     try:
         cur.copy_expert(copy.as_string(cur), source, size=_COPY_READ_SIZE)

@@ -83,7 +83,6 @@ class PageFeed(Generic[R, P]):
         queued: int,
         max_pages: int,
         name: str,
-        on_fetched: Callable[[], None] | None = None,
     ) -> None:
         """
         Args:
@@ -93,8 +92,6 @@ class PageFeed(Generic[R, P]):
             queued: Pages decoded but not yet taken by the reader, at most.
             max_pages: Never fetch beyond this page, whatever page 1 says.
             name: Name of the feed's thread.
-            on_fetched: Called from the feed's thread once every page was fetched successfully
-                (e.g. to start the next feed while this one's pages are still being used).
         """
         if queued < 1:
             raise ValueError("a feed needs queued >= 1")
@@ -103,7 +100,6 @@ class PageFeed(Generic[R, P]):
         self._decode = decode
         self._max_pages = max_pages
         self._name = name
-        self._on_fetched = on_fetched
         self._queue: queue.Queue[object] = queue.Queue(maxsize=queued)
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -170,8 +166,6 @@ class PageFeed(Generic[R, P]):
                 close = getattr(rest, "close", None)
                 if close is not None:
                     close()  # stops the fetching threads or process
-            if self._on_fetched is not None:
-                self._on_fetched()
             self._put(_END)
         except BaseException as exc:  # handed to the reader, which raises it
             self._put(_Failure(exc))

@@ -388,7 +388,7 @@ def test_read_ahead_starts_the_next_endpoint_once_the_previous_has_fetched_every
     next(frames)
     assert server.stats().get("tracks", {}).get("requests", 0) == 0  # not before users is in
     rest = list(frames)
-    # users has fetched its 5 pages: tracks' pages are requested before anyone reads tracks.
+    # users has read and checked its 5 pages: tracks is requested before anyone reads it.
     deadline = time.monotonic() + 5
     while server.stats().get("tracks", {}).get("requests", 0) < 5 and time.monotonic() < deadline:
         time.sleep(0.01)

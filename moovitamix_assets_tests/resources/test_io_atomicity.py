@@ -9,7 +9,7 @@ import pandas as pd
 import psycopg2
 import pytest
 
-from moovitamix_assets.resources import io_manager
+from moovitamix_assets.resources import copy_binary, io_manager
 from moovitamix_assets.resources.database import connect_psycopg2
 from moovitamix_assets.resources.io_manager import PartitionSlice, read_frame, write_frame
 
@@ -167,11 +167,14 @@ def test_concurrent_writes_of_one_partition_serialise(
 def test_large_frame_is_streamed_in_chunks(pg_url: str) -> None:
     conn = connect_psycopg2(pg_url)
     frame = pd.DataFrame({"id": range(120_000), "name": [f"n{i}" for i in range(120_000)]})
-    chunks = list(io_manager.iter_copy_chunks(frame, {"id": "bigint", "name": "text"}, 50_000))
+    types = {"id": "bigint", "name": "text"}
+    assert io_manager.copy_format(types) == "binary"
+    chunks = list(io_manager.iter_copy_chunks(frame, types, 50_000, "binary"))
     assert len(chunks) == 3
     result = write_frame(conn, "raw", "big", frame)
     assert result.rows == 120_000
-    assert result.copy_bytes == sum(map(len, chunks))
+    framing = len(copy_binary.HEADER) + len(copy_binary.TRAILER)
+    assert result.copy_bytes == sum(map(len, chunks)) + framing
     loaded = read_frame(conn, "raw", "big")
     assert len(loaded) == 120_000
     assert loaded["id"].sum() == frame["id"].sum()
