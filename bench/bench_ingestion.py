@@ -6,9 +6,11 @@ process so that peak RSS is its own:
 * ceiling: a bare concurrent read of every page of the three endpoints (JSON parsed, nothing kept,
   nothing validated, nothing stored) with the client's own transport (urllib3) and concurrency;
 * ingestion: the raw assets materialized through Dagster into PostgreSQL (embedded in a temporary
-  folder unless MOOVITAMIX_DATABASE_URL is set): pagination, validation, rejects, COPY.
+  folder unless MOOVITAMIX_DATABASE_URL is set): pagination, validation, rejects, COPY. Like the
+  daily run, each run writes a day that is not stored yet: the previous run's rows of that day
+  are deleted and vacuumed before the clock starts.
 
-Runs the two phases alternately (``--repeat`` pairs, 3 by default) and prints each pair's ratio,
+Runs the two phases alternately (``--repeat`` pairs, 5 by default) and prints each pair's ratio,
 then the median rows/s, wall seconds and the peak RSS of each phase, and the ratio of the medians
 (target: ingestion >= 70% of the ceiling's rows/s).
 
@@ -18,6 +20,7 @@ then the median rows/s, wall seconds and the peak RSS of each phase, and the rat
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -29,6 +32,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psycopg2.errors
 import urllib3
 
 from moovitamix_api.server import run_subprocess
@@ -65,6 +69,32 @@ def phase_ceiling(url: str, concurrency: int) -> dict:
     return {"rows": rows, "wall_s": wall, "peak_rss_mb": peak_rss_mb()}
 
 
+def forget_partition(database_url: str, partition: str) -> None:
+    """Remove the partition's raw rows left by an earlier run, vacuum, checkpoint (untimed).
+
+    The daily run writes a day that is not stored yet. Without this, every run after the first
+    would also delete the previous run's rows, and the autovacuum of those rows would run
+    during the next phase (usually the next ceiling), slowing whichever phase it lands in.
+    """
+    from moovitamix_assets.resources.database import connect_psycopg2
+
+    conn = connect_psycopg2(database_url)
+    conn.autocommit = True  # VACUUM runs outside a transaction
+    try:
+        with conn.cursor() as cur:
+            for endpoint in ENDPOINTS:
+                cur.execute("SELECT to_regclass(%s)", (f"raw.{endpoint}",))
+                if cur.fetchone()[0] is None:
+                    continue
+                cur.execute(f"DELETE FROM raw.{endpoint} WHERE snapshot_date = %s", (partition,))
+                cur.execute(f"VACUUM raw.{endpoint}")
+            # A server of one's own may not grant pg_checkpoint: vacuumed is enough then.
+            with contextlib.suppress(psycopg2.errors.InsufficientPrivilege):
+                cur.execute("CHECKPOINT")
+    finally:
+        conn.close()
+
+
 def phase_ingest(url: str, partition: str) -> dict:
     import dagster as dg
 
@@ -80,6 +110,7 @@ def phase_ingest(url: str, partition: str) -> dict:
         "warehouse_io_manager": PostgresPandasIOManager(database=postgres),
     }
     postgres.engine()  # start the embedded server before the clock starts
+    forget_partition(postgres.url(), partition)
     # A deployment's instance exists before any run: create it before the clock starts too.
     instance = dg.DagsterInstance.ephemeral()
     started = time.perf_counter()
@@ -119,7 +150,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--concurrency", type=int, default=4)
-    parser.add_argument("--repeat", type=int, default=3, help="ceiling/ingestion pairs to run")
+    parser.add_argument("--repeat", type=int, default=5, help="ceiling/ingestion pairs to run")
     parser.add_argument("--phase", choices=["ceiling", "ingest"])
     parser.add_argument("--url")
     args = parser.parse_args()

@@ -230,6 +230,7 @@ def discard_embedded_postgres(state: str | os.PathLike[str]) -> None:
     Args:
         state: The state folder the server was started for.
     """
+    ensure_runtime_dir()
     folder = state_dir(state)
     pgdata = _pgdata_location(folder)
     if pgdata.exists():

@@ -67,6 +67,7 @@ from moovitamix_assets.resources.pg_types import (
 PARTITION_EXPR_KEY: Final = "partition_expr"
 CHUNK_ROWS: Final = 50_000
 PREVIEW_ROWS: Final = 5
+_BINARY_SLICE_ROWS: Final = 5_000
 # psycopg2 reads the COPY source in blocks of this size.
 _COPY_READ_SIZE: Final = 1 << 20
 _NULL: Final = "\\N"
@@ -446,7 +447,10 @@ def iter_copy_chunks(
     for start in range(0, len(df), chunk_rows):
         chunk = df.iloc[start : start + chunk_rows]
         if fmt == "binary":
-            yield copy_binary.encode_rows(chunk, types)
+            # Slices of 5,000 rows keep the encoder's index arrays (8 bytes per byte written)
+            # in the cache and a few MB, at the same speed.
+            for at in range(0, len(chunk), _BINARY_SLICE_ROWS):
+                yield copy_binary.encode_rows(chunk.iloc[at : at + _BINARY_SLICE_ROWS], types)
             continue
         fields = [copy_text_column(chunk[name], types[name]) for name in names]
         lines = map("\t".join, zip(*fields, strict=True))
