@@ -881,41 +881,27 @@ class MoovitamixApiResource(dg.ConfigurableResource):
         """
         with _collector_skips_older_objects():
             try:
-                yield from self._read_feed(
-                    feed, endpoint, log, attempt, chunk_rows, timestamps_as_text, on_read
-                )
-            finally:
-                feed.close()  # stops the fetching threads when the read ends early
-
-    def _read_feed(
-        self,
-        feed: PageFeed[FetchedBody, ApiPage],
-        endpoint: str,
-        log: logging.Logger,
-        attempt: _Attempt,
-        chunk_rows: int | None,
-        timestamps_as_text: bool,
-        on_read: Callable[[], None] | None,
-    ) -> Iterator[pd.DataFrame]:
-        pages = iter(feed)
-        first = next(pages)
-        plan = PagePlan.from_first_page(endpoint, first, self.page_size, self.max_pages)
-        attempt.plan = plan
-        log.debug("MooVitamix %s: total %d in %d pages", endpoint, plan.total, plan.pages)
-        accumulator = FrameAccumulator(endpoint, timestamps_as_text=timestamps_as_text)
-        # With total 0 there are no pages and page 1 is legitimately empty.
-        if plan.pages >= 1:
-            for page in itertools.chain([first], pages):
-                if not self._consume(endpoint, plan, page, accumulator, attempt, log):
-                    break
-                if chunk_rows is not None and accumulator.rows >= chunk_rows:
+                pages = iter(feed)
+                first = next(pages)
+                plan = PagePlan.from_first_page(endpoint, first, self.page_size, self.max_pages)
+                attempt.plan = plan
+                log.debug("MooVitamix %s: total %d in %d pages", endpoint, plan.total, plan.pages)
+                accumulator = FrameAccumulator(endpoint, timestamps_as_text=timestamps_as_text)
+                # With total 0 there are no pages and page 1 is legitimately empty.
+                if plan.pages >= 1:
+                    for page in itertools.chain([first], pages):
+                        if not self._consume(endpoint, plan, page, accumulator, attempt, log):
+                            break
+                        if chunk_rows is not None and accumulator.rows >= chunk_rows:
+                            attempt.rows += accumulator.rows
+                            yield accumulator.drain()
+                if on_read is not None:
+                    on_read()
+                if accumulator.rows:
                     attempt.rows += accumulator.rows
                     yield accumulator.drain()
-        if on_read is not None:
-            on_read()
-        if accumulator.rows:
-            attempt.rows += accumulator.rows
-            yield accumulator.drain()
+            finally:
+                feed.close()  # stops the fetching threads when the read ends early
 
     def _consume(
         self,
