@@ -401,6 +401,15 @@ def redact_url(url: str) -> str:
     return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
+@dataclass(frozen=True)
+class _Transport:
+    """A resource's pooled connections, retry settings and the retry policy made of them."""
+
+    connections: Connections
+    settings: RetrySettings
+    policy: CountingRetry
+
+
 def _api_error(endpoint: str, exc: PageFetchError) -> ApiError:
     """The client's error for a page the transport could not fetch."""
     kind = ApiPageError if exc.not_a_page else ApiError
@@ -522,9 +531,8 @@ class MoovitamixApiResource(dg.ConfigurableResource):
         "50,000 pages of 100 allow 5 million records.",
     )
 
-    _pool: Connections | None = PrivateAttr(default=None)
+    _transport: _Transport | None = PrivateAttr(default=None)
     _pool_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
-    _retries: CountingRetry | None = PrivateAttr(default=None)
 
     # "wrap" validators see the raw value: an EnvVar.int placeholder is recognised there (pydantic
     # hands an "after" validator a plain 0) and checked at setup, once resolved.
@@ -586,9 +594,9 @@ class MoovitamixApiResource(dg.ConfigurableResource):
     def close(self) -> None:
         """Close the pooled connections (a later call opens new ones)."""
         with self._pool_lock:
-            if self._pool is not None:
-                self._pool.clear()
-            self._pool = None
+            if self._transport is not None:
+                self._transport.connections.clear()
+            self._transport = None
 
     def check_settings(self) -> None:
         """Validate every setting before any request.
@@ -610,34 +618,35 @@ class MoovitamixApiResource(dg.ConfigurableResource):
                 f"{redact_url(self.base_url)!r}"
             )
 
-    def _retry_settings(self) -> RetrySettings:
-        return RetrySettings(
-            max_retries=self.max_retries,
-            backoff_factor=self.backoff_factor,
-            backoff_jitter=self.backoff_jitter,
-            backoff_max=self.backoff_max,
-            retry_after_max=self.retry_after_max,
-            connect_timeout=self.connect_timeout,
-            read_timeout=self.read_timeout,
+    def _get_transport(self) -> _Transport:
+        """The pooled connections and the retry settings, made once per resource instance.
+
+        Retry objects are immutable (each retry makes a new one): one policy serves every request.
+        """
+        with self._pool_lock:
+            if self._transport is None:
+                settings = RetrySettings(
+                    max_retries=self.max_retries,
+                    backoff_factor=self.backoff_factor,
+                    backoff_jitter=self.backoff_jitter,
+                    backoff_max=self.backoff_max,
+                    retry_after_max=self.retry_after_max,
+                    connect_timeout=self.connect_timeout,
+                    read_timeout=self.read_timeout,
+                )
+                self._transport = _Transport(
+                    Connections(self.base_url, self.max_concurrency), settings, settings.policy()
+                )
+            return self._transport
+
+    def _get(self, path: str, retries: Retry | None = None) -> urllib3.BaseHTTPResponse:
+        """GET ``path`` below the base URL with the pool's connections (with the read retry
+        policy unless ``retries`` says otherwise); the body is read (and retried) before
+        returning."""
+        transport = self._get_transport()
+        return transport.connections.get(
+            path, retries or transport.policy, transport.settings.timeout()
         )
-
-    def _retry_policy(self) -> CountingRetry:
-        # Retry objects are immutable (each retry makes a new one): one serves every request.
-        with self._pool_lock:
-            if self._retries is None:
-                self._retries = self._retry_settings().policy()
-            return self._retries
-
-    def _get_pool(self) -> Connections:
-        with self._pool_lock:
-            if self._pool is None:
-                self._pool = Connections(self.base_url, self.max_concurrency)
-            return self._pool
-
-    def _get(self, path: str, retries: Retry) -> urllib3.BaseHTTPResponse:
-        """GET ``path`` below the base URL with the pool's connections; the body is read (and
-        retried) before returning."""
-        return self._get_pool().get(path, retries, self._retry_settings().timeout())
 
     def _endpoint_path(self, endpoint: str, page: int, size: int) -> str:
         if endpoint not in ENDPOINTS:
@@ -663,12 +672,12 @@ class MoovitamixApiResource(dg.ConfigurableResource):
                 status that is not worth retrying (4xx).
             ApiPageError: The body was compressed and does not decompress.
         """
-        self._endpoint_path(endpoint, number, self.page_size)  # an unknown endpoint fails here
+        transport = self._get_transport()
         try:
             fetched = fetch_page_body(
-                self._get_pool(),
-                self._retry_settings(),
-                self._retry_policy(),
+                transport.connections,
+                transport.settings,
+                transport.policy,
                 endpoint,
                 number,
                 self.page_size,
@@ -752,7 +761,7 @@ class MoovitamixApiResource(dg.ConfigurableResource):
         self.check_settings()
         where = f"{redact_url(self.base_url)} (from {API_URL_ENV_VAR})"
         try:
-            response = self._get(OPENAPI_PATH, self._retry_policy())
+            response = self._get(OPENAPI_PATH)
         except HTTPError as exc:
             raise ApiUnavailableError(
                 OPENAPI_PATH, None, f"API unreachable at {where}: {describe_http_error(exc)}"

@@ -65,8 +65,8 @@ class PageFeed(Generic[R, P]):
     """Pages 1..N fetched ahead of the reader, decoded in order by the feed's thread.
 
     ``first`` fetches page 1, whose ``pages`` (capped at ``max_pages``: the reader refuses more)
-    says how many follow; ``rest(last)`` yields pages 2..last as fetched, in page order (in this
-    process's threads, ``fetch_in_threads``, or in a helper process). Decoding happens in the
+    says how many follow; ``rest(last)`` yields pages 2..last as fetched, in page order (e.g.
+    ``fetch_in_threads``). Decoding happens in the
     feed's thread, in page order, not where pages are fetched, so that a response never waits
     for a decode before the next request goes out. At most ``queued`` decoded pages wait for
     the reader, so memory stays bounded however long the read. A failed fetch or decode is

@@ -203,9 +203,8 @@ class PageFetchError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class FetchedBody:
-    """A page's body as received, with what getting it took."""
+    """A page's body as received, with the retries getting it took."""
 
-    number: int
     body: bytes
     retries: int
 
@@ -254,4 +253,4 @@ def fetch_page_body(
             retry_tally(),
             len(body),
         )
-    return FetchedBody(number, body, retry_tally())
+    return FetchedBody(body, retry_tally())
