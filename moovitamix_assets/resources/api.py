@@ -654,16 +654,6 @@ class MoovitamixApiResource(dg.ConfigurableResource):
         return page_path(endpoint, page, size)
 
     # Requests ------------------------------------------------------------------------------------
-    def _fetch_page(self, endpoint: str, number: int, stats: _ReadStats) -> ApiPage:
-        """GET one page (with retries) and decode it.
-
-        Raises:
-            ApiError: The request failed once retries were exhausted, or answered an error
-                status that is not worth retrying (4xx).
-            ApiPageError: The answer was not a contract page.
-        """
-        return self._decode_page(endpoint, number, self._fetch_body(endpoint, number, stats))
-
     def _fetch_body(self, endpoint: str, number: int, stats: _ReadStats) -> FetchedBody:
         """GET one page (with retries) in this process; its body, not yet decoded.
 

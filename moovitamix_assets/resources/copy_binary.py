@@ -16,7 +16,6 @@ Format: https://www.postgresql.org/docs/current/sql-copy.html#SQL-COPY-BINARY-FO
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from datetime import date
 from typing import Any, Final
 
@@ -47,15 +46,6 @@ _POSTGRES_EPOCH_US: Final = _POSTGRES_EPOCH_DAYS * 86_400 * 1_000_000
 def supports(types: dict[str, str]) -> bool:
     """Whether every column's PostgreSQL type can be written in binary format."""
     return bool(types) and all(t in BINARY_TYPES for t in types.values())
-
-
-def iter_binary_copy(chunks: Iterator[pd.DataFrame], types: dict[str, str]) -> Iterator[bytes]:
-    """The binary COPY stream of some frames: the header, one block per frame, the trailer."""
-    yield HEADER
-    for frame in chunks:
-        if len(frame):
-            yield encode_rows(frame, types)
-    yield TRAILER
 
 
 def encode_rows(frame: pd.DataFrame, types: dict[str, str]) -> bytes:
@@ -245,4 +235,4 @@ def _int8_arrays(values: list[Any]) -> tuple[np.ndarray, np.ndarray]:
     return sizes, out
 
 
-__all__ = ["BINARY_TYPES", "encode_rows", "iter_binary_copy", "supports"]
+__all__ = ["BINARY_TYPES", "HEADER", "TRAILER", "encode_rows", "supports"]
