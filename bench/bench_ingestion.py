@@ -4,7 +4,8 @@ Starts the API stand-in with N records per endpoint (default 100,000), then, eac
 process so that peak RSS is its own:
 
 * ceiling: a bare concurrent read of every page of the three endpoints (JSON parsed, nothing kept,
-  nothing validated, nothing stored) with the client's own transport (urllib3) and concurrency;
+  nothing validated, nothing stored) with the client's own transport (``resources/transport.py``)
+  and concurrency;
 * ingestion: the raw assets materialized through Dagster into PostgreSQL (embedded in a temporary
   folder unless MOOVITAMIX_DATABASE_URL is set): pagination, validation, rejects, COPY. Like the
   daily run, each run writes a day that is not stored yet: the previous run's rows of that day
@@ -38,6 +39,7 @@ import urllib3
 from moovitamix_api.server import run_subprocess
 from moovitamix_assets.constants import ENDPOINTS
 from moovitamix_assets.resources.embedded_postgres import discard_embedded_postgres
+from moovitamix_assets.resources.transport import NO_RETRY, Connections, page_path
 
 
 def peak_rss_mb() -> float:
@@ -45,23 +47,21 @@ def peak_rss_mb() -> float:
 
 
 def phase_ceiling(url: str, concurrency: int) -> dict:
-    # The platform's own transport (a urllib3 pool of `concurrency` connections), so that the
-    # ceiling is what any client could read, not what a slower client stack allows.
-    pool = urllib3.PoolManager(maxsize=concurrency)
+    # The platform's own transport (the same host pool and request path, `concurrency`
+    # connections), so that the ceiling is what any client could read, not what a slower client
+    # stack allows.
+    connections = Connections(url, concurrency)
+    timeout = urllib3.Timeout(connect=5, read=30)
     rows = 0
     started = time.perf_counter()
     for endpoint in ENDPOINTS:
 
         def fetch(page: int, endpoint: str = endpoint) -> int:
-            response = pool.request(
-                "GET", f"{url}/{endpoint}", fields={"page": page, "size": 100}, timeout=30
-            )
+            response = connections.get(page_path(endpoint, page, 100), NO_RETRY, timeout)
             assert response.status == 200, response.status
             return len(json.loads(response.data)["items"])
 
-        first = json.loads(
-            pool.request("GET", f"{url}/{endpoint}", fields={"page": 1, "size": 100}).data
-        )
+        first = json.loads(connections.get(page_path(endpoint, 1, 100), NO_RETRY, timeout).data)
         rows += len(first["items"])
         with ThreadPoolExecutor(concurrency) as threads:
             rows += sum(threads.map(fetch, range(2, first["pages"] + 1)))
