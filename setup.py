@@ -26,7 +26,10 @@ setup(
         "numpy>=1.26",
         "scipy>=1.11",
         "requests>=2.31",
-        "urllib3>=2.8",  # Retry(retry_after_max=...); the API client's transport
+        "urllib3>=2.8",  # Retry(retry_after_max=...): the API client's retry policy
+        # The API client's HTTP transport: libcurl, with the GIL released per request.
+        "pycurl>=7.45.6",
+        "certifi>=2024.2",
         # Decodes and validates a whole API page in one pass, in C (models/pages.py).
         "msgspec>=0.19",
         # A real PostgreSQL from pip: the embedded default when MOOVITAMIX_DATABASE_URL is unset.

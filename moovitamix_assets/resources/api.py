@@ -23,7 +23,6 @@ from urllib.parse import urlsplit
 
 import dagster as dg
 import pandas as pd
-import urllib3
 from pydantic import (
     Field,
     PrivateAttr,
@@ -50,6 +49,7 @@ from moovitamix_assets.resources.io_manager import RestartStream
 from moovitamix_assets.resources.page_feed import PageFeed, fetch_in_threads
 from moovitamix_assets.resources.transport import (
     NO_RETRY,
+    Answer,
     Connections,
     CountingRetry,
     FetchedBody,
@@ -481,10 +481,10 @@ class _Attempt:
 class MoovitamixApiResource(dg.ConfigurableResource):
     """Client of the MooVitamix API (resource key ``moovitamix_api``).
 
-    One urllib3 connection pool per resource instance, sized to the page concurrency, with
+    One set of kept-alive connections per resource instance, sized to the page concurrency, with
     urllib3's retries (429 and 5xx with backoff, jitter and ``Retry-After``, connection errors,
     read timeouts and broken bodies). Every request carries a connect and a read timeout.
-    The transport (``transport``) is urllib3 itself, not requests: see that module for why.
+    The transport (``transport``) is libcurl through pycurl, not requests: see that module.
     """
 
     base_url: str = Field(
@@ -639,7 +639,7 @@ class MoovitamixApiResource(dg.ConfigurableResource):
                 )
             return self._transport
 
-    def _get(self, path: str, retries: Retry | None = None) -> urllib3.BaseHTTPResponse:
+    def _get(self, path: str, retries: Retry | None = None) -> Answer:
         """GET ``path`` below the base URL with the pool's connections (with the read retry
         policy unless ``retries`` says otherwise); the body is read (and retried) before
         returning."""
