@@ -663,24 +663,27 @@ def check_partition_values(df: pd.DataFrame, part: PartitionSlice, table: str) -
     values = df[part.column]
     if values.isna().any():
         raise PartitionMismatchError(f"{table}: partition column {part.column!r} holds NULLs")
-    if part.window is not None and len(values):
+    # Each distinct value is judged once: a partition column holds a few values in many rows.
+    distinct = pd.Series(values.unique(), dtype=values.dtype)
+    if part.window is not None and len(distinct):
         start, end = part.window
-        first = values.iloc[0]
+        first = distinct.iloc[0]
         if isinstance(first, dt.date) and not isinstance(first, dt.datetime):
-            inside = [start.date() <= v < end.date() for v in values.tolist()]
+            inside = [start.date() <= v < end.date() for v in distinct.tolist()]
         else:
-            stamps = pd.to_datetime(values, utc=True)
+            stamps = pd.to_datetime(distinct, utc=True)
             inside = ((stamps >= start) & (stamps < end)).tolist()
-        bad = values[[not ok for ok in inside]]
+        bad_values = distinct[[not ok for ok in inside]]
         described = f"[{start.isoformat()}, {end.isoformat()})"
     else:
-        as_text = values.map(lambda v: v.isoformat() if isinstance(v, dt.date) else str(v))
-        bad = values[~as_text.isin(part.keys).to_numpy()]
+        as_text = distinct.map(lambda v: v.isoformat() if isinstance(v, dt.date) else str(v))
+        bad_values = distinct[~as_text.isin(part.keys).to_numpy()]
         described = ", ".join(part.keys)
-    if len(bad):
-        sample = ", ".join(map(str, bad.drop_duplicates().head(3).tolist()))
+    if len(bad_values):
+        rows = int(values.isin(bad_values).sum())
+        sample = ", ".join(map(str, bad_values.head(3).tolist()))
         raise PartitionMismatchError(
-            f"{table}: {len(bad)} row(s) have {part.column} outside the partition(s) being "
+            f"{table}: {rows} row(s) have {part.column} outside the partition(s) being "
             f"written ({described}), e.g. {sample}"
         )
 

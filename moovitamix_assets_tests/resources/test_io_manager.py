@@ -242,10 +242,14 @@ def test_rows_outside_the_partition_are_refused(
     )
     def stray() -> pd.DataFrame:
         return pd.DataFrame(
-            {"snapshot_date": [dt.date(2024, 1, 1), dt.date(2024, 1, 9)], "value": [1, 2]}
+            {
+                "snapshot_date": [dt.date(2024, 1, d) for d in (1, 9, 9, 1, 9)],
+                "value": [1, 2, 3, 4, 5],
+            }
         )
 
-    with pytest.raises(PartitionMismatchError, match=r"raw\.stray.*2024-01-09"):
+    # Rows are counted, distinct values named once.
+    with pytest.raises(PartitionMismatchError, match=r"raw\.stray: 3 row\(s\).*e\.g\. 2024-01-09$"):
         dg.materialize([stray], resources=_resources(io_manager), partition_key="2024-01-01")
     # Nothing was written, not even the table.
     assert _rows(pg_conn, "SELECT to_regclass('raw.stray') IS NULL") == [(True,)]
