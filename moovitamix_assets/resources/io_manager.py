@@ -824,6 +824,8 @@ def _replace_rows(
                         target, sql.Identifier(name), sql.SQL(pg_type)
                     )
                 )
+    if part is not None:
+        _ensure_partition_index(cur, schema, table, part.column)
     conditions: list[sql.Composable] = []
     params: tuple[Any, ...] = ()
     if part is not None:
@@ -934,6 +936,33 @@ def _create_table(cur: Any, schema: str, table: str, types: dict[str, str]) -> N
         for name, pg_type in types.items()
     )
     cur.execute(sql.SQL("CREATE TABLE {} ({})").format(sql.Identifier(schema, table), columns))
+
+
+def _ensure_partition_index(cur: Any, schema: str, table: str, column: str) -> None:
+    """Give a partitioned table a BRIN index on its partition column, if it has no index there.
+
+    Every write deletes its partition and every partitioned read selects it: without an index,
+    both scan the whole history, which grows by a partition a day. The rows of a partition are
+    COPY'd together, so block ranges hold one or a few partitions, and a BRIN index (a few pages
+    for millions of rows, next to nothing to maintain during COPY) skips the rest. A table
+    owned by another role is left as it is (its owner indexes it).
+    """
+    cur.execute(
+        """
+        SELECT pg_has_role(c.relowner, 'USAGE'),
+               EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indkey[0] = a.attnum)
+        FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = %s
+        WHERE c.oid = to_regclass(%s)
+        """,
+        (column, sql.Identifier(schema, table).as_string(cur)),
+    )
+    row = cur.fetchone()
+    if row is not None and row[0] and not row[1]:
+        cur.execute(
+            sql.SQL("CREATE INDEX ON {} USING brin ({})").format(
+                sql.Identifier(schema, table), sql.Identifier(column)
+            )
+        )
 
 
 def read_frame(

@@ -160,6 +160,33 @@ def test_rematerializing_a_partition_replaces_only_it(
     assert metadata["rows_replaced"] == 3
 
 
+def test_a_partitioned_table_gets_one_brin_index_that_serves_the_partition_slice(
+    io_manager: PostgresPandasIOManager, pg_conn: Any
+) -> None:
+    events = _daily_asset({f"2024-01-{d:02d}": list(range(2000)) for d in range(1, 6)})
+    resources = _resources(io_manager)
+    for day in range(1, 6):
+        assert dg.materialize([events], resources=resources, partition_key=f"2024-01-0{day}")
+    assert dg.materialize([events], resources=resources, partition_key="2024-01-03").success
+
+    indexes = _rows(
+        pg_conn, "SELECT indexdef FROM pg_indexes WHERE schemaname = 'raw' AND tablename = 'events'"
+    )
+    assert len(indexes) == 1, indexes  # made once, not once per write
+    assert "USING brin (snapshot_date)" in indexes[0][0]
+    with pg_conn.cursor() as cur:
+        cur.execute("SET enable_seqscan = off")  # the table is small: force the choice
+        try:
+            cur.execute(
+                "EXPLAIN DELETE FROM raw.events "
+                "WHERE snapshot_date >= '2024-01-03' AND snapshot_date < '2024-01-04'"
+            )
+            plan = "\n".join(row[0] for row in cur.fetchall())
+        finally:
+            cur.execute("RESET enable_seqscan")
+    assert "Bitmap Index Scan on events_snapshot_date_idx" in plan, plan
+
+
 def test_backfill_range_writes_and_loads_three_days(
     io_manager: PostgresPandasIOManager, pg_conn: Any
 ) -> None:
