@@ -23,16 +23,16 @@ from moovitamix_assets.constants import (
     USERS_ENDPOINT,
 )
 from moovitamix_assets.freshness import DAILY_FRESHNESS
-from moovitamix_assets.models.records import empty_frame, timestamp_columns
+from moovitamix_assets.models.records import ENDPOINT_FIELDS, FieldKind, empty_frame
 from moovitamix_assets.partitions import daily_partitions, snapshot_date_for
 from moovitamix_assets.resources.api import EndpointRead, EndpointStream, MoovitamixApiResource
 from moovitamix_assets.resources.database import PostgresResource
 from moovitamix_assets.resources.io_manager import (
-    TIMESTAMPTZ,
     FrameStream,
     FrameWithSidecars,
     StreamEnd,
 )
+from moovitamix_assets.resources.pg_types import BIGINT, BIGINT_ARRAY, DATE, TEXT, TIMESTAMPTZ
 
 DESCRIPTIONS: dict[str, str] = {
     USERS_ENDPOINT: "Daily snapshot of every MooVitamix user account, as the API served it.",
@@ -70,6 +70,26 @@ def read_metadata(read: EndpointRead) -> dict[str, dg.MetadataValue]:
 
 
 RAW_KEYS: dict[str, dg.AssetKey] = {e: dg.AssetKey([RAW_SCHEMA, e]) for e in ENDPOINTS}
+
+_COLUMN_TYPES: dict[FieldKind, str] = {
+    FieldKind.INTEGER: BIGINT,
+    FieldKind.STRING: TEXT,
+    FieldKind.DURATION: TEXT,  # "mm:ss" as sent
+    FieldKind.TIMESTAMP: TIMESTAMPTZ,
+    FieldKind.INTEGER_LIST: BIGINT_ARRAY,
+}
+
+
+def raw_column_types(endpoint: str) -> dict[str, str]:
+    """Every column of a raw table with its PostgreSQL type, from the contract.
+
+    Declared rather than inferred from the rows: a first read with no rows (a new service) would
+    otherwise create a table of text columns that no later day's rows fit.
+    """
+    return {
+        SNAPSHOT_DATE_COLUMN: DATE,
+        **{spec.name: _COLUMN_TYPES[spec.kind] for spec in ENDPOINT_FIELDS[endpoint]},
+    }
 
 
 def raw_spec(endpoint: str) -> dg.AssetSpec:
@@ -137,11 +157,11 @@ def snapshot_stream(
         )
 
     template = with_snapshot_date(empty_frame(endpoint), snapshot)
-    # Timestamps travel as the API's validated ISO texts and PostgreSQL parses them in the COPY:
-    # parsing them in Python only to print them back cost a fifth of the client's time.
-    types = dict.fromkeys(timestamp_columns(endpoint), TIMESTAMPTZ)
+    # Timestamps travel as the API's validated ISO texts; the COPY writes them as timestamptz.
     return FrameWithSidecars(
-        FrameStream(template=template, frames=frames, finish=finish, types=types)
+        FrameStream(
+            template=template, frames=frames, finish=finish, types=raw_column_types(endpoint)
+        )
     )
 
 

@@ -103,3 +103,49 @@ def test_rematerializing_the_day_replaces_it(api_server, pg_url):
         assert conn.execute(sa.text("SELECT count(*) FROM raw.users")).scalar_one() == 300
         assert conn.execute(sa.text("SELECT count(*) FROM raw.snapshot_manifest")).scalar_one() == 1
     engine.dispose()
+
+
+def test_a_first_read_with_no_rows_creates_the_contract_types_and_later_rows_load(
+    api_server, pg_url
+):
+    # A new deployment whose API is still empty: the tables come from the contract, not from
+    # the (absent) values, so the first day with records loads into them.
+    today = utc_today().isoformat()
+    empty = api_server(records=0)
+    result = dg.materialize(
+        raw_assets, resources=resources_for(empty.base_url, pg_url), partition_key=today
+    )
+    assert result.success
+    engine = sa.create_engine(pg_url)
+    with engine.connect() as conn:
+        types = dict(
+            conn.execute(
+                sa.text(
+                    "SELECT table_name || '.' || column_name, data_type "
+                    "FROM information_schema.columns WHERE table_schema = 'raw'"
+                )
+            ).all()
+        )
+    assert types["users.snapshot_date"] == "date"
+    assert types["users.id"] == "bigint"
+    assert types["users.created_at"] == "timestamp with time zone"
+    assert types["tracks.duration"] == "text"
+    assert types["listen_history.items"] == "ARRAY"
+    assert types["listen_history.user_id"] == "bigint"
+
+    grown = api_server(records=150)
+    result = dg.materialize(
+        raw_assets, resources=resources_for(grown.base_url, pg_url), partition_key=today
+    )
+    assert result.success
+    with engine.connect() as conn:
+        counts = [
+            conn.execute(sa.text(f"SELECT count(*) FROM raw.{endpoint}")).scalar_one()
+            for endpoint in ("users", "tracks", "listen_history")
+        ]
+        item_type = conn.execute(
+            sa.text("SELECT pg_typeof(items)::text FROM raw.listen_history LIMIT 1")
+        ).scalar_one()
+    engine.dispose()
+    assert counts == [150, 150, 150]
+    assert item_type == "bigint[]"
