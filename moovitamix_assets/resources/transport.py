@@ -263,6 +263,8 @@ class Connections:
             HTTPError: A failure ``retries`` does not retry (e.g. an undecodable body).
         """
         url = f"{self.base_url}/{path}"
+        # urllib3's HTTPConnectionPool.urlopen, step for step: every decision (retry or not,
+        # which counter, how long to sleep, when to give up) is the Retry object's.
         while True:
             try:
                 answer = self._send(url, timeout)
@@ -273,7 +275,9 @@ class Connections:
                 retries = retries.increment("GET", url, error=error)
                 retries.sleep()
                 continue
-            if not retries.is_retry("GET", answer.status, "Retry-After" in answer.headers):
+            # Headers are parsed only for an error answer (a Retry-After counts only there).
+            retry_after = answer.status >= 400 and "Retry-After" in answer.headers
+            if not retries.is_retry("GET", answer.status, retry_after):
                 return answer
             response = answer.as_urllib3()
             try:
