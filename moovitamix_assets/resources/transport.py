@@ -17,6 +17,7 @@ import threading
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -166,44 +167,31 @@ def _ca_bundle() -> str:
     return named or certifi.where()
 
 
+@dataclass(frozen=True, slots=True)
 class Answer:
-    """A response as received: status, body and (parsed on demand) reason and headers."""
+    """A response as received: its status, its body and the wait its ``Retry-After`` asks for.
 
-    __slots__ = ("_header_lines", "_headers", "_reason", "data", "status")
+    Header lines are not collected: each would be a Python callback taking the GIL in the middle
+    of the transfer (six a page). libcurl reads ``Retry-After`` itself (seconds or an HTTP
+    date), the only header the client acts on.
+    """
 
-    def __init__(self, status: int, header_lines: list[bytes], data: bytes) -> None:
-        self.status = status
-        self.data = data
-        self._header_lines = header_lines
-        self._headers: HTTPHeaderDict | None = None
-        self._reason = ""
-
-    def _parse(self) -> HTTPHeaderDict:
-        if self._headers is None:
-            # Redirects (followed) and interim answers leave several blocks: the last one counts.
-            lines = [line.decode("latin-1").rstrip("\r\n") for line in self._header_lines]
-            starts = [i for i, line in enumerate(lines) if line.startswith("HTTP/")]
-            block = lines[starts[-1] :] if starts else lines
-            status_line = block[0].split(" ", 2) if block else []
-            self._reason = status_line[2] if len(status_line) == 3 else ""
-            headers = HTTPHeaderDict()
-            for line in block[1:]:
-                name, sep, value = line.partition(":")
-                if sep:
-                    headers.add(name.strip(), value.strip())
-            self._headers = headers
-        return self._headers
-
-    @property
-    def headers(self) -> HTTPHeaderDict:
-        """The final response's headers (case-insensitive)."""
-        return self._parse()
+    status: int
+    data: bytes
+    retry_after: int = 0  # seconds; 0 when the answer had no Retry-After (or said 0)
 
     @property
     def reason(self) -> str:
-        """The reason phrase of the final status line (empty over HTTP/2)."""
-        self._parse()
-        return self._reason
+        """The status's standard reason phrase."""
+        try:
+            return HTTPStatus(self.status).phrase
+        except ValueError:
+            return ""
+
+    @property
+    def headers(self) -> HTTPHeaderDict:
+        """The headers the retries read: ``Retry-After``, when the answer had one."""
+        return HTTPHeaderDict({"Retry-After": str(self.retry_after)} if self.retry_after else {})
 
     def as_urllib3(self) -> urllib3.HTTPResponse:
         """The answer as urllib3's response, for its ``Retry`` (status, ``Retry-After``)."""
@@ -275,9 +263,7 @@ class Connections:
                 retries = retries.increment("GET", url, error=error)
                 retries.sleep()
                 continue
-            # Headers are parsed only for an error answer (a Retry-After counts only there).
-            retry_after = answer.status >= 400 and "Retry-After" in answer.headers
-            if not retries.is_retry("GET", answer.status, retry_after):
+            if not retries.is_retry("GET", answer.status, answer.retry_after > 0):
                 return answer
             response = answer.as_urllib3()
             try:
@@ -291,11 +277,9 @@ class Connections:
     def _send(self, url: str, timeout: urllib3.Timeout) -> Answer:
         handle = self._checkout()
         body: list[bytes] = []
-        header_lines: list[bytes] = []
         try:
             handle.setopt(pycurl.URL, url)
             handle.setopt(pycurl.WRITEFUNCTION, body.append)
-            handle.setopt(pycurl.HEADERFUNCTION, header_lines.append)
             handle.setopt(pycurl.CONNECTTIMEOUT_MS, _milliseconds(timeout.connect_timeout))
             # urllib3's read timeout bounds each wait for data; libcurl's equivalent is a
             # transfer slower than 1 byte/s for that long, in whole seconds.
@@ -304,7 +288,9 @@ class Connections:
                 handle.perform()
             except pycurl.error as exc:
                 raise _transport_error(handle, exc, url) from exc
-            return Answer(handle.getinfo(pycurl.RESPONSE_CODE), header_lines, b"".join(body))
+            status = handle.getinfo(pycurl.RESPONSE_CODE)
+            retry_after = handle.getinfo(pycurl.RETRY_AFTER) if status >= 400 else 0
+            return Answer(status, b"".join(body), retry_after)
         finally:
             self._checkin(handle)
 
