@@ -67,7 +67,10 @@ DEFAULT_BASE_URL: Final = "http://127.0.0.1:8000"
 # The service's OpenAPI schema (a FastAPI app serves it; the contract lists it).
 OPENAPI_PATH: Final = "openapi.json"
 # Valid rows per frame a streamed read hands on (the IO manager COPYs each while reading on).
-STREAM_CHUNK_ROWS: Final = 20_000
+# Small frames keep the work even: with 20,000 rows, each frame's encoding and COPY came in a
+# burst that held up the fetching, and the service stood idle for 0.9-1.1 s of a 300,000-row
+# ingestion; with 5,000 rows for 0.4-0.6 s (bench/bench_ingestion.py).
+STREAM_CHUNK_ROWS: Final = 5_000
 # Pages being fetched at once per connection: enough that the service always has a request
 # waiting while responses travel back and are handed on.
 _IN_FLIGHT_PER_CONNECTION: Final = 16
