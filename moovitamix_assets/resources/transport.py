@@ -225,14 +225,8 @@ _CONNECT_ERRORS: Final = frozenset(
 
 
 class Connections:
-    """The API host's kept-alive connections (libcurl handles), and a GET with urllib3's retries.
-
-    libcurl instead of urllib3 on the wire: a page's request and response are handled in C, with
-    the GIL released for the whole exchange, where urllib3 (over http.client) spent 0.5 ms of
-    Python per page and took the GIL back at every socket read, so the fetching threads queued
-    behind the decoding and the COPY. Retries stay urllib3's ``Retry`` (backoff, jitter,
-    ``Retry-After``, which errors and statuses count), driven as urllib3's own pool drives it.
-    """
+    """The API host's kept-alive connections (libcurl handles, at most ``maxsize`` kept), and a
+    GET retried by urllib3's ``Retry``, driven as urllib3's own pool drives it."""
 
     def __init__(self, base_url: str, maxsize: int) -> None:
         self.base_url = base_url.rstrip("/")
@@ -280,10 +274,14 @@ class Connections:
         try:
             handle.setopt(pycurl.URL, url)
             handle.setopt(pycurl.WRITEFUNCTION, body.append)
-            handle.setopt(pycurl.CONNECTTIMEOUT_MS, _milliseconds(timeout.connect_timeout))
+            # None (no timeout) becomes 0: libcurl's default for a connection, no read limit.
+            connect, read = timeout.connect_timeout, timeout.read_timeout
+            handle.setopt(
+                pycurl.CONNECTTIMEOUT_MS, 0 if connect is None else math.ceil(connect * 1000)
+            )
             # urllib3's read timeout bounds each wait for data; libcurl's equivalent is a
             # transfer slower than 1 byte/s for that long, in whole seconds.
-            handle.setopt(pycurl.LOW_SPEED_TIME, max(1, math.ceil(_seconds(timeout.read_timeout))))
+            handle.setopt(pycurl.LOW_SPEED_TIME, 0 if read is None else max(1, math.ceil(read)))
             try:
                 handle.perform()
             except pycurl.error as exc:
@@ -324,15 +322,6 @@ class Connections:
             idle, self._idle = self._idle, []
         for handle in idle:
             handle.close()
-
-
-def _seconds(value: float | None) -> float:
-    # urllib3.Timeout gives None for "no timeout": libcurl's 0 means the same.
-    return 0.0 if value is None else float(value)
-
-
-def _milliseconds(value: float | None) -> int:
-    return math.ceil(_seconds(value) * 1000)
 
 
 class PageFetchError(Exception):

@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
-from urllib3.exceptions import DecodeError, MaxRetryError
+import urllib3
+from urllib3.exceptions import DecodeError, MaxRetryError, ReadTimeoutError
 
 from moovitamix_assets.resources.transport import NO_RETRY, Connections, RetrySettings
 
@@ -172,3 +173,16 @@ def test_an_http_base_url_is_not_sent_through_an_https_only_proxy(
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example.test:3128")
     assert Connections("https://api.example.test", 4).proxy == "http://proxy.example.test:3128"
     assert Connections("http://api.example.test", 4).proxy == ""
+
+
+def test_no_read_timeout_waits_for_a_slow_answer_and_a_read_timeout_does_not() -> None:
+    def handle(request: http.server.BaseHTTPRequestHandler) -> None:
+        time.sleep(1.5)
+        reply(request, 200, b"late")
+
+    with serve(handle) as (url, _):
+        unlimited = urllib3.Timeout(connect=2, read=None)
+        assert Connections(url, 1).get("slow", NO_RETRY, unlimited).data == b"late"
+        with pytest.raises(MaxRetryError) as caught:
+            Connections(url, 1).get("slow", NO_RETRY, urllib3.Timeout(connect=2, read=1))
+    assert isinstance(caught.value.reason, ReadTimeoutError)
