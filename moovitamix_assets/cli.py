@@ -19,6 +19,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from moovitamix_api.config import DEFAULT_TASTE, TASTE_ENV, TASTES
 from moovitamix_api.server import run_subprocess
 from moovitamix_assets.constants import ENDPOINTS, RAW_SCHEMA, SNAPSHOT_DATE_COLUMN
 from moovitamix_assets.partitions import utc_today
@@ -38,6 +39,14 @@ storage:
   postgres:
     postgres_url:
       env: {DAGSTER_STORAGE_ENV}
+# One model retraining at a time (the job's moovitamix/exclusive tag), as in deploy/dagster.yaml.
+concurrency:
+  runs:
+    tag_concurrency_limits:
+      - key: moovitamix/exclusive
+        value:
+          applyLimitPerUniqueValue: true
+        limit: 1
 telemetry:
   enabled: false
 """
@@ -74,14 +83,24 @@ def prepare_environment(state_dir: Path) -> dict[str, str]:
 
 
 @contextmanager
-def api_stand_in(env: dict[str, str], records: int, seed: int) -> Iterator[None]:
-    """Run the bundled API stand-in for the duration, unless MOOVITAMIX_API_URL points elsewhere."""
+def api_stand_in(
+    env: dict[str, str], records: int, seed: int, taste: str | None = None
+) -> Iterator[None]:
+    """Run the bundled API stand-in for the duration, unless MOOVITAMIX_API_URL points elsewhere.
+
+    The stand-in inherits ``env``, so its own variables (``MOOVITAMIX_STANDIN_TASTE``,
+    ``MOOVITAMIX_STANDIN_DAY``) configure it; ``taste``, when given, overrides the first.
+    """
     if "MOOVITAMIX_API_URL" in env:
         yield
         return
-    with run_subprocess(["--records", str(records), "--seed", str(seed)], env=env) as api:
+    args = ["--records", str(records), "--seed", str(seed)]
+    if taste is not None:
+        args += ["--taste", taste]
+    with run_subprocess(args, env=env) as api:
         env["MOOVITAMIX_API_URL"] = api.base_url
-        print(f"API stand-in ({records:,} records per endpoint) at {api.base_url}")
+        shown = taste or env.get(TASTE_ENV) or DEFAULT_TASTE
+        print(f"API stand-in ({records:,} records per endpoint, taste {shown}) at {api.base_url}")
         yield
 
 
@@ -146,6 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (run, ui):
         p.add_argument("--records", type=int, default=1000, help="stand-in records per endpoint")
         p.add_argument("--seed", type=int, default=42, help="stand-in seed")
+        p.add_argument(
+            "--taste",
+            choices=sorted(TASTES),
+            default=None,
+            help=f"stand-in listening: structured, or none (uniform random tracks); default: "
+            f"${TASTE_ENV}, else {DEFAULT_TASTE}",
+        )
     return parser
 
 
@@ -160,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
 
     state_dir = resolve_state_dir()
     env = prepare_environment(state_dir)
-    with api_stand_in(env, args.records, args.seed):
+    with api_stand_in(env, args.records, args.seed, args.taste):
         if args.command == "ui":
             return subprocess.call(dagster_dev_command(args.host, args.port), env=env)
         partition = args.partition or utc_today().isoformat()

@@ -19,12 +19,18 @@ daily_refresh_job = dg.define_asset_job(
     ),
 )
 
+RETRAINING_JOB_NAME = "model_retraining"
+# The instance runs at most one run with this tag at a time (tag_concurrency_limits in
+# deploy/dagster.yaml and in the local instance of the CLI): two trainings never collide.
+EXCLUSIVE_TAG = "moovitamix/exclusive"
+
 # Weekly (schedule) or on demand (retraining sensor): split, train, gate, promote, serve.
 retraining_job = dg.define_asset_job(
-    name="model_retraining",
+    name=RETRAINING_JOB_NAME,
     selection=dg.AssetSelection.assets(*RETRAINING_KEYS),
+    tags={EXCLUSIVE_TAG: RETRAINING_JOB_NAME},
     description=(
-        "Train a candidate model, promote it only if its blocking gate passes, then refresh the "
-        "recommendations from the production model."
+        "Train a candidate model and promote it only if it beats what serves beyond the noise; "
+        "then evaluate what serves and refresh every user's recommendations."
     ),
 )

@@ -20,15 +20,17 @@ from moovitamix_assets.resources.database import PostgresResource
 
 def _format_entry(entry: registry.RegistryEntry) -> str:
     precision = entry.metric("candidate", "precision_at_k")
-    baseline = entry.metric("popularity", "precision_at_k")
-    figures = (
-        f"P@k {precision:.4f} vs popularity {baseline:.4f}"
-        if precision is not None and baseline is not None
-        else "no metrics"
-    )
+    serving = entry.metric("serving", "precision_at_k")
+    if entry.is_fallback:
+        figures = "refitted on each day's listening"
+    elif precision is not None and serving is not None:
+        figures = f"P@k {precision:.4f} vs {serving:.4f} for what served then"
+    else:
+        figures = "no metrics"
     day = entry.snapshot.snapshot_date.isoformat() if entry.snapshot.snapshot_date else "-"
     return (
-        f"v{entry.version:<4} {entry.status:<10} trained {entry.trained_at:%Y-%m-%d %H:%M} UTC  "
+        f"v{entry.version:<4} {entry.state:<10} {entry.model_type:<16} "
+        f"registered {entry.trained_at:%Y-%m-%d %H:%M} UTC  "
         f"data {day} ({entry.snapshot.interactions:,} interactions)  {figures}\n"
         f"      gate: {entry.gate_reason}"
     )

@@ -1,7 +1,8 @@
-"""Serialisation of a trained ALS model to checksummed bytes, for a ``bytea`` model registry.
+"""Serialisation of a registry model to checksummed bytes.
 
-The payload is an in-memory ``.npz`` (factors, id maps, JSON-encoded parameters): loading it
-never unpickles anything, so a tampered registry row cannot execute code.
+An ALS model's payload is an in-memory ``.npz`` (factors, id maps, JSON-encoded parameters); the
+fallback's is an ``.npz`` with its header only (it has nothing learned to store). Loading never
+unpickles anything, so a tampered registry row cannot execute code.
 """
 
 import hashlib
@@ -12,9 +13,10 @@ from typing import Final
 
 import numpy as np
 
-from moovitamix_assets.ml.models import AlsModel, AlsParams
+from moovitamix_assets.ml.models import AlsModel, AlsParams, FallbackModel, ServingModel
 
 ARTIFACT_FORMAT: Final = "moovitamix-als-npz"
+FALLBACK_FORMAT: Final = "moovitamix-genre-popularity-npz"
 ARTIFACT_VERSION: Final = 1
 
 
@@ -38,9 +40,14 @@ def _encode_json(value: dict) -> np.ndarray:
     return np.frombuffer(json.dumps(value, sort_keys=True).encode("utf-8"), dtype=np.uint8)
 
 
-def serialize_model(model: AlsModel) -> ModelArtifact:
+def serialize_model(model: ServingModel) -> ModelArtifact:
     """Serialise ``model`` to compressed ``.npz`` bytes with their sha256 checksum."""
     buffer = io.BytesIO()
+    if isinstance(model, FallbackModel):
+        header = {"format": FALLBACK_FORMAT, "version": ARTIFACT_VERSION, "name": model.name}
+        np.savez_compressed(buffer, header=_encode_json(header))
+        payload = buffer.getvalue()
+        return ModelArtifact(payload=payload, sha256=checksum(payload))
     header = {"format": ARTIFACT_FORMAT, "version": ARTIFACT_VERSION}
     np.savez_compressed(
         buffer,
@@ -55,8 +62,8 @@ def serialize_model(model: AlsModel) -> ModelArtifact:
     return ModelArtifact(payload=payload, sha256=checksum(payload))
 
 
-def deserialize_model(payload: bytes, expected_sha256: str | None = None) -> AlsModel:
-    """Rebuild an ``AlsModel`` from ``serialize_model`` bytes.
+def deserialize_model(payload: bytes, expected_sha256: str | None = None) -> ServingModel:
+    """Rebuild a model from ``serialize_model`` bytes.
 
     Args:
         payload: The serialised bytes.
@@ -72,6 +79,8 @@ def deserialize_model(payload: bytes, expected_sha256: str | None = None) -> Als
         raise ValueError("model artifact checksum mismatch: the payload is corrupt or replaced")
     with np.load(io.BytesIO(payload), allow_pickle=False) as archive:
         header = json.loads(archive["header"].tobytes().decode("utf-8"))
+        if header.get("format") == FALLBACK_FORMAT and header.get("version") == ARTIFACT_VERSION:
+            return FallbackModel(name=str(header.get("name", FallbackModel.name)))
         if header.get("format") != ARTIFACT_FORMAT or header.get("version") != ARTIFACT_VERSION:
             raise ValueError(f"unsupported model artifact header: {header}")
         params = AlsParams(**json.loads(archive["params"].tobytes().decode("utf-8")))

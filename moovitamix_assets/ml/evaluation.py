@@ -1,7 +1,7 @@
 """Ranking metrics of top-k recommendations against held-out interactions, vectorised."""
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -18,9 +18,17 @@ METRIC_NAMES: tuple[str, ...] = (
 )
 
 
+# Columns of ``Metrics.per_user``: the per-user values the means are taken over.
+PER_USER_COLUMNS: tuple[str, ...] = ("precision_at_k", "recall_at_k", "map_at_k", "ndcg_at_k")
+
+
 @dataclass(frozen=True)
 class Metrics:
-    """Mean per-user ranking metrics at ``k`` over the users with held-out interactions."""
+    """Mean per-user ranking metrics at ``k`` over the users with held-out interactions.
+
+    ``per_user`` keeps each evaluated user's values (indexed by user id, sorted), so two models
+    scored on the same users can be compared pairwise (``ml.significance``).
+    """
 
     k: int
     precision_at_k: float
@@ -29,9 +37,24 @@ class Metrics:
     ndcg_at_k: float
     coverage: float
     n_users_evaluated: int
+    hits: int = 0
+    per_user: pd.DataFrame | None = field(default=None, compare=False, repr=False)
 
     def as_dict(self) -> dict[str, float | int]:
-        return asdict(self)
+        return {
+            "k": self.k,
+            **{name: float(getattr(self, name)) for name in METRIC_NAMES},
+            "n_users_evaluated": self.n_users_evaluated,
+            "hits": self.hits,
+        }
+
+    def per_user_values(self, metric: str) -> np.ndarray:
+        """Each evaluated user's ``metric`` (a ``PER_USER_COLUMNS`` name), in user id order."""
+        if metric not in PER_USER_COLUMNS:
+            raise ValueError(f"{metric!r} has no per-user value; one of {PER_USER_COLUMNS}")
+        if self.per_user is None:
+            return np.zeros(0, dtype=np.float64)
+        return self.per_user[metric].to_numpy(dtype=np.float64)
 
 
 def evaluate(
@@ -68,7 +91,16 @@ def evaluate(
     n_users = len(n_relevant)
     coverage = top["track_id"].nunique() / catalogue_size
     if n_users == 0:
-        return Metrics(k, 0.0, 0.0, 0.0, 0.0, coverage, 0)
+        return Metrics(
+            k,
+            0.0,
+            0.0,
+            0.0,
+            0.0,
+            coverage,
+            0,
+            per_user=pd.DataFrame({name: np.zeros(0) for name in PER_USER_COLUMNS}),
+        )
 
     hits = top.merge(relevant, on=["user_id", "track_id"], how="inner")
     hits = hits.sort_values(["user_id", "rank"], kind="stable")
@@ -91,14 +123,26 @@ def evaluate(
     discount_cumsum = np.cumsum(1.0 / np.log2(np.arange(2, k + 2, dtype=np.float64)))
     ideal_dcg = discount_cumsum[ideal_hits - 1]
 
+    per_user_values = pd.DataFrame(
+        {
+            "precision_at_k": n_hits / k,
+            "recall_at_k": n_hits / size,
+            "map_at_k": per_user["ap_sum"].to_numpy() / ideal_hits,
+            "ndcg_at_k": per_user["dcg"].to_numpy() / ideal_dcg,
+        },
+        index=n_relevant.index,
+    )
+    means = per_user_values.mean()
     return Metrics(
         k=k,
-        precision_at_k=float(np.mean(n_hits / k)),
-        recall_at_k=float(np.mean(n_hits / size)),
-        map_at_k=float(np.mean(per_user["ap_sum"].to_numpy() / ideal_hits)),
-        ndcg_at_k=float(np.mean(per_user["dcg"].to_numpy() / ideal_dcg)),
+        precision_at_k=float(means["precision_at_k"]),
+        recall_at_k=float(means["recall_at_k"]),
+        map_at_k=float(means["map_at_k"]),
+        ndcg_at_k=float(means["ndcg_at_k"]),
         coverage=float(coverage),
         n_users_evaluated=n_users,
+        hits=int(n_hits.sum()),
+        per_user=per_user_values,
     )
 
 

@@ -1,113 +1,131 @@
-"""Promotion gate of a candidate model and the triggers that ask for retraining."""
+"""Promotion gate of a candidate model and the triggers that ask for retraining.
+
+The gate compares the candidate with the model that serves today (a trained model, or the
+genre-aware popularity fallback) on the same held-out users, and promotes only when the lower
+bound of the lift's confidence interval clears the margin: a lift inside the noise is no reason
+to change what serves, nor is a loss inside the noise a reason to alarm anyone.
+"""
 
 from dataclasses import dataclass, field
+from typing import Final
 
-from moovitamix_assets.ml.evaluation import METRIC_NAMES, Metrics
+from moovitamix_assets.ml.evaluation import PER_USER_COLUMNS, Metrics
+from moovitamix_assets.ml.significance import (
+    DEFAULT_CONFIDENCE,
+    DEFAULT_RESAMPLES,
+    Interval,
+    paired_bootstrap_lift,
+)
+
+SIGNIFICANT: Final = "significant"
+NOT_SIGNIFICANT: Final = "not significant"
+NOT_ENOUGH_EVIDENCE: Final = "not enough evidence"
+
+DEFAULT_MIN_LIFT: Final = 0.0
+# Fewer held-out listens found than this, by both models together, decide nothing.
+DEFAULT_MIN_HITS: Final = 30
+
+
+@dataclass(frozen=True)
+class GateSettings:
+    """How sure the gate must be before it replaces what serves."""
+
+    metric: str = "precision_at_k"
+    min_lift: float = DEFAULT_MIN_LIFT
+    confidence: float = DEFAULT_CONFIDENCE
+    min_hits: int = DEFAULT_MIN_HITS
+    resamples: int = DEFAULT_RESAMPLES
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.metric not in PER_USER_COLUMNS:
+            names = ", ".join(PER_USER_COLUMNS)
+            raise ValueError(f"unknown gate metric {self.metric!r}; expected one of {names}")
+        if self.min_lift < 0:
+            raise ValueError(f"min_lift must be >= 0, got {self.min_lift}")
+        if not 0 < self.confidence < 1:
+            raise ValueError(f"confidence must be in (0, 1), got {self.confidence}")
+        if self.min_hits < 0:
+            raise ValueError(f"min_hits must be >= 0, got {self.min_hits}")
 
 
 @dataclass(frozen=True)
 class PromotionDecision:
-    """Whether to promote the candidate, why, and the figures the decision rests on."""
+    """Whether to promote the candidate, the verdict in words, and the figures behind it."""
 
     promote: bool
+    verdict: str
     reason: str
-    figures: dict[str, float | str | None] = field(default_factory=dict)
-
-
-def _relative_change(value: float, reference: float) -> float | None:
-    # A zero reference has no meaningful relative change; callers compare absolutely instead.
-    return None if reference == 0 else value / reference - 1.0
+    figures: dict[str, float | int | str | None] = field(default_factory=dict)
 
 
 def decide_promotion(
-    candidate: Metrics,
-    baseline: Metrics,
-    production: Metrics | None,
-    min_lift_over_baseline: float,
-    max_regression: float,
-    metric: str = "precision_at_k",
+    candidate: Metrics, serving: Metrics, serving_name: str, settings: GateSettings
 ) -> PromotionDecision:
-    """Promote when the candidate beats the baseline by a relative margin without regressing.
-
-    The candidate must reach ``baseline * (1 + min_lift_over_baseline)`` and, when a production
-    model exists, ``production * (1 - max_regression)``, both on ``metric``.
+    """Promote when the candidate's lift over what serves is larger than the noise and the margin.
 
     Args:
-        candidate: Metrics of the newly trained model.
-        baseline: Metrics of the popularity baseline on the same held-out data.
-        production: Metrics of the current production model on the same data, or None.
-        min_lift_over_baseline: Required relative lift over the baseline (0.1 = +10 %).
-        max_regression: Tolerated relative drop against production (0.05 = -5 %).
-        metric: Name of the metric compared (a field of ``Metrics``).
+        candidate: Metrics of the new model, with per-user values.
+        serving: Metrics of the serving model on the same held-out users.
+        serving_name: What serves, in words (``"genre_popularity v1"``).
+        settings: Metric, margin, confidence level and minimum evidence.
 
     Returns:
-        The decision with a human-readable reason and the compared figures.
+        The decision, with a verdict of ``significant`` (promote), ``not significant`` or ``not
+        enough evidence``.
 
     Raises:
-        ValueError: On an unknown metric or a negative margin.
+        ValueError: The two models were not scored on the same users.
     """
-    if metric not in METRIC_NAMES:
-        raise ValueError(f"unknown metric {metric!r}; expected one of {', '.join(METRIC_NAMES)}")
-    if min_lift_over_baseline < 0 or max_regression < 0:
-        raise ValueError("min_lift_over_baseline and max_regression must be >= 0")
-
-    value = float(getattr(candidate, metric))
-    base = float(getattr(baseline, metric))
-    required_vs_baseline = base * (1.0 + min_lift_over_baseline)
-    figures: dict[str, float | str | None] = {
+    metric = settings.metric
+    if (
+        candidate.per_user is None
+        or serving.per_user is None
+        or not candidate.per_user.index.equals(serving.per_user.index)
+    ):
+        raise ValueError("candidate and serving model must be scored on the same held-out users")
+    lift = paired_bootstrap_lift(
+        candidate.per_user_values(metric),
+        serving.per_user_values(metric),
+        confidence=settings.confidence,
+        resamples=settings.resamples,
+        seed=settings.seed,
+    )
+    figures: dict[str, float | int | str | None] = {
         "metric": metric,
-        "candidate": value,
-        "baseline": base,
-        "lift_over_baseline": _relative_change(value, base),
-        "required_vs_baseline": required_vs_baseline,
-        "production": None,
-        "change_vs_production": None,
-        "required_vs_production": None,
+        "candidate": lift.candidate,
+        "serving": lift.baseline,
+        "serving_model": serving_name,
+        "lift": lift.lift,
+        "lift_low": lift.low,
+        "lift_high": lift.high,
+        "confidence": settings.confidence,
+        "min_lift": settings.min_lift,
+        "min_hits": settings.min_hits,
+        "users": lift.n_users,
+        "candidate_hits": candidate.hits,
+        "serving_hits": serving.hits,
     }
-    # With a zero baseline any positive score is a lift; zero against zero is not.
-    beats_baseline = value >= required_vs_baseline and value > base
-    if not beats_baseline:
-        return PromotionDecision(
-            promote=False,
-            reason=(
-                f"refused: {metric} {value:.4f} does not beat the popularity baseline "
-                f"{base:.4f} by the required {min_lift_over_baseline:.0%} "
-                f"(needs >= {required_vs_baseline:.4f})"
-            ),
-            figures=figures,
-        )
-
-    lift_text = f"{metric} {value:.4f} beats the baseline {base:.4f}"
-    if production is None:
-        return PromotionDecision(
-            promote=True,
-            reason=f"promoted: {lift_text}; no production model to compare with",
-            figures=figures,
-        )
-
-    prod = float(getattr(production, metric))
-    required_vs_production = prod * (1.0 - max_regression)
-    figures.update(
-        production=prod,
-        change_vs_production=_relative_change(value, prod),
-        required_vs_production=required_vs_production,
+    evidence = (
+        f"{metric} {lift.candidate:.4g} vs {lift.baseline:.4g}, {lift.n_users} users, "
+        f"{candidate.hits} vs {serving.hits} hits"
     )
-    if value < required_vs_production:
-        return PromotionDecision(
-            promote=False,
-            reason=(
-                f"refused: {metric} {value:.4f} regresses against production {prod:.4f} by more "
-                f"than the tolerated {max_regression:.0%} (needs >= {required_vs_production:.4f})"
-            ),
-            figures=figures,
-        )
-    return PromotionDecision(
-        promote=True,
-        reason=(
-            f"promoted: {lift_text} and stays within {max_regression:.0%} of production {prod:.4f}"
-        ),
-        figures=figures,
+    if candidate.hits + serving.hits < settings.min_hits:
+        verdict, promote = NOT_ENOUGH_EVIDENCE, False
+    elif lift.lift is None:
+        # What serves found no held-out listen at all, and the candidate found enough of them.
+        promote = True
+        verdict = SIGNIFICANT
+    else:
+        promote = lift.low is not None and lift.low > settings.min_lift
+        verdict = SIGNIFICANT if promote else NOT_SIGNIFICANT
+    figures["verdict"] = verdict
+    outcome = "candidate promoted" if promote else "candidate refused"
+    margin = f" (margin {settings.min_lift:+.0%})" if settings.min_lift else ""
+    reason = (
+        f"lift {lift.describe()} over {serving_name}: {verdict}{margin}, {outcome} ({evidence})"
     )
+    return PromotionDecision(promote=promote, verdict=verdict, reason=reason, figures=figures)
 
 
 def growth_trigger(
@@ -130,11 +148,12 @@ def growth_trigger(
     )
 
 
-def decay_trigger(production_metric: float, threshold: float) -> tuple[bool, str]:
-    """Fire when the production model's metric fell below ``threshold``."""
-    fired = production_metric < threshold
+def decay_trigger(production: Interval, threshold: float) -> tuple[bool, str]:
+    """Fire when the production metric is below ``threshold`` beyond its confidence interval."""
+    fired = production.high < threshold
     comparison = "<" if fired else ">="
     return fired, (
-        f"{'fired' if fired else 'not fired'}: production metric {production_metric:.4f} "
-        f"{comparison} threshold {threshold:.4f}"
+        f"{'fired' if fired else 'not fired'}: production metric {production.mean:.4f} "
+        f"[{production.low:.4f}, {production.high:.4f}], upper bound {comparison} threshold "
+        f"{threshold:.4f}"
     )

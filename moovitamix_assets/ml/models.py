@@ -32,6 +32,7 @@ RANDOM_STATE_DESCRIPTION: Final = "Seed of the factor initialisation (same seed,
 
 SOURCE_ALS: Final = "als"
 SOURCE_COLD_START: Final = "cold_start"
+SOURCE_FALLBACK: Final = "genre_popularity"
 
 DEFAULT_BATCH_SIZE: Final = 10_000
 # implicit marks filtered items with the lowest float32 instead of dropping them.
@@ -119,6 +120,21 @@ class AlsModel:
         self, user_ids: np.ndarray, exclude: sp.csr_matrix | None, k: int
     ) -> pd.DataFrame:
         return recommend_top_k(self, user_ids, exclude, k)
+
+
+@dataclass(frozen=True)
+class FallbackModel:
+    """The genre-aware popularity fallback as a model of the registry.
+
+    It has no learned parameters: whenever it serves or is evaluated it is fitted again on that
+    day's listening (``fit_genre_popularity``), so it stays as current as the data.
+    """
+
+    name: str = SOURCE_FALLBACK
+
+
+# What the registry holds and serving accepts.
+ServingModel = AlsModel | FallbackModel
 
 
 @dataclass(frozen=True, eq=False)

@@ -18,7 +18,7 @@ from pydantic import Field
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-AlertKind = Literal["check_failed", "run_failed", "freshness_failed"]
+AlertKind = Literal["check_failed", "run_failed", "freshness_failed", "model_refused"]
 
 ALERT_WEBHOOK_URL_ENV: Final = "MOOVITAMIX_ALERT_WEBHOOK_URL"
 UI_URL_ENV: Final = "MOOVITAMIX_UI_URL"
@@ -34,7 +34,10 @@ _EMOJI_BY_KIND: Final[Mapping[str, str]] = {
     "check_failed": ":red_circle:",
     "run_failed": ":x:",
     "freshness_failed": ":hourglass:",
+    "model_refused": ":warning:",
 }
+# News rather than failures: logged as warnings when no webhook is set.
+_WARNING_KINDS: Final = frozenset({"freshness_failed", "model_refused"})
 
 _logger = logging.getLogger(__name__)
 
@@ -217,8 +220,9 @@ class AlertNotifier(ConfigurableResource):
         """Deliver one alert; never raises on a delivery problem.
 
         Without a webhook the alert is written to `log` (ERROR for failed checks and runs,
-        WARNING for freshness). A webhook that is down or answers an error is logged, without its
-        URL, and the alert is considered handled: the caller must not resend it on the next tick.
+        WARNING for freshness and refused models). A webhook that is down or answers an error is
+        logged, without its URL, and the alert is considered handled: the caller must not resend
+        it on the next tick.
 
         Args:
             alert: The alert to deliver.
@@ -229,7 +233,7 @@ class AlertNotifier(ConfigurableResource):
             delivery failed.
         """
         log = log or _logger
-        level = logging.WARNING if alert.kind == "freshness_failed" else logging.ERROR
+        level = logging.WARNING if alert.kind in _WARNING_KINDS else logging.ERROR
         if not self.webhook_url:
             log.log(level, "ALERT (no webhook configured)\n%s", format_alert_text(alert))
             return False

@@ -1,18 +1,21 @@
 """The retraining sensor: ask for a new candidate when the data grew or the model decayed.
 
-Two conditions, both judged against the current production model (``ml.model_registry``):
+Two conditions, read from ``ml.model_registry`` and ``ml.model_evaluations``:
 
-* growth: ``core.user_track_interactions`` has grown by at least ``growth_share`` since the
-  production model's data snapshot (``ml.gating.growth_trigger``); with no production model at
-  all, any interaction is growth (the first model gets trained without waiting for the week);
-* decay: the production model's latest daily evaluation (``ml.model_evaluations``) is under a
-  threshold (``ml.gating.decay_trigger``): ``min_metric`` when set, else its own metric at
-  training time reduced by ``max_relative_decay``.
+* growth: ``core.user_track_interactions`` has grown by at least ``growth_share`` since the last
+  training attempt, promoted or refused (``ml.gating.growth_trigger``); before any attempt, any
+  interaction is growth (the first candidate is trained without waiting for the week). After a
+  refusal the trigger re-arms from the refused candidate's data: retraining comes back once there
+  is enough new listening to change the verdict, never on every tick and never never;
+* decay: the production model's latest daily evaluation is under a threshold beyond its
+  confidence interval (``ml.gating.decay_trigger``: the interval's upper bound is below
+  ``min_metric`` when set, else below its own metric at training reduced by
+  ``max_relative_decay``).
 
-Each condition fires at most once per production version: its key (``growth:v3``,
-``decay:v3``, ``growth:none``) is the run key, so the daemon never launches it twice, and it is
-kept in the cursor, so the sensor does not even ask again. A promotion changes the version and
-re-arms both; a refused candidate leaves them spent until the next promotion or the weekly cron.
+Each condition fires once per key (``growth:c5`` = growth since attempt 5, ``decay:v3`` = decay
+of production version 3): the key is the run key, so the daemon never launches it twice, and it
+is kept in the cursor. No request is made while a retraining run is queued or in progress, and
+the job's tag is limited to one run at a time by the instance (``deploy/dagster.yaml``).
 """
 
 import json
@@ -25,8 +28,9 @@ import dagster as dg
 
 from moovitamix_assets.assets.recommendation import registry
 from moovitamix_assets.assets.recommendation.data import count_interactions
-from moovitamix_assets.jobs import retraining_job
+from moovitamix_assets.jobs import RETRAINING_JOB_NAME, retraining_job
 from moovitamix_assets.ml.gating import decay_trigger, growth_trigger
+from moovitamix_assets.ml.significance import Interval
 from moovitamix_assets.resources.database import PostgresResource
 
 SENSOR_NAME: Final = "retraining_sensor"
@@ -68,8 +72,25 @@ class RetrainingThresholds:
             raise ValueError(f"max_relative_decay must be in [0, 1), got {self.max_relative_decay}")
 
 
+def _production_interval(evaluation: registry.Evaluation, metric: str) -> Interval | None:
+    """The evaluation's interval of ``metric``; a point (no interval recorded) is its own bounds."""
+    interval = evaluation.metrics.get("interval") or {}
+    if interval.get("metric") == metric and interval.get("high") is not None:
+        return Interval(
+            float(interval["mean"]),
+            float(interval["low"]),
+            float(interval["high"]),
+            float(interval.get("confidence", 0.95)),
+        )
+    observed = (evaluation.metrics.get("production") or {}).get(metric)
+    if observed is None:
+        return None
+    return Interval(float(observed), float(observed), float(observed), 0.0)
+
+
 def evaluate_triggers(
     production: registry.RegistryEntry | None,
+    last_attempt: registry.RegistryEntry | None,
     current_interactions: int | None,
     latest_evaluation: registry.Evaluation | None,
     thresholds: RetrainingThresholds,
@@ -78,6 +99,7 @@ def evaluate_triggers(
 
     Args:
         production: The production model's registry row, or None.
+        last_attempt: The newest trained model, promoted or refused, or None.
         current_interactions: Rows of ``core.user_track_interactions`` (None: no table yet).
         latest_evaluation: The production model's newest daily evaluation, or None.
         thresholds: Growth and decay thresholds.
@@ -88,14 +110,14 @@ def evaluate_triggers(
     if current_interactions is None:
         return []
     fired: list[Trigger] = []
-    version = f"v{production.version}" if production else "none"
-    baseline = production.snapshot.interactions if production else 0
+    attempt = f"c{last_attempt.version}" if last_attempt else "none"
+    baseline = last_attempt.snapshot.interactions if last_attempt else 0
     grew, reason = growth_trigger(current_interactions, baseline, thresholds.growth_share)
     if grew:
-        fired.append(Trigger(key=f"growth:{version}", kind="growth", reason=reason))
+        fired.append(Trigger(key=f"growth:{attempt}", kind="growth", reason=reason))
     if production is None or latest_evaluation is None:
         return fired
-    observed = (latest_evaluation.metrics.get("production") or {}).get(thresholds.metric)
+    observed = _production_interval(latest_evaluation, thresholds.metric)
     if observed is None:
         return fired
     threshold = thresholds.min_metric
@@ -104,10 +126,26 @@ def evaluate_triggers(
         if at_training is None:
             return fired
         threshold = at_training * (1.0 - thresholds.max_relative_decay)
-    decayed, reason = decay_trigger(float(observed), threshold)
+    decayed, reason = decay_trigger(observed, threshold)
     if decayed:
-        fired.append(Trigger(key=f"decay:{version}", kind="decay", reason=reason))
+        fired.append(Trigger(key=f"decay:v{production.version}", kind="decay", reason=reason))
     return fired
+
+
+_ACTIVE_STATUSES: Final = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+
+def _retraining_in_progress(instance: dg.DagsterInstance) -> str | None:
+    """The id of a queued or running retraining run, if any."""
+    records = instance.get_run_records(
+        dg.RunsFilter(job_name=RETRAINING_JOB_NAME, statuses=_ACTIVE_STATUSES), limit=1
+    )
+    return records[0].dagster_run.run_id if records else None
 
 
 def _fired_keys(cursor: str | None) -> list[str]:
@@ -141,24 +179,33 @@ def build_retraining_sensor(
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=(
-            f"Retrain when interactions grew by {limits.growth_share:.0%} since the production "
-            "model's snapshot, or when its daily evaluation decayed; once per condition and "
-            "production version."
+            f"Retrain when interactions grew by {limits.growth_share:.0%} since the last training "
+            "attempt (promoted or refused), or when the production model's daily evaluation "
+            "decayed beyond its confidence interval; never while a retraining run is active."
         ),
     )
     def retraining_sensor(
         context: dg.SensorEvaluationContext, postgres: PostgresResource
     ) -> dg.SensorResult | dg.SkipReason:
+        running = _retraining_in_progress(context.instance)
+        if running is not None:
+            return dg.SkipReason(f"retraining run {running} is queued or in progress")
         engine = postgres.engine()
         production = registry.production_entry(engine)
         latest = registry.latest_evaluation(engine, production.version) if production else None
-        fired = evaluate_triggers(production, count_interactions(engine), latest, limits)
+        fired = evaluate_triggers(
+            production,
+            registry.latest_trained_entry(engine),
+            count_interactions(engine),
+            latest,
+            limits,
+        )
         already = _fired_keys(context.cursor)
         new = [t for t in fired if t.key not in already]
         if not new:
             if fired:
                 return dg.SkipReason(
-                    "already requested for this production version: "
+                    "already requested for this data and production version: "
                     + "; ".join(f"{t.key} ({t.reason})" for t in fired)
                 )
             return dg.SkipReason("no retraining condition holds")

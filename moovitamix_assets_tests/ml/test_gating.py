@@ -1,88 +1,136 @@
+"""The promotion gate and the retraining triggers, on known per-user results and real models."""
+
+import numpy as np
+import pandas as pd
 import pytest
 
 from moovitamix_assets.ml.evaluation import Metrics, evaluate_on_holdout
-from moovitamix_assets.ml.gating import decay_trigger, decide_promotion, growth_trigger
+from moovitamix_assets.ml.gating import (
+    NOT_ENOUGH_EVIDENCE,
+    NOT_SIGNIFICANT,
+    SIGNIFICANT,
+    GateSettings,
+    decay_trigger,
+    decide_promotion,
+    growth_trigger,
+)
+from moovitamix_assets.ml.significance import Interval
+
+K = 10
 
 
-def _metrics(precision: float) -> Metrics:
-    return Metrics(
-        k=10,
-        precision_at_k=precision,
-        recall_at_k=precision * 5,
-        map_at_k=precision * 2,
-        ndcg_at_k=precision * 3,
-        coverage=0.5,
-        n_users_evaluated=100,
+def _metrics(hits: np.ndarray) -> Metrics:
+    """Metrics of users with one held-out listen each, found (1) or not (0)."""
+    users = np.arange(len(hits))
+    per_user = pd.DataFrame(
+        {
+            "precision_at_k": hits / K,
+            "recall_at_k": hits.astype(float),
+            "map_at_k": hits.astype(float),
+            "ndcg_at_k": hits.astype(float),
+        },
+        index=users,
     )
+    mean = float(hits.mean()) if len(hits) else 0.0
+    return Metrics(K, mean / K, mean, mean, mean, 0.5, len(hits), int(hits.sum()), per_user)
 
 
-def test_promotes_a_candidate_that_beats_the_baseline_without_production() -> None:
-    decision = decide_promotion(_metrics(0.06), _metrics(0.03), None, 0.5, 0.05)
-    assert decision.promote
-    assert decision.reason.startswith("promoted:")
-    assert "no production model" in decision.reason
-    assert decision.figures["lift_over_baseline"] == pytest.approx(1.0)
-    assert decision.figures["production"] is None
+def _hits(n: int, rate: float, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).binomial(1, rate, size=n)
 
 
-def test_refuses_a_candidate_below_the_required_lift() -> None:
-    decision = decide_promotion(_metrics(0.04), _metrics(0.03), None, 0.5, 0.05)
-    assert not decision.promote
-    assert "does not beat the popularity baseline" in decision.reason
-    assert "50%" in decision.reason
-    assert decision.figures["required_vs_baseline"] == pytest.approx(0.045)
+def test_a_lift_far_beyond_the_noise_is_promoted_and_described() -> None:
+    decision = decide_promotion(
+        _metrics(_hits(5_000, 0.3, 1)),
+        _metrics(_hits(5_000, 0.2, 2)),
+        "fallback v1",
+        GateSettings(),
+    )
+    assert decision.promote and decision.verdict == SIGNIFICANT
+    assert decision.figures["lift_low"] > 0
+    assert decision.reason.startswith("lift +")
+    assert "over fallback v1: significant, candidate promoted" in decision.reason
+    assert decision.figures["users"] == 5_000
 
 
-def test_refuses_a_candidate_that_regresses_against_production() -> None:
-    decision = decide_promotion(_metrics(0.06), _metrics(0.03), _metrics(0.07), 0.5, 0.05)
-    assert not decision.promote
-    assert "regresses against production 0.0700" in decision.reason
-    assert decision.figures["change_vs_production"] == pytest.approx(0.06 / 0.07 - 1)
+def test_a_lift_inside_the_noise_is_refused_as_not_significant() -> None:
+    # 600 users: the serving model finds 60 held-out listens, the candidate 66 (+10 %), each
+    # finding 30 the other misses: a difference a coin could make.
+    baseline, candidate = np.zeros(600, dtype=int), np.zeros(600, dtype=int)
+    baseline[:60], candidate[30:96] = 1, 1
+    decision = decide_promotion(_metrics(candidate), _metrics(baseline), "als v2", GateSettings())
+    assert not decision.promote and decision.verdict == NOT_SIGNIFICANT
+    assert decision.figures["lift_low"] < 0 < decision.figures["lift_high"]
+    assert "not significant, candidate refused" in decision.reason
 
 
-def test_promotes_within_the_tolerated_regression() -> None:
-    decision = decide_promotion(_metrics(0.067), _metrics(0.03), _metrics(0.07), 0.5, 0.05)
-    assert decision.promote
-    assert "within 5% of production" in decision.reason
+def test_a_tiny_holdout_is_not_enough_evidence() -> None:
+    candidate, serving = np.zeros(1_000, dtype=int), np.zeros(1_000, dtype=int)
+    candidate[:12], serving[:2] = 1, 1
+    decision = decide_promotion(
+        _metrics(candidate), _metrics(serving), "fallback v1", GateSettings()
+    )
+    assert not decision.promote and decision.verdict == NOT_ENOUGH_EVIDENCE
+    assert "not enough evidence, candidate refused" in decision.reason
 
 
-def test_gate_compares_the_chosen_metric() -> None:
-    candidate = Metrics(10, 0.01, 0.1, 0.1, 0.5, 0.5, 100)
-    baseline = Metrics(10, 0.02, 0.1, 0.1, 0.2, 0.5, 100)
-    assert not decide_promotion(candidate, baseline, None, 0.1, 0.05).promote
-    assert decide_promotion(candidate, baseline, None, 0.1, 0.05, metric="ndcg_at_k").promote
-    with pytest.raises(ValueError, match="unknown metric"):
-        decide_promotion(candidate, baseline, None, 0.1, 0.05, metric="accuracy")
+def test_the_margin_is_applied_to_the_lower_bound() -> None:
+    candidate, serving = _hits(20_000, 0.22, 4), _hits(20_000, 0.2, 5)
+    assert decide_promotion(
+        _metrics(candidate), _metrics(serving), "s", GateSettings(min_lift=0.0)
+    ).promote
+    strict = decide_promotion(
+        _metrics(candidate), _metrics(serving), "s", GateSettings(min_lift=0.2)
+    )
+    assert not strict.promote and "(margin +20%)" in strict.reason
 
 
-def test_zero_against_a_zero_baseline_is_not_a_lift() -> None:
-    assert not decide_promotion(_metrics(0.0), _metrics(0.0), None, 0.0, 0.05).promote
-    assert decide_promotion(_metrics(0.01), _metrics(0.0), None, 0.5, 0.05).promote
+def test_a_serving_model_that_finds_nothing_loses_to_a_candidate_that_finds_enough() -> None:
+    candidate = np.zeros(2_000, dtype=int)
+    candidate[:40] = 1
+    decision = decide_promotion(
+        _metrics(candidate), _metrics(np.zeros(2_000, dtype=int)), "s", GateSettings()
+    )
+    assert decision.promote and decision.figures["lift"] is None
 
 
-def test_gate_promotes_als_on_structured_data(structured) -> None:
+def test_models_scored_on_different_users_are_not_compared() -> None:
+    with pytest.raises(ValueError, match="same held-out users"):
+        decide_promotion(_metrics(np.ones(10)), _metrics(np.ones(11)), "s", GateSettings())
+    with pytest.raises(ValueError, match="unknown gate metric"):
+        GateSettings(metric="coverage")
+
+
+def test_the_gate_promotes_als_over_global_popularity_on_structured_data(structured) -> None:
     results = evaluate_on_holdout(
         {"als": structured.als, "popularity": structured.popularity},
         structured.train,
         structured.split.test,
         catalogue_size=len(structured.data.tracks),
     )
-    decision = decide_promotion(results["als"], results["popularity"], None, 0.5, 0.05)
+    decision = decide_promotion(results["als"], results["popularity"], "pop", GateSettings())
     assert decision.promote, decision.reason
 
 
-def test_gate_refuses_als_trained_on_random_data(random_data) -> None:
+@pytest.mark.parametrize("seed", [21, 22, 23, 24, 25])
+def test_the_gate_never_promotes_als_on_random_data(seed: int) -> None:
+    from moovitamix_assets.ml.models import AlsParams, fit_popularity, train_als
+    from moovitamix_assets.ml.split import time_based_split
+    from moovitamix_assets.ml.synthetic import make_synthetic_dataset
+
+    data = make_synthetic_dataset(3_000, 500, 30_000, structured=False, seed=seed)
+    split = time_based_split(data.interactions, holdout_per_user=1)
+    als = train_als(split.train, AlsParams(random_state=seed))
     results = evaluate_on_holdout(
-        {"als": random_data.als, "popularity": random_data.popularity},
-        random_data.train,
-        random_data.split.test,
-        catalogue_size=len(random_data.data.tracks),
+        {"als": als, "popularity": fit_popularity(split.train, data.tracks)},
+        split.train,
+        split.test,
+        catalogue_size=len(data.tracks),
     )
-    # Sanity: enough hits that the comparison is not noise-dominated.
-    assert results["popularity"].precision_at_k * 10 * random_data.split.n_users_held_out > 200
-    decision = decide_promotion(results["als"], results["popularity"], None, 0.5, 0.05)
-    assert not decision.promote
-    assert "does not beat the popularity baseline" in decision.reason
+    decision = decide_promotion(
+        results["als"], results["popularity"], "pop", GateSettings(seed=seed)
+    )
+    assert not decision.promote, decision.reason
 
 
 def test_growth_trigger() -> None:
@@ -98,8 +146,9 @@ def test_growth_trigger() -> None:
         growth_trigger(10, 5, 0.0)
 
 
-def test_decay_trigger() -> None:
-    fired, reason = decay_trigger(0.01, 0.02)
+def test_decay_fires_only_when_the_whole_interval_is_under_the_threshold() -> None:
+    fired, reason = decay_trigger(Interval(0.010, 0.008, 0.012, 0.95), 0.02)
     assert fired
-    assert "0.0100 < threshold 0.0200" in reason
-    assert not decay_trigger(0.02, 0.02)[0]
+    assert "upper bound < threshold 0.0200" in reason
+    # The point is under the threshold but the interval reaches it: a dip inside the noise.
+    assert not decay_trigger(Interval(0.018, 0.012, 0.024, 0.95), 0.02)[0]

@@ -1,18 +1,22 @@
 """Retraining triggers without a daemon: the weekly cron tick, the growth and the decay sensor."""
 
 from datetime import datetime, timezone
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
 import pytest
 import sqlalchemy as sa
+import yaml
 
 from moovitamix_assets.assets.core.schema import ensure_core_schema
 from moovitamix_assets.assets.recommendation import keys, registry
+from moovitamix_assets.cli import LOCAL_DAGSTER_YAML
 from moovitamix_assets.definitions import defs
-from moovitamix_assets.jobs import daily_refresh_job, retraining_job
+from moovitamix_assets.jobs import EXCLUSIVE_TAG, daily_refresh_job, retraining_job
 from moovitamix_assets.ml.artifacts import serialize_model
 from moovitamix_assets.ml.models import AlsModel, AlsParams
+from moovitamix_assets.ml.significance import Interval
 from moovitamix_assets.resources.database import PostgresResource
 from moovitamix_assets.schedules import build_weekly_retraining_schedule
 from moovitamix_assets.sensors.retraining import (
@@ -23,6 +27,8 @@ from moovitamix_assets.sensors.retraining import (
     evaluate_triggers,
     thresholds_from_env,
 )
+
+DEPLOY_YAML = Path(__file__).resolve().parents[2] / "deploy" / "dagster.yaml"
 
 AT_TRAINING = 0.05  # the production model's precision@10 when it was trained
 THRESHOLDS = RetrainingThresholds(growth_share=0.2, max_relative_decay=0.25)
@@ -51,7 +57,8 @@ def set_interactions(engine: sa.Engine, count: int) -> None:
         )
 
 
-def add_production_model(engine: sa.Engine, interactions: int) -> int:
+def add_model(engine: sa.Engine, interactions: int, *, promote: bool = True) -> int:
+    """Register a trained model (promoted, or refused by its gate) on ``interactions``."""
     model = AlsModel(
         params=AlsParams(factors=1),
         user_ids=np.array([1], dtype=np.int64),
@@ -66,80 +73,95 @@ def add_production_model(engine: sa.Engine, interactions: int) -> int:
         run_id=None,
         snapshot=registry.DataSnapshot(interactions, 1, 1, None),
         parameters={},
-        metrics={"candidate": {"precision_at_k": AT_TRAINING}, "production_version": None},
-        gate_passed=True,
-        gate_reason="promoted: test",
+        metrics={"candidate": {"precision_at_k": AT_TRAINING}, "serving_version": None},
+        gate_passed=promote,
+        gate_reason="test",
         gate_figures={},
     )
-    registry.promote(engine, version)
+    if promote:
+        registry.promote(engine, version)
     return version
 
 
-def daily_evaluation(engine: sa.Engine, version: int, precision: float) -> None:
+def daily_evaluation(engine: sa.Engine, version: int, mean: float, low: float, high: float) -> None:
     registry.record_evaluation(
         engine,
         version,
         evaluated_at=datetime.now(timezone.utc),
         run_id=None,
         snapshot=registry.DataSnapshot(1_000, 1, 1, None),
-        metrics={"production": {"precision_at_k": precision}},
+        metrics={
+            "production": {"precision_at_k": mean},
+            "interval": {"metric": "precision_at_k", "mean": mean, "low": low, "high": high},
+        },
     )
 
 
 def tick(
-    postgres: PostgresResource, cursor: str | None = None
+    postgres: PostgresResource,
+    cursor: str | None = None,
+    instance: dg.DagsterInstance | None = None,
 ) -> tuple[list[dg.RunRequest], str | None, str | None]:
     sensor = build_retraining_sensor(THRESHOLDS)
-    context = dg.build_sensor_context(resources={"postgres": postgres}, cursor=cursor)
-    data = sensor.evaluate_tick(context)
+    with dg.DagsterInstance.ephemeral() as ephemeral:
+        context = dg.build_sensor_context(
+            resources={"postgres": postgres}, cursor=cursor, instance=instance or ephemeral
+        )
+        data = sensor.evaluate_tick(context)
     return list(data.run_requests or []), data.cursor, data.skip_message
 
 
-def test_growth_fires_once_per_production_version(postgres_resource: PostgresResource) -> None:
+def test_growth_fires_once_per_training_attempt_and_rearms_after_a_refusal(
+    postgres_resource: PostgresResource,
+) -> None:
     engine = postgres_resource.engine()
-    version = add_production_model(engine, interactions=1_000)
+    version = add_model(engine, interactions=1_000)
     set_interactions(engine, 1_150)
     requests, cursor, skip = tick(postgres_resource)
     assert requests == [] and "no retraining condition" in skip
 
     set_interactions(engine, 1_250)
     requests, cursor, _ = tick(postgres_resource, cursor)
-    assert [r.run_key for r in requests] == [f"growth:v{version}"]
+    assert [r.run_key for r in requests] == [f"growth:c{version}"]
     assert requests[0].tags[TRIGGER_TAG] == "growth"
     assert "+25.0%" in requests[0].tags["moovitamix/retraining_reason"]
 
-    # The same condition on the same production model is not requested again.
+    # The same condition is not requested again on every tick.
     set_interactions(engine, 1_400)
     again, cursor_after, skip = tick(postgres_resource, cursor)
     assert again == [] and "already requested" in skip and cursor_after in (None, cursor)
 
-    # A new production model re-arms the trigger, against its own snapshot.
-    newer = add_production_model(engine, interactions=1_400)
+    # That run's candidate was refused at 1,400 interactions: the trigger re-arms from there,
+    # and asks again once 20 % more listening could change the verdict.
+    refused = add_model(engine, interactions=1_400, promote=False)
+    assert registry.production_entry(engine).version == version
+    assert tick(postgres_resource, cursor)[0] == []
+    set_interactions(engine, 1_600)
     assert tick(postgres_resource, cursor)[0] == []
     set_interactions(engine, 1_700)
     requests, _, _ = tick(postgres_resource, cursor)
-    assert [r.run_key for r in requests] == [f"growth:v{newer}"]
+    assert [r.run_key for r in requests] == [f"growth:c{refused}"]
 
 
-def test_decay_fires_when_the_daily_evaluation_falls_under_the_threshold(
+def test_decay_fires_only_when_the_interval_is_under_the_threshold(
     postgres_resource: PostgresResource,
 ) -> None:
     engine = postgres_resource.engine()
     set_interactions(engine, 1_000)
-    version = add_production_model(engine, interactions=1_000)
-    # 25 % under 0.05 is 0.0375: 0.04 holds, 0.03 has decayed.
-    daily_evaluation(engine, version, 0.04)
+    version = add_model(engine, interactions=1_000)
+    # 25 % under 0.05 is 0.0375: a point at 0.03 whose interval reaches 0.04 is noise.
+    daily_evaluation(engine, version, 0.03, 0.02, 0.04)
     assert tick(postgres_resource)[0] == []
 
-    daily_evaluation(engine, version, 0.03)
+    daily_evaluation(engine, version, 0.03, 0.025, 0.035)
     requests, cursor, _ = tick(postgres_resource)
     assert [r.run_key for r in requests] == [f"decay:v{version}"]
     assert requests[0].tags[TRIGGER_TAG] == "decay"
-    assert "0.0300 < threshold 0.0375" in requests[0].tags["moovitamix/retraining_reason"]
+    assert "upper bound < threshold 0.0375" in requests[0].tags["moovitamix/retraining_reason"]
     assert tick(postgres_resource, cursor)[0] == []
 
 
-def test_no_production_model_asks_for_a_first_one_once(
+def test_before_any_training_a_first_candidate_is_asked_for_once(
     postgres_resource: PostgresResource,
 ) -> None:
     engine = postgres_resource.engine()
@@ -152,10 +174,36 @@ def test_no_production_model_asks_for_a_first_one_once(
     assert tick(postgres_resource, cursor)[0] == []
 
 
+def test_no_request_while_a_retraining_run_is_queued_or_running(
+    postgres_resource: PostgresResource,
+) -> None:
+    set_interactions(postgres_resource.engine(), 10)
+    with dg.DagsterInstance.ephemeral() as instance:
+        run = dg.DagsterRun(job_name=retraining_job.name, status=dg.DagsterRunStatus.STARTED)
+        instance.add_run(run)
+        requests, _, skip = tick(postgres_resource, instance=instance)
+        assert requests == [] and run.run_id in skip and "in progress" in skip
+        instance.report_run_failed(run)
+        requests, _, _ = tick(postgres_resource, instance=instance)
+    assert [r.run_key for r in requests] == ["growth:none"]
+
+
+@pytest.mark.parametrize("source", ["deploy", "local"])
+def test_the_instance_runs_one_retraining_at_a_time(source: str) -> None:
+    config = yaml.safe_load(DEPLOY_YAML.read_text() if source == "deploy" else LOCAL_DAGSTER_YAML)
+    limits = config["concurrency"]["runs"]["tag_concurrency_limits"]
+    exclusive = [limit for limit in limits if limit["key"] == EXCLUSIVE_TAG]
+    assert exclusive == [
+        {"key": EXCLUSIVE_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
+    ]
+    assert retraining_job.tags[EXCLUSIVE_TAG] == retraining_job.name
+
+
 def test_trigger_rules_on_plain_values() -> None:
     production = registry.RegistryEntry(
         version=3,
         status="production",
+        model_type="als",
         trained_at=datetime(2026, 11, 16, tzinfo=timezone.utc),
         run_id=None,
         snapshot=registry.DataSnapshot(1_000, 1, 1, None),
@@ -165,13 +213,25 @@ def test_trigger_rules_on_plain_values() -> None:
         gate_reason="",
     )
     decayed = registry.Evaluation(
-        3, datetime.now(timezone.utc), production.snapshot, {"production": {"precision_at_k": 0.01}}
+        3,
+        datetime.now(timezone.utc),
+        production.snapshot,
+        {"interval": {"metric": "precision_at_k", "mean": 0.01, "low": 0.005, "high": 0.015}},
     )
-    both = evaluate_triggers(production, 1_300, decayed, THRESHOLDS)
-    assert [t.key for t in both] == ["growth:v3", "decay:v3"]
-    assert evaluate_triggers(production, None, decayed, THRESHOLDS) == []
+    both = evaluate_triggers(production, production, 1_300, decayed, THRESHOLDS)
+    assert [t.key for t in both] == ["growth:c3", "decay:v3"]
+    assert evaluate_triggers(production, production, None, decayed, THRESHOLDS) == []
     absolute = RetrainingThresholds(growth_share=0.5, min_metric=0.005)
-    assert evaluate_triggers(production, 1_300, decayed, absolute) == []
+    assert evaluate_triggers(production, production, 1_300, decayed, absolute) == []
+    # A point without an interval (an evaluation recorded before intervals) is its own bounds.
+    point = registry.Evaluation(
+        3, decayed.evaluated_at, production.snapshot, {"production": {"precision_at_k": 0.01}}
+    )
+    assert [t.key for t in evaluate_triggers(production, None, 10, point, THRESHOLDS)] == [
+        "growth:none",
+        "decay:v3",
+    ]
+    assert Interval(0.01, 0.01, 0.01, 0.0).high == 0.01
     with pytest.raises(ValueError):
         RetrainingThresholds(growth_share=0)
 

@@ -4,34 +4,39 @@ Thin wrappers: the data reads are in ``data.py``, the steps in ``pipeline.py`` (
 ``moovitamix_assets.ml`` package) and the registry SQL in ``registry.py``.
 """
 
+import math
 import time
 from datetime import datetime, timezone
 from typing import Any
 
 import dagster as dg
 import pandas as pd
+import sqlalchemy as sa
 from pydantic import Field
 
 from moovitamix_assets.assets.core.assets import CORE_INTERACTIONS, CORE_TRACKS, CORE_USERS
-from moovitamix_assets.assets.recommendation import keys, pipeline, registry
+from moovitamix_assets.assets.recommendation import keys, pipeline, registry, serving
 from moovitamix_assets.assets.recommendation.data import read_model_inputs
 from moovitamix_assets.constants import ML_SCHEMA, RECOMMENDATION_GROUP
 from moovitamix_assets.freshness import DAILY_FRESHNESS, WEEKLY_FRESHNESS
 from moovitamix_assets.ml.artifacts import serialize_model
-from moovitamix_assets.ml.evaluation import DEFAULT_K, METRIC_NAMES, Metrics
-from moovitamix_assets.ml.gating import decide_promotion
+from moovitamix_assets.ml.evaluation import DEFAULT_K, METRIC_NAMES, PER_USER_COLUMNS, Metrics
+from moovitamix_assets.ml.gating import GateSettings, decide_promotion
 from moovitamix_assets.ml.models import (
     ALPHA_DESCRIPTION,
     FACTORS_DESCRIPTION,
     ITERATIONS_DESCRIPTION,
     RANDOM_STATE_DESCRIPTION,
     REGULARIZATION_DESCRIPTION,
+    SOURCE_COLD_START,
     AlsParams,
+    ServingModel,
 )
 from moovitamix_assets.ml.split import time_based_split
 from moovitamix_assets.resources.database import PostgresResource
 
 _DEFAULTS = AlsParams()
+_GATE = GateSettings()
 _COMMON: dict[str, Any] = {"group_name": RECOMMENDATION_GROUP}
 _TABLE = "dagster/table_name"
 
@@ -66,7 +71,7 @@ class EvaluatedScoringConfig(ScoringConfig):
 
 
 class CandidateModelConfig(EvaluatedScoringConfig):
-    """Hyper-parameters of the ALS candidate and the thresholds of its promotion gate."""
+    """Hyper-parameters of the ALS candidate and how sure its promotion gate must be."""
 
     factors: int = Field(default=_DEFAULTS.factors, ge=1, description=FACTORS_DESCRIPTION)
     regularization: float = Field(
@@ -77,20 +82,26 @@ class CandidateModelConfig(EvaluatedScoringConfig):
     random_state: int = Field(default=_DEFAULTS.random_state, description=RANDOM_STATE_DESCRIPTION)
     k: int = Field(default=DEFAULT_K, ge=1, description="Cut-off of the evaluation metrics (@k).")
     gate_metric: str = Field(
-        default="precision_at_k",
-        description=f"Metric the promotion gate compares, one of {', '.join(METRIC_NAMES)}.",
+        default=_GATE.metric,
+        description=f"Metric the promotion gate compares, one of {', '.join(PER_USER_COLUMNS)}.",
     )
-    min_lift_over_popularity: float = Field(
-        default=0.2,
+    min_lift: float = Field(
+        default=_GATE.min_lift,
         ge=0,
-        description="Relative margin by which the candidate must beat the popularity baseline "
-        "(0.2 = +20 %).",
+        description="Margin the lower confidence bound of the candidate's relative lift over "
+        "the serving model must clear (0 = significantly better; 0.05 = at least +5 %).",
     )
-    max_regression_vs_production: float = Field(
-        default=0.05,
+    confidence: float = Field(
+        default=_GATE.confidence,
+        gt=0,
+        lt=1,
+        description="Two-sided confidence level of the lift's interval (paired bootstrap).",
+    )
+    min_hits: int = Field(
+        default=_GATE.min_hits,
         ge=0,
-        description="Tolerated relative drop against the production model on the same "
-        "held-out data (0.05 = -5 %).",
+        description="Held-out listens both models must find together before the gate decides; "
+        "fewer is 'not enough evidence' and the candidate is refused.",
     )
 
     def als_params(self) -> AlsParams:
@@ -102,11 +113,27 @@ class CandidateModelConfig(EvaluatedScoringConfig):
             random_state=self.random_state,
         )
 
+    def gate_settings(self) -> GateSettings:
+        return GateSettings(
+            metric=self.gate_metric,
+            min_lift=self.min_lift,
+            confidence=self.confidence,
+            min_hits=self.min_hits,
+            seed=self.random_state,
+        )
+
 
 class EvaluationConfig(EvaluatedScoringConfig):
     """Cut-off and size of the daily evaluation."""
 
     k: int = Field(default=DEFAULT_K, ge=1, description="Cut-off of the evaluation metrics (@k).")
+    metric: str = Field(
+        default=_GATE.metric,
+        description="Metric given a confidence interval and a lift over the fallback.",
+    )
+    confidence: float = Field(
+        default=_GATE.confidence, gt=0, lt=1, description="Two-sided confidence level."
+    )
 
 
 class RecommendationsConfig(ScoringConfig):
@@ -119,14 +146,21 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def _figure(value: float | None, digits: int = 4) -> dg.MetadataValue:
+    if value is None or not math.isfinite(value):
+        return dg.MetadataValue.null()
+    return dg.MetadataValue.float(round(value, digits))
+
+
 def metrics_metadata(metrics: dict[str, Metrics], k: int) -> dict[str, Any]:
     """Numeric metadata ``<model>_<metric>`` (plotted over time in the UI) for every model."""
     metadata: dict[str, Any] = {}
     for model, values in metrics.items():
         for name in METRIC_NAMES:
             label = name.replace("_at_k", f"_at_{k}")
-            metadata[f"{model}_{label}"] = dg.MetadataValue.float(float(getattr(values, name)))
+            metadata[f"{model}_{label}"] = _figure(float(getattr(values, name)))
         metadata[f"{model}_users_evaluated"] = dg.MetadataValue.int(values.n_users_evaluated)
+        metadata[f"{model}_hits"] = dg.MetadataValue.int(values.hits)
     return metadata
 
 
@@ -139,6 +173,17 @@ def _snapshot_metadata(snapshot: registry.DataSnapshot) -> dict[str, Any]:
             snapshot.snapshot_date.isoformat() if snapshot.snapshot_date else "none"
         ),
     }
+
+
+def _serving(
+    context: dg.AssetExecutionContext, engine: sa.Engine
+) -> tuple[registry.RegistryEntry, ServingModel]:
+    """What serves (registering the fallback on a first run) and its verified model."""
+    entry = registry.serving_entry(engine, at=_now(), run_id=context.run.run_id)
+    try:
+        return entry, registry.load_model(engine, entry.version)
+    except (ValueError, registry.RegistryError) as exc:
+        raise dg.Failure(f"the production model {entry.name} cannot be loaded: {exc}") from exc
 
 
 @dg.asset(
@@ -189,15 +234,21 @@ def candidate_model(
     postgres: PostgresResource,
     holdout: pd.DataFrame,
 ) -> dg.MaterializeResult:
-    """A newly trained ALS candidate, scored with the baselines and production, then registered."""
+    """A newly trained ALS candidate, compared with what serves on the holdout, then registered."""
     engine = postgres.engine()
     started = time.perf_counter()
+    serving, serving_model = _serving(context, engine)
     inputs = read_model_inputs(engine)
     train = pipeline.training_half(inputs.interactions, holdout)
     if len(train) == 0:
-        raise dg.Failure("core.user_track_interactions is empty: nothing to train on")
-    production = registry.production_entry(engine)
-    production_model = registry.load_model(engine, production.version) if production else None
+        context.log.warning("core.user_track_interactions is empty: no candidate trained today")
+        return dg.MaterializeResult(
+            metadata={
+                "trained": dg.MetadataValue.bool(False),
+                "serving_model": dg.MetadataValue.text(serving.name),
+                **_snapshot_metadata(inputs.snapshot),
+            }
+        )
     read_seconds = time.perf_counter() - started
 
     params = config.als_params()
@@ -208,17 +259,15 @@ def candidate_model(
         inputs.tracks,
         params,
         config.k,
-        production_model,
+        serving_model,
         candidate_pool_size=config.candidate_pool,
         evaluation_users=config.evaluation_users,
     )
     decision = decide_promotion(
         result.metrics[pipeline.CANDIDATE],
-        result.metrics[pipeline.POPULARITY],
-        result.metrics.get(pipeline.PRODUCTION),
-        min_lift_over_baseline=config.min_lift_over_popularity,
-        max_regression=config.max_regression_vs_production,
-        metric=config.gate_metric,
+        result.metrics[pipeline.SERVING],
+        serving.name,
+        config.gate_settings(),
     )
     artifact = serialize_model(result.model)
     version = registry.register_candidate(
@@ -228,21 +277,19 @@ def candidate_model(
         run_id=context.run.run_id,
         snapshot=inputs.snapshot,
         parameters={**params.as_dict(), "k": config.k, "n_train": len(train)},
-        metrics=result.metrics_json(production.version if production else None),
+        metrics=result.metrics_json(serving.version),
         gate_passed=decision.promote,
         gate_reason=decision.reason,
-        gate_figures={
-            **decision.figures,
-            "min_lift_over_popularity": config.min_lift_over_popularity,
-            "max_regression_vs_production": config.max_regression_vs_production,
-        },
+        gate_figures=decision.figures,
     )
     context.log.info("registered candidate version %d: %s", version, decision.reason)
     return dg.MaterializeResult(
         metadata={
+            "trained": dg.MetadataValue.bool(True),
             "model_version": dg.MetadataValue.int(version),
-            "production_version": dg.MetadataValue.int(production.version if production else 0),
+            "serving_model": dg.MetadataValue.text(serving.name),
             "gate_passed": dg.MetadataValue.bool(decision.promote),
+            "gate_verdict": dg.MetadataValue.text(decision.verdict),
             "gate_reason": dg.MetadataValue.text(decision.reason),
             "parameters": dg.MetadataValue.json(params.as_dict()),
             "n_train": dg.MetadataValue.int(len(train)),
@@ -268,23 +315,43 @@ def candidate_model(
 def production_model(
     context: dg.AssetExecutionContext, postgres: PostgresResource
 ) -> dg.MaterializeResult:
-    """The model serving recommendations: the run's candidate, promoted once its gate passed."""
+    """The model that serves: the run's candidate when its gate passed, else what served before."""
     engine = postgres.engine()
-    candidate = registry.entry_for_run(engine, context.run.run_id) or registry.latest_entry(engine)
-    if candidate is None:
-        raise dg.Failure("no candidate model is registered: materialize ml/candidate_model first")
-    try:
-        previous = registry.promote(engine, candidate.version)
-    except registry.RegistryError as exc:
-        raise dg.Failure(str(exc)) from exc
-    context.log.info("version %d is the production model (was %s)", candidate.version, previous)
+    before = registry.serving_entry(engine, at=_now(), run_id=context.run.run_id)
+    candidate = registry.entry_for_run(engine, context.run.run_id) or (
+        registry.latest_trained_entry(engine)
+    )
+    promoted = False
+    if candidate is not None and candidate.status == registry.STATUS_CANDIDATE:
+        if candidate.gate_passed:
+            try:
+                registry.promote(engine, candidate.version)
+            except registry.RegistryError as exc:
+                raise dg.Failure(str(exc)) from exc
+            promoted = True
+            context.log.info("%s replaces %s in production", candidate.name, before.name)
+        else:
+            context.log.warning(
+                "%s keeps serving: %s was refused (%s)",
+                before.name,
+                candidate.name,
+                candidate.gate_reason,
+            )
+    serving = registry.serving_entry(engine, at=_now(), run_id=context.run.run_id)
     return dg.MaterializeResult(
         metadata={
-            "model_version": dg.MetadataValue.int(candidate.version),
-            "previous_version": dg.MetadataValue.int(previous or 0),
-            "gate_reason": dg.MetadataValue.text(candidate.gate_reason),
-            "trained_at": dg.MetadataValue.text(candidate.trained_at.isoformat()),
-            **_snapshot_metadata(candidate.snapshot),
+            "model_version": dg.MetadataValue.int(serving.version),
+            "model_type": dg.MetadataValue.text(serving.model_type),
+            "promoted": dg.MetadataValue.bool(promoted),
+            "previous_version": dg.MetadataValue.int(before.version),
+            "candidate_version": dg.MetadataValue.int(candidate.version if candidate else 0),
+            "gate_reason": dg.MetadataValue.text(
+                candidate.gate_reason if candidate else "no candidate trained yet"
+            ),
+            "serving_since": dg.MetadataValue.text(
+                serving.promoted_at.isoformat() if serving.promoted_at else "unknown"
+            ),
+            **_snapshot_metadata(serving.snapshot),
         }
     )
 
@@ -304,38 +371,44 @@ def production_model_evaluation(
     postgres: PostgresResource,
     holdout: pd.DataFrame,
 ) -> dg.MaterializeResult:
-    """Today's precision, recall, NDCG and coverage of the production model, next to popularity."""
+    """Today's metrics of the serving model with error bars, and its lift over the fallback."""
     engine = postgres.engine()
     started = time.perf_counter()
-    production = registry.production_entry(engine)
-    if production is None:
-        context.log.info("no production model yet: nothing to evaluate")
-        return dg.MaterializeResult(metadata={"model_version": dg.MetadataValue.int(0)})
+    production, model = _serving(context, engine)
     inputs = read_model_inputs(engine)
     train = pipeline.training_half(inputs.interactions, holdout)
-    model = registry.load_model(engine, production.version)
     metrics = pipeline.evaluate_model(
         model,
         train,
         holdout,
+        inputs.users,
         inputs.tracks,
         config.k,
         candidate_pool_size=config.candidate_pool,
         evaluation_users=config.evaluation_users,
     )
+    summary = pipeline.evaluation_summary(metrics, config.metric, config.confidence)
     registry.record_evaluation(
         engine,
         production.version,
         evaluated_at=_now(),
         run_id=context.run.run_id,
         snapshot=inputs.snapshot,
-        metrics={name: m.as_dict() for name, m in metrics.items()},
+        metrics={**{name: m.as_dict() for name, m in metrics.items()}, **summary.as_dict()},
     )
+    context.log.info("%s on today's holdout: %s", production.name, summary.describe())
     return dg.MaterializeResult(
         metadata={
             "model_version": dg.MetadataValue.int(production.version),
+            "model_type": dg.MetadataValue.text(production.model_type),
             **_snapshot_metadata(inputs.snapshot),
             **metrics_metadata(metrics, config.k),
+            f"{config.metric}_low": _figure(summary.interval.low),
+            f"{config.metric}_high": _figure(summary.interval.high),
+            "lift_over_fallback": _figure(summary.lift.lift),
+            "lift_over_fallback_low": _figure(summary.lift.low),
+            "lift_over_fallback_high": _figure(summary.lift.high),
+            "summary": dg.MetadataValue.text(summary.describe()),
             "seconds": dg.MetadataValue.float(round(time.perf_counter() - started, 3)),
         }
     )
@@ -344,28 +417,22 @@ def production_model_evaluation(
 @dg.asset(
     key=keys.USER_RECOMMENDATIONS,
     deps=[CORE_USERS, CORE_TRACKS, CORE_INTERACTIONS, keys.PRODUCTION_MODEL],
-    io_manager_key="warehouse_io_manager",
     kinds={"python", "postgres"},
     freshness_policy=DAILY_FRESHNESS,
+    metadata={_TABLE: f"{ML_SCHEMA}.{registry.RECOMMENDATIONS_TABLE}"},
     **_COMMON,
 )
 def user_recommendations(
     context: dg.AssetExecutionContext, config: RecommendationsConfig, postgres: PostgresResource
-) -> dg.Output[pd.DataFrame]:
-    """Top-K unheard tracks per active user from the production model; cold starts by genre."""
+) -> dg.MaterializeResult:
+    """Top-K unheard tracks per active user from the production model, audited before they serve."""
     engine = postgres.engine()
     started = time.perf_counter()
-    # The table (and its primary key) must exist before the IO manager replaces its rows.
-    registry.ensure_registry_schema(engine)
+    production, model = _serving(context, engine)
     inputs = read_model_inputs(engine)
-    production = registry.production_entry(engine)
-    model = registry.load_model(engine, production.version) if production else None
-    version = production.version if production else pipeline.NO_MODEL_VERSION
-    if model is None:
-        context.log.warning("no production model yet: every user gets genre-aware popularity")
     recs = pipeline.build_recommendations(
         model,
-        version,
+        production.version,
         inputs.users,
         inputs.tracks,
         inputs.interactions,
@@ -373,18 +440,26 @@ def user_recommendations(
         _now(),
         candidate_pool_size=config.candidate_pool,
     )
+    # Write, audit, publish: today's rows replace yesterday's only if every audit passes.
+    failed = [a for a in serving.stage_and_publish(engine, recs, config.k) if not a.passed]
+    if failed:
+        raise dg.Failure(
+            "today's recommendations failed their audits and were not published (yesterday's "
+            "still serve): " + "; ".join(a.description for a in failed)
+        )
     per_user = recs.groupby("user_id").size()
     rows_by_source = recs["source"].value_counts()
-    return dg.Output(
-        recs,
+    return dg.MaterializeResult(
         metadata={
-            "model_version": dg.MetadataValue.int(version),
+            "dagster/row_count": dg.MetadataValue.int(len(recs)),
+            "model_version": dg.MetadataValue.int(production.version),
+            "model_type": dg.MetadataValue.text(production.model_type),
             "k": dg.MetadataValue.int(config.k),
             "users": dg.MetadataValue.int(len(per_user)),
             "active_users": dg.MetadataValue.int(len(inputs.users)),
             "users_short_of_k": dg.MetadataValue.int(int((per_user < config.k).sum())),
             "cold_start_users": dg.MetadataValue.int(
-                int(recs.loc[recs["rank"] == 1, "source"].eq("cold_start").sum())
+                int(recs.loc[recs["rank"] == 1, "source"].eq(SOURCE_COLD_START).sum())
             ),
             "distinct_tracks": dg.MetadataValue.int(int(recs["track_id"].nunique())),
             "rows_by_source": dg.MetadataValue.json(

@@ -12,23 +12,27 @@ import pandas as pd
 from moovitamix_assets.ml import INTERACTION_COLUMNS
 from moovitamix_assets.ml.evaluation import Metrics, evaluate_on_holdout
 from moovitamix_assets.ml.models import (
-    SOURCE_COLD_START,
+    SOURCE_FALLBACK,
     AlsModel,
     AlsParams,
+    FallbackModel,
     Recommender,
+    ServingModel,
     fit_genre_popularity,
     fit_popularity,
     known_items_matrix,
     recommend_for_all_users,
     train_als,
 )
+from moovitamix_assets.ml.significance import Interval, Lift, bootstrap_mean, paired_bootstrap_lift
 
+# Names of the recommenders scored side by side on one holdout.
 CANDIDATE: Final = "candidate"
-POPULARITY: Final = "popularity"
-GENRE_POPULARITY: Final = "genre_popularity"
+SERVING: Final = "serving"
 PRODUCTION: Final = "production"
-# model_version of recommendations served before any model was promoted (popularity only).
-NO_MODEL_VERSION: Final = 0
+FALLBACK: Final = "fallback"
+# Global popularity: a reference figure only, never served.
+POPULARITY: Final = "popularity"
 RECOMMENDATION_TABLE_COLUMNS: Final = (
     "user_id",
     "track_id",
@@ -79,6 +83,19 @@ def catalogue_size(tracks: pd.DataFrame, interactions: pd.DataFrame) -> int:
     return max(1, len(np.unique(ids)))
 
 
+def as_recommender(
+    model: ServingModel,
+    train: pd.DataFrame,
+    users: pd.DataFrame,
+    tracks: pd.DataFrame,
+    candidate_pool_size: int,
+) -> Recommender:
+    """What ``model`` recommends from: ALS over its candidate pool, or the refitted fallback."""
+    if isinstance(model, FallbackModel):
+        return fit_genre_popularity(train, tracks, users)
+    return candidate_pool(model, train, candidate_pool_size)
+
+
 @dataclass(frozen=True, eq=False)
 class CandidateResult:
     """A trained candidate and every recommender's metrics on the same held-out pairs."""
@@ -86,9 +103,9 @@ class CandidateResult:
     model: AlsModel
     metrics: dict[str, Metrics]
 
-    def metrics_json(self, production_version: int | None) -> dict[str, Any]:
+    def metrics_json(self, serving_version: int) -> dict[str, Any]:
         document: dict[str, Any] = {name: m.as_dict() for name, m in self.metrics.items()}
-        document["production_version"] = production_version
+        document["serving_version"] = serving_version
         return document
 
 
@@ -99,36 +116,34 @@ def train_and_evaluate(
     tracks: pd.DataFrame,
     params: AlsParams,
     k: int,
-    production: AlsModel | None = None,
+    serving: ServingModel,
     *,
     candidate_pool_size: int = DEFAULT_CANDIDATE_POOL,
     evaluation_users: int = DEFAULT_EVALUATION_USERS,
 ) -> CandidateResult:
-    """Train ALS on ``train`` and score it, both baselines and production on ``test``.
+    """Train ALS on ``train`` and score it, what serves and global popularity on ``test``.
 
     Args:
         train: Training interactions.
         test: Held-out interactions (each user's most recent listens).
-        users: Users ``[id, favorite_genres]`` (for the genre baseline).
+        users: Users ``[id, favorite_genres]`` (for the genre fallback).
         tracks: Catalogue ``[id, genres]``.
         params: ALS hyper-parameters (seeded).
         k: Metric cut-off.
-        production: The current production model, evaluated on the same data, or None.
+        serving: The model serving today (a trained one or the fallback).
         candidate_pool_size: Tracks the ALS models rank (the most listened), as when serving.
         evaluation_users: Held-out users scored (a seeded sample when there are more).
 
     Returns:
-        The model and metrics keyed ``candidate``, ``popularity``, ``genre_popularity`` and (when
-        given) ``production``.
+        The model and metrics keyed ``candidate``, ``serving`` and ``popularity``, each with
+        per-user values on the same users.
     """
     model = train_als(train, params)
     recommenders: dict[str, Recommender] = {
         CANDIDATE: candidate_pool(model, train, candidate_pool_size),
+        SERVING: as_recommender(serving, train, users, tracks, candidate_pool_size),
         POPULARITY: fit_popularity(train, tracks),
-        GENRE_POPULARITY: fit_genre_popularity(train, tracks, users),
     }
-    if production is not None:
-        recommenders[PRODUCTION] = candidate_pool(production, train, candidate_pool_size)
     metrics = evaluate_on_holdout(
         recommenders,
         train,
@@ -142,27 +157,77 @@ def train_and_evaluate(
 
 
 def evaluate_model(
-    model: AlsModel,
+    model: ServingModel,
     train: pd.DataFrame,
     test: pd.DataFrame,
+    users: pd.DataFrame,
     tracks: pd.DataFrame,
     k: int,
     *,
     candidate_pool_size: int = DEFAULT_CANDIDATE_POOL,
     evaluation_users: int = DEFAULT_EVALUATION_USERS,
+    seed: int = 0,
 ) -> dict[str, Metrics]:
-    """Score ``model`` and the popularity baseline on the same held-out pairs."""
+    """Score ``model`` (``production``) and the fallback (``fallback``) on the same holdout."""
+    recommenders = {
+        PRODUCTION: as_recommender(model, train, users, tracks, candidate_pool_size),
+        FALLBACK: fit_genre_popularity(train, tracks, users),
+    }
     return evaluate_on_holdout(
-        {
-            PRODUCTION: candidate_pool(model, train, candidate_pool_size),
-            POPULARITY: fit_popularity(train, tracks),
-        },
+        recommenders,
         train,
         test,
         catalogue_size(tracks, train),
         k,
         max_users=evaluation_users,
-        seed=model.params.random_state,
+        seed=seed,
+    )
+
+
+@dataclass(frozen=True)
+class EvaluationSummary:
+    """The serving model's metric with its interval, and its lift over the fallback."""
+
+    metric: str
+    interval: Interval
+    lift: Lift
+
+    def as_dict(self) -> dict[str, Any]:
+        """The figures ``ml.model_evaluations.metrics`` keeps (the decay trigger reads them)."""
+        return {
+            "interval": {
+                "metric": self.metric,
+                "mean": self.interval.mean,
+                "low": self.interval.low,
+                "high": self.interval.high,
+                "confidence": self.interval.confidence,
+            },
+            "lift_over_fallback": {
+                "lift": self.lift.lift,
+                "low": self.lift.low,
+                "high": self.lift.high,
+                "users": self.lift.n_users,
+            },
+        }
+
+    def describe(self) -> str:
+        i = self.interval
+        return (
+            f"{self.metric} {i.mean:.4g} [{i.low:.4g}, {i.high:.4g}] at {i.confidence:.0%}, "
+            f"lift over the fallback {self.lift.describe()} on {self.lift.n_users} users"
+        )
+
+
+def evaluation_summary(
+    metrics: dict[str, Metrics], metric: str, confidence: float, *, seed: int = 0
+) -> EvaluationSummary:
+    """Error bars of ``evaluate_model``'s result: the production metric and its lift."""
+    production = metrics[PRODUCTION].per_user_values(metric)
+    fallback = metrics[FALLBACK].per_user_values(metric)
+    return EvaluationSummary(
+        metric=metric,
+        interval=bootstrap_mean(production, confidence=confidence, seed=seed),
+        lift=paired_bootstrap_lift(production, fallback, confidence=confidence, seed=seed),
     )
 
 
@@ -199,7 +264,7 @@ def candidate_pool(model: AlsModel, interactions: pd.DataFrame, size: int) -> Al
 
 
 def build_recommendations(
-    model: AlsModel | None,
+    model: ServingModel,
     model_version: int,
     users: pd.DataFrame,
     tracks: pd.DataFrame,
@@ -211,13 +276,13 @@ def build_recommendations(
 ) -> pd.DataFrame:
     """Exactly ``k`` unheard, active tracks for every user of ``users``.
 
-    Users known to ``model`` get its ALS ranking, the others (and everyone when there is no
-    model yet) genre-aware popularity. Listened tracks are never recommended, and neither are
-    tracks outside ``tracks`` (the active catalogue).
+    Users known to an ALS ``model`` get its ranking, the others genre-aware popularity
+    (``cold_start``); the fallback model gives everyone genre-aware popularity. Listened tracks
+    are never recommended, and neither are tracks outside ``tracks`` (the active catalogue).
 
     Args:
-        model: The production model, or None before the first promotion.
-        model_version: Its registry version (``NO_MODEL_VERSION`` without a model).
+        model: The production model (ALS or the fallback).
+        model_version: Its registry version, written on every row.
         users: Active users ``[id, favorite_genres]``.
         tracks: Active catalogue ``[id, genres]``.
         interactions: Every known interaction (the exclusion list and popularity source).
@@ -237,12 +302,12 @@ def build_recommendations(
         ["user_id", "track_id"],
     ]
     cold_start = fit_genre_popularity(active_listens, tracks, users)
-    if model is None:
+    if isinstance(model, FallbackModel):
         user_ids = np.unique(users["id"].to_numpy(dtype=np.int64))
         recs = cold_start.recommend(
             user_ids, known_items_matrix(interactions, user_ids, cold_start.item_ids), k
         )
-        recs["source"] = SOURCE_COLD_START
+        recs["source"] = SOURCE_FALLBACK
     else:
         recs = recommend_for_all_users(
             candidate_pool(

@@ -11,9 +11,12 @@ users (32 float32 factors each: about 250 MB at 1M users), and a ``bytea`` param
 hex text built whole in memory on both sides (four times the model at its peak), where a large
 object is written and read in chunks.
 
-At most one row is ``production`` (a partial unique index enforces it). ``ml.model_registry_log``
-records every promotion, refusal and rollback; ``ml.model_evaluations`` the daily evaluation of
-the production model that the decay trigger reads.
+At most one row is ``production`` (a partial unique index enforces it), and one always is: the
+genre-aware popularity fallback is a registered model too (``model_type = 'genre_popularity'``),
+promoted the first time anything asks what serves, so "no model yet" does not exist and a
+rollback can return to it. ``ml.model_registry_log`` records every promotion, refusal and
+rollback; ``ml.model_evaluations`` the daily evaluation of the production model that the decay
+trigger reads.
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ from typing import Any, Final
 import sqlalchemy as sa
 
 from moovitamix_assets.constants import ML_SCHEMA
-from moovitamix_assets.ml.artifacts import ModelArtifact, deserialize_model
-from moovitamix_assets.ml.models import AlsModel
+from moovitamix_assets.ml.artifacts import ModelArtifact, deserialize_model, serialize_model
+from moovitamix_assets.ml.models import SOURCE_FALLBACK, FallbackModel, ServingModel
 from moovitamix_assets.resources.database import create_schema_sql, quote_ident
 
 REGISTRY_TABLE: Final = "model_registry"
@@ -39,6 +42,11 @@ STATUS_CANDIDATE: Final = "candidate"
 STATUS_PRODUCTION: Final = "production"
 STATUS_RETIRED: Final = "retired"
 STATUSES: Final = (STATUS_CANDIDATE, STATUS_PRODUCTION, STATUS_RETIRED)
+MODEL_TYPE_ALS: Final = "als"
+MODEL_TYPE_FALLBACK: Final = SOURCE_FALLBACK
+FALLBACK_REASON: Final = (
+    "the genre-aware popularity fallback: serves until a trained model beats it significantly"
+)
 
 
 def ml_table(table: str) -> str:
@@ -82,6 +90,8 @@ _DDL: Final = (
         ON {_REGISTRY} (status) WHERE status = 'production'
     """,
     f"CREATE INDEX IF NOT EXISTS model_registry_run_id_idx ON {_REGISTRY} (run_id)",
+    # Registries made before the fallback was a model hold ALS models only.
+    f"ALTER TABLE {_REGISTRY} ADD COLUMN IF NOT EXISTS model_type text NOT NULL DEFAULT 'als'",
     f"""
     CREATE TABLE IF NOT EXISTS {_LOG} (
         id bigserial PRIMARY KEY,
@@ -139,6 +149,7 @@ class RegistryEntry:
 
     version: int
     status: str
+    model_type: str
     trained_at: datetime
     run_id: str | None
     snapshot: DataSnapshot
@@ -151,6 +162,22 @@ class RegistryEntry:
     retired_at: datetime | None = None
     artifact_sha256: str = ""
     artifact_bytes: int = 0
+
+    @property
+    def is_fallback(self) -> bool:
+        return self.model_type == MODEL_TYPE_FALLBACK
+
+    @property
+    def state(self) -> str:
+        """The status, with a candidate its gate refused shown as ``refused``."""
+        if self.status == STATUS_CANDIDATE and not self.gate_passed:
+            return "refused"
+        return self.status
+
+    @property
+    def name(self) -> str:
+        """``als v3`` or ``genre_popularity v1``: how the UI and messages name the model."""
+        return f"{self.model_type} v{self.version}"
 
     def metric(self, model: str, name: str) -> float | None:
         """A metric of ``model`` (``candidate``, ``popularity``, ...) recorded at training."""
@@ -170,7 +197,7 @@ class Evaluation:
 
 
 _ENTRY_COLUMNS: Final = """
-    version, status, trained_at, run_id, data_interactions, data_users, data_tracks,
+    version, status, model_type, trained_at, run_id, data_interactions, data_users, data_tracks,
     data_snapshot_date, parameters, metrics, gate_passed, gate_reason, gate_figures,
     promoted_at, retired_at, artifact_sha256, artifact_bytes
 """
@@ -200,6 +227,7 @@ def _entry(row: sa.Row) -> RegistryEntry:
     return RegistryEntry(
         version=int(m["version"]),
         status=m["status"],
+        model_type=m["model_type"],
         trained_at=m["trained_at"],
         run_id=m["run_id"],
         snapshot=DataSnapshot(
@@ -245,13 +273,20 @@ def get_entry(engine: sa.Engine, version: int) -> RegistryEntry | None:
 
 
 def entry_for_run(engine: sa.Engine, run_id: str) -> RegistryEntry | None:
-    """The newest row registered by the Dagster run ``run_id``, or None."""
-    return _select_one(engine, "run_id = :run_id", {"run_id": run_id})
+    """The newest trained model registered by the Dagster run ``run_id``, or None."""
+    return _select_one(
+        engine, "run_id = :run_id AND model_type = :t", {"run_id": run_id, "t": MODEL_TYPE_ALS}
+    )
 
 
 def latest_entry(engine: sa.Engine) -> RegistryEntry | None:
     """The newest registered model, whatever its status, or None."""
     return _select_one(engine, "true", {})
+
+
+def latest_trained_entry(engine: sa.Engine) -> RegistryEntry | None:
+    """The newest trained model (promoted or refused), or None: the last training attempt."""
+    return _select_one(engine, "model_type = :t", {"t": MODEL_TYPE_ALS})
 
 
 def list_entries(engine: sa.Engine) -> list[RegistryEntry]:
@@ -265,7 +300,7 @@ def list_entries(engine: sa.Engine) -> list[RegistryEntry]:
     return [_entry(row) for row in rows]
 
 
-def load_model(engine: sa.Engine, version: int) -> AlsModel:
+def load_model(engine: sa.Engine, version: int) -> ServingModel:
     """Load and checksum-verify the artifact of ``version``.
 
     Raises:
@@ -334,6 +369,7 @@ def register_candidate(
     """Insert a new candidate row (artifact included) and return its version.
 
     Versions are consecutive integers, allocated under a transaction-scoped advisory lock.
+    A candidate its gate refused stays registered (shown as ``refused``) for the record.
 
     Args:
         engine: Engine of the warehouse database.
@@ -353,47 +389,130 @@ def register_candidate(
     ensure_registry_schema(engine)
     with engine.begin() as conn:
         conn.execute(sa.text(_LOCK_SQL), {"key": f"{ML_SCHEMA}.{REGISTRY_TABLE}"})
-        version = int(
-            conn.execute(sa.text(f"SELECT coalesce(max(version), 0) + 1 FROM {_REGISTRY}")).scalar()
-        )
-        # In the same transaction as the row: a failed registration leaves no orphan object.
-        artifact_oid = _write_large_object(conn, artifact.payload)
-        conn.execute(
-            sa.text(
-                f"""
-                INSERT INTO {_REGISTRY} (
-                    version, status, trained_at, run_id, data_interactions, data_users,
-                    data_tracks, data_snapshot_date, parameters, metrics, gate_passed,
-                    gate_reason, gate_figures, artifact, artifact_sha256, artifact_bytes
-                ) VALUES (
-                    :version, :status, :trained_at, :run_id, :interactions, :users, :tracks,
-                    :snapshot_date, CAST(:parameters AS jsonb), CAST(:metrics AS jsonb),
-                    :gate_passed, :gate_reason, CAST(:gate_figures AS jsonb), :artifact,
-                    :sha256, :size
-                )
-                """
-            ),
-            {
-                "version": version,
-                "status": STATUS_CANDIDATE,
-                "trained_at": trained_at,
-                "run_id": run_id,
-                "interactions": snapshot.interactions,
-                "users": snapshot.users,
-                "tracks": snapshot.tracks,
-                "snapshot_date": snapshot.snapshot_date,
-                "parameters": json.dumps(parameters, sort_keys=True),
-                "metrics": json.dumps(metrics, sort_keys=True),
-                "gate_passed": gate_passed,
-                "gate_reason": gate_reason,
-                "gate_figures": json.dumps(gate_figures, sort_keys=True),
-                "artifact": artifact_oid,
-                "sha256": artifact.sha256,
-                "size": artifact.size_bytes,
-            },
+        version = _insert(
+            conn,
+            artifact,
+            status=STATUS_CANDIDATE,
+            model_type=MODEL_TYPE_ALS,
+            trained_at=trained_at,
+            run_id=run_id,
+            snapshot=snapshot,
+            parameters=parameters,
+            metrics=metrics,
+            gate_passed=gate_passed,
+            gate_reason=gate_reason,
+            gate_figures=gate_figures,
         )
         _log(conn, version, "refused" if not gate_passed else "registered", gate_reason)
     return version
+
+
+def _insert(
+    conn: sa.Connection,
+    artifact: ModelArtifact,
+    *,
+    status: str,
+    model_type: str,
+    trained_at: datetime,
+    run_id: str | None,
+    snapshot: DataSnapshot,
+    parameters: dict[str, Any],
+    metrics: dict[str, Any],
+    gate_passed: bool,
+    gate_reason: str,
+    gate_figures: dict[str, Any],
+) -> int:
+    """Insert one registry row under the caller's lock; return its version."""
+    version = int(
+        conn.execute(sa.text(f"SELECT coalesce(max(version), 0) + 1 FROM {_REGISTRY}")).scalar()
+    )
+    # In the same transaction as the row: a failed registration leaves no orphan object.
+    artifact_oid = _write_large_object(conn, artifact.payload)
+    conn.execute(
+        sa.text(
+            f"""
+            INSERT INTO {_REGISTRY} (
+                version, status, model_type, trained_at, run_id, data_interactions, data_users,
+                data_tracks, data_snapshot_date, parameters, metrics, gate_passed,
+                gate_reason, gate_figures, artifact, artifact_sha256, artifact_bytes,
+                promoted_at
+            ) VALUES (
+                :version, :status, :model_type, :trained_at, :run_id, :interactions, :users,
+                :tracks, :snapshot_date, CAST(:parameters AS jsonb), CAST(:metrics AS jsonb),
+                :gate_passed, :gate_reason, CAST(:gate_figures AS jsonb), :artifact,
+                :sha256, :size, CASE WHEN :status = 'production' THEN now() END
+            )
+            """
+        ),
+        {
+            "version": version,
+            "status": status,
+            "model_type": model_type,
+            "trained_at": trained_at,
+            "run_id": run_id,
+            "interactions": snapshot.interactions,
+            "users": snapshot.users,
+            "tracks": snapshot.tracks,
+            "snapshot_date": snapshot.snapshot_date,
+            "parameters": json.dumps(parameters, sort_keys=True),
+            "metrics": json.dumps(metrics, sort_keys=True),
+            "gate_passed": gate_passed,
+            "gate_reason": gate_reason,
+            "gate_figures": json.dumps(gate_figures, sort_keys=True),
+            "artifact": artifact_oid,
+            "sha256": artifact.sha256,
+            "size": artifact.size_bytes,
+        },
+    )
+    return version
+
+
+def serving_entry(engine: sa.Engine, *, at: datetime, run_id: str | None = None) -> RegistryEntry:
+    """The production model's row; the fallback is registered and promoted when none serves.
+
+    Also registers the fallback (retired) beside an older registry's trained production model,
+    so a rollback can always return to it. Idempotent and safe against concurrent first runs.
+
+    Args:
+        engine: Engine of the warehouse database.
+        at: Registration time of a fallback row made now.
+        run_id: The Dagster run asking, recorded on a fallback row made now.
+    """
+    ensure_registry_schema(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text(_LOCK_SQL), {"key": f"{ML_SCHEMA}.{REGISTRY_TABLE}"})
+        production = conn.execute(
+            sa.text(f"SELECT version FROM {_REGISTRY} WHERE status = 'production'")
+        ).scalar()
+        fallback = conn.execute(
+            sa.text(f"SELECT max(version) FROM {_REGISTRY} WHERE model_type = :t"),
+            {"t": MODEL_TYPE_FALLBACK},
+        ).scalar()
+        if fallback is None:
+            fallback = _insert(
+                conn,
+                serialize_model(FallbackModel()),
+                status=STATUS_RETIRED if production is not None else STATUS_PRODUCTION,
+                model_type=MODEL_TYPE_FALLBACK,
+                trained_at=at,
+                run_id=run_id,
+                snapshot=DataSnapshot(0, 0, 0, None),
+                parameters={},
+                metrics={},
+                gate_passed=True,
+                gate_reason=FALLBACK_REASON,
+                gate_figures={},
+            )
+            _log(conn, fallback, "registered", FALLBACK_REASON)
+            if production is None:
+                _log(conn, fallback, "promoted", "nothing served yet")
+        elif production is None:
+            _make_production(conn, int(fallback))
+            _log(conn, int(fallback), "promoted", "nothing served: the fallback serves again")
+    entry = production_entry(engine)
+    if entry is None:  # pragma: no cover - the transaction above guarantees a production row
+        raise RegistryError("no production model after registering the fallback")
+    return entry
 
 
 def _make_production(conn: sa.Connection, version: int) -> int | None:
@@ -462,8 +581,8 @@ def promote(engine: sa.Engine, version: int) -> int | None:
 def rollback(engine: sa.Engine, to_version: int) -> int | None:
     """Put a previously promoted model back in production, retiring the current one.
 
-    Only versions that once served (``promoted_at`` set) qualify: a candidate the gate refused, or
-    one never promoted, is not a rollback target.
+    Only versions that once served (``promoted_at`` set) and the fallback qualify: a candidate
+    the gate refused, or one never promoted, is not a rollback target.
 
     Args:
         engine: Engine of the warehouse database.
@@ -479,14 +598,17 @@ def rollback(engine: sa.Engine, to_version: int) -> int | None:
     with engine.begin() as conn:
         conn.execute(sa.text(_LOCK_SQL), {"key": f"{ML_SCHEMA}.{REGISTRY_TABLE}"})
         row = conn.execute(
-            sa.text(f"SELECT status, promoted_at FROM {_REGISTRY} WHERE version = :v FOR UPDATE"),
+            sa.text(
+                f"SELECT status, promoted_at, model_type FROM {_REGISTRY} "
+                "WHERE version = :v FOR UPDATE"
+            ),
             {"v": to_version},
         ).first()
         if row is None:
             raise RegistryError(f"cannot roll back to version {to_version}: it is not registered")
         if row.status == STATUS_PRODUCTION:
             raise RegistryError(f"version {to_version} is already the production model")
-        if row.promoted_at is None:
+        if row.promoted_at is None and row.model_type != MODEL_TYPE_FALLBACK:
             raise RegistryError(
                 f"cannot roll back to version {to_version}: it was never in production "
                 f"(status {row.status})"

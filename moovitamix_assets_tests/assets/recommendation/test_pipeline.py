@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from moovitamix_assets.assets.recommendation import pipeline
-from moovitamix_assets.ml.models import AlsModel, AlsParams
+from moovitamix_assets.ml.models import AlsModel, AlsParams, FallbackModel
 
 NOW = datetime(2026, 11, 20, 2, tzinfo=timezone.utc)
 
@@ -38,14 +38,14 @@ def test_restricted_model_never_scores_removed_tracks() -> None:
     assert pipeline.restrict_to_catalogue(model, np.array([10, 11, 12])) is model
 
 
-def test_without_a_model_every_user_gets_k_genre_recommendations() -> None:
+def test_the_fallback_gives_every_user_k_genre_recommendations() -> None:
     users = pd.DataFrame({"id": [1, 2, 3], "favorite_genres": ["Rock", "Jazz", None]})
     tracks = pd.DataFrame({"id": [10, 11, 12, 13], "genres": ["Rock", "Jazz", "Rock", "Jazz"]})
     listens = interactions([(1, 10), (2, 10), (2, 11), (4, 13), (4, 12)])
-    recs = pipeline.build_recommendations(None, 0, users, tracks, listens, 2, NOW)
+    recs = pipeline.build_recommendations(FallbackModel(), 1, users, tracks, listens, 2, NOW)
     assert list(recs.columns) == list(pipeline.RECOMMENDATION_TABLE_COLUMNS)
     assert recs.groupby("user_id").size().to_dict() == {1: 2, 2: 2, 3: 2}
-    assert set(recs["source"]) == {"cold_start"} and set(recs["model_version"]) == {0}
+    assert set(recs["source"]) == {"genre_popularity"} and set(recs["model_version"]) == {1}
     assert recs.merge(listens, on=["user_id", "track_id"]).empty
     # Rock fan: the unheard Rock track first.
     assert recs.loc[recs["user_id"] == 1, "track_id"].iloc[0] == 12

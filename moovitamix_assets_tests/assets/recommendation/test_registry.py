@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from moovitamix_assets import registry_cli
 from moovitamix_assets.assets.recommendation import registry
 from moovitamix_assets.ml.artifacts import serialize_model
-from moovitamix_assets.ml.models import AlsModel, AlsParams
+from moovitamix_assets.ml.models import AlsModel, AlsParams, FallbackModel
 from moovitamix_assets.resources.database import PostgresResource
 
 
@@ -157,3 +157,53 @@ def test_the_documented_command_runs_as_a_module(engine: sa.Engine, pg_url: str)
         check=True,
     )
     assert "v1    production" in listing.stdout and "v2    retired" in listing.stdout
+
+
+NOW = datetime(2026, 12, 6, 4, tzinfo=timezone.utc)
+
+
+def test_the_fallback_is_a_registered_model_that_serves_until_a_model_beats_it(
+    engine: sa.Engine, pg_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    serving = registry.serving_entry(engine, at=NOW, run_id="run-1")
+    assert (serving.version, serving.status, serving.model_type) == (
+        1,
+        "production",
+        "genre_popularity",
+    )
+    assert isinstance(registry.load_model(engine, 1), FallbackModel)
+    # Asking again registers nothing more.
+    assert registry.serving_entry(engine, at=NOW).version == 1
+
+    trained = register(engine)
+    registry.promote(engine, trained)
+    assert statuses(engine) == {1: "retired", 2: "production"}
+    assert registry.serving_entry(engine, at=NOW).version == 2
+
+    # The fallback never "served" through a promotion of its own, yet it is a rollback target.
+    assert registry_cli.main(["--database-url", pg_url, "rollback", "--to-version", "1"]) == 0
+    assert registry.serving_entry(engine, at=NOW).is_fallback
+    capsys.readouterr()
+    assert registry_cli.main(["--database-url", pg_url, "list"]) == 0
+    listing = capsys.readouterr().out
+    assert "v1    production genre_popularity" in listing
+    assert "v2    retired    als" in listing
+
+
+def test_an_older_registry_gets_its_fallback_beside_the_serving_model(engine: sa.Engine) -> None:
+    trained = register(engine)
+    registry.promote(engine, trained)
+    serving = registry.serving_entry(engine, at=NOW)
+    assert serving.version == trained
+    fallback = registry.get_entry(engine, 2)
+    assert fallback is not None and fallback.is_fallback and fallback.status == "retired"
+    assert registry.rollback(engine, 2) == trained
+
+
+def test_refused_candidates_are_listed_as_refused(engine: sa.Engine) -> None:
+    registry.serving_entry(engine, at=NOW)
+    refused = register(engine, passed=False)
+    entry = registry.get_entry(engine, refused)
+    assert entry is not None and entry.state == "refused" and entry.status == "candidate"
+    assert registry.latest_trained_entry(engine).version == refused
+    assert registry.production_entry(engine).is_fallback

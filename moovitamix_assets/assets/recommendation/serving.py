@@ -1,0 +1,163 @@
+"""Write-audit-publish of the daily recommendations, and the audits their asset checks show.
+
+Today's rows are COPY'd into ``ml.user_recommendations_staging``, audited there against ``core``
+and only then replace the published ``ml.user_recommendations`` in the same transaction: rows
+that fail an audit never serve, and yesterday's keep serving. A failed day's rows stay in the
+staging table for inspection. The asset checks run the same audits on the published table.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Final
+
+import pandas as pd
+import sqlalchemy as sa
+
+from moovitamix_assets.assets.core.schema import (
+    INTERACTIONS_TABLE,
+    TRACKS_TABLE,
+    USERS_TABLE,
+    core_table,
+)
+from moovitamix_assets.assets.recommendation import registry
+from moovitamix_assets.assets.recommendation.pipeline import RECOMMENDATION_TABLE_COLUMNS
+
+STAGING_TABLE: Final = "user_recommendations_staging"
+PUBLISHED: Final = registry.ml_table(registry.RECOMMENDATIONS_TABLE)
+STAGING: Final = registry.ml_table(STAGING_TABLE)
+# Rows per COPY chunk: the CSV text of a chunk is what memory holds besides the frame.
+_COPY_ROWS: Final = 500_000
+
+_USERS = core_table(USERS_TABLE)
+_TRACKS = core_table(TRACKS_TABLE)
+_INTERACTIONS = core_table(INTERACTIONS_TABLE)
+
+
+@dataclass(frozen=True)
+class RecommendationAudit:
+    """One audit of a recommendations table: its SQL counts the offending rows or users."""
+
+    name: str
+    description: str
+    sql: str
+
+
+@dataclass(frozen=True)
+class AuditOutcome:
+    """An audit's result: how many rows or users offend (0 passes) and what that means."""
+
+    name: str
+    offending: int
+    description: str
+
+    @property
+    def passed(self) -> bool:
+        return self.offending == 0
+
+
+AUDITS: Final[tuple[RecommendationAudit, ...]] = (
+    RecommendationAudit(
+        "exactly_k_per_active_user",
+        "active users without exactly K recommendations (fewer only when they heard every other "
+        "active track), or users recommended who are not active",
+        # {table} is a quoted identifier from this module, never user input.
+        f"""
+        WITH got AS (SELECT user_id, count(*) AS n FROM {{table}} GROUP BY user_id),
+        catalogue AS (SELECT count(*) AS n FROM {_TRACKS} WHERE is_active),
+        heard AS (
+            SELECT i.user_id, count(*) AS n
+            FROM {_INTERACTIONS} i JOIN {_TRACKS} t ON t.id = i.track_id AND t.is_active
+            GROUP BY i.user_id
+        ),
+        active AS (SELECT id FROM {_USERS} WHERE is_active)
+        SELECT (
+            SELECT count(*) FROM active a
+            LEFT JOIN got g ON g.user_id = a.id
+            LEFT JOIN heard h ON h.user_id = a.id
+            WHERE coalesce(g.n, 0)
+                <> least(:k, greatest((SELECT n FROM catalogue) - coalesce(h.n, 0), 0))
+        ) + (
+            SELECT count(*) FROM got g
+            WHERE NOT EXISTS (SELECT 1 FROM active a WHERE a.id = g.user_id)
+        )
+        """,
+    ),
+    RecommendationAudit(
+        "none_already_listened",
+        "recommendations of a track the user already listened to",
+        f"SELECT count(*) FROM {{table}} r JOIN {_INTERACTIONS} i USING (user_id, track_id)",
+    ),
+    RecommendationAudit(
+        "only_active_tracks",
+        "recommendations of a track unknown to core.tracks or no longer active",
+        f"""
+        SELECT count(*) FROM {{table}} r LEFT JOIN {_TRACKS} t ON t.id = r.track_id
+        WHERE t.id IS NULL OR NOT t.is_active
+        """,
+    ),
+    RecommendationAudit(
+        "no_duplicates",
+        "(user, track) pairs or (user, rank) positions recommended more than once",
+        """
+        SELECT (SELECT count(*) FROM (
+                    SELECT 1 FROM {table} GROUP BY user_id, track_id HAVING count(*) > 1) d)
+             + (SELECT count(*) FROM (
+                    SELECT 1 FROM {table} GROUP BY user_id, rank HAVING count(*) > 1) r)
+        """,
+    ),
+)
+
+
+def audit_recommendations(conn: sa.Connection, table: str, k: int) -> list[AuditOutcome]:
+    """Run every audit on ``table`` (a quoted ``ml`` table name of this module)."""
+    outcomes = []
+    for audit in AUDITS:
+        offending = int(conn.execute(sa.text(audit.sql.format(table=table)), {"k": k}).scalar())
+        description = (
+            f"{audit.name}: no {audit.description}"
+            if offending == 0
+            else f"{audit.name}: {offending} {audit.description}"
+        )
+        outcomes.append(AuditOutcome(audit.name, offending, description))
+    return outcomes
+
+
+def _copy(conn: sa.Connection, recs: pd.DataFrame) -> None:
+    cursor = conn.connection.driver_connection.cursor()
+    columns = ", ".join(RECOMMENDATION_TABLE_COLUMNS)
+    for start in range(0, len(recs), _COPY_ROWS):
+        buffer = io.StringIO()
+        recs.iloc[start : start + _COPY_ROWS].to_csv(buffer, index=False, header=False)
+        buffer.seek(0)
+        cursor.copy_expert(f"COPY {STAGING} ({columns}) FROM STDIN WITH (FORMAT csv)", buffer)
+
+
+def stage_and_publish(engine: sa.Engine, recs: pd.DataFrame, k: int) -> list[AuditOutcome]:
+    """Stage ``recs``, audit them, and publish them only if every audit passes.
+
+    One transaction under an advisory lock: concurrent runs serialise, and the published table
+    changes all at once or not at all.
+
+    Returns:
+        Every audit's outcome on the staged rows (published when all passed).
+    """
+    registry.ensure_registry_schema(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": PUBLISHED})
+        # No constraints on the staging copy: duplicates must reach the audit, not abort COPY.
+        conn.execute(
+            sa.text(f"CREATE TABLE IF NOT EXISTS {STAGING} (LIKE {PUBLISHED} INCLUDING DEFAULTS)")
+        )
+        conn.execute(sa.text(f"TRUNCATE {STAGING}"))
+        _copy(conn, recs[list(RECOMMENDATION_TABLE_COLUMNS)])
+        outcomes = audit_recommendations(conn, STAGING, k)
+        if all(o.passed for o in outcomes):
+            conn.execute(sa.text(f"DELETE FROM {PUBLISHED}"))
+            columns = ", ".join(RECOMMENDATION_TABLE_COLUMNS)
+            conn.execute(
+                sa.text(f"INSERT INTO {PUBLISHED} ({columns}) SELECT {columns} FROM {STAGING}")
+            )
+            conn.execute(sa.text(f"TRUNCATE {STAGING}"))
+    return outcomes
