@@ -389,40 +389,29 @@ def register_candidate(
     ensure_registry_schema(engine)
     with engine.begin() as conn:
         conn.execute(sa.text(_LOCK_SQL), {"key": f"{ML_SCHEMA}.{REGISTRY_TABLE}"})
-        version = _insert(
-            conn,
-            artifact,
-            status=STATUS_CANDIDATE,
-            model_type=MODEL_TYPE_ALS,
-            trained_at=trained_at,
-            run_id=run_id,
-            snapshot=snapshot,
-            parameters=parameters,
-            metrics=metrics,
-            gate_passed=gate_passed,
-            gate_reason=gate_reason,
-            gate_figures=gate_figures,
-        )
+        row = {
+            "status": STATUS_CANDIDATE,
+            "model_type": MODEL_TYPE_ALS,
+            "trained_at": trained_at,
+            "run_id": run_id,
+            "interactions": snapshot.interactions,
+            "users": snapshot.users,
+            "tracks": snapshot.tracks,
+            "snapshot_date": snapshot.snapshot_date,
+            "parameters": parameters,
+            "metrics": metrics,
+            "gate_passed": gate_passed,
+            "gate_reason": gate_reason,
+            "gate_figures": gate_figures,
+        }
+        version = _insert(conn, artifact, row)
         _log(conn, version, "refused" if not gate_passed else "registered", gate_reason)
     return version
 
 
-def _insert(
-    conn: sa.Connection,
-    artifact: ModelArtifact,
-    *,
-    status: str,
-    model_type: str,
-    trained_at: datetime,
-    run_id: str | None,
-    snapshot: DataSnapshot,
-    parameters: dict[str, Any],
-    metrics: dict[str, Any],
-    gate_passed: bool,
-    gate_reason: str,
-    gate_figures: dict[str, Any],
-) -> int:
-    """Insert one registry row under the caller's lock; return its version."""
+def _insert(conn: sa.Connection, artifact: ModelArtifact, row: dict[str, Any]) -> int:
+    """Insert one registry row (``row`` names every column but the version and the artifact's)
+    under the caller's lock; return its version."""
     version = int(
         conn.execute(sa.text(f"SELECT coalesce(max(version), 0) + 1 FROM {_REGISTRY}")).scalar()
     )
@@ -445,20 +434,11 @@ def _insert(
             """
         ),
         {
+            **row,
             "version": version,
-            "status": status,
-            "model_type": model_type,
-            "trained_at": trained_at,
-            "run_id": run_id,
-            "interactions": snapshot.interactions,
-            "users": snapshot.users,
-            "tracks": snapshot.tracks,
-            "snapshot_date": snapshot.snapshot_date,
-            "parameters": json.dumps(parameters, sort_keys=True),
-            "metrics": json.dumps(metrics, sort_keys=True),
-            "gate_passed": gate_passed,
-            "gate_reason": gate_reason,
-            "gate_figures": json.dumps(gate_figures, sort_keys=True),
+            "parameters": json.dumps(row["parameters"], sort_keys=True),
+            "metrics": json.dumps(row["metrics"], sort_keys=True),
+            "gate_figures": json.dumps(row["gate_figures"], sort_keys=True),
             "artifact": artifact_oid,
             "sha256": artifact.sha256,
             "size": artifact.size_bytes,
@@ -489,20 +469,22 @@ def serving_entry(engine: sa.Engine, *, at: datetime, run_id: str | None = None)
             {"t": MODEL_TYPE_FALLBACK},
         ).scalar()
         if fallback is None:
-            fallback = _insert(
-                conn,
-                serialize_model(FallbackModel()),
-                status=STATUS_RETIRED if production is not None else STATUS_PRODUCTION,
-                model_type=MODEL_TYPE_FALLBACK,
-                trained_at=at,
-                run_id=run_id,
-                snapshot=DataSnapshot(0, 0, 0, None),
-                parameters={},
-                metrics={},
-                gate_passed=True,
-                gate_reason=FALLBACK_REASON,
-                gate_figures={},
-            )
+            row = {
+                "status": STATUS_RETIRED if production is not None else STATUS_PRODUCTION,
+                "model_type": MODEL_TYPE_FALLBACK,
+                "trained_at": at,
+                "run_id": run_id,
+                "interactions": 0,
+                "users": 0,
+                "tracks": 0,
+                "snapshot_date": None,
+                "parameters": {},
+                "metrics": {},
+                "gate_passed": True,
+                "gate_reason": FALLBACK_REASON,
+                "gate_figures": {},
+            }
+            fallback = _insert(conn, serialize_model(FallbackModel()), row)
             _log(conn, fallback, "registered", FALLBACK_REASON)
             if production is None:
                 _log(conn, fallback, "promoted", "nothing served yet")
