@@ -16,7 +16,6 @@ from dagster import (
     asset,
     asset_check,
     build_sensor_context,
-    instance_for_test,
     materialize,
 )
 
@@ -30,14 +29,6 @@ from moovitamix_assets_tests.sensors import toy_definitions as toy
 from moovitamix_assets_tests.sensors.http_receiver import RecordingHttpServer, closed_port_url
 
 UI = "http://dagster.test:3000"
-
-
-@pytest.fixture
-def instance() -> Iterator[DagsterInstance]:
-    # A temp-dir SQLite instance like `dagster dev`'s: its event log is run-sharded, the hardest
-    # storage for cross-run queries.
-    with instance_for_test() as instance:
-        yield instance
 
 
 @pytest.fixture

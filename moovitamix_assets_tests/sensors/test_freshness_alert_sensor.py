@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from dagster import AssetKey, DagsterInstance, build_sensor_context, instance_for_test, materialize
+from dagster import AssetKey, DagsterInstance, build_sensor_context, materialize
 from dagster._core.remote_origin import InProcessCodeLocationOrigin
 from dagster._core.test_utils import freeze_time
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
@@ -26,12 +26,6 @@ from moovitamix_assets_tests.sensors.http_receiver import RecordingHttpServer
 
 UI = "http://dagster.test:3000"
 SUMMARY = AssetKey(["toy", "daily_summary"])
-
-
-@pytest.fixture
-def instance() -> Iterator[DagsterInstance]:
-    with instance_for_test() as instance:
-        yield instance
 
 
 @pytest.fixture

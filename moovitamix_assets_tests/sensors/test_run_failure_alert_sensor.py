@@ -3,7 +3,7 @@
 from collections.abc import Iterator
 
 import pytest
-from dagster import DagsterInstance, build_sensor_context, instance_for_test, materialize
+from dagster import DagsterInstance, build_sensor_context, materialize
 
 from moovitamix_assets.resources.alerts import AlertNotifier
 from moovitamix_assets.sensors.alerts import run_error_summary, run_failure_alert_sensor
@@ -11,12 +11,6 @@ from moovitamix_assets_tests.sensors import toy_definitions as toy
 from moovitamix_assets_tests.sensors.http_receiver import RecordingHttpServer, closed_port_url
 
 UI = "http://dagster.test:3000"
-
-
-@pytest.fixture
-def instance() -> Iterator[DagsterInstance]:
-    with instance_for_test() as instance:
-        yield instance
 
 
 @pytest.fixture
