@@ -1,4 +1,10 @@
-"""Command line: ``python -m moovitamix_api --port 8000 --records 1000 --seed 42 [faults]``."""
+"""Command line: ``python -m moovitamix_api --port 8000 --records 1000 --seed 42 [faults]``.
+
+``--taste none`` (or ``MOOVITAMIX_STANDIN_TASTE=none``) serves listening with no taste structure:
+every listen is a uniform draw over the catalogue. ``MOOVITAMIX_STANDIN_DAY`` sets the default of
+``--day``. Both variables are read when the command line is parsed, so a parent process (such as
+``python -m moovitamix_assets.cli run``) configures its stand-in through its environment.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import argparse
 import http.client
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -15,9 +22,21 @@ import psutil
 import uvicorn
 
 from moovitamix_api.app import StandInState, create_app
-from moovitamix_api.config import ENDPOINTS, FAULT_FIELDS, StandInConfig
+from moovitamix_api.config import (
+    DEFAULT_DUPLICATE_RATE,
+    DEFAULT_TASTE,
+    ENDPOINTS,
+    FAULT_FIELDS,
+    TASTE_ENV,
+    TASTES,
+    DataConfig,
+    StandInConfig,
+)
 from moovitamix_api.data import Dataset
 from moovitamix_api.server import HOST, READY_PREFIX, bind_socket, run_subprocess, uvicorn_config
+
+DAY_ENV = "MOOVITAMIX_STANDIN_DAY"
+_DEFAULTS = DataConfig()
 
 
 def _fault_setting(text: str) -> tuple[str | None, str, Any]:
@@ -44,15 +63,48 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     data.add_argument("--users", type=int, help="overrides --records for /users")
     data.add_argument("--tracks", type=int, help="overrides --records for /tracks")
     data.add_argument("--seed", type=int, default=42)
-    data.add_argument("--day", help="served day YYYY-MM-DD (default: today's UTC date)")
+    data.add_argument(
+        "--day",
+        default=os.environ.get(DAY_ENV) or None,
+        help=f"served day YYYY-MM-DD (default: ${DAY_ENV}, else today's UTC date)",
+    )
     data.add_argument("--mean-listens", type=float, default=5.0)
-    data.add_argument("--favourite-share", type=float, default=0.75)
-    data.add_argument("--zipf-exponent", type=float, default=1.0)
+    data.add_argument(
+        "--taste",
+        choices=sorted(TASTES),
+        default=os.environ.get(TASTE_ENV) or DEFAULT_TASTE,
+        help="structured: listens follow a genre, a scene and a Zipf popularity; none: every "
+        "listen is a uniform draw over the catalogue, no genre preference "
+        f"(default: ${TASTE_ENV}, else %(default)s)",
+    )
+    data.add_argument(
+        "--favourite-share",
+        type=float,
+        help=f"share of listens from the listening genre (default {_DEFAULTS.favourite_share}; "
+        "--taste none: 0)",
+    )
+    data.add_argument(
+        "--taste-scenes",
+        type=int,
+        default=_DEFAULTS.taste_scenes,
+        help="listening communities per genre, each with its own favourite tracks",
+    )
+    data.add_argument(
+        "--declared-genre-share",
+        type=float,
+        default=_DEFAULTS.declared_genre_share,
+        help="share of users whose declared favorite_genres is the genre they listen to",
+    )
+    data.add_argument(
+        "--zipf-exponent",
+        type=float,
+        help=f"track popularity skew (default {_DEFAULTS.zipf_exponent}; --taste none: 0)",
+    )
     data.add_argument("--user-churn", type=float, default=0.01, help="users replaced per day")
     data.add_argument("--track-churn", type=float, default=0.002, help="tracks replaced per day")
     data.add_argument("--change-rate", type=float, default=0.02, help="records modified per day")
     data.add_argument("--listen-null-rate", type=float, default=0.001)
-    data.add_argument("--duplicate-rate", type=float, default=0.0)
+    data.add_argument("--duplicate-rate", type=float, default=DEFAULT_DUPLICATE_RATE)
     faults = parser.add_argument_group("faults (every endpoint; --fault for one endpoint)")
     faults.add_argument("--error-rate", type=float, default=0.0, help="random 500/503 share")
     faults.add_argument("--fail-first-n", type=int, default=0)
@@ -74,7 +126,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="PAGES",
         help="instead of serving: time PAGES pages in-process and over HTTP, print pages/s",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.taste not in TASTES:  # from the environment, which argparse does not check
+        parser.error(f"{TASTE_ENV}={args.taste!r}: expected one of {', '.join(sorted(TASTES))}")
+    taste = TASTES[args.taste]
+    for name, value in taste.items():
+        if getattr(args, name) not in (None, value):
+            flag = "--" + name.replace("_", "-")
+            parser.error(f"{flag} contradicts --taste {args.taste}, which sets it")
+    for name in ("favourite_share", "zipf_exponent"):
+        if getattr(args, name) is None:
+            setattr(args, name, taste.get(name, getattr(_DEFAULTS, name)))
+    return args
 
 
 def build_config(args: argparse.Namespace) -> StandInConfig:
@@ -98,6 +161,8 @@ def build_config(args: argparse.Namespace) -> StandInConfig:
         day=args.day,
         mean_listens=args.mean_listens,
         favourite_share=args.favourite_share,
+        taste_scenes=args.taste_scenes,
+        declared_genre_share=args.declared_genre_share,
         zipf_exponent=args.zipf_exponent,
         user_churn=args.user_churn,
         track_churn=args.track_churn,

@@ -13,6 +13,19 @@ ENDPOINTS: tuple[str, ...] = ("users", "tracks", "listen_history")
 # The production service's clock is UTC; every generated day is counted from this date.
 EPOCH = dt.date(2020, 1, 1)
 
+# A few records in a thousand repeat their neighbour's id (users: or e-mail): the contract allows
+# it, so the default data has them, as the real service's may.
+DEFAULT_DUPLICATE_RATE = 0.002
+
+# Listening with or without taste structure (CLI --taste, env MOOVITAMIX_STANDIN_TASTE): the
+# DataConfig fields each taste sets. "structured" keeps the configured (default) knobs.
+TASTE_ENV = "MOOVITAMIX_STANDIN_TASTE"
+TASTES: dict[str, dict[str, float]] = {
+    "structured": {},
+    "none": {"favourite_share": 0.0, "zipf_exponent": 0.0},
+}
+DEFAULT_TASTE = "structured"
+
 
 def today_utc() -> dt.date:
     """Today's date on the service's (UTC) clock."""
@@ -29,6 +42,14 @@ def _as_date(value: dt.date | str | None) -> dt.date | None:
 class DataConfig:
     """What the stand-in serves; every field is a knob of the deterministic generator.
 
+    Listening model (``moovitamix_api.data`` has the details): every user has a *listening genre*
+    and a *scene* within it. Each listen is, with probability ``favourite_share``, a Zipf draw
+    (``zipf_exponent``) over the scene's ranking of that genre's tracks, otherwise a Zipf draw over
+    the whole catalogue. The genre a user *declares* (``favorite_genres`` of /users) is the
+    listening genre for ``declared_genre_share`` of users only. ``TASTES["none"]`` turns all of
+    that off: every listen is a uniform draw over the catalogue, as a young service's data often
+    looks, and a trained recommender then has nothing to learn beyond what popularity knows.
+
     Attributes:
         seed: Seed of every generated value (same seed and day, same bytes).
         records: Number of users and of tracks on any day (listen_history has one row per user).
@@ -36,13 +57,24 @@ class DataConfig:
         tracks: Overrides ``records`` for /tracks.
         day: The served day; ``None`` means today's UTC date at request time.
         mean_listens: Mean length of a listening history.
-        favourite_share: Share of a user's listens drawn from their favourite genre.
-        zipf_exponent: Exponent of the Zipf-like track popularity (1.0 = classic Zipf).
+        favourite_share: Share of a user's listens drawn from their listening genre (the rest
+            come from the whole catalogue); 0 means no genre preference at all.
+        taste_scenes: Listening communities per genre: a user belongs to one scene of their
+            listening genre, and each scene has its own favourite tracks in that genre (the same
+            Zipf curve over a shifted ranking), so users of one scene share a taste. 1 = one
+            ranking per genre.
+        declared_genre_share: Share of users whose declared ``favorite_genres`` is the genre they
+            actually listen to; the others declared another genre, drawn uniformly (sign-up forms
+            are rarely kept up to date). ``Dataset.favourite_genre`` gives the listening genre.
+        zipf_exponent: Exponent of the Zipf-like track popularity (1.0 = classic Zipf, 0 =
+            uniform: every track equally likely).
         user_churn: Share of users replaced (one removed, one new id) every day.
         track_churn: Share of tracks replaced every day; listens of removed tracks become orphans.
         change_rate: Share of users and tracks modified every day (``updated_at`` moves there).
         listen_null_rate: Share of histories with a null ``user_id`` and, separately, ``items``.
         duplicate_rate: Share of records repeating the previous record's id (users: or its email).
+            Small but not zero by default: the contract does not promise unique keys, and the
+            platform must take such records in its stride.
         event_window_s: The day's changes land within this many seconds after midnight UTC (a
             nightly batch), so a record changed "today" is never stamped in the future for long.
     """
@@ -54,12 +86,14 @@ class DataConfig:
     day: dt.date | None = None
     mean_listens: float = 5.0
     favourite_share: float = 0.75
+    taste_scenes: int = 4
+    declared_genre_share: float = 0.6
     zipf_exponent: float = 1.0
     user_churn: float = 0.01
     track_churn: float = 0.002
     change_rate: float = 0.02
     listen_null_rate: float = 0.001
-    duplicate_rate: float = 0.0
+    duplicate_rate: float = DEFAULT_DUPLICATE_RATE
     event_window_s: int = 3600
 
     def __post_init__(self) -> None:
@@ -68,7 +102,13 @@ class DataConfig:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
-        for name in ("favourite_share", "user_churn", "track_churn", "change_rate"):
+        for name in (
+            "favourite_share",
+            "declared_genre_share",
+            "user_churn",
+            "track_churn",
+            "change_rate",
+        ):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be within [0, 1], got {value}")
@@ -77,6 +117,10 @@ class DataConfig:
                 raise ValueError(f"{name} must be within [0, 1]")
         if self.mean_listens < 0:
             raise ValueError("mean_listens must be >= 0")
+        if self.taste_scenes < 1:
+            raise ValueError(f"taste_scenes must be >= 1, got {self.taste_scenes}")
+        if self.zipf_exponent < 0:
+            raise ValueError(f"zipf_exponent must be >= 0, got {self.zipf_exponent}")
         if not 1 <= self.event_window_s <= 86_400:
             raise ValueError("event_window_s must be within [1, 86400]")
 

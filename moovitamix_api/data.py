@@ -12,9 +12,18 @@ Model (all of it arithmetic on seeded hashes, so a page costs O(page size)):
 * Listings show slots in a seeded affine order, stable for a day.
 * A track's genre is ``GENRES[slot % 17]``, so the tracks of a genre are enumerable arithmetically.
   A user's history is a fixed infinite stream of listens truncated to a length that grows with the
-  user's age: day d's list extends day d-1's. Each listen is, with ``favourite_share``, a Zipf draw
-  within the user's favourite genre, otherwise a Zipf draw over all tracks; the listened id is the
-  id of the track occupying the drawn slot on the day of the listen (later removals make orphans).
+  user's age: day d's list extends day d-1's. The listened id is the id of the track occupying the
+  drawn slot on the day of the listen (later removals make orphans).
+* Taste. Every user has a *listening genre* (seeded, weighted by ``GENRE_WEIGHTS``) and a *scene*
+  in it, one of ``taste_scenes`` listening communities: each scene ranks the genre's tracks from
+  its own starting point, so its users share favourite tracks that another scene's users rarely
+  play. Each listen is, with ``favourite_share``, a Zipf draw (``zipf_exponent``) over the user's
+  scene ranking, otherwise a Zipf draw over all tracks (one global ranking).
+* Declared genre. ``favorite_genres`` on /users is what the user declared on sign-up: the listening
+  genre for ``declared_genre_share`` of users, another genre (uniform among the other 16) for the
+  rest. ``Dataset.favourite_genre`` returns the listening genre, which no endpoint shows.
+* No taste (``--taste none``: ``favourite_share=0``, ``zipf_exponent=0``): every listen is a
+  uniform draw over the catalogue, so histories carry no signal a model could learn.
 """
 
 from __future__ import annotations
@@ -245,6 +254,7 @@ class Dataset:
                 "domain", "gender", "fav", "dup", "dup_kind", "tname", "tname_len", "artist_f",
                 "artist_l", "writer_f", "writer_l", "duration", "album", "rate", "offset",
                 "listen", "rank", "lupdated", "null_uid", "null_items", "genre_off", "global_off",
+                "scene", "declared", "declared_genre",
             )
         }  # fmt: skip
         self._genre_offsets = [int(_salt(seed, f"genre:{g}")) % 1_000_003 for g in range(N_GENRES)]
@@ -367,7 +377,11 @@ class Dataset:
         return ids[: int(lengths[0])].tolist()
 
     def favourite_genre(self, user_id: int) -> str | None:
-        """A user's favourite genre (fixed for the user's lifetime), for any id ever issued."""
+        """A user's listening genre (fixed for the user's lifetime), for any id ever issued.
+
+        The genre the user's listens follow; /users shows the declared one, which differs for
+        ``1 - declared_genre_share`` of users.
+        """
         decoded = self.users.decode(user_id)
         if decoded is None:
             return None
@@ -420,6 +434,16 @@ class Dataset:
         u = _unit(_hash(self._salts["fav"], key))
         return np.minimum(np.searchsorted(_GENRE_CDF, u, side="right"), N_GENRES - 1)
 
+    def _declared(self, key: np.ndarray) -> np.ndarray:
+        """The genre a user states on sign-up: their listening genre only for some of them."""
+        favourite = self._favourite(key)
+        honest = _unit(_hash(self._salts["declared"], key)) < self.config.declared_genre_share
+        # Another genre than the listened one, drawn uniformly among the other 16.
+        other = (favourite + 1 + _pick(_hash(self._salts["declared_genre"], key), N_GENRES - 1)) % (
+            N_GENRES
+        )
+        return np.where(honest, favourite, other)
+
     def _genre_size(self, genre: np.ndarray) -> np.ndarray:
         n = self.tracks.n
         return np.where(genre < n, (n - genre + N_GENRES - 1) // N_GENRES, 0)
@@ -462,7 +486,7 @@ class Dataset:
             "last_name": last,
             "email": np.array(emails, dtype=object),
             "gender": gender,
-            "favorite_genres": _GENRES[self._favourite(key)],
+            "favorite_genres": _GENRES[self._declared(key)],
             "created": created,
             "updated": updated,
         }
@@ -610,6 +634,10 @@ class Dataset:
             g, n = favourite[from_genre], n_g[from_genre]
             ranks = zipf_ranks(u_rank[from_genre], n, self.config.zipf_exponent)
             offsets = np.asarray(self._genre_offsets, dtype=np.int64)[g]
+            # A user's scene shifts the genre's ranking: each scene has its own favourite tracks.
+            scenes = max(1, self.config.taste_scenes)
+            scene = _pick(_hash(s["scene"], ukey[from_genre]), scenes)
+            offsets = offsets + scene * (n // scenes)
             slots[from_genre] = g + N_GENRES * ((ranks * _PRIME + offsets) % n)
         other = ~from_genre
         if other.any():

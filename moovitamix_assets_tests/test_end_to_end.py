@@ -72,7 +72,13 @@ def test_materialize_everything_from_the_terminal(api_server, fresh_database, tm
                 api.config.data.n_users if endpoint != "tracks" else api.config.data.n_tracks
             )
             assert stored == api_total == 1234, endpoint
-        assert conn.execute(sa.text("SELECT count(*) FROM core.users")).scalar_one() == 1234
+        # One core row per distinct id: the default data repeats a few ids, as the contract allows.
+        distinct_ids = conn.execute(
+            sa.text("SELECT count(DISTINCT id) FROM raw.users WHERE snapshot_date = :d"),
+            {"d": partition},
+        ).scalar_one()
+        assert conn.execute(sa.text("SELECT count(*) FROM core.users")).scalar_one() == distinct_ids
+        assert distinct_ids > 0.99 * 1234
         assert conn.execute(sa.text("SELECT count(*) FROM core.listen_events")).scalar_one() > 0
     warehouse.dispose()
 

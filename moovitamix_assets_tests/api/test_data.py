@@ -1,4 +1,4 @@
-"""The generator: determinism, day evolution and learnable listening structure (no HTTP)."""
+"""The generator: determinism, day evolution, listening with and without taste (no HTTP)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from moovitamix_api import DataConfig, Dataset
+from moovitamix_api.config import TASTES
 from moovitamix_api.data import _Bijection, zipf_ranks
+from moovitamix_api.words import GENRES
 
 DAY = dt.date(2026, 4, 9)
 
@@ -30,7 +32,9 @@ def test_same_seed_and_day_give_the_same_data_and_another_seed_differs():
 
 
 def test_a_day_later_records_appear_change_disappear_and_keep_their_ids():
-    config = DataConfig(records=3000, day=DAY, user_churn=0.02, track_churn=0.01, change_rate=0.05)
+    config = DataConfig(
+        records=3000, day=DAY, user_churn=0.02, track_churn=0.01, change_rate=0.05, duplicate_rate=0
+    )
     today, tomorrow = (
         Dataset(config),
         Dataset(DataConfig(**{**vars(config), "day": DAY + dt.timedelta(1)})),
@@ -70,7 +74,7 @@ def test_histories_grow_by_appending():
 
 
 def test_ids_are_unique_per_endpoint_and_bijective():
-    dataset = Dataset(DataConfig(records=20_000, day=DAY))
+    dataset = Dataset(DataConfig(records=20_000, day=DAY, duplicate_rate=0))
     ids = np.array([r["id"] for r in dataset.iter_records("tracks")])
     assert len(np.unique(ids)) == 20_000 and ids.min() >= 1
     bijection = _Bijection(18, 3, "t")
@@ -80,31 +84,124 @@ def test_ids_are_unique_per_endpoint_and_bijective():
     assert np.array_equal(bijection.inverse(y), x)
 
 
-def test_listens_follow_the_favourite_genre_and_skewed_popularity():
-    dataset = Dataset(DataConfig(records=4000, day=DAY, mean_listens=20))
+def listening_figures(dataset: Dataset) -> dict[str, float]:
+    """Shares of listens in the user's listening genre and in the top decile of tracks, orphans,
+    and the share of users whose declared genre is their listening genre."""
     tracks = by_id(dataset.records("tracks"))
     users = by_id(dataset.records("users"))
-    favourite = listens = orphans = 0
+    in_genre = listens = orphans = declared = listeners = 0
     counts: collections.Counter[int] = collections.Counter()
     for history in dataset.records("listen_history"):
         if history["user_id"] is None or not history["items"]:
             continue
-        genre = users[history["user_id"]]["favorite_genres"]
-        assert dataset.favourite_genre(history["user_id"]) == genre
+        genre = dataset.favourite_genre(history["user_id"])
+        listeners += 1
+        declared += users[history["user_id"]]["favorite_genres"] == genre
         for track_id in history["items"]:
             listens += 1
             counts[track_id] += 1
             if track_id in tracks:
-                favourite += tracks[track_id]["genres"] == genre
+                in_genre += tracks[track_id]["genres"] == genre
             else:
                 orphans += 1
                 # An orphan is still the id of a real (removed) track.
-                favourite += dataset.track_genre(track_id) == genre
-    assert listens > 0.8 * 4000 * 20
-    assert favourite / listens > 0.6  # chance would be ~1/17
-    assert orphans / listens < 0.15  # removed tracks leave a few orphans, not many
+                in_genre += dataset.track_genre(track_id) == genre
     top_decile = sum(c for _, c in counts.most_common(len(tracks) // 10))
-    assert top_decile / listens > 0.4  # Zipf-like: the top 10% of tracks get far more than 10%
+    return {
+        "listens": listens,
+        "in_genre": in_genre / listens,
+        "orphans": orphans / listens,
+        "top_decile": top_decile / listens,
+        "declared": declared / listeners,
+    }
+
+
+def test_listens_follow_the_listening_genre_and_skewed_popularity():
+    dataset = Dataset(DataConfig(records=4000, day=DAY, mean_listens=20, duplicate_rate=0))
+    figures = listening_figures(dataset)
+    assert figures["listens"] > 0.8 * 4000 * 20
+    assert figures["in_genre"] > 0.6  # chance would be ~1/17
+    assert figures["orphans"] < 0.15  # removed tracks leave a few orphans, not many
+    # Zipf-like: the top 10% of tracks get far more than 10% of the listens.
+    assert figures["top_decile"] > 0.4
+
+
+@pytest.mark.parametrize("share", [0.6, 0.3, 1.0])
+def test_the_declared_genre_is_the_listening_genre_for_about_declared_genre_share(share):
+    dataset = Dataset(DataConfig(records=4000, day=DAY, declared_genre_share=share))
+    users = dataset.records("users")
+    declared = [u["favorite_genres"] == dataset.favourite_genre(u["id"]) for u in users]
+    # 4,000 users: the binomial standard deviation is under 0.008.
+    assert abs(np.mean(declared) - share) < 0.04
+    # The others declared some other genre, drawn over all of them, not one fixed genre.
+    others = collections.Counter(
+        u["favorite_genres"] for u, d in zip(users, declared, strict=True) if not d
+    )
+    assert share == 1.0 or len(others) > 10
+
+
+def test_scenes_give_users_of_one_genre_different_favourite_tracks():
+    def top_tracks_per_user(scenes: int) -> float:
+        dataset = Dataset(DataConfig(records=4000, day=DAY, mean_listens=30, taste_scenes=scenes))
+        # Users of the most common listening genre: how many distinct first-ranked tracks.
+        by_genre: dict[str, list[int]] = collections.defaultdict(list)
+        for history in dataset.records("listen_history"):
+            if history["user_id"] is None or not history["items"]:
+                continue
+            genre = dataset.favourite_genre(history["user_id"])
+            top = collections.Counter(
+                t for t in history["items"] if dataset.track_genre(t) == genre
+            ).most_common(1)
+            if top:
+                by_genre[genre].append(top[0][0])
+        biggest = max(by_genre.values(), key=len)
+        return len(set(biggest)) / len(biggest)
+
+    assert top_tracks_per_user(8) > top_tracks_per_user(1)
+
+
+def test_no_taste_gives_uniform_listening_without_genre_preference():
+    dataset = Dataset(
+        DataConfig(records=4000, day=DAY, mean_listens=20, duplicate_rate=0, **TASTES["none"])
+    )
+    figures = listening_figures(dataset)
+    assert figures["listens"] > 0.8 * 4000 * 20
+    # A track's genre is its slot modulo 17: uniform tracks are 1/17 in any genre.
+    assert abs(figures["in_genre"] - 1 / 17) < 0.01
+    # About 20 listens per track: the top decile holds little more than its 10 %.
+    assert figures["top_decile"] < 0.16
+    counts = collections.Counter(
+        t for h in dataset.records("listen_history") for t in (h["items"] or [])
+    )
+    assert max(counts.values()) < 60  # Zipf would give the top track thousands
+
+
+def test_the_default_data_has_the_odd_but_valid_records_of_the_contract():
+    dataset = Dataset(DataConfig(records=20_000, day=DAY))
+    users = dataset.records("users")
+    assert DataConfig().duplicate_rate > 0
+    repeated = (
+        len(users) - len({u["id"] for u in users}) + len(users) - len({u["email"] for u in users})
+    )
+    assert 0 < repeated < 0.01 * len(users)
+    histories = dataset.records("listen_history")
+    assert any(h["user_id"] is None for h in histories)
+    assert any(h["items"] is None for h in histories)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("declared_genre_share", -0.1),
+        ("declared_genre_share", 1.5),
+        ("taste_scenes", 0),
+        ("zipf_exponent", -1.0),
+        ("favourite_share", 1.1),
+    ],
+)
+def test_out_of_range_knobs_are_refused(field, value):
+    with pytest.raises(ValueError, match=field):
+        DataConfig(**{field: value})
 
 
 def test_lookups_agree_with_pages():
@@ -115,7 +212,7 @@ def test_lookups_agree_with_pages():
         assert dataset.user(user["id"]) == user
         assert dataset.listen_history(user["id"]) == history
         assert dataset.user_listens(user["id"]) == history["items"]
-        assert dataset.favourite_genre(user["id"]) == user["favorite_genres"]
+        assert dataset.favourite_genre(user["id"]) in GENRES
     track = dataset.page("tracks", 3, 100)[0][5]
     assert dataset.track(track["id"]) == track
     assert dataset.track_genre(track["id"]) == track["genres"]
@@ -143,7 +240,7 @@ def test_mean_listens_is_configurable():
 
 
 def test_duplicates_and_nulls_are_injected_on_demand():
-    clean = Dataset(DataConfig(records=2000, day=DAY, listen_null_rate=0))
+    clean = Dataset(DataConfig(records=2000, day=DAY, listen_null_rate=0, duplicate_rate=0))
     assert all(h["user_id"] and h["items"] is not None for h in clean.records("listen_history"))
     dirty = Dataset(DataConfig(records=2000, day=DAY, duplicate_rate=0.05, listen_null_rate=0.05))
     users = dirty.records("users")

@@ -7,6 +7,8 @@ import collections
 import pytest
 import requests
 
+from moovitamix_api import Dataset
+
 pytestmark = pytest.mark.http
 
 DAY = "2026-04-09"
@@ -39,7 +41,9 @@ def test_same_seed_and_day_serve_identical_bytes_and_another_seed_differs(api_se
 
 
 def test_next_day_adds_removes_changes_and_extends_histories(api_server):
-    server = api_server(records=1500, seed=42, day=DAY, user_churn=0.02, change_rate=0.05)
+    server = api_server(
+        records=1500, seed=42, day=DAY, user_churn=0.02, change_rate=0.05, duplicate_rate=0
+    )
     before = {e: read_all(server, e) for e in ("users", "listen_history")}
     server.set_day("2026-04-10")
     after = {e: read_all(server, e) for e in ("users", "listen_history")}
@@ -63,7 +67,9 @@ def test_next_day_adds_removes_changes_and_extends_histories(api_server):
 def test_listens_favour_each_users_genre_over_http(api_server):
     server = api_server(records=1000, seed=42, day=DAY, mean_listens=20)
     genre_of_track = {t["id"]: t["genres"] for t in read_all(server, "tracks")}
-    favourite = {u["id"]: u["favorite_genres"] for u in read_all(server, "users")}
+    # The listening genre: the declared favorite_genres matches it for only some users.
+    dataset = Dataset(server.config.data)
+    favourite = {u["id"]: dataset.favourite_genre(u["id"]) for u in read_all(server, "users")}
     hits = listens = 0
     popularity: collections.Counter[int] = collections.Counter()
     for history in read_all(server, "listen_history"):
