@@ -21,9 +21,9 @@ import pandas as pd
 
 from moovitamix_api.config import DataConfig
 from moovitamix_api.data import Dataset
-from moovitamix_assets.assets.recommendation.pipeline import CANDIDATE, SERVING, train_and_evaluate
 from moovitamix_assets.ml.gating import GateSettings, decide_promotion
 from moovitamix_assets.ml.models import AlsParams, FallbackModel
+from moovitamix_assets.ml.pipeline import CANDIDATE, SERVING, train_and_evaluate
 from moovitamix_assets.ml.split import time_based_split
 
 DAY = dt.date(2026, 12, 6)

@@ -6,14 +6,19 @@ import os
 
 import dagster as dg
 
+from moovitamix_assets.alerts import alert_notifier_from_env
 from moovitamix_assets.assets.core.assets import core_assets
 from moovitamix_assets.assets.raw.api_snapshots import raw_assets
-from moovitamix_assets.assets.recommendation.assets import recommendation_assets
-from moovitamix_assets.assets.recommendation.checks import recommendation_checks
 from moovitamix_assets.checks.core_checks import core_checks
 from moovitamix_assets.checks.raw_checks import raw_checks
+from moovitamix_assets.defs.monitoring.sensors import build_alert_sensors
+from moovitamix_assets.defs.recommendation.assets import recommendation_assets
+from moovitamix_assets.defs.recommendation.checks import recommendation_checks
+from moovitamix_assets.defs.recommendation.retraining import (
+    build_retraining_sensor,
+    thresholds_from_env,
+)
 from moovitamix_assets.jobs import daily_refresh_job, retraining_job
-from moovitamix_assets.resources.alerts import alert_notifier_from_env
 from moovitamix_assets.resources.api import MoovitamixApiResource
 from moovitamix_assets.resources.database import PostgresResource
 from moovitamix_assets.resources.io_manager import PostgresPandasIOManager
@@ -23,8 +28,6 @@ from moovitamix_assets.schedules import (
     build_daily_schedule,
     build_weekly_retraining_schedule,
 )
-from moovitamix_assets.sensors.alerts import build_alert_sensors
-from moovitamix_assets.sensors.retraining import build_retraining_sensor, thresholds_from_env
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 

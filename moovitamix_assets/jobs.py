@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from moovitamix_assets.assets.recommendation.keys import DAILY_KEYS, RETRAINING_KEYS
+from moovitamix_assets.defs.recommendation.keys import DAILY_KEYS, RETRAINING_KEYS
 
 # Everything that is rebuilt every day for that day's partition: raw snapshots, the core merge and
 # then the daily recommendation assets (holdout, production evaluation, user_recommendations), so

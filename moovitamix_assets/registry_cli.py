@@ -14,7 +14,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from moovitamix_assets.assets.recommendation import registry
+from moovitamix_assets.defs.recommendation import registry
 from moovitamix_assets.resources.database import PostgresResource
 
 

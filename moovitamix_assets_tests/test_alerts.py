@@ -14,7 +14,7 @@ from dagster import (
     instance_for_test,
 )
 
-from moovitamix_assets.resources.alerts import (
+from moovitamix_assets.alerts import (
     ALERT_WEBHOOK_URL_ENV,
     UI_URL_ENV,
     Alert,
@@ -24,9 +24,12 @@ from moovitamix_assets.resources.alerts import (
     format_slack_message,
     run_url,
 )
-from moovitamix_assets.sensors.alerts import asset_check_failure_alert_sensor
-from moovitamix_assets_tests.sensors import toy_definitions as toy
-from moovitamix_assets_tests.sensors.http_receiver import RecordingHttpServer, closed_port_url
+from moovitamix_assets.defs.monitoring.sensors import asset_check_failure_alert_sensor
+from moovitamix_assets_tests.defs.monitoring import toy_definitions as toy
+from moovitamix_assets_tests.defs.monitoring.http_receiver import (
+    RecordingHttpServer,
+    closed_port_url,
+)
 
 ALERT = Alert(
     kind="check_failed",

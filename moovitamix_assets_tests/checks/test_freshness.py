@@ -21,7 +21,7 @@ from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
 from moovitamix_assets import definitions
 from moovitamix_assets.freshness import DAILY_FRESHNESS
 from moovitamix_assets.schedules import DEFAULT_DAILY_CRON
-from moovitamix_assets_tests.sensors.test_freshness_alert_sensor import evaluate_freshness
+from moovitamix_assets_tests.defs.monitoring.test_freshness_alert_sensor import evaluate_freshness
 
 RAW_USERS = dg.AssetKey(["raw", "users"])
 RAW_TRACKS = dg.AssetKey(["raw", "tracks"])

@@ -7,7 +7,7 @@ import pytest
 
 from moovitamix_assets.checks.step_figures import finish_step_figures, start_step_figures
 from moovitamix_assets.resources.run_metrics import PUSHGATEWAY_URL_ENV
-from moovitamix_assets_tests.sensors.http_receiver import RecordingHttpServer
+from moovitamix_assets_tests.defs.monitoring.http_receiver import RecordingHttpServer
 
 
 @dg.asset(key_prefix="toy")

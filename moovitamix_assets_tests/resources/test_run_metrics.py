@@ -17,7 +17,10 @@ from moovitamix_assets.resources.run_metrics import (
     pushgateway_path,
     sample_run_figures,
 )
-from moovitamix_assets_tests.sensors.http_receiver import RecordingHttpServer, closed_port_url
+from moovitamix_assets_tests.defs.monitoring.http_receiver import (
+    RecordingHttpServer,
+    closed_port_url,
+)
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ from dagster import (
     sensor,
 )
 
-from moovitamix_assets.resources.alerts import Alert, AlertNotifier
+from moovitamix_assets.alerts import Alert, AlertNotifier
 
 ALERT_NOTIFIER_RESOURCE_KEY: Final = "alert_notifier"
 PARTITION_TAG: Final = "dagster/partition"

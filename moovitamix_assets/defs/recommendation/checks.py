@@ -12,16 +12,15 @@ Severities follow what a data scientist would do with the answer:
   before publication (``serving.stage_and_publish``); here they show on the served table.
 """
 
-
 from typing import Any
 
 import dagster as dg
 import sqlalchemy as sa
 
+from moovitamix_assets.alerts import Alert, AlertNotifier
 from moovitamix_assets.assets.core.schema import INTERACTIONS_TABLE, core_table
-from moovitamix_assets.assets.recommendation import keys, registry, serving
+from moovitamix_assets.defs.recommendation import keys, registry, serving
 from moovitamix_assets.ml.evaluation import DEFAULT_K
-from moovitamix_assets.resources.alerts import Alert, AlertNotifier
 from moovitamix_assets.resources.database import PostgresResource
 
 _HOLDOUT = registry.ml_table("evaluation_holdout")

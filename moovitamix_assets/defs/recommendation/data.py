@@ -22,7 +22,7 @@ from moovitamix_assets.assets.core.schema import (
     USERS_TABLE,
     core_table,
 )
-from moovitamix_assets.assets.recommendation.registry import DataSnapshot
+from moovitamix_assets.defs.recommendation.registry import DataSnapshot
 from moovitamix_assets.ml import INTERACTION_COLUMNS
 
 _INTERACTION_DTYPES: Final = {

@@ -26,8 +26,8 @@ from typing import Final
 
 import dagster as dg
 
-from moovitamix_assets.assets.recommendation import registry
-from moovitamix_assets.assets.recommendation.data import count_interactions
+from moovitamix_assets.defs.recommendation import registry
+from moovitamix_assets.defs.recommendation.data import count_interactions
 from moovitamix_assets.jobs import RETRAINING_JOB_NAME, retraining_job
 from moovitamix_assets.ml.gating import decay_trigger, growth_trigger
 from moovitamix_assets.ml.significance import Interval

@@ -21,8 +21,8 @@ from moovitamix_assets.assets.core.schema import (
     USERS_TABLE,
     core_table,
 )
-from moovitamix_assets.assets.recommendation import registry
-from moovitamix_assets.assets.recommendation.pipeline import RECOMMENDATION_TABLE_COLUMNS
+from moovitamix_assets.defs.recommendation import registry
+from moovitamix_assets.ml.pipeline import RECOMMENDATION_TABLE_COLUMNS
 
 STAGING_TABLE: Final = "user_recommendations_staging"
 PUBLISHED: Final = registry.ml_table(registry.RECOMMENDATIONS_TABLE)

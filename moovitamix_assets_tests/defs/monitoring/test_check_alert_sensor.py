@@ -19,14 +19,17 @@ from dagster import (
     materialize,
 )
 
-from moovitamix_assets.resources.alerts import AlertNotifier
-from moovitamix_assets.sensors.alerts import (
+from moovitamix_assets.alerts import AlertNotifier
+from moovitamix_assets.defs.monitoring.sensors import (
     CheckAlertCursor,
     asset_check_failure_alert_sensor,
     observed_and_expected,
 )
-from moovitamix_assets_tests.sensors import toy_definitions as toy
-from moovitamix_assets_tests.sensors.http_receiver import RecordingHttpServer, closed_port_url
+from moovitamix_assets_tests.defs.monitoring import toy_definitions as toy
+from moovitamix_assets_tests.defs.monitoring.http_receiver import (
+    RecordingHttpServer,
+    closed_port_url,
+)
 
 UI = "http://dagster.test:3000"
 

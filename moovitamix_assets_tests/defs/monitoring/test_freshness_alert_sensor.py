@@ -19,10 +19,10 @@ from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
 from dagster._daemon.freshness import FreshnessDaemon
 
-from moovitamix_assets.resources.alerts import AlertNotifier
-from moovitamix_assets.sensors.alerts import freshness_failure_alert_sensor
-from moovitamix_assets_tests.sensors import toy_definitions as toy
-from moovitamix_assets_tests.sensors.http_receiver import RecordingHttpServer
+from moovitamix_assets.alerts import AlertNotifier
+from moovitamix_assets.defs.monitoring.sensors import freshness_failure_alert_sensor
+from moovitamix_assets_tests.defs.monitoring import toy_definitions as toy
+from moovitamix_assets_tests.defs.monitoring.http_receiver import RecordingHttpServer
 
 UI = "http://dagster.test:3000"
 SUMMARY = AssetKey(["toy", "daily_summary"])

@@ -5,10 +5,13 @@ from collections.abc import Iterator
 import pytest
 from dagster import DagsterInstance, build_sensor_context, materialize
 
-from moovitamix_assets.resources.alerts import AlertNotifier
-from moovitamix_assets.sensors.alerts import run_error_summary, run_failure_alert_sensor
-from moovitamix_assets_tests.sensors import toy_definitions as toy
-from moovitamix_assets_tests.sensors.http_receiver import RecordingHttpServer, closed_port_url
+from moovitamix_assets.alerts import AlertNotifier
+from moovitamix_assets.defs.monitoring.sensors import run_error_summary, run_failure_alert_sensor
+from moovitamix_assets_tests.defs.monitoring import toy_definitions as toy
+from moovitamix_assets_tests.defs.monitoring.http_receiver import (
+    RecordingHttpServer,
+    closed_port_url,
+)
 
 UI = "http://dagster.test:3000"
 

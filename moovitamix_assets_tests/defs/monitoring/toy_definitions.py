@@ -17,8 +17,8 @@ from dagster import (
     asset_check,
 )
 
-from moovitamix_assets.resources.alerts import AlertNotifier
-from moovitamix_assets.sensors.alerts import build_alert_sensors
+from moovitamix_assets.alerts import AlertNotifier
+from moovitamix_assets.defs.monitoring.sensors import build_alert_sensors
 
 DAYS = StaticPartitionsDefinition(["2026-04-08", "2026-04-09"])
 FAIL_WINDOW = timedelta(minutes=1)

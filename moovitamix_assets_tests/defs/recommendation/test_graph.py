@@ -7,14 +7,14 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from moovitamix_assets.assets.recommendation import keys, registry, serving
-from moovitamix_assets.assets.recommendation.assets import recommendation_assets
-from moovitamix_assets.assets.recommendation.checks import recommendation_checks
+from moovitamix_assets.alerts import AlertNotifier
+from moovitamix_assets.defs.recommendation import keys, registry, serving
+from moovitamix_assets.defs.recommendation.assets import recommendation_assets
+from moovitamix_assets.defs.recommendation.checks import recommendation_checks
 from moovitamix_assets.ml.synthetic import make_synthetic_dataset
-from moovitamix_assets.resources.alerts import AlertNotifier
 from moovitamix_assets.resources.database import PostgresResource
 from moovitamix_assets.resources.io_manager import PostgresPandasIOManager
-from moovitamix_assets_tests.sensors.http_receiver import RecordingHttpServer
+from moovitamix_assets_tests.defs.monitoring.http_receiver import RecordingHttpServer
 
 from .core_data import load_core_frames, load_standin_core
 

@@ -5,7 +5,7 @@ from datetime import datetime, timezone
 import numpy as np
 import pandas as pd
 
-from moovitamix_assets.assets.recommendation import pipeline
+from moovitamix_assets.ml import pipeline
 from moovitamix_assets.ml.models import AlsModel, AlsParams, FallbackModel
 
 NOW = datetime(2026, 11, 20, 2, tzinfo=timezone.utc)

@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from moovitamix_assets import registry_cli
-from moovitamix_assets.assets.recommendation import registry
+from moovitamix_assets.defs.recommendation import registry
 from moovitamix_assets.ml.artifacts import serialize_model
 from moovitamix_assets.ml.models import AlsModel, AlsParams, FallbackModel
 from moovitamix_assets.resources.database import PostgresResource

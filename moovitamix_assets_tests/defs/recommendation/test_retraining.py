@@ -10,16 +10,10 @@ import sqlalchemy as sa
 import yaml
 
 from moovitamix_assets.assets.core.schema import ensure_core_schema
-from moovitamix_assets.assets.recommendation import keys, registry
 from moovitamix_assets.cli import LOCAL_DAGSTER_YAML
 from moovitamix_assets.definitions import defs
-from moovitamix_assets.jobs import EXCLUSIVE_TAG, daily_refresh_job, retraining_job
-from moovitamix_assets.ml.artifacts import serialize_model
-from moovitamix_assets.ml.models import AlsModel, AlsParams
-from moovitamix_assets.ml.significance import Interval
-from moovitamix_assets.resources.database import PostgresResource
-from moovitamix_assets.schedules import build_weekly_retraining_schedule
-from moovitamix_assets.sensors.retraining import (
+from moovitamix_assets.defs.recommendation import keys, registry
+from moovitamix_assets.defs.recommendation.retraining import (
     SENSOR_NAME,
     TRIGGER_TAG,
     RetrainingThresholds,
@@ -27,8 +21,14 @@ from moovitamix_assets.sensors.retraining import (
     evaluate_triggers,
     thresholds_from_env,
 )
+from moovitamix_assets.jobs import EXCLUSIVE_TAG, daily_refresh_job, retraining_job
+from moovitamix_assets.ml.artifacts import serialize_model
+from moovitamix_assets.ml.models import AlsModel, AlsParams
+from moovitamix_assets.ml.significance import Interval
+from moovitamix_assets.resources.database import PostgresResource
+from moovitamix_assets.schedules import build_weekly_retraining_schedule
 
-DEPLOY_YAML = Path(__file__).resolve().parents[2] / "deploy" / "dagster.yaml"
+DEPLOY_YAML = Path(__file__).resolve().parents[3] / "deploy" / "dagster.yaml"
 
 AT_TRAINING = 0.05  # the production model's precision@10 when it was trained
 THRESHOLDS = RetrainingThresholds(growth_share=0.2, max_relative_decay=0.25)
