@@ -27,7 +27,7 @@ from moovitamix_assets.ml.models import (
     train_als,
 )
 from moovitamix_assets.ml.split import time_based_split
-from moovitamix_assets.ml.synthetic import make_synthetic_dataset
+from moovitamix_assets_tests.synthetic import make_synthetic_dataset
 
 _PROCESS = psutil.Process()
 _timings: dict[str, float] = {}

@@ -6,6 +6,7 @@ bound of the lift's confidence interval clears the margin: a lift inside the noi
 to change what serves, nor is a loss inside the noise a reason to alarm anyone.
 """
 
+import math
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -14,6 +15,7 @@ from moovitamix_assets.ml.significance import (
     DEFAULT_CONFIDENCE,
     DEFAULT_RESAMPLES,
     Interval,
+    detectable_lift,
     paired_bootstrap_lift,
 )
 
@@ -105,6 +107,12 @@ def decide_promotion(
         "users": lift.n_users,
         "candidate_hits": candidate.hits,
         "serving_hits": serving.hits,
+        # What this holdout can resolve at all: a lift below it is indistinguishable from noise.
+        "detectable_lift": detectable_lift(
+            lift.n_users,
+            serving.hits / lift.n_users if lift.n_users else 0.0,
+            confidence=settings.confidence,
+        ),
     }
     evidence = (
         f"{metric} {lift.candidate:.4g} vs {lift.baseline:.4g}, {lift.n_users} users, "
@@ -120,6 +128,11 @@ def decide_promotion(
         promote = lift.low is not None and lift.low > settings.min_lift
         verdict = SIGNIFICANT if promote else NOT_SIGNIFICANT
     figures["verdict"] = verdict
+    # An unbounded figure (no hit at all in some resamples) is unknown, not a number.
+    figures = {
+        name: None if isinstance(value, float) and not math.isfinite(value) else value
+        for name, value in figures.items()
+    }
     outcome = "candidate promoted" if promote else "candidate refused"
     margin = f" (margin {settings.min_lift:+.0%})" if settings.min_lift else ""
     reason = (

@@ -113,9 +113,6 @@ class AlsModel:
     def user_index(self, user_ids: np.ndarray) -> np.ndarray:
         return lookup_indices(self.user_ids, user_ids)
 
-    def item_index(self, track_ids: np.ndarray) -> np.ndarray:
-        return lookup_indices(self.item_ids, track_ids)
-
     def recommend(
         self, user_ids: np.ndarray, exclude: sp.csr_matrix | None, k: int
     ) -> pd.DataFrame:

@@ -13,7 +13,7 @@ from moovitamix_assets.ml.models import (
     train_als,
 )
 from moovitamix_assets.ml.split import TrainTestSplit, time_based_split
-from moovitamix_assets.ml.synthetic import SyntheticDataset, make_synthetic_dataset
+from moovitamix_assets_tests.synthetic import SyntheticDataset, make_synthetic_dataset
 
 # Small enough to train in well under a second, large enough that metric differences are
 # far outside sampling noise.

@@ -1,5 +1,7 @@
 """The promotion gate and the retraining triggers, on known per-user results and real models."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -116,7 +118,7 @@ def test_the_gate_promotes_als_over_global_popularity_on_structured_data(structu
 def test_the_gate_never_promotes_als_on_random_data(seed: int) -> None:
     from moovitamix_assets.ml.models import AlsParams, fit_popularity, train_als
     from moovitamix_assets.ml.split import time_based_split
-    from moovitamix_assets.ml.synthetic import make_synthetic_dataset
+    from moovitamix_assets_tests.synthetic import make_synthetic_dataset
 
     data = make_synthetic_dataset(3_000, 500, 30_000, structured=False, seed=seed)
     split = time_based_split(data.interactions, holdout_per_user=1)
@@ -152,3 +154,12 @@ def test_decay_fires_only_when_the_whole_interval_is_under_the_threshold() -> No
     assert "upper bound < threshold 0.0200" in reason
     # The point is under the threshold but the interval reaches it: a dip inside the noise.
     assert not decay_trigger(Interval(0.018, 0.012, 0.024, 0.95), 0.02)[0]
+
+
+def test_unbounded_figures_are_recorded_as_null_for_json() -> None:
+    candidate, serving = np.zeros(1_000, dtype=int), np.zeros(1_000, dtype=int)
+    candidate[:8], serving[:1] = 1, 1
+    decision = decide_promotion(_metrics(candidate), _metrics(serving), "s", GateSettings())
+    assert decision.figures["lift_high"] is None  # some resamples lose the baseline's one hit
+    json.dumps(decision.figures, allow_nan=False)
+    assert 0 < decision.figures["detectable_lift"] < 100

@@ -11,6 +11,7 @@ from moovitamix_assets.ml.models import (
     fit_genre_popularity,
     fit_popularity,
     known_items_matrix,
+    lookup_indices,
     recommend_excluding_history,
     recommend_for_all_users,
     recommend_top_k,
@@ -217,7 +218,7 @@ def test_model_keeps_float32_factors_and_id_maps(structured) -> None:
     assert model.item_factors.shape == (structured.train["track_id"].nunique(), 32)
     assert np.all(np.diff(model.user_ids) > 0)
     assert model.user_index(model.user_ids[[5, 2]]).tolist() == [5, 2]
-    assert model.item_index(np.array([-4])).tolist() == [-1]
+    assert lookup_indices(model.item_ids, np.array([-4])).tolist() == [-1]
 
 
 @pytest.mark.parametrize(

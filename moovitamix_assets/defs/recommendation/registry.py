@@ -22,6 +22,7 @@ trigger reads.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, Final
@@ -267,21 +268,11 @@ def production_entry(engine: sa.Engine) -> RegistryEntry | None:
     return _select_one(engine, "status = :status", {"status": STATUS_PRODUCTION})
 
 
-def get_entry(engine: sa.Engine, version: int) -> RegistryEntry | None:
-    """The row of ``version``, or None."""
-    return _select_one(engine, "version = :version", {"version": version})
-
-
 def entry_for_run(engine: sa.Engine, run_id: str) -> RegistryEntry | None:
     """The newest trained model registered by the Dagster run ``run_id``, or None."""
     return _select_one(
         engine, "run_id = :run_id AND model_type = :t", {"run_id": run_id, "t": MODEL_TYPE_ALS}
     )
-
-
-def latest_entry(engine: sa.Engine) -> RegistryEntry | None:
-    """The newest registered model, whatever its status, or None."""
-    return _select_one(engine, "true", {})
 
 
 def latest_trained_entry(engine: sa.Engine) -> RegistryEntry | None:
@@ -344,6 +335,19 @@ def _read_large_object(conn: sa.Connection, oid: int) -> bytes:
         return b"".join(chunks)
     finally:
         lobject.close()
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    return value
+
+
+def _json(value: dict[str, Any]) -> str:
+    """JSON for a jsonb column: PostgreSQL's JSON has no NaN nor infinity, so those are null."""
+    return json.dumps(_finite(value), sort_keys=True, allow_nan=False)
 
 
 def _log(conn: sa.Connection, version: int, action: str, detail: str) -> None:
@@ -436,9 +440,9 @@ def _insert(conn: sa.Connection, artifact: ModelArtifact, row: dict[str, Any]) -
         {
             **row,
             "version": version,
-            "parameters": json.dumps(row["parameters"], sort_keys=True),
-            "metrics": json.dumps(row["metrics"], sort_keys=True),
-            "gate_figures": json.dumps(row["gate_figures"], sort_keys=True),
+            "parameters": _json(row["parameters"]),
+            "metrics": _json(row["metrics"]),
+            "gate_figures": _json(row["gate_figures"]),
             "artifact": artifact_oid,
             "sha256": artifact.sha256,
             "size": artifact.size_bytes,
@@ -626,7 +630,7 @@ def record_evaluation(
                 "run_id": run_id,
                 "n": snapshot.interactions,
                 "day": snapshot.snapshot_date,
-                "metrics": json.dumps(metrics, sort_keys=True),
+                "metrics": _json(metrics),
             },
         )
 
@@ -656,14 +660,3 @@ def latest_evaluation(engine: sa.Engine, version: int) -> Evaluation | None:
         ),
         metrics=dict(row.metrics),
     )
-
-
-def registry_log(engine: sa.Engine) -> list[tuple[int, str, str]]:
-    """Every (version, action, detail) of the registry log, oldest first."""
-    with engine.connect() as conn:
-        if not _exists(conn, REGISTRY_LOG_TABLE):
-            return []
-        rows = conn.execute(
-            sa.text(f"SELECT version, action, detail FROM {_LOG} ORDER BY id")
-        ).all()
-    return [(int(r.version), r.action, r.detail) for r in rows]

@@ -11,10 +11,10 @@ from moovitamix_assets.alerts import AlertNotifier
 from moovitamix_assets.defs.recommendation import keys, registry, serving
 from moovitamix_assets.defs.recommendation.assets import recommendation_assets
 from moovitamix_assets.defs.recommendation.checks import recommendation_checks
-from moovitamix_assets.ml.synthetic import make_synthetic_dataset
 from moovitamix_assets.resources.database import PostgresResource
 from moovitamix_assets.resources.io_manager import PostgresPandasIOManager
 from moovitamix_assets_tests.defs.monitoring.http_receiver import RecordingHttpServer
+from moovitamix_assets_tests.synthetic import make_synthetic_dataset
 
 from .core_data import load_core_frames, load_standin_core
 
@@ -116,7 +116,7 @@ def test_on_taste_structured_standin_data_the_candidate_beats_the_fallback_and_s
         gate.metadata
     )
     # The fallback was registered first (it served until now); the candidate replaced it.
-    fallback = registry.get_entry(engine, 1)
+    fallback = registry.list_entries(engine)[-1]
     assert fallback is not None and fallback.is_fallback and fallback.status == "retired"
     production = registry.production_entry(engine)
     assert production is not None and production.version == 2
@@ -254,7 +254,7 @@ def test_on_structureless_data_the_fallback_serves_from_the_first_run(
     assert not gate_evaluation(result).passed
     production = registry.production_entry(engine)
     assert production is not None and production.is_fallback and production.version == 1
-    assert registry.get_entry(engine, 2).state == "refused"
+    assert registry.list_entries(engine)[0].state == "refused"
     recs = assert_recommendations_serve_everyone(engine, version=1)
     assert set(recs["source"]) == {"genre_popularity"}
     evaluation_row = registry.latest_evaluation(engine, 1)
