@@ -17,6 +17,8 @@ setup(
         f"dagster-graphql=={DAGSTER_VERSION}",
         f"dagster-pipes=={DAGSTER_VERSION}",
         f"dagster-shared=={DAGSTER_VERSION}",
+        # `dg dev`: what `make ui` runs (`dagster dev` tells its users to move to it).
+        f"dagster-dg-cli=={DAGSTER_VERSION}",
         f"dagster-postgres=={DAGSTER_LIBRARY_VERSION}",
         # psycopg2 is the one driver: dagster-postgres ships it, and every URL names it
         # (postgresql+psycopg2://) because SQLAlchemy 2.1 maps bare postgresql:// to psycopg 3.

@@ -220,6 +220,13 @@ def stop_embedded_postgres(server: EmbeddedPostgres) -> None:
     )
 
 
+def embedded_postgres_of(state: str | os.PathLike[str] | None = None) -> EmbeddedPostgres:
+    """The embedded server of a state folder, running or not (``is_running`` tells)."""
+    ensure_runtime_dir()
+    pgdata = _pgdata_location(state_dir(state))
+    return EmbeddedPostgres(pgdata=pgdata, socket_dir=pgdata, port=0)
+
+
 def discard_embedded_postgres(state: str | os.PathLike[str]) -> None:
     """Stop the embedded server of a throwaway state folder and delete its data.
 

@@ -21,8 +21,10 @@ from moovitamix_assets_tests.test_end_to_end import deployment_env
 REPO = Path(__file__).resolve().parents[2]
 DAGSTER_YAML = REPO / "deploy" / "dagster.yaml"
 HELM_VALUES = REPO / "deploy" / "helm" / "values.yaml"
-PARTITION_LIMIT = [
-    {"key": "dagster/partition", "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
+# One run per partition, and one model retraining at a time (the job's moovitamix/exclusive tag).
+RUN_LIMITS = [
+    {"key": "dagster/partition", "value": {"applyLimitPerUniqueValue": True}, "limit": 1},
+    {"key": "moovitamix/exclusive", "value": {"applyLimitPerUniqueValue": True}, "limit": 1},
 ]
 
 
@@ -46,7 +48,7 @@ def test_the_deployment_instance_runs_on_postgres_with_a_limited_queue(
         assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
         queue = instance.get_concurrency_config().run_queue_config
         assert queue.max_concurrent_runs == 4
-        assert list(queue.tag_concurrency_limits) == PARTITION_LIMIT
+        assert list(queue.tag_concurrency_limits) == RUN_LIMITS
         assert instance.run_monitoring_enabled
         assert instance.run_monitoring_max_runtime_seconds == 6 * 3600
         assert instance.run_retries_enabled and instance.run_retries_max_retries == 1
@@ -115,7 +117,7 @@ def test_the_helm_values_deploy_this_project_on_kubernetes() -> None:
     assert (
         queued["maxConcurrentRuns"] == deployment_yaml["concurrency"]["runs"]["max_concurrent_runs"]
     )
-    assert queued["tagConcurrencyLimits"] == PARTITION_LIMIT
+    assert queued["tagConcurrencyLimits"] == RUN_LIMITS
 
 
 def test_the_instance_settings_the_helm_values_render_are_valid(
@@ -158,7 +160,7 @@ def test_the_instance_settings_the_helm_values_render_are_valid(
     try:
         queue = instance.get_concurrency_config().run_queue_config
         assert queue.max_concurrent_runs == 4
-        assert list(queue.tag_concurrency_limits) == PARTITION_LIMIT
+        assert list(queue.tag_concurrency_limits) == RUN_LIMITS
         assert instance.run_monitoring_enabled
         assert instance.run_retries_max_retries == 1
         assert not instance.run_retries_retry_on_asset_or_op_failure
