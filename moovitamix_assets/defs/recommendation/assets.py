@@ -398,14 +398,16 @@ def production_model_evaluation(
         metrics={**{name: m.as_dict() for name, m in metrics.items()}, **summary.as_dict()},
     )
     context.log.info("%s on today's holdout: %s", production.name, summary.describe())
+    label = config.metric.replace("_at_k", f"_at_{config.k}")
     return dg.MaterializeResult(
         metadata={
             "model_version": dg.MetadataValue.int(production.version),
             "model_type": dg.MetadataValue.text(production.model_type),
             **_snapshot_metadata(inputs.snapshot),
             **metrics_metadata(metrics, config.k),
-            f"{config.metric}_low": _figure(summary.interval.low),
-            f"{config.metric}_high": _figure(summary.interval.high),
+            # Beside production_<metric>: the plot shows whether a dip is larger than the noise.
+            f"production_{label}_low": _figure(summary.interval.low),
+            f"production_{label}_high": _figure(summary.interval.high),
             "lift_over_fallback": _figure(summary.lift.lift),
             "lift_over_fallback_low": _figure(summary.lift.low),
             "lift_over_fallback_high": _figure(summary.lift.high),
