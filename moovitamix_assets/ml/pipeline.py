@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -48,6 +49,8 @@ RECOMMENDATION_TABLE_COLUMNS: Final = (
 # the held-out users, so that both stay linear in the data (see candidate_pool).
 DEFAULT_CANDIDATE_POOL = 50_000
 DEFAULT_EVALUATION_USERS = 20_000
+# Users recommended for at once: memory follows a batch (10 rows a user), not the user base.
+DEFAULT_BATCH_USERS = 100_000
 
 
 def _pair_keys(frame: pd.DataFrame) -> np.ndarray:
@@ -263,7 +266,7 @@ def candidate_pool(model: AlsModel, interactions: pd.DataFrame, size: int) -> Al
     return restrict_to_catalogue(model, top.to_numpy(dtype=np.int64))
 
 
-def build_recommendations(
+def recommendation_batches(
     model: ServingModel,
     model_version: int,
     users: pd.DataFrame,
@@ -273,12 +276,14 @@ def build_recommendations(
     generated_at: datetime,
     *,
     candidate_pool_size: int = DEFAULT_CANDIDATE_POOL,
-) -> pd.DataFrame:
-    """Exactly ``k`` unheard, active tracks for every user of ``users``.
+    batch_users: int = DEFAULT_BATCH_USERS,
+) -> Iterator[pd.DataFrame]:
+    """Exactly ``k`` unheard, active tracks for every user of ``users``, a batch of users at a time.
 
     Users known to an ALS ``model`` get its ranking, the others genre-aware popularity
     (``cold_start``); the fallback model gives everyone genre-aware popularity. Listened tracks
     are never recommended, and neither are tracks outside ``tracks`` (the active catalogue).
+    Memory follows one batch of users, not the user base: the caller writes each batch away.
 
     Args:
         model: The production model (ALS or the fallback).
@@ -289,38 +294,50 @@ def build_recommendations(
         k: Recommendations per user.
         generated_at: Timestamp written on every row (UTC).
         candidate_pool_size: Tracks the model ranks (the most listened of the catalogue).
+        batch_users: Users per yielded frame.
 
-    Returns:
-        A frame with ``RECOMMENDATION_TABLE_COLUMNS``, ordered by user then rank.
+    Yields:
+        Frames with ``RECOMMENDATION_TABLE_COLUMNS``, ordered by user then rank.
     """
     catalogue = tracks["id"].to_numpy(dtype=np.int64)
     # Popularity counts only listens of tracks still in the catalogue, so it never ranks a
     # removed track; the full interactions still serve as the exclusion list.
-    # Only the two columns popularity needs: a full copy of the interactions costs 200 MB at 5M.
     active_listens = interactions.loc[
         np.isin(interactions["track_id"].to_numpy(dtype=np.int64), catalogue),
         ["user_id", "track_id"],
     ]
     cold_start = fit_genre_popularity(active_listens, tracks, users)
-    if isinstance(model, FallbackModel):
-        user_ids = np.unique(users["id"].to_numpy(dtype=np.int64))
-        recs = cold_start.recommend(
-            user_ids, known_items_matrix(interactions, user_ids, cold_start.item_ids), k
+    ranker = None
+    if isinstance(model, AlsModel):
+        ranker = candidate_pool(
+            restrict_to_catalogue(model, catalogue), active_listens, candidate_pool_size
         )
-        recs["source"] = SOURCE_FALLBACK
-    else:
-        recs = recommend_for_all_users(
-            candidate_pool(
-                restrict_to_catalogue(model, catalogue), active_listens, candidate_pool_size
-            ),
-            users,
-            tracks,
-            interactions,
-            k,
-            cold_start=cold_start,
+    del active_listens
+    users = users.drop_duplicates("id").sort_values("id", ignore_index=True)
+    # Histories sorted by user, so a batch's history is a slice rather than a scan of all.
+    listener = interactions["user_id"].to_numpy(dtype=np.int64)
+    order = np.argsort(listener, kind="stable")
+    listener = listener[order]
+    for start in range(0, len(users), batch_users):
+        batch = users.iloc[start : start + batch_users]
+        ids = batch["id"].to_numpy(dtype=np.int64)
+        lo, hi = (
+            np.searchsorted(listener, [ids[0], ids[-1]], side="left")[0],
+            np.searchsorted(listener, ids[-1], side="right"),
         )
-    # Built column by column without copying (copy=False): selecting and re-indexing the frame
-    # would copy all of it, 10M rows at 1M users.
+        history = interactions.iloc[order[lo:hi]][["user_id", "track_id"]]
+        if ranker is None:
+            recs = cold_start.recommend(
+                ids, known_items_matrix(history, ids, cold_start.item_ids), k
+            )
+            recs["source"] = SOURCE_FALLBACK
+        else:
+            recs = recommend_for_all_users(ranker, batch, tracks, history, k, cold_start=cold_start)
+        yield _table_rows(recs, model_version, generated_at)
+
+
+def _table_rows(recs: pd.DataFrame, model_version: int, generated_at: datetime) -> pd.DataFrame:
+    """The recommendations with the table's columns, built without copying the frame."""
     n = len(recs)
     columns = {name: recs[name].to_numpy() for name in ("user_id", "track_id", "score", "rank")}
     columns["source"] = recs["source"].to_numpy()
@@ -328,7 +345,6 @@ def build_recommendations(
     columns["generated_at"] = pd.DatetimeIndex(
         [pd.Timestamp(generated_at).tz_convert("UTC")]
     ).repeat(n)
-    del recs
     return pd.DataFrame(
         {name: columns.pop(name) for name in RECOMMENDATION_TABLE_COLUMNS}, copy=False
     )

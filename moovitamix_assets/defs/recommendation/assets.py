@@ -29,7 +29,6 @@ from moovitamix_assets.ml.models import (
     ITERATIONS_DESCRIPTION,
     RANDOM_STATE_DESCRIPTION,
     REGULARIZATION_DESCRIPTION,
-    SOURCE_COLD_START,
     AlsParams,
     ServingModel,
 )
@@ -433,7 +432,8 @@ def user_recommendations(
     started = time.perf_counter()
     production, model = _serving(context, engine)
     inputs = read_model_inputs(engine)
-    recs = pipeline.build_recommendations(
+    tally = serving.Tally(config.k)
+    batches = pipeline.recommendation_batches(
         model,
         production.version,
         inputs.users,
@@ -444,30 +444,26 @@ def user_recommendations(
         candidate_pool_size=config.candidate_pool,
     )
     # Write, audit, publish: today's rows replace yesterday's only if every audit passes.
-    failed = [a for a in serving.stage_and_publish(engine, recs, config.k) if not a.passed]
+    outcomes = serving.stage_and_publish(engine, (tally.count(b) for b in batches), config.k)
+    failed = [a for a in outcomes if not a.passed]
     if failed:
         raise dg.Failure(
             "today's recommendations failed their audits and were not published (yesterday's "
-            "still serve): " + "; ".join(a.description for a in failed)
+            "still serve; today's are in ml.user_recommendations_staging): "
+            + "; ".join(a.description for a in failed)
         )
-    per_user = recs.groupby("user_id").size()
-    rows_by_source = recs["source"].value_counts()
     return dg.MaterializeResult(
         metadata={
-            "dagster/row_count": dg.MetadataValue.int(len(recs)),
+            "dagster/row_count": dg.MetadataValue.int(tally.rows),
             "model_version": dg.MetadataValue.int(production.version),
             "model_type": dg.MetadataValue.text(production.model_type),
             "k": dg.MetadataValue.int(config.k),
-            "users": dg.MetadataValue.int(len(per_user)),
+            "users": dg.MetadataValue.int(tally.users),
             "active_users": dg.MetadataValue.int(len(inputs.users)),
-            "users_short_of_k": dg.MetadataValue.int(int((per_user < config.k).sum())),
-            "cold_start_users": dg.MetadataValue.int(
-                int(recs.loc[recs["rank"] == 1, "source"].eq(SOURCE_COLD_START).sum())
-            ),
-            "distinct_tracks": dg.MetadataValue.int(int(recs["track_id"].nunique())),
-            "rows_by_source": dg.MetadataValue.json(
-                {str(name): int(count) for name, count in rows_by_source.items()}
-            ),
+            "users_short_of_k": dg.MetadataValue.int(tally.users_short_of_k),
+            "cold_start_users": dg.MetadataValue.int(tally.cold_start_users),
+            "distinct_tracks": dg.MetadataValue.int(len(tally.tracks)),
+            "rows_by_source": dg.MetadataValue.json(dict(tally.rows_by_source)),
             **_snapshot_metadata(inputs.snapshot),
             "seconds": dg.MetadataValue.float(round(time.perf_counter() - started, 3)),
         },

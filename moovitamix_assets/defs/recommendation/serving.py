@@ -9,9 +9,12 @@ staging table for inspection. The asset checks run the same audits on the publis
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Final
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
@@ -22,6 +25,7 @@ from moovitamix_assets.assets.core.schema import (
     core_table,
 )
 from moovitamix_assets.defs.recommendation import registry
+from moovitamix_assets.ml.models import SOURCE_COLD_START
 from moovitamix_assets.ml.pipeline import RECOMMENDATION_TABLE_COLUMNS
 
 STAGING_TABLE: Final = "user_recommendations_staging"
@@ -124,6 +128,31 @@ def audit_recommendations(conn: sa.Connection, table: str, k: int) -> list[Audit
     return outcomes
 
 
+@dataclass
+class Tally:
+    """What went into the staging table, counted batch by batch (the asset's metadata)."""
+
+    k: int
+    rows: int = 0
+    users: int = 0
+    users_short_of_k: int = 0
+    cold_start_users: int = 0
+    tracks: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    rows_by_source: Counter[str] = field(default_factory=Counter)
+
+    def count(self, recs: pd.DataFrame) -> pd.DataFrame:
+        per_user = recs.groupby("user_id").size()
+        self.rows += len(recs)
+        self.users += len(per_user)
+        self.users_short_of_k += int((per_user < self.k).sum())
+        self.cold_start_users += int(
+            recs.loc[recs["rank"] == 1, "source"].eq(SOURCE_COLD_START).sum()
+        )
+        self.tracks = np.union1d(self.tracks, recs["track_id"].to_numpy(dtype=np.int64))
+        self.rows_by_source.update(recs["source"].value_counts().to_dict())
+        return recs
+
+
 def _copy(conn: sa.Connection, recs: pd.DataFrame) -> None:
     cursor = conn.connection.driver_connection.cursor()
     columns = ", ".join(RECOMMENDATION_TABLE_COLUMNS)
@@ -134,11 +163,13 @@ def _copy(conn: sa.Connection, recs: pd.DataFrame) -> None:
         cursor.copy_expert(f"COPY {STAGING} ({columns}) FROM STDIN WITH (FORMAT csv)", buffer)
 
 
-def stage_and_publish(engine: sa.Engine, recs: pd.DataFrame, k: int) -> list[AuditOutcome]:
-    """Stage ``recs``, audit them, and publish them only if every audit passes.
+def stage_and_publish(
+    engine: sa.Engine, batches: Iterable[pd.DataFrame], k: int
+) -> list[AuditOutcome]:
+    """Stage ``batches`` of recommendations, audit them, and publish them if every audit passes.
 
     One transaction under an advisory lock: concurrent runs serialise, and the published table
-    changes all at once or not at all.
+    changes all at once or not at all. Each batch is COPY'd as it comes, so memory holds one.
 
     Returns:
         Every audit's outcome on the staged rows (published when all passed).
@@ -151,7 +182,8 @@ def stage_and_publish(engine: sa.Engine, recs: pd.DataFrame, k: int) -> list[Aud
             sa.text(f"CREATE TABLE IF NOT EXISTS {STAGING} (LIKE {PUBLISHED} INCLUDING DEFAULTS)")
         )
         conn.execute(sa.text(f"TRUNCATE {STAGING}"))
-        _copy(conn, recs[list(RECOMMENDATION_TABLE_COLUMNS)])
+        for recs in batches:
+            _copy(conn, recs[list(RECOMMENDATION_TABLE_COLUMNS)])
         outcomes = audit_recommendations(conn, STAGING, k)
         if all(o.passed for o in outcomes):
             conn.execute(sa.text(f"DELETE FROM {PUBLISHED}"))

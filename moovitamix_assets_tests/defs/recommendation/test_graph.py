@@ -194,7 +194,7 @@ def test_recommendations_are_replaced_atomically_and_bad_ones_never_publish(
     bad = after.copy()
     bad.loc[0, "track_id"] = after.loc[1, "track_id"]
     bad.loc[bad.index[-1], ["user_id", "track_id"]] = [listened["user_id"], listened["track_id"]]
-    outcomes = {o.name: o for o in serving.stage_and_publish(engine, bad, K)}
+    outcomes = {o.name: o for o in serving.stage_and_publish(engine, [bad], K)}
     assert not outcomes["no_duplicates"].passed
     assert not outcomes["none_already_listened"].passed
     assert outcomes["only_active_tracks"].passed
