@@ -19,7 +19,6 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from moovitamix_api.server import run_subprocess
 from moovitamix_assets.constants import ENDPOINTS, RAW_SCHEMA, SNAPSHOT_DATE_COLUMN
 from moovitamix_assets.partitions import utc_today
 from moovitamix_assets.resources.database import PostgresResource, quote_ident
@@ -79,6 +78,9 @@ def api_stand_in(env: dict[str, str], records: int, seed: int) -> Iterator[None]
     if "MOOVITAMIX_API_URL" in env:
         yield
         return
+    # The stand-in (and its web stack, the `demo` extra) only when it is started.
+    from moovitamix_api.server import run_subprocess
+
     with run_subprocess(["--records", str(records), "--seed", str(seed)], env=env) as api:
         env["MOOVITAMIX_API_URL"] = api.base_url
         print(f"API stand-in ({records:,} records per endpoint) at {api.base_url}")

@@ -7,16 +7,15 @@ import os
 import dagster as dg
 
 from moovitamix_assets.assets.core.assets import core_assets
-from moovitamix_assets.assets.raw.api_snapshots import raw_assets
 from moovitamix_assets.assets.recommendation.assets import recommendation_assets
 from moovitamix_assets.assets.recommendation.checks import recommendation_checks
 from moovitamix_assets.checks.core_checks import core_checks
-from moovitamix_assets.checks.raw_checks import raw_checks
+from moovitamix_assets.defs.ingestion.api import MoovitamixApiResource
+from moovitamix_assets.defs.ingestion.assets import raw_assets
+from moovitamix_assets.defs.ingestion.checks import raw_checks
 from moovitamix_assets.jobs import daily_refresh_job, retraining_job
 from moovitamix_assets.resources.alerts import alert_notifier_from_env
-from moovitamix_assets.resources.api import MoovitamixApiResource
 from moovitamix_assets.resources.database import PostgresResource
-from moovitamix_assets.resources.io_manager import PostgresPandasIOManager
 from moovitamix_assets.schedules import (
     DEFAULT_DAILY_CRON,
     DEFAULT_WEEKLY_RETRAINING_CRON,
@@ -25,6 +24,7 @@ from moovitamix_assets.schedules import (
 )
 from moovitamix_assets.sensors.alerts import build_alert_sensors
 from moovitamix_assets.sensors.retraining import build_retraining_sensor, thresholds_from_env
+from moovitamix_assets.warehouse.io_manager import PostgresPandasIOManager
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 

@@ -7,7 +7,7 @@ from datetime import date, timedelta
 import pytest
 import sqlalchemy as sa
 
-from moovitamix_assets.checks.raw_audits import (
+from moovitamix_assets.defs.ingestion.audits import (
     AuditResult,
     audit_completeness,
     audit_reject_rate,

@@ -20,7 +20,7 @@ from moovitamix_assets.resources.database import (
     quote_ident,
     validate_identifier,
 )
-from moovitamix_assets.resources.io_manager import PostgresPandasIOManager
+from moovitamix_assets.warehouse.io_manager import PostgresPandasIOManager
 
 INJECTIONS = [
     "x; DROP TABLE victim.rows",

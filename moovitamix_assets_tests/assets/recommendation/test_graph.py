@@ -12,7 +12,7 @@ from moovitamix_assets.assets.recommendation.assets import recommendation_assets
 from moovitamix_assets.assets.recommendation.checks import recommendation_checks
 from moovitamix_assets.ml.synthetic import make_synthetic_dataset
 from moovitamix_assets.resources.database import PostgresResource
-from moovitamix_assets.resources.io_manager import PostgresPandasIOManager
+from moovitamix_assets.warehouse.io_manager import PostgresPandasIOManager
 
 from .core_data import load_core_frames, load_standin_core
 

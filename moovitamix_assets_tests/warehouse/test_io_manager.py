@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from moovitamix_assets.resources.database import PostgresResource
-from moovitamix_assets.resources.io_manager import (
+from moovitamix_assets.warehouse.io_manager import (
     PartitionMismatchError,
     PostgresPandasIOManager,
     SchemaMismatchError,

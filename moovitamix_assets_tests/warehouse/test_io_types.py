@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from moovitamix_assets.resources.database import connect_psycopg2
-from moovitamix_assets.resources.io_manager import (
+from moovitamix_assets.warehouse.io_manager import (
     SchemaMismatchError,
     copy_text_column,
     infer_pg_type,

@@ -11,7 +11,7 @@ import pytest
 
 from moovitamix_assets.resources import copy_binary, io_manager
 from moovitamix_assets.resources.database import connect_psycopg2
-from moovitamix_assets.resources.io_manager import PartitionSlice, read_frame, write_frame
+from moovitamix_assets.warehouse.io_manager import PartitionSlice, read_frame, write_frame
 
 DAY = dt.date(2024, 1, 1)
 WINDOW = (
