@@ -179,7 +179,7 @@ def _kind(types: set[type]) -> str | None:
         return TEXT
     if every(dt.datetime):  # before date: datetime is a date
         return TIMESTAMPTZ
-    if every(dt.date):
+    if every(dt.date) and not any(issubclass(t, dt.datetime) for t in types):
         return DATE
     if every(list, tuple, np.ndarray):
         return "list"
@@ -351,8 +351,9 @@ def check_partition_values(df: pd.DataFrame, part: PartitionSlice, table: str) -
         if not inside:
             bad.append(value)
     if bad:
+        rows = int(df[part.column].isin(bad).sum())
         raise PartitionMismatchError(
-            f"{table}: rows have {part.column} outside the partition(s) being written "
+            f"{table}: {rows} row(s) have {part.column} outside the partition(s) being written "
             f"({', '.join(part.keys)}), e.g. {', '.join(map(str, bad[:3]))}"
         )
 

@@ -8,8 +8,8 @@ with backoffs short enough for a test.
 import dagster as dg
 
 from moovitamix_assets.assets.core.assets import core_assets
-from moovitamix_assets.defs.ingestion.assets import raw_assets
 from moovitamix_assets.defs.ingestion.api import MoovitamixApiResource
+from moovitamix_assets.defs.ingestion.assets import raw_assets
 from moovitamix_assets.resources.database import PostgresResource
 from moovitamix_assets.warehouse.io_manager import PostgresPandasIOManager
 

@@ -15,8 +15,8 @@ import dagster as dg
 from psycopg2 import sql
 
 from moovitamix_assets.assets.core.assets import core_assets
-from moovitamix_assets.defs.ingestion.assets import raw_assets
 from moovitamix_assets.defs.ingestion.api import MoovitamixApiResource
+from moovitamix_assets.defs.ingestion.assets import raw_assets
 from moovitamix_assets.resources.database import PostgresResource, connect_psycopg2
 from moovitamix_assets.warehouse.io_manager import PostgresPandasIOManager
 

@@ -21,9 +21,9 @@ import sqlalchemy as sa
 from psycopg2 import errors, sql
 
 from moovitamix_assets.assets.core.assets import core_assets
+from moovitamix_assets.defs.ingestion.api import MoovitamixApiResource
 from moovitamix_assets.defs.ingestion.assets import raw_assets
 from moovitamix_assets.partitions import utc_today
-from moovitamix_assets.defs.ingestion.api import MoovitamixApiResource
 from moovitamix_assets.resources.database import (
     PostgresResource,
     connect_psycopg2,

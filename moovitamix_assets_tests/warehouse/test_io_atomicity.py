@@ -1,17 +1,27 @@
-"""Writes are atomic and serialised: readers see old or new rows, failures leave old rows intact."""
+"""Writes are atomic and serialised: readers see old or new rows, failures leave old rows intact.
+
+Every case runs against a real PostgreSQL; a stream of chunks is the seam that holds, breaks or
+kills a write midway (its chunks are COPY'd as they are produced).
+"""
 
 import datetime as dt
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pandas as pd
 import psycopg2
 import pytest
 
-from moovitamix_assets.resources import copy_binary, io_manager
 from moovitamix_assets.resources.database import connect_psycopg2
-from moovitamix_assets.warehouse.io_manager import PartitionSlice, read_frame, write_frame
+from moovitamix_assets.warehouse.io_manager import (
+    FrameStream,
+    PartitionMismatchError,
+    PartitionSlice,
+    Sidecar,
+    read_frame,
+    write_frame,
+)
 
 DAY = dt.date(2024, 1, 1)
 WINDOW = (
@@ -19,6 +29,7 @@ WINDOW = (
     dt.datetime(2024, 1, 2, tzinfo=dt.timezone.utc),
 )
 PART = PartitionSlice(column="snapshot_date", keys=("2024-01-01",), window=WINDOW)
+TYPES = {"snapshot_date": "date", "id": "bigint"}
 
 
 def _count(pg_conn: Any, query: str = "SELECT count(*) FROM raw.t") -> int:
@@ -28,28 +39,26 @@ def _count(pg_conn: Any, query: str = "SELECT count(*) FROM raw.t") -> int:
         return cur.fetchone()[0]
 
 
+def _ids(pg_conn: Any) -> list[int]:
+    with pg_conn.cursor() as cur:
+        cur.execute("SELECT id FROM raw.t ORDER BY id")
+        return [r[0] for r in cur.fetchall()]
+
+
 def _frame(ids: list[int]) -> pd.DataFrame:
     return pd.DataFrame({"snapshot_date": [DAY] * len(ids), "id": ids})
 
 
-class _Pause:
-    """Patches the COPY chunk stream so that a chosen thread stops after its first chunk."""
+def _stream(batches: list[list[int]], between: Callable[[], None] = lambda: None) -> FrameStream:
+    """Chunks of ``_frame`` rows; ``between`` runs after the first chunk was handed over."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, thread_name: str) -> None:
-        self.paused = threading.Event()
-        self.resume = threading.Event()
-        original = io_manager.iter_copy_chunks
+    def chunks() -> Iterator[pd.DataFrame]:
+        yield _frame(batches[0])
+        between()
+        for ids in batches[1:]:
+            yield _frame(ids)
 
-        def chunks(*args: Any, **kwargs: Any) -> Iterator[bytes]:
-            stream = original(*args, **kwargs)
-            yield next(stream)
-            # Chunks are produced in a helper thread named after the writing thread.
-            if threading.current_thread().name.startswith(thread_name):
-                self.paused.set()
-                assert self.resume.wait(30)
-            yield from stream
-
-        monkeypatch.setattr(io_manager, "iter_copy_chunks", chunks)
+    return FrameStream(TYPES, chunks())
 
 
 def _run(name: str, target: Any, errors: list[BaseException]) -> threading.Thread:
@@ -64,210 +73,134 @@ def _run(name: str, target: Any, errors: list[BaseException]) -> threading.Threa
     return thread
 
 
-def test_reader_sees_old_rows_until_the_replace_commits(
-    pg_url: str, pg_conn: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+class _Hold:
+    """Holds a write after its first chunk until released."""
+
+    def __init__(self) -> None:
+        self.held, self.release = threading.Event(), threading.Event()
+
+    def __call__(self) -> None:
+        self.held.set()
+        assert self.release.wait(30)
+
+
+def test_reader_sees_old_rows_until_the_replace_commits(pg_url: str, pg_conn: Any) -> None:
     writer = connect_psycopg2(pg_url)
     write_frame(writer, "raw", "t", _frame([1, 2, 3]))
-    pause = _Pause(monkeypatch, "writer")
-    errors: list[BaseException] = []
-    thread = _run(
-        "writer",
-        lambda: write_frame(writer, "raw", "t", _frame(list(range(100))), chunk_rows=10),
-        errors,
-    )
-    assert pause.paused.wait(30)
-    # Mid-write (old rows deleted, 10 new rows sent, nothing committed): the reader is not blocked
-    # and sees exactly the old table.
+    hold, errors = _Hold(), []
+    stream = _stream([list(range(50)), list(range(50, 100))], hold)
+    thread = _run("writer", lambda: write_frame(writer, "raw", "t", stream), errors)
+    assert hold.held.wait(30)
+    # Mid-write (old rows deleted, new rows being sent, nothing committed): the reader is not
+    # blocked and sees exactly the old table.
     assert _count(pg_conn) == 3
-    pause.resume.set()
+    hold.release.set()
     thread.join(30)
     assert not errors
     assert _count(pg_conn) == 100
     writer.close()
 
 
-def test_dropped_connection_mid_copy_keeps_old_rows(
-    pg_url: str, pg_conn: Any, monkeypatch: pytest.MonkeyPatch
+def test_dropped_connection_mid_copy_keeps_old_rows(pg_url: str, pg_conn: Any) -> None:
+    writer = connect_psycopg2(pg_url)
+    write_frame(writer, "raw", "t", _frame([1, 2, 3]), PART)
+
+    def kill() -> None:
+        with pg_conn.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(%s)", (writer.get_backend_pid(),))
+
+    with pytest.raises(psycopg2.Error):
+        write_frame(writer, "raw", "t", _stream([list(range(10, 30)), [40, 41]], kill), PART)
+    assert _ids(pg_conn) == [1, 2, 3]
+
+
+def test_an_error_raised_by_the_stream_rolls_back_and_the_connection_is_reusable(
+    pg_url: str, pg_conn: Any
 ) -> None:
     writer = connect_psycopg2(pg_url)
     write_frame(writer, "raw", "t", _frame([1, 2, 3]), PART)
-    original = io_manager.iter_copy_chunks
 
-    def chunks(*args: Any, **kwargs: Any) -> Iterator[bytes]:
-        stream = original(*args, **kwargs)
-        yield next(stream)
-        with pg_conn.cursor() as cur:
-            cur.execute("SELECT pg_terminate_backend(%s)", (writer.get_backend_pid(),))
-        yield from stream
+    def fail() -> None:
+        raise RuntimeError("page 7 is not a page")
 
-    monkeypatch.setattr(io_manager, "iter_copy_chunks", chunks)
-    with pytest.raises(psycopg2.Error):
-        write_frame(writer, "raw", "t", _frame(list(range(10, 60))), PART, chunk_rows=5)
-    assert _count(pg_conn, "SELECT count(*) FROM raw.t WHERE id < 10") == 3
-    assert _count(pg_conn) == 3
-    # The chunk producer thread stopped with the failed COPY.
-    assert not [t for t in threading.enumerate() if t.name.endswith("-copy") and t.is_alive()]
-
-
-def test_exception_raised_by_the_chunk_stream_rolls_back(
-    pg_url: str, pg_conn: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    writer = connect_psycopg2(pg_url)
-    write_frame(writer, "raw", "t", _frame([1, 2, 3]))
-    original = io_manager.iter_copy_chunks
-
-    def chunks(*args: Any, **kwargs: Any) -> Iterator[bytes]:
-        stream = original(*args, **kwargs)
-        yield next(stream)
-        raise RuntimeError("upstream broke mid-stream")
-
-    monkeypatch.setattr(io_manager, "iter_copy_chunks", chunks)
-    with pytest.raises(RuntimeError, match="upstream broke mid-stream"):
-        write_frame(writer, "raw", "t", _frame(list(range(10, 60))), chunk_rows=5)
-    assert _count(pg_conn) == 3
-    # The connection is usable again after the rollback.
-    monkeypatch.undo()
-    write_frame(writer, "raw", "t", _frame([4]))
-    assert _count(pg_conn) == 1
+    with pytest.raises(RuntimeError, match="page 7 is not a page"):
+        write_frame(writer, "raw", "t", _stream([[10, 11], [12]], fail), PART)
+    assert _ids(pg_conn) == [1, 2, 3]
+    write_frame(writer, "raw", "t", _frame([4]), PART)
+    assert _ids(pg_conn) == [4]
     writer.close()
 
 
-def test_concurrent_writes_of_one_partition_serialise(
-    pg_url: str, pg_conn: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_concurrent_writes_of_one_partition_serialise(pg_url: str, pg_conn: Any) -> None:
     first, second = connect_psycopg2(pg_url), connect_psycopg2(pg_url)
     write_frame(first, "raw", "t", _frame([0]), PART)  # the table exists: both writers DELETE
-    pause = _Pause(monkeypatch, "first")
-    errors: list[BaseException] = []
-    t1 = _run("first", lambda: write_frame(first, "raw", "t", _frame([1, 2, 3]), PART, 1), errors)
-    assert pause.paused.wait(30)
+    hold, errors = _Hold(), []
+    stream = _stream([[1, 2], [3]], hold)
+    t1 = _run("first", lambda: write_frame(first, "raw", "t", stream, PART), errors)
+    assert hold.held.wait(30)
     t2 = _run("second", lambda: write_frame(second, "raw", "t", _frame([7, 8, 9]), PART), errors)
     # The second writer waits on the table's advisory lock while the first is mid-COPY.
     waiting = 0
     for _ in range(100):
-        waiting = _count(
-            pg_conn, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-        )
-        if waiting:
+        query = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        if waiting := _count(pg_conn, query):
             break
         threading.Event().wait(0.05)
     assert waiting == 1
-    pause.resume.set()
+    hold.release.set()
     t1.join(30)
     t2.join(30)
     assert not errors
-    with pg_conn.cursor() as cur:
-        cur.execute("SELECT id FROM raw.t ORDER BY id")
-        assert [r[0] for r in cur.fetchall()] == [7, 8, 9]
+    assert _ids(pg_conn) == [7, 8, 9]
     first.close()
     second.close()
 
 
-def test_large_frame_is_streamed_in_chunks(pg_url: str) -> None:
+def test_large_frame_round_trips(pg_url: str) -> None:
     conn = connect_psycopg2(pg_url)
     frame = pd.DataFrame({"id": range(120_000), "name": [f"n{i}" for i in range(120_000)]})
-    types = {"id": "bigint", "name": "text"}
-    assert io_manager.copy_format(types) == "binary"
-    assert len(list(io_manager.iter_copy_chunks(frame, types, 50_000, "text"))) == 3
-    chunks = list(io_manager.iter_copy_chunks(frame, types, 50_000, "binary"))
-    assert len(chunks) == 24  # binary rows are encoded 5,000 at a time
-    result = write_frame(conn, "raw", "big", frame)
-    assert result.rows == 120_000
-    framing = len(copy_binary.HEADER) + len(copy_binary.TRAILER)
-    assert result.copy_bytes == sum(map(len, chunks)) + framing
+    assert write_frame(conn, "raw", "big", frame).rows == 120_000
     loaded = read_frame(conn, "raw", "big")
     assert len(loaded) == 120_000
     assert loaded["id"].sum() == frame["id"].sum()
     conn.close()
 
 
-def _stream(
-    batches: list[list[int]], finish: Any = None, restart_after: int | None = None
-) -> io_manager.FrameStream:
-    """A stream of ``_frame`` chunks; the first pass raises RestartStream after some chunks."""
-    passes = []
-
-    def frames() -> Iterator[pd.DataFrame]:
-        passes.append(1)
-        for index, ids in enumerate(batches):
-            if restart_after is not None and len(passes) == 1 and index == restart_after:
-                raise io_manager.RestartStream("the source changed")
-            yield _frame([i + 1000 * (len(passes) - 1) for i in ids])
-
-    return io_manager.FrameStream(
-        template=_frame([]).iloc[:0], frames=frames, finish=finish or io_manager.StreamEnd
-    )
-
-
-def test_a_stream_is_written_chunk_by_chunk_with_its_sidecars_in_one_replace(
-    pg_url: str, pg_conn: Any
-) -> None:
+def test_a_stream_is_written_with_its_sidecars_in_one_replace(pg_url: str, pg_conn: Any) -> None:
     writer = connect_psycopg2(pg_url)
     write_frame(writer, "raw", "t", _frame([1, 2, 3]), PART)
     copied: list[int] = []
 
-    def finish() -> io_manager.StreamEnd:
+    def finish() -> tuple[list[Sidecar], dict[str, int]]:
         # Called once every chunk is COPY'd, inside the transaction: the rows are there.
         with writer.cursor() as cur:
             cur.execute("SELECT count(*) FROM raw.t")
             copied.append(cur.fetchone()[0])
-        sidecar = io_manager.Sidecar("raw", "manifest", _frame([42]), {})
-        return io_manager.StreamEnd(sidecars=(sidecar,), metadata={"api_total": 7})
+        return [Sidecar("raw", "manifest", _frame([42]), {})], {"api_total": 7}
 
-    result = write_frame(writer, "raw", "t", _stream([[10, 11], [12], [13, 14, 15]], finish), PART)
-
+    chunks = iter([_frame([10, 11]), _frame([12]), _frame([13, 14, 15])])
+    result = write_frame(writer, "raw", "t", FrameStream(TYPES, chunks, finish), PART)
     assert (result.rows, result.rows_replaced, dict(result.metadata)) == (6, 3, {"api_total": 7})
     assert copied == [6]
     assert result.preview["id"].tolist() == [10, 11]
-    with pg_conn.cursor() as cur:
-        cur.execute("SELECT id FROM raw.t ORDER BY id")
-        assert [r[0] for r in cur.fetchall()] == [10, 11, 12, 13, 14, 15]
+    assert _ids(pg_conn) == [10, 11, 12, 13, 14, 15]
     assert _count(pg_conn, "SELECT count(*) FROM raw.manifest") == 1
-    writer.close()
-
-
-def test_a_stream_that_restarts_keeps_only_the_rows_of_its_last_pass(
-    pg_url: str, pg_conn: Any
-) -> None:
-    writer = connect_psycopg2(pg_url)
-    write_frame(writer, "raw", "t", _frame([1, 2, 3]), PART)
-    # The first pass COPYs two chunks, then its source changes: they must not survive.
-    result = write_frame(writer, "raw", "t", _stream([[10], [11], [12]], restart_after=2), PART)
-    assert result.rows == 3
-    with pg_conn.cursor() as cur:
-        cur.execute("SELECT id FROM raw.t ORDER BY id")
-        assert [r[0] for r in cur.fetchall()] == [1010, 1011, 1012]
-    writer.close()
-
-
-def test_a_stream_failing_midway_leaves_the_old_partition(pg_url: str, pg_conn: Any) -> None:
-    writer = connect_psycopg2(pg_url)
-    write_frame(writer, "raw", "t", _frame([1, 2, 3]), PART)
-
-    def frames() -> Iterator[pd.DataFrame]:
-        yield _frame([10, 11])
-        raise RuntimeError("page 7 is not a page")
-
-    stream = io_manager.FrameStream(template=_frame([]).iloc[:0], frames=frames)
-    with pytest.raises(RuntimeError, match="page 7 is not a page"):
-        write_frame(writer, "raw", "t", stream, PART)
-    with pg_conn.cursor() as cur:
-        cur.execute("SELECT id FROM raw.t ORDER BY id")
-        assert [r[0] for r in cur.fetchall()] == [1, 2, 3]
     writer.close()
 
 
 def test_a_stream_chunk_outside_the_partition_is_refused(pg_url: str, pg_conn: Any) -> None:
     writer = connect_psycopg2(pg_url)
     write_frame(writer, "raw", "t", _frame([1, 2, 3]), PART)
-
-    def frames() -> Iterator[pd.DataFrame]:
-        yield _frame([10])
-        yield pd.DataFrame({"snapshot_date": [DAY + dt.timedelta(days=1)], "id": [11]})
-
-    stream = io_manager.FrameStream(template=_frame([]).iloc[:0], frames=frames)
-    with pytest.raises(io_manager.PartitionMismatchError, match="outside the partition"):
+    late = pd.DataFrame({"snapshot_date": [DAY + dt.timedelta(days=1)], "id": [11]})
+    stream = FrameStream(TYPES, iter([_frame([10]), late]))
+    with pytest.raises(PartitionMismatchError, match="outside the partition"):
         write_frame(writer, "raw", "t", stream, PART)
     assert _count(pg_conn) == 3
     writer.close()
+
+
+def test_an_empty_stream_creates_the_declared_table(pg_url: str) -> None:
+    conn = connect_psycopg2(pg_url)
+    result = write_frame(conn, "raw", "empty", FrameStream(TYPES, iter([])), PART)
+    assert (result.rows, result.columns) == (0, [("snapshot_date", "date"), ("id", "bigint")])
+    conn.close()

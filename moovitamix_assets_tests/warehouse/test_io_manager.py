@@ -112,8 +112,7 @@ def test_dtype_round_trip(io_manager: PostgresPandasIOManager) -> None:
         "payload": "jsonb",
     }
     assert "nullable_int" in metadata["preview"]
-    assert metadata["copy_bytes"] > 0
-    assert metadata["load_seconds"] >= 0
+    assert metadata["rows_replaced"] == 0
 
 
 def _daily_asset(values: dict[str, list[int]]) -> dg.AssetsDefinition:
@@ -282,7 +281,7 @@ def test_rows_outside_the_partition_are_refused(
     assert _rows(pg_conn, "SELECT to_regclass('raw.stray') IS NULL") == [(True,)]
 
 
-def test_failure_in_a_later_chunk_keeps_previous_rows(
+def test_a_value_that_cannot_be_written_keeps_previous_rows(
     postgres_resource: PostgresResource, pg_conn: Any
 ) -> None:
     state = {"frame": pd.DataFrame({"id": [1, 2], "payload": [{"a": 1}, {"a": 2}]})}
@@ -291,9 +290,9 @@ def test_failure_in_a_later_chunk_keeps_previous_rows(
     def docs() -> pd.DataFrame:
         return state["frame"]
 
-    manager = PostgresPandasIOManager(database=postgres_resource, chunk_rows=2)
+    manager = PostgresPandasIOManager(database=postgres_resource)
     assert dg.materialize([docs], resources=_resources(manager)).success
-    # Rows 1-2 serialise fine (the first chunk is sent); row 4's NaN is not valid JSON.
+    # Row 4's NaN is not valid JSON.
     state["frame"] = pd.DataFrame(
         {"id": [10, 11, 12, 13, 14], "payload": [{"a": 1}, {}, {}, {"bad": float("nan")}, {}]}
     )

@@ -19,6 +19,7 @@ from moovitamix_assets.defs.ingestion.tables import EXPECTED_COLUMNS, ensure_boo
 RAW_TYPES = {"date": "date", "int8": "bigint", "text": "text", "timestamptz": "timestamptz"}
 RAW_TYPES["_int8"] = "bigint[]"
 _NULL = r"\N"
+_DAY = "snapshot_date = :day"
 
 
 def create_raw_table(conn: sa.Connection, endpoint: str) -> None:
@@ -94,9 +95,7 @@ def load_raw_snapshot(
         with engine.begin() as conn:
             for table in ("snapshot_manifest", "rejects"):
                 conn.execute(
-                    sa.text(
-                        f"DELETE FROM raw.{table} WHERE endpoint = :endpoint AND snapshot_date = :day"
-                    ),
+                    sa.text(f"DELETE FROM raw.{table} WHERE endpoint = :endpoint AND {_DAY}"),
                     day,
                 )
             conn.execute(
