@@ -229,6 +229,8 @@ def validate_page(endpoint: str, page: int, items: list[Any]) -> ValidatedPage:
 def _reason(error: Any) -> str:
     if error["type"] == "missing":
         return "required field is missing"
+    if error["input"] is None:
+        return "null where the contract requires a value"
     if error["type"] == "model_type":
         return f"record is not a JSON object (got {_json_type(error['input'])})"
     shown = json.dumps(error["input"], ensure_ascii=False, default=str)
