@@ -56,8 +56,12 @@ class AuditResult:
     observed: float | int | str | None
     threshold: float | int | str | None
     severity: Severity
-    blocking: bool
     description: str
+
+    @property
+    def blocking(self) -> bool:
+        """Whether a failure forbids publishing the snapshot (the ERROR audits)."""
+        return self.severity == "ERROR"
 
 
 class SnapshotAuditError(RuntimeError):
@@ -82,9 +86,7 @@ def _result(
     description: str,
     severity: Severity = "ERROR",
 ) -> AuditResult:
-    return AuditResult(
-        name, endpoint, day, passed, observed, threshold, severity, severity == "ERROR", description
-    )
+    return AuditResult(name, endpoint, day, passed, observed, threshold, severity, description)
 
 
 def _table(endpoint: str) -> str:
