@@ -21,39 +21,15 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, 
 from moovitamix_assets.constants import LISTEN_HISTORY_ENDPOINT, TRACKS_ENDPOINT, USERS_ENDPOINT
 
 # Closed vocabularies of the contract, for the checks downstream (validation keeps other values).
-GENDERS: Final = frozenset(
-    {
-        "Male",
-        "Female",
-        "Non-binary",
-        "Genderqueer",
-        "Genderfluid",
-        "Agender",
-        "Bigender",
-        "Gender questioning",
-        "Gender nonconforming",
-    }
-)
+GENDERS: Final = frozenset({
+    "Male", "Female", "Non-binary", "Genderqueer", "Genderfluid", "Agender", "Bigender",
+    "Gender questioning", "Gender nonconforming",
+})  # fmt: skip
 # In the contract's order: code that indexes genres (synthetic data) needs a stable order.
 GENRE_LIST: Final[tuple[str, ...]] = (
-    "Rock",
-    "Pop",
-    "Hip Hop",
-    "Jazz",
-    "Electronic",
-    "Classical",
-    "Country",
-    "Blues",
-    "R&B",
-    "Reggae",
-    "Folk",
-    "Metal",
-    "Punk",
-    "Funk",
-    "Indie",
-    "Alternative",
-    "Techno",
-)
+    "Rock", "Pop", "Hip Hop", "Jazz", "Electronic", "Classical", "Country", "Blues", "R&B",
+    "Reggae", "Folk", "Metal", "Punk", "Funk", "Indie", "Alternative", "Techno",
+)  # fmt: skip
 GENRES: Final = frozenset(GENRE_LIST)
 
 # ISO 8601 without a zone, as the service writes it. The fraction is optional because Python's

@@ -1,4 +1,4 @@
-"""The contract's validator: odd but valid records load, bad ones become rejects naming the field."""
+"""The contract's validator: odd but valid records load, bad ones are rejects naming the field."""
 
 import json
 from typing import Any

@@ -396,11 +396,33 @@ def test_build_contexts_write_then_read(io_manager: PostgresPandasIOManager) -> 
     )
     loaded = io_manager.load_input(in_ctx)
     pd.testing.assert_frame_equal(loaded, frame.astype({"name": "str"}))
-    selected = io_manager.load_input(
-        dg.build_input_context(
-            asset_key=dg.AssetKey(["ml", "scores"]),
-            upstream_output=out_ctx,
-            definition_metadata={"columns": ["name"]},
+
+
+def test_an_existing_table_keeps_its_primary_key_and_types_while_its_rows_are_replaced(
+    io_manager: PostgresPandasIOManager, pg_conn: Any
+) -> None:
+    # Like ml.user_recommendations: created elsewhere with a key, its rows replaced by the asset.
+    with pg_conn.cursor() as cur:
+        cur.execute("CREATE SCHEMA ml")
+        cur.execute(
+            "CREATE TABLE ml.recs (user_id integer, rank smallint, PRIMARY KEY (user_id, rank))"
         )
+    state = {"frame": pd.DataFrame({"user_id": [1, 1, 2], "rank": [1, 2, 1]})}
+
+    @dg.asset(key_prefix=["ml"], io_manager_key="warehouse_io_manager")
+    def recs() -> pd.DataFrame:
+        return state["frame"]
+
+    assert dg.materialize([recs], resources=_resources(io_manager)).success
+    state["frame"] = pd.DataFrame({"user_id": [3], "rank": [1]})
+    assert dg.materialize([recs], resources=_resources(io_manager)).success
+    assert _rows(pg_conn, "SELECT user_id, rank FROM ml.recs") == [(3, 1)]
+    constraints = (
+        "SELECT conname FROM pg_constraint WHERE conrelid = 'ml.recs'::regclass AND contype = 'p'"
     )
-    assert list(selected.columns) == ["name"]
+    assert _rows(pg_conn, constraints) == [("recs_pkey",)]
+    types = (
+        "SELECT format_type(atttypid, -1) FROM pg_attribute "
+        "WHERE attrelid = 'ml.recs'::regclass AND attnum > 0 ORDER BY attnum"
+    )
+    assert _rows(pg_conn, types) == [("integer",), ("smallint",)]

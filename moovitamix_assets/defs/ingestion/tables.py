@@ -64,17 +64,6 @@ EXPECTED_COLUMNS: Final[dict[str, dict[str, str]]] = {
     for endpoint, columns in RAW_COLUMNS.items()
 }
 
-MANIFEST_COLUMNS: Final = (
-    "endpoint",
-    SNAPSHOT_DATE_COLUMN,
-    "api_total",
-    "pages",
-    "rows_valid",
-    "rows_rejected",
-    "extra_fields",
-    "missing_fields",
-    "run_id",
-)
 REJECT_COLUMNS: Final = (
     "endpoint",
     SNAPSHOT_DATE_COLUMN,
