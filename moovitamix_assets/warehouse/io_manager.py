@@ -342,14 +342,12 @@ def write_frame(
     table: str,
     obj: pd.DataFrame | FrameStream,
     part: PartitionSlice | None = None,
-    sidecars: Sequence[Sidecar] = (),
-    match: Mapping[str, Any] | None = None,
 ) -> WriteResult:
     """Replace a table, or one partition slice of it, with ``obj``, in one transaction.
 
     Creates the schema and table when missing and adds new columns; deletes the slice (the whole
-    table when unpartitioned), restricted to ``match`` when given, and COPYs the rows; then does
-    the same for each sidecar. Commits on success, rolls back on any error.
+    table when unpartitioned) and COPYs the rows; then does the same for a stream's sidecars.
+    Commits on success, rolls back on any error.
 
     Args:
         conn: A psycopg2 connection, not in autocommit.
@@ -357,8 +355,6 @@ def write_frame(
         table: Target table.
         obj: The rows, as a DataFrame or a stream of chunks.
         part: The partition slice written, or None for the whole table.
-        sidecars: Bookkeeping rows replaced in the same transaction (same partition slice).
-        match: Restrict the replaced rows to those with these column values.
 
     Returns:
         Rows written and replaced, the table's columns, a preview and the stream's metadata.
@@ -369,10 +365,10 @@ def write_frame(
     try:
         with conn.cursor() as cur:
             cur.execute("SET LOCAL TIME ZONE 'UTC'")  # timestamps travel as UTC wall-clock text
-            result = _replace(cur, schema, table, obj, part, match)
+            result = _replace(cur, schema, table, obj, part, None)
+            sidecars: Sequence[Sidecar] = ()
             if isinstance(obj, FrameStream):
-                more, result.metadata = obj.finish()
-                sidecars = (*sidecars, *more)
+                sidecars, result.metadata = obj.finish()
             for car in sidecars:
                 _replace(cur, car.schema, car.table, car.frame, part, car.match)
         conn.commit()

@@ -55,8 +55,8 @@ class AuditResult:
     passed: bool
     observed: float | int | str | None
     threshold: float | int | str | None
-    severity: Severity
     description: str
+    severity: Severity = "ERROR"
 
     @property
     def blocking(self) -> bool:
@@ -74,19 +74,6 @@ class SnapshotAuditError(RuntimeError):
             f"raw snapshot {RAW_SCHEMA}.{endpoint} of {snapshot_date.isoformat()} failed "
             f"{len(failures)} blocking audit(s), core was not modified: {detail}"
         )
-
-
-def _result(
-    name: str,
-    endpoint: str,
-    day: date,
-    passed: bool,
-    observed: float | int | str | None,
-    threshold: float | int | str | None,
-    description: str,
-    severity: Severity = "ERROR",
-) -> AuditResult:
-    return AuditResult(name, endpoint, day, passed, observed, threshold, severity, description)
 
 
 def _table(endpoint: str) -> str:
@@ -124,7 +111,7 @@ def stored_rows(conn: sa.Connection, endpoint: str, day: date) -> int:
 
 def _missing_table(name: str, endpoint: str, day: date, threshold: Any, **kw: Any) -> AuditResult:
     text = f"table {RAW_SCHEMA}.{endpoint} does not exist"
-    return _result(name, endpoint, day, False, None, threshold, text, **kw)
+    return AuditResult(name, endpoint, day, False, None, threshold, text, **kw)
 
 
 def audit_completeness(conn: sa.Connection, endpoint: str, day: date) -> AuditResult:
@@ -138,9 +125,9 @@ def audit_completeness(conn: sa.Connection, endpoint: str, day: date) -> AuditRe
     manifest = _manifest(conn, endpoint, day)
     if manifest is None:
         text = f"no manifest row for {endpoint} on {day}: the read did not finish"
-        return _result("completeness", endpoint, day, False, stored, None, text)
+        return AuditResult("completeness", endpoint, day, False, stored, None, text)
     accounted = stored + manifest.rows_rejected
-    return _result(
+    return AuditResult(
         "completeness",
         endpoint,
         day,
@@ -176,7 +163,7 @@ def audit_unique_keys(
         f"{duplicates} of {keyed} rows repeat another row's {key} ({rate:.2%}, at most "
         f"{max_rate:.2%} allowed)"
     )
-    return _result("unique_keys", endpoint, day, rate <= max_rate, duplicates, max_rate, text)
+    return AuditResult("unique_keys", endpoint, day, rate <= max_rate, duplicates, max_rate, text)
 
 
 def audit_required_fields(conn: sa.Connection, endpoint: str, day: date) -> AuditResult:
@@ -190,7 +177,7 @@ def audit_required_fields(conn: sa.Connection, endpoint: str, day: date) -> Audi
     detail = ", ".join(f"{c}: {n}" for c, n in nulls.items())
     total = sum(nulls.values())
     text = f"null values in required columns ({detail})"
-    return _result("required_fields", endpoint, day, total == 0, total, 0, text)
+    return AuditResult("required_fields", endpoint, day, total == 0, total, 0, text)
 
 
 def audit_schema_drift(conn: sa.Connection, endpoint: str, day: date) -> AuditResult:
@@ -227,7 +214,7 @@ def audit_schema_drift(conn: sa.Connection, endpoint: str, day: date) -> AuditRe
         ):
             problems.append("; ".join(retyped))
     text = "; ".join(problems) or "records and table match the contract"
-    return _result("schema_drift", endpoint, day, not problems, len(problems), 0, text)
+    return AuditResult("schema_drift", endpoint, day, not problems, len(problems), 0, text)
 
 
 def audit_reject_rate(
@@ -242,13 +229,15 @@ def audit_reject_rate(
     manifest = _manifest(conn, endpoint, day)
     if manifest is None:
         text = f"no manifest row for {endpoint} on {day}: the read did not finish"
-        return _result("reject_rate", endpoint, day, False, None, max_rate, text)
+        return AuditResult("reject_rate", endpoint, day, False, None, max_rate, text)
     rate = manifest.rows_rejected / manifest.api_total if manifest.api_total else 0.0
     text = (
         f"{manifest.rows_rejected} of {manifest.api_total} records rejected ({rate:.2%}, at most "
         f"{max_rate:.2%} allowed)"
     )
-    return _result("reject_rate", endpoint, day, rate <= max_rate, round(rate, 6), max_rate, text)
+    return AuditResult(
+        "reject_rate", endpoint, day, rate <= max_rate, round(rate, 6), max_rate, text
+    )
 
 
 def audit_volume_change(
@@ -269,7 +258,7 @@ def audit_volume_change(
     current = stored_rows(conn, endpoint, day)
     if previous is None:
         text = f"no stored day before {day} to compare {current} rows with"
-        return _result("volume_change", endpoint, day, True, None, max_change, text, "WARN")
+        return AuditResult("volume_change", endpoint, day, True, None, max_change, text, "WARN")
     before = stored_rows(conn, endpoint, previous)
     change = (current - before) / before if before else (0.0 if current == 0 else float("inf"))
     text = (
@@ -278,7 +267,7 @@ def audit_volume_change(
     )
     observed = round(change, 6) if before else str(change)
     passed = abs(change) <= max_change
-    return _result("volume_change", endpoint, day, passed, observed, max_change, text, "WARN")
+    return AuditResult("volume_change", endpoint, day, passed, observed, max_change, text, "WARN")
 
 
 AUDITS: Final[tuple[Callable[[sa.Connection, str, date], AuditResult], ...]] = (
