@@ -1,5 +1,6 @@
 """Raw layer: one daily snapshot of each MooVitamix API endpoint, stored as the API served it."""
 
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -96,7 +97,7 @@ class EndpointRead:
 
 
 def snapshot_chunks(
-    api: MoovitamixApiResource, read: EndpointRead, snapshot: date, log: Any
+    api: MoovitamixApiResource, read: EndpointRead, snapshot: date, log: logging.Logger
 ) -> Iterator[pd.DataFrame]:
     """Read every page of an endpoint and yield its valid records as raw-table chunks.
 
@@ -161,6 +162,36 @@ def bookkeeping(read: EndpointRead, snapshot: date, run_id: str) -> list[Sidecar
     ]
 
 
+def snapshot_stream(
+    context: dg.AssetExecutionContext,
+    api: MoovitamixApiResource,
+    endpoint: str,
+    snapshot: date,
+) -> FrameStream:
+    """One endpoint's raw partition as a stream: its chunks, then its manifest row and rejects."""
+    read, start, key = EndpointRead(endpoint), start_step_figures(), RAW_KEYS[endpoint]
+
+    def finish() -> tuple[list[Sidecar], dict[str, Any]]:
+        if read.rejects:
+            first = read.rejects[0]
+            context.log.warning(
+                f"/{endpoint}: {len(read.rejects)} record(s) failed validation and were kept in "
+                f"{RAW_SCHEMA}.{REJECTS_TABLE} for {snapshot}; first: page {first.page}, record "
+                f"{first.position}, field {first.field}: {first.reason}"
+            )
+        if read.extra_fields or read.missing_fields:
+            context.log.warning(
+                f"/{endpoint} schema drift: fields outside the contract "
+                f"{sorted(read.extra_fields)}, contract fields missing "
+                f"{sorted(read.missing_fields)}"
+            )
+        metadata = finish_step_figures(context, read.metadata(), start, asset_key=key)
+        return bookkeeping(read, snapshot, context.run.run_id), metadata
+
+    chunks = snapshot_chunks(api, read, snapshot, context.log)
+    return FrameStream(RAW_COLUMNS[endpoint], chunks, finish)
+
+
 @dg.multi_asset(
     name="raw_snapshots",
     specs=[raw_spec(e) for e in ENDPOINTS],
@@ -181,32 +212,9 @@ def raw_snapshots(
     ensure_bookkeeping_tables(postgres.engine())
     for endpoint in ENDPOINTS:
         key = RAW_KEYS[endpoint]
-        if key not in context.selected_asset_keys:
-            continue
-        read, start = EndpointRead(endpoint), start_step_figures()
-
-        def finish(read: EndpointRead = read, start: Any = start, key: dg.AssetKey = key) -> Any:
-            if read.rejects:
-                first = read.rejects[0]
-                context.log.warning(
-                    f"/{read.endpoint}: {len(read.rejects)} record(s) failed validation and were "
-                    f"kept in {RAW_SCHEMA}.{REJECTS_TABLE} for {snapshot}; first: page "
-                    f"{first.page}, record {first.position}, field {first.field}: {first.reason}"
-                )
-            if read.extra_fields or read.missing_fields:
-                context.log.warning(
-                    f"/{read.endpoint} schema drift: fields outside the contract "
-                    f"{sorted(read.extra_fields)}, contract fields missing "
-                    f"{sorted(read.missing_fields)}"
-                )
-            metadata = finish_step_figures(context, read.metadata(), start, asset_key=key)
-            return bookkeeping(read, snapshot, context.run.run_id), metadata
-
-        chunks = snapshot_chunks(moovitamix_api, read, snapshot, context.log)
-        yield dg.Output(
-            FrameStream(RAW_COLUMNS[endpoint], chunks, finish),
-            output_name=key.to_python_identifier(),
-        )
+        if key in context.selected_asset_keys:
+            stream = snapshot_stream(context, moovitamix_api, endpoint, snapshot)
+            yield dg.Output(stream, output_name=key.to_python_identifier())
 
 
 raw_assets = [raw_snapshots]
