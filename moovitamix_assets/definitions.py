@@ -8,9 +8,10 @@ import dagster as dg
 
 from moovitamix_assets.alerts import alert_notifier_from_env
 from moovitamix_assets.assets.core.assets import core_assets
-from moovitamix_assets.assets.raw.api_snapshots import raw_assets
 from moovitamix_assets.checks.core_checks import core_checks
-from moovitamix_assets.checks.raw_checks import raw_checks
+from moovitamix_assets.defs.ingestion.api import MoovitamixApiResource
+from moovitamix_assets.defs.ingestion.assets import raw_assets
+from moovitamix_assets.defs.ingestion.checks import raw_checks
 from moovitamix_assets.defs.monitoring.sensors import build_alert_sensors
 from moovitamix_assets.defs.recommendation.assets import recommendation_assets
 from moovitamix_assets.defs.recommendation.checks import recommendation_checks
@@ -19,15 +20,14 @@ from moovitamix_assets.defs.recommendation.retraining import (
     thresholds_from_env,
 )
 from moovitamix_assets.jobs import daily_refresh_job, retraining_job
-from moovitamix_assets.resources.api import MoovitamixApiResource
 from moovitamix_assets.resources.database import PostgresResource
-from moovitamix_assets.resources.io_manager import PostgresPandasIOManager
 from moovitamix_assets.schedules import (
     DEFAULT_DAILY_CRON,
     DEFAULT_WEEKLY_RETRAINING_CRON,
     build_daily_schedule,
     build_weekly_retraining_schedule,
 )
+from moovitamix_assets.warehouse.io_manager import PostgresPandasIOManager
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 

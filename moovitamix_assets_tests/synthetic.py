@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from moovitamix_assets.models.records import GENRE_LIST
+from moovitamix_assets.contract import GENRE_LIST
 
 # The genres the MooVitamix API draws favourite genres from (see the API contract).
 GENRES = GENRE_LIST

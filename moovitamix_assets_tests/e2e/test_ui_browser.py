@@ -16,7 +16,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from moovitamix_assets.checks.raw_checks import RAW_CHECKS
+from moovitamix_assets.defs.ingestion.checks import RAW_CHECKS
 from moovitamix_assets.partitions import utc_today
 from moovitamix_assets.resources.database import PostgresResource
 from moovitamix_assets_tests.checks.pipeline import run_day

@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from moovitamix_api import DataConfig, Dataset
-from moovitamix_assets.assets.raw.snapshots import ensure_bookkeeping_tables
+from moovitamix_assets.defs.ingestion.tables import ensure_bookkeeping_tables
 from moovitamix_assets.resources.database import dispose_engines
 from moovitamix_assets.resources.embedded_postgres import (
     EmbeddedPostgres,

@@ -22,14 +22,14 @@ import sqlalchemy as sa
 from psycopg2 import sql
 
 from moovitamix_assets.assets.core.assets import core_assets
-from moovitamix_assets.assets.raw.api_snapshots import RAW_KEYS, raw_assets
 from moovitamix_assets.checks.core_checks import core_checks
-from moovitamix_assets.checks.raw_checks import raw_checks
 from moovitamix_assets.definitions import build_resources
+from moovitamix_assets.defs.ingestion.api import MoovitamixApiResource
+from moovitamix_assets.defs.ingestion.assets import RAW_KEYS, raw_assets
+from moovitamix_assets.defs.ingestion.checks import raw_checks
 from moovitamix_assets.partitions import utc_today
-from moovitamix_assets.resources.api import MoovitamixApiResource
 from moovitamix_assets.resources.database import MASK, PostgresResource, dispose_engines
-from moovitamix_assets.resources.io_manager import PostgresPandasIOManager
+from moovitamix_assets.warehouse.io_manager import PostgresPandasIOManager
 from moovitamix_assets_tests.security.pg_tools import admin_execute, as_role, drop_roles
 
 

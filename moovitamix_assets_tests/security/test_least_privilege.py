@@ -21,15 +21,15 @@ import sqlalchemy as sa
 from psycopg2 import errors, sql
 
 from moovitamix_assets.assets.core.assets import core_assets
-from moovitamix_assets.assets.raw.api_snapshots import raw_assets
+from moovitamix_assets.defs.ingestion.api import MoovitamixApiResource
+from moovitamix_assets.defs.ingestion.assets import raw_assets
 from moovitamix_assets.partitions import utc_today
-from moovitamix_assets.resources.api import MoovitamixApiResource
 from moovitamix_assets.resources.database import (
     PostgresResource,
     connect_psycopg2,
     dispose_engines,
 )
-from moovitamix_assets.resources.io_manager import PostgresPandasIOManager, write_frame
+from moovitamix_assets.warehouse.io_manager import PostgresPandasIOManager, write_frame
 from moovitamix_assets_tests.security.pg_tools import (
     admin_execute,
     as_role,

@@ -11,11 +11,11 @@ from datetime import date, timedelta
 import dagster as dg
 import psycopg2
 
-from moovitamix_assets.assets.raw.api_snapshots import RAW_KEYS, raw_assets
+from moovitamix_assets.defs.ingestion.api import MoovitamixApiResource
+from moovitamix_assets.defs.ingestion.assets import RAW_KEYS, raw_assets
 from moovitamix_assets.partitions import utc_today
-from moovitamix_assets.resources.api import MoovitamixApiResource
 from moovitamix_assets.resources.database import PostgresResource
-from moovitamix_assets.resources.io_manager import PostgresPandasIOManager
+from moovitamix_assets.warehouse.io_manager import PostgresPandasIOManager
 
 
 def month_start(day: date) -> date:

@@ -50,7 +50,6 @@ from moovitamix_assets.assets.core.schema import (
     ensure_core_schema,
     interactions_index_ddl,
 )
-from moovitamix_assets.checks.raw_audits import AuditResult, assert_snapshot_publishable
 from moovitamix_assets.constants import (
     CORE_SCHEMA,
     LISTEN_HISTORY_ENDPOINT,
@@ -59,7 +58,8 @@ from moovitamix_assets.constants import (
     TRACKS_ENDPOINT,
     USERS_ENDPOINT,
 )
-from moovitamix_assets.models.records import GENDERS, GENRES
+from moovitamix_assets.contract import GENDERS, GENRES
+from moovitamix_assets.defs.ingestion.audits import AuditResult, assert_snapshot_publishable
 from moovitamix_assets.resources.database import quote_ident
 
 q = quote_ident

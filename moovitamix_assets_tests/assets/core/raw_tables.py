@@ -14,18 +14,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from moovitamix_assets.assets.raw.snapshots import (
-    REJECT_COLUMNS_EMPTY,
-    SnapshotSummary,
-    bookkeeping_sidecars,
-    ensure_bookkeeping_tables,
-)
-from moovitamix_assets.checks.raw_audits import EXPECTED_COLUMNS
-from moovitamix_assets.resources.io_manager import write_frame
+from moovitamix_assets.defs.ingestion.tables import EXPECTED_COLUMNS, ensure_bookkeeping_tables
 
 RAW_TYPES = {"date": "date", "int8": "bigint", "text": "text", "timestamptz": "timestamptz"}
 RAW_TYPES["_int8"] = "bigint[]"
 _NULL = r"\N"
+_DAY = "snapshot_date = :day"
 
 
 def create_raw_table(conn: sa.Connection, endpoint: str) -> None:
@@ -96,30 +90,29 @@ def load_raw_snapshot(
             buffer,
         )
     if manifest:
-        summary = SnapshotSummary(
-            endpoint=endpoint,
-            snapshot_date=snapshot_date,
-            api_total=stored + rows_rejected if api_total is None else api_total,
-            pages=1,
-            rows_valid=stored,
-            rows_rejected=rows_rejected,
-            extra_fields=list(extra_fields),
-            missing_fields=list(missing_fields),
-            run_id=None,
-        )
         ensure_bookkeeping_tables(engine)
-        connection = engine.raw_connection()
-        try:
-            for sidecar in bookkeeping_sidecars(summary, REJECT_COLUMNS_EMPTY):
-                write_frame(
-                    connection.driver_connection,
-                    sidecar.schema,
-                    sidecar.table,
-                    sidecar.frame,
-                    match={**sidecar.match, "snapshot_date": snapshot_date},
+        day = {"endpoint": endpoint, "day": snapshot_date}
+        with engine.begin() as conn:
+            for table in ("snapshot_manifest", "rejects"):
+                conn.execute(
+                    sa.text(f"DELETE FROM raw.{table} WHERE endpoint = :endpoint AND {_DAY}"),
+                    day,
                 )
-        finally:
-            connection.close()
+            conn.execute(
+                sa.text(
+                    "INSERT INTO raw.snapshot_manifest (endpoint, snapshot_date, api_total, pages, "
+                    "rows_valid, rows_rejected, extra_fields, missing_fields) VALUES (:endpoint, "
+                    ":day, :total, 1, :stored, :rejected, :extra, :missing)"
+                ),
+                day
+                | {
+                    "total": stored + rows_rejected if api_total is None else api_total,
+                    "stored": stored,
+                    "rejected": rows_rejected,
+                    "extra": list(extra_fields),
+                    "missing": list(missing_fields),
+                },
+            )
     return stored
 
 

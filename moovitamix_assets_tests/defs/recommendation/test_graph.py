@@ -12,7 +12,7 @@ from moovitamix_assets.defs.recommendation import keys, registry, serving
 from moovitamix_assets.defs.recommendation.assets import recommendation_assets
 from moovitamix_assets.defs.recommendation.checks import recommendation_checks
 from moovitamix_assets.resources.database import PostgresResource
-from moovitamix_assets.resources.io_manager import PostgresPandasIOManager
+from moovitamix_assets.warehouse.io_manager import PostgresPandasIOManager
 from moovitamix_assets_tests.defs.monitoring.http_receiver import RecordingHttpServer
 from moovitamix_assets_tests.synthetic import make_synthetic_dataset
 

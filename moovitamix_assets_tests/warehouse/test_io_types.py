@@ -8,12 +8,12 @@ import pandas as pd
 import pytest
 
 from moovitamix_assets.resources.database import connect_psycopg2
-from moovitamix_assets.resources.io_manager import (
+from moovitamix_assets.warehouse.io_manager import (
     SchemaMismatchError,
-    copy_text_column,
+    column_types,
+    copy_text,
     infer_pg_type,
     read_frame,
-    resolve_column_types,
     write_frame,
 )
 
@@ -32,9 +32,9 @@ from moovitamix_assets.resources.io_manager import (
         ),
         ([[1, None], None], "bigint[]"),
         ([("a",), []], "text[]"),
-        ([[], None], "unknown[]"),
+        ([[], None], None),
         ([{"a": 1}], "jsonb"),
-        ([None, None], "unknown"),
+        ([None, None], None),
     ],
 )
 def test_object_columns_are_inferred_from_their_values(values: list[Any], expected: str) -> None:
@@ -51,18 +51,22 @@ def test_mixed_or_unsupported_values_are_a_type_error_naming_the_column(values: 
 
 
 def test_all_null_column_adopts_the_existing_type_and_floats_do_not_fit_bigint() -> None:
-    frame = pd.DataFrame({"a": [None, None], "b": [1.5, 2.0]})
-    assert resolve_column_types(frame[["a"]], {"a": "date"}, "raw.t") == {"a": "date"}
-    assert resolve_column_types(frame[["a"]], {}, "raw.t") == {"a": "text"}
+    frame = pd.DataFrame({"a": [None, None], "b": [1.5, 2.0], "l": [[], None]})
+    assert column_types(frame[["a"]], {"a": "date"}, "raw.t") == {"a": "date"}
+    assert column_types(frame[["a", "l"]], {}, "raw.t") == {"a": "text", "l": "bigint[]"}
     with pytest.raises(SchemaMismatchError, match=r"raw\.t\.b.*bigint.*double precision"):
-        resolve_column_types(frame[["b"]], {"b": "bigint"}, "raw.t")
+        column_types(frame[["b"]], {"b": "bigint"}, "raw.t")
 
 
 def test_copy_text_escapes_and_nulls() -> None:
-    texts = copy_text_column(pd.Series(["a\tb", None, "c\\d\r\n"], dtype="str"), "text")
-    assert texts == ["a\\tb", "\\N", "c\\\\d\\r\\n"]
-    arrays = copy_text_column(pd.Series([[1, 2], [np.int64(3), None], None]), "bigint[]")
-    assert arrays == ["{1,2}", "{3,NULL}", "\\N"]
+    frame = pd.DataFrame(
+        {
+            "t": pd.Series(["a\tb", None, "c\\d\r\n"], dtype="str"),
+            "l": [[1, 2], [np.int64(3), None], None],
+        }
+    )
+    rendered = copy_text(frame, {"t": "text", "l": "bigint[]"}).decode()
+    assert rendered == "a\\tb\t{1,2}\n\\N\t{3,NULL}\nc\\\\d\\r\\n\t\\N\n"
 
 
 def test_edge_values_round_trip(pg_url: str) -> None:

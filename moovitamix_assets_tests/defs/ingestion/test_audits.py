@@ -7,7 +7,7 @@ from datetime import date, timedelta
 import pytest
 import sqlalchemy as sa
 
-from moovitamix_assets.checks.raw_audits import (
+from moovitamix_assets.defs.ingestion.audits import (
     AuditResult,
     audit_completeness,
     audit_reject_rate,
@@ -16,7 +16,6 @@ from moovitamix_assets.checks.raw_audits import (
     audit_snapshot,
     audit_unique_keys,
     audit_volume_change,
-    blocking_failures,
 )
 from moovitamix_assets.resources.database import PostgresResource
 from moovitamix_assets_tests.assets.core.raw_tables import load_raw_snapshot
@@ -50,7 +49,7 @@ def test_a_good_snapshot_passes_every_audit(engine: sa.Engine) -> None:
         "volume_change",
     ]
     assert all(r.passed for r in results), [r.description for r in results if not r.passed]
-    assert blocking_failures(results) == []
+    assert [r for r in results if r.blocking and not r.passed] == []
     assert {r.name: (r.severity, r.blocking) for r in results}["volume_change"] == ("WARN", False)
     assert all(r.severity == "ERROR" and r.blocking for r in results[:-1])
     assert results[0].observed == results[0].threshold == N + 11

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from moovitamix_assets.resources.database import PostgresResource
-from moovitamix_assets.resources.io_manager import (
+from moovitamix_assets.warehouse.io_manager import (
     PartitionMismatchError,
     PostgresPandasIOManager,
     SchemaMismatchError,
@@ -112,8 +112,7 @@ def test_dtype_round_trip(io_manager: PostgresPandasIOManager) -> None:
         "payload": "jsonb",
     }
     assert "nullable_int" in metadata["preview"]
-    assert metadata["copy_bytes"] > 0
-    assert metadata["load_seconds"] >= 0
+    assert metadata["rows_replaced"] == 0
 
 
 def _daily_asset(values: dict[str, list[int]]) -> dg.AssetsDefinition:
@@ -282,7 +281,7 @@ def test_rows_outside_the_partition_are_refused(
     assert _rows(pg_conn, "SELECT to_regclass('raw.stray') IS NULL") == [(True,)]
 
 
-def test_failure_in_a_later_chunk_keeps_previous_rows(
+def test_a_value_that_cannot_be_written_keeps_previous_rows(
     postgres_resource: PostgresResource, pg_conn: Any
 ) -> None:
     state = {"frame": pd.DataFrame({"id": [1, 2], "payload": [{"a": 1}, {"a": 2}]})}
@@ -291,9 +290,9 @@ def test_failure_in_a_later_chunk_keeps_previous_rows(
     def docs() -> pd.DataFrame:
         return state["frame"]
 
-    manager = PostgresPandasIOManager(database=postgres_resource, chunk_rows=2)
+    manager = PostgresPandasIOManager(database=postgres_resource)
     assert dg.materialize([docs], resources=_resources(manager)).success
-    # Rows 1-2 serialise fine (the first chunk is sent); row 4's NaN is not valid JSON.
+    # Row 4's NaN is not valid JSON.
     state["frame"] = pd.DataFrame(
         {"id": [10, 11, 12, 13, 14], "payload": [{"a": 1}, {}, {}, {"bad": float("nan")}, {}]}
     )
@@ -397,11 +396,33 @@ def test_build_contexts_write_then_read(io_manager: PostgresPandasIOManager) -> 
     )
     loaded = io_manager.load_input(in_ctx)
     pd.testing.assert_frame_equal(loaded, frame.astype({"name": "str"}))
-    selected = io_manager.load_input(
-        dg.build_input_context(
-            asset_key=dg.AssetKey(["ml", "scores"]),
-            upstream_output=out_ctx,
-            definition_metadata={"columns": ["name"]},
+
+
+def test_an_existing_table_keeps_its_primary_key_and_types_while_its_rows_are_replaced(
+    io_manager: PostgresPandasIOManager, pg_conn: Any
+) -> None:
+    # Like ml.user_recommendations: created elsewhere with a key, its rows replaced by the asset.
+    with pg_conn.cursor() as cur:
+        cur.execute("CREATE SCHEMA ml")
+        cur.execute(
+            "CREATE TABLE ml.recs (user_id integer, rank smallint, PRIMARY KEY (user_id, rank))"
         )
+    state = {"frame": pd.DataFrame({"user_id": [1, 1, 2], "rank": [1, 2, 1]})}
+
+    @dg.asset(key_prefix=["ml"], io_manager_key="warehouse_io_manager")
+    def recs() -> pd.DataFrame:
+        return state["frame"]
+
+    assert dg.materialize([recs], resources=_resources(io_manager)).success
+    state["frame"] = pd.DataFrame({"user_id": [3], "rank": [1]})
+    assert dg.materialize([recs], resources=_resources(io_manager)).success
+    assert _rows(pg_conn, "SELECT user_id, rank FROM ml.recs") == [(3, 1)]
+    constraints = (
+        "SELECT conname FROM pg_constraint WHERE conrelid = 'ml.recs'::regclass AND contype = 'p'"
     )
-    assert list(selected.columns) == ["name"]
+    assert _rows(pg_conn, constraints) == [("recs_pkey",)]
+    types = (
+        "SELECT format_type(atttypid, -1) FROM pg_attribute "
+        "WHERE attrelid = 'ml.recs'::regclass AND attnum > 0 ORDER BY attnum"
+    )
+    assert _rows(pg_conn, types) == [("integer",), ("smallint",)]

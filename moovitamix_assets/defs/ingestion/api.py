@@ -1,0 +1,394 @@
+"""Client of the MooVitamix API: every page of an endpoint, in page order, read consistently.
+
+The service has no cursor, no filter and no ETag (see the API contract): every read is a full read
+of its current state. Page 1 gives ``total`` and ``pages``; the other pages are fetched by a small
+thread pool and handed on in page order. The read stops after ``pages`` pages, or at an empty page
+met before that (the data shrank under us: the completeness audit compares rows with ``total``);
+more than ``max_pages`` pages is an error, never a silent truncation. A page whose ``total`` or
+``pages`` differs from page 1's means the data changed mid-read: a mix of two states would lose or
+repeat records, so the endpoint stops, loudly, and nothing of it is stored.
+"""
+
+import json
+import logging
+import math
+import os
+import threading
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import dagster as dg
+import requests
+from pydantic import Field, PrivateAttr, ValidatorFunctionWrapHandler, field_validator
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    MaxRetryError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+    ResponseError,
+)
+from urllib3.util.retry import Retry
+
+from moovitamix_assets.constants import API_MAX_PAGE_SIZE, ENDPOINTS
+from moovitamix_assets.contract import fields_of
+
+logger = logging.getLogger(__name__)
+
+API_URL_ENV_VAR: Final = "MOOVITAMIX_API_URL"
+DEFAULT_BASE_URL: Final = "http://127.0.0.1:8000"
+OPENAPI_PATH: Final = "openapi.json"
+# Pages requested ahead of the reader per worker: the service always has a request waiting.
+_AHEAD_PER_WORKER: Final = 4
+# Setting -> (lowest, highest) allowed value.
+_RANGES: Final[dict[str, tuple[int, int | None]]] = {
+    "page_size": (1, API_MAX_PAGE_SIZE),
+    "max_concurrency": (1, 64),
+    "max_pages": (1, None),
+    "max_retries": (0, None),
+    "retry_after_max": (0, None),
+}
+
+
+class ApiError(Exception):
+    """A read of the MooVitamix API failed; the message names the endpoint and the page."""
+
+    def __init__(self, endpoint: str, page: int | None, reason: str) -> None:
+        self.endpoint, self.page, self.reason = endpoint, page, reason
+        where = f"endpoint {endpoint!r}" + (f", page {page}" if page is not None else "")
+        super().__init__(f"MooVitamix API {where}: {reason}")
+
+
+class ApiPageError(ApiError):
+    """A response was not a contract page (not JSON, truncated, missing or mistyped fields)."""
+
+
+class ApiDriftError(ApiError):
+    """The endpoint's ``total`` changed during the read: no consistent snapshot was possible."""
+
+
+class ApiUnavailableError(ApiError):
+    """The base URL does not answer, or does not answer like the MooVitamix API."""
+
+
+@dataclass(frozen=True, slots=True)
+class ApiPage:
+    """One page as received: its items (JSON-decoded), the counts and what fetching it cost."""
+
+    number: int
+    items: list[Any]
+    total: int
+    pages: int
+    retries: int
+    bytes: int
+
+
+def redact_url(url: str) -> str:
+    """``scheme://host[:port]/path`` of a URL: no credentials, query or fragment."""
+    parts = urlsplit(url)
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"
+
+
+def describe(exc: requests.RequestException) -> str:
+    """A short cause of a failed request (after its retries)."""
+    cause: BaseException = exc.args[0] if exc.args and isinstance(exc.args[0], Exception) else exc
+    if isinstance(cause, MaxRetryError) and cause.reason is not None:
+        cause = cause.reason
+    if isinstance(cause, ReadTimeoutError) or isinstance(exc, requests.ReadTimeout):
+        return "read timed out"
+    if isinstance(cause, NewConnectionError):  # a ConnectTimeoutError subclass: test it first
+        return "cannot connect (connection refused, unknown host or host unreachable)"
+    if isinstance(cause, ConnectTimeoutError):
+        return "connection timed out"
+    if isinstance(cause, ResponseError):
+        return str(cause)  # "too many 503 error responses"
+    if isinstance(cause, ProtocolError):
+        return f"connection broken ({cause})"
+    return f"{type(cause).__name__}: {cause}"
+
+
+def parse_page(endpoint: str, number: int, body: bytes, size: int) -> tuple[list[Any], int, int]:
+    """Decode a body and check it is the contract's page object of that number and size.
+
+    Returns:
+        The items, ``total`` and ``pages``.
+
+    Raises:
+        ApiPageError: Not JSON, not an object, missing or mistyped fields, another page or size.
+    """
+    try:
+        payload = json.loads(body)
+    except ValueError as exc:
+        raise ApiPageError(
+            endpoint, number, f"body is not valid JSON ({len(body)} bytes, truncated?): {exc}"
+        ) from exc
+    if not isinstance(payload, dict) or {"items", "total", "pages"} - payload.keys():
+        shown = ", ".join(sorted(payload)) if isinstance(payload, dict) else type(payload).__name__
+        raise ApiPageError(endpoint, number, f"not a page object (it has: {shown or 'nothing'})")
+    items, total, pages = payload["items"], payload["total"], payload["pages"]
+    if not isinstance(items, list):
+        raise ApiPageError(endpoint, number, "'items' is not an array")
+    for key, value in (("total", total), ("pages", pages)):
+        if type(value) is not int or value < 0:
+            raise ApiPageError(endpoint, number, f"{key!r} is {value!r}, not a count")
+    # A service that ignored our page or size parameters would make us skip or repeat records.
+    for key, expected in (("page", number), ("size", size)):
+        if key in payload and payload[key] != expected:
+            raise ApiPageError(
+                endpoint, number, f"answered {key}={payload[key]!r} to a request for {expected}"
+            )
+    if len(items) > size:
+        raise ApiPageError(endpoint, number, f"{len(items)} items on a page of size {size}")
+    return items, total, pages
+
+
+class MoovitamixApiResource(dg.ConfigurableResource):
+    """Client of the MooVitamix API (resource key ``moovitamix_api``).
+
+    One ``requests.Session`` per resource instance, with urllib3's ``Retry`` (connection errors,
+    read timeouts, 429 and 5xx, exponential backoff with jitter, ``Retry-After`` honoured) and a
+    connect and read timeout on every request.
+    """
+
+    base_url: str = Field(
+        default=DEFAULT_BASE_URL,
+        description=f"Base URL of the MooVitamix API (set from {API_URL_ENV_VAR}).",
+    )
+    page_size: int = Field(
+        default=API_MAX_PAGE_SIZE,
+        description=f"Records per page, 1 to {API_MAX_PAGE_SIZE} (the contract's cap).",
+    )
+    connect_timeout: float = Field(default=5.0, gt=0, description="Seconds to connect.")
+    read_timeout: float = Field(default=30.0, gt=0, description="Seconds to wait for an answer.")
+    max_retries: int = Field(
+        default=5, description="Retries per request (connection errors, timeouts, 429, 5xx)."
+    )
+    backoff_factor: float = Field(
+        default=0.5, ge=0, description="Backoff base in seconds: factor * 2**(retry - 1)."
+    )
+    backoff_jitter: float = Field(
+        default=0.5,
+        ge=0,
+        description="Random seconds added to each backoff, so workers do not retry in lockstep.",
+    )
+    backoff_max: float = Field(default=30.0, ge=0, description="Longest backoff in seconds.")
+    retry_after_max: int = Field(
+        default=120, description="Longest Retry-After (seconds) honoured; longer ones are capped."
+    )
+    max_concurrency: int = Field(
+        default=4, description="Pages fetched at once (the thread pool and connection pool size)."
+    )
+    max_pages: int = Field(
+        default=50_000,
+        description="Page cap of one read (50,000 pages of 100 = 5 million records): more is "
+        "an error, never a silent truncation.",
+    )
+
+    _session: requests.Session | None = PrivateAttr(default=None)
+    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    @field_validator(*_RANGES, mode="wrap")
+    @classmethod
+    def _in_range(cls, raw: Any, handler: ValidatorFunctionWrapHandler, info: Any) -> int:
+        value = handler(raw)
+        # dagster's EnvVar.int placeholder is an int subclass valued 0 until resolved at setup,
+        # where check_settings() checks the real value.
+        if isinstance(raw, int) and type(raw) not in (int, bool):
+            return value
+        return _check_range(info.field_name, value)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """Check the settings and that the base URL serves the API, before any step starts."""
+        self.check_settings()
+        self.check_service()
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        """Close the session's connections."""
+        with self._lock:
+            if self._session is not None:
+                self._session.close()
+            self._session = None
+
+    def check_settings(self) -> None:
+        """Validate every setting (values from ``EnvVar`` are only known at setup).
+
+        Raises:
+            ValueError: Naming the setting that is out of range, or a base URL that is not http(s).
+        """
+        for name in _RANGES:
+            _check_range(name, getattr(self, name))
+        parts = urlsplit(self.base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                f"base_url ({API_URL_ENV_VAR}) must be an http(s) URL with a host, got "
+                f"{redact_url(self.base_url)!r}"
+            )
+
+    def session(self) -> requests.Session:
+        """The resource's session: pooled connections and the retry policy, made once."""
+        with self._lock:
+            if self._session is None:
+                retry = Retry(
+                    total=self.max_retries,
+                    status_forcelist=(429, 500, 502, 503, 504),
+                    backoff_factor=self.backoff_factor,
+                    backoff_jitter=self.backoff_jitter,
+                    backoff_max=self.backoff_max,
+                    retry_after_max=self.retry_after_max,
+                    respect_retry_after_header=True,
+                )
+                adapter = HTTPAdapter(
+                    pool_connections=1, pool_maxsize=self.max_concurrency, max_retries=retry
+                )
+                session = requests.Session()
+                session.mount("http://", adapter)
+                session.mount("https://", adapter)
+                # Proxies and REQUESTS_CA_BUNDLE are read by requests; SSL_CERT_FILE as well here.
+                session.verify = os.environ.get("SSL_CERT_FILE") or True
+                self._session = session
+            return self._session
+
+    def _get(self, path: str, params: dict[str, int] | None = None) -> requests.Response:
+        return self.session().get(
+            f"{self.base_url.rstrip('/')}/{path}",
+            params=params,
+            timeout=(self.connect_timeout, self.read_timeout),
+        )
+
+    def check_service(self) -> None:
+        """Check, with the schema and no data request, that the base URL serves the API.
+
+        Reads ``/openapi.json`` (part of the contract) with the page reads' retries and checks
+        it lists the three endpoints: a wrong or unreachable ``MOOVITAMIX_API_URL`` fails the run
+        at setup, named, instead of in the step after its retries.
+
+        Raises:
+            ApiUnavailableError: Naming MOOVITAMIX_API_URL.
+        """
+        where = f"{redact_url(self.base_url)} (from {API_URL_ENV_VAR})"
+        try:
+            response = self._get(OPENAPI_PATH)
+        except requests.RequestException as exc:
+            raise ApiUnavailableError(
+                OPENAPI_PATH, None, f"API unreachable at {where}: {describe(exc)}"
+            ) from None
+        if response.status_code != 200:
+            raise ApiUnavailableError(
+                OPENAPI_PATH,
+                None,
+                f"API at {where} answered HTTP {response.status_code} to /{OPENAPI_PATH}",
+            )
+        try:
+            paths = response.json().get("paths") or {}
+        except (ValueError, AttributeError):
+            paths = {}
+        if missing := [f"/{e}" for e in ENDPOINTS if f"/{e}" not in paths]:
+            raise ApiUnavailableError(
+                OPENAPI_PATH,
+                None,
+                f"{where} does not serve the MooVitamix API: its /{OPENAPI_PATH} lists no "
+                f"{', '.join(missing)}",
+            )
+
+    def fetch_page(self, endpoint: str, number: int) -> ApiPage:
+        """GET one page (with retries) and decode it.
+
+        Raises:
+            ApiError: The request failed after its retries, or answered an error status.
+            ApiPageError: The body is not a contract page.
+        """
+        params = {"page": number, "size": self.page_size}
+        try:
+            response = self._get(endpoint, params)
+        except requests.RequestException as exc:
+            raise ApiError(endpoint, number, describe(exc)) from None
+        if response.status_code != 200:
+            raise ApiError(
+                endpoint, number, f"HTTP {response.status_code}: {response.text[:200]!r}"
+            )
+        body = response.content
+        items, total, pages = parse_page(endpoint, number, body, self.page_size)
+        history = getattr(response.raw, "retries", None)
+        retries = len(history.history) if history is not None else 0
+        return ApiPage(number, items, total, pages, retries, len(body))
+
+    def read_pages(self, endpoint: str, log: logging.Logger | None = None) -> Iterator[ApiPage]:
+        """Every page of an endpoint, in page order (see the module docstring for the stops).
+
+        Args:
+            endpoint: ``users``, ``tracks`` or ``listen_history``.
+            log: Where to warn about an early empty page (e.g. ``context.log``).
+
+        Raises:
+            ValueError: An unknown endpoint (before any request).
+            ApiError: A page could not be fetched, or the endpoint has more than ``max_pages``.
+            ApiPageError: A response was not a contract page.
+            ApiDriftError: ``total`` or ``pages`` changed during the read.
+        """
+        fields_of(endpoint)
+        log = log or logger
+        first = self.fetch_page(endpoint, 1)
+        expected = math.ceil(first.total / self.page_size)
+        if first.pages != expected:
+            raise ApiPageError(
+                endpoint,
+                1,
+                f"pages={first.pages} but ceil(total {first.total} / size {self.page_size}) = "
+                f"{expected}",
+            )
+        if first.pages > self.max_pages:
+            raise ApiError(
+                endpoint,
+                1,
+                f"{first.pages} pages (total {first.total}) exceed max_pages={self.max_pages}; "
+                "raise the resource's max_pages if this volume is expected",
+            )
+        if first.total == 0 and first.items:
+            raise ApiPageError(endpoint, 1, f"total is 0 but the page has {len(first.items)} items")
+        yield first
+        if first.pages and not first.items:
+            log.warning(f"MooVitamix {endpoint}: page 1 is empty; stopping (total {first.total})")
+            return
+        ahead = _AHEAD_PER_WORKER * self.max_concurrency
+        with ThreadPoolExecutor(self.max_concurrency, f"moovitamix-{endpoint}") as pool:
+            pending: deque[Future[ApiPage]] = deque()
+            following = 2
+            try:
+                while pending or following <= first.pages:
+                    while following <= first.pages and len(pending) < ahead:
+                        pending.append(pool.submit(self.fetch_page, endpoint, following))
+                        following += 1
+                    page = pending.popleft().result()
+                    if (page.total, page.pages) != (first.total, first.pages):
+                        raise ApiDriftError(
+                            endpoint,
+                            page.number,
+                            f"total changed during the read: total {first.total} -> "
+                            f"{page.total} (pages {first.pages} -> {page.pages}); the service's "
+                            "data is changing, nothing of this endpoint was stored, try again "
+                            "later",
+                        )
+                    if not page.items:
+                        log.warning(
+                            f"MooVitamix {endpoint}: page {page.number} of {first.pages} is "
+                            f"empty; stopping there (total {first.total})"
+                        )
+                        return
+                    yield page
+            finally:
+                for future in pending:  # the read ended early: fetch nothing more
+                    future.cancel()
+
+
+def _check_range(name: str, value: int) -> int:
+    low, high = _RANGES[name]
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+    return value

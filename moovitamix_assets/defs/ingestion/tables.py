@@ -1,0 +1,116 @@
+"""The raw schema's tables: one snapshot table per endpoint, the manifest and the rejects.
+
+`raw.snapshot_manifest` keeps, per (endpoint, snapshot date), the API's own ``total`` and the
+read's figures: the completeness audit compares the stored rows with that total, and an operator
+can see what a past day looked like without the run's logs. `raw.rejects` keeps every record that
+failed validation, with its page, position, field and reason, so nothing the API sent is dropped
+silently. Both are replaced in the transaction that replaces the day's raw rows.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import dagster as dg
+import sqlalchemy as sa
+
+from moovitamix_assets.constants import (
+    ENDPOINTS,
+    LISTEN_HISTORY_ENDPOINT,
+    RAW_SCHEMA,
+    SNAPSHOT_DATE_COLUMN,
+    TRACKS_ENDPOINT,
+    USERS_ENDPOINT,
+)
+from moovitamix_assets.resources.database import create_schema_sql
+
+MANIFEST_TABLE: Final = "snapshot_manifest"
+REJECTS_TABLE: Final = "rejects"
+RAW_KEYS: Final[dict[str, dg.AssetKey]] = {e: dg.AssetKey([RAW_SCHEMA, e]) for e in ENDPOINTS}
+
+_TIMESTAMPS: Final = dict.fromkeys(("created_at", "updated_at"), "timestamp with time zone")
+# Every column of each raw table with its PostgreSQL type: the contract's fields after the
+# partition column. Declared, not inferred: a first read with no rows must create the same table.
+RAW_COLUMNS: Final[dict[str, dict[str, str]]] = {
+    USERS_ENDPOINT: {
+        SNAPSHOT_DATE_COLUMN: "date",
+        "id": "bigint",
+        **dict.fromkeys(("first_name", "last_name", "email", "gender", "favorite_genres"), "text"),
+        **_TIMESTAMPS,
+    },
+    TRACKS_ENDPOINT: {
+        SNAPSHOT_DATE_COLUMN: "date",
+        "id": "bigint",
+        **dict.fromkeys(("name", "artist", "songwriters", "duration", "genres", "album"), "text"),
+        **_TIMESTAMPS,
+    },
+    LISTEN_HISTORY_ENDPOINT: {
+        SNAPSHOT_DATE_COLUMN: "date",
+        "user_id": "bigint",
+        "items": "bigint[]",
+        **_TIMESTAMPS,
+    },
+}
+_UDT_NAMES: Final = {
+    "date": "date",
+    "bigint": "int8",
+    "text": "text",
+    "timestamp with time zone": "timestamptz",
+    "bigint[]": "_int8",
+}
+# The same as information_schema's udt_name, which the schema audit compares with.
+EXPECTED_COLUMNS: Final[dict[str, dict[str, str]]] = {
+    endpoint: {name: _UDT_NAMES[pg_type] for name, pg_type in columns.items()}
+    for endpoint, columns in RAW_COLUMNS.items()
+}
+
+REJECT_COLUMNS: Final = (
+    "endpoint",
+    SNAPSHOT_DATE_COLUMN,
+    "page",
+    "position",
+    "record_key",
+    "field",
+    "reason",
+    "record",
+)
+_DDL: Final = (
+    f"""
+    CREATE TABLE IF NOT EXISTS {RAW_SCHEMA}.{MANIFEST_TABLE} (
+        endpoint text NOT NULL,
+        {SNAPSHOT_DATE_COLUMN} date NOT NULL,
+        api_total bigint NOT NULL,
+        pages integer NOT NULL,
+        rows_valid bigint NOT NULL,
+        rows_rejected bigint NOT NULL,
+        extra_fields text[] NOT NULL DEFAULT '{{}}',
+        missing_fields text[] NOT NULL DEFAULT '{{}}',
+        run_id text,
+        fetched_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (endpoint, {SNAPSHOT_DATE_COLUMN})
+    )
+    """,
+    f"""
+    CREATE TABLE IF NOT EXISTS {RAW_SCHEMA}.{REJECTS_TABLE} (
+        endpoint text NOT NULL,
+        {SNAPSHOT_DATE_COLUMN} date NOT NULL,
+        page integer NOT NULL,
+        position integer NOT NULL,
+        record_key text,
+        field text,
+        reason text NOT NULL,
+        record text,
+        PRIMARY KEY (endpoint, {SNAPSHOT_DATE_COLUMN}, page, position)
+    )
+    """,
+)
+
+
+def ensure_bookkeeping_tables(engine: sa.Engine) -> None:
+    """Create the raw schema, its manifest and its rejects tables, with their keys, when missing."""
+    with engine.begin() as conn:
+        # Two first runs may race to create the same tables.
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('raw.bookkeeping.ddl'))"))
+        conn.execute(sa.text(create_schema_sql(RAW_SCHEMA)))
+        for ddl in _DDL:
+            conn.execute(sa.text(ddl))

@@ -1,0 +1,1 @@
+"""The warehouse building blocks: the PostgreSQL IO manager."""

@@ -1,0 +1,625 @@
+"""Store pandas DataFrames in PostgreSQL tables with COPY, and load them back with their types.
+
+In the spirit of dagster-duckdb's ``DbIOManager``: the asset key prefix is the schema, the last key
+component the table; a partitioned asset names its partition column in the ``partition_expr``
+metadata, and writing a partition deletes that partition's rows and COPYs the new ones in one
+transaction (readers see the old rows until commit; any error rolls everything back). An existing
+table keeps its columns, keys, indexes and grants: only its rows are replaced.
+
+Types (DataFrame -> PostgreSQL -> DataFrame again):
+
+================================  ======================  =================================
+written                           column type             loaded as
+================================  ======================  =================================
+int64, Int64, python int          bigint                  int64; Int64 when a NULL is read
+float64, python float             double precision        float64 (NULL -> NaN)
+bool, boolean                     boolean                 bool; boolean when a NULL is read
+datetime64 tz-aware or naive      timestamptz             datetime64[us, UTC] (naive = UTC)
+``datetime.date`` objects         date                    object of ``datetime.date``
+str, python str                   text                    str (NULL -> NaN)
+lists/tuples of int               bigint[]                object of ``list[int]``
+lists/tuples of str               text[]                  object of ``list[str]``
+dict                              jsonb                   object of ``dict``
+================================  ======================  =================================
+
+A column holding only NULLs (or only empty lists) takes the existing column's type, else ``text``
+(``bigint[]`` for lists). The DataFrame index is not stored.
+"""
+
+import datetime as dt
+import io
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+from psycopg2 import sql
+
+from moovitamix_assets.resources.database import (
+    PostgresResource,
+    create_schema_sql,
+    validate_identifier,
+)
+
+PARTITION_EXPR_KEY: Final = "partition_expr"
+PREVIEW_ROWS: Final = 5
+# Rows rendered to COPY text at a time: bounds memory whatever the frame's size.
+CHUNK_ROWS: Final = 20_000
+
+BIGINT, DOUBLE, BOOLEAN, DATE, TEXT = "bigint", "double precision", "boolean", "date", "text"
+TIMESTAMPTZ, JSONB = "timestamp with time zone", "jsonb"
+BIGINT_ARRAY, TEXT_ARRAY = "bigint[]", "text[]"
+_INTS: Final = frozenset({"smallint", "integer", BIGINT})
+_FLOATS: Final = frozenset({"real", DOUBLE, "numeric"})
+_TEXTS: Final = frozenset({TEXT, "character varying", "character"})
+# Existing column types that take a DataFrame column of the inferred type without loss.
+_ACCEPTS: Final[dict[str, frozenset[str]]] = {
+    BIGINT: _INTS | _FLOATS,
+    DOUBLE: _FLOATS,
+    TEXT: _TEXTS,
+    BIGINT_ARRAY: frozenset({BIGINT_ARRAY, "integer[]", "smallint[]"}),
+    TEXT_ARRAY: frozenset({TEXT_ARRAY, "character varying[]"}),
+    JSONB: frozenset({JSONB, "json"}),
+}
+_NULL: Final = "\\N"
+# COPY text format escapes (https://www.postgresql.org/docs/current/sql-copy.html).
+_ESCAPES: Final = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+class SchemaMismatchError(TypeError):
+    """A DataFrame column cannot be written to the existing table column."""
+
+
+class PartitionMismatchError(ValueError):
+    """A DataFrame holds rows outside the partition(s) being written."""
+
+
+@dataclass(frozen=True)
+class PartitionSlice:
+    """The rows of one run's partition(s): ``start <= column < end`` for a time window on a
+    date/timestamp column, else ``column = ANY(keys)``."""
+
+    column: str
+    keys: tuple[str, ...]
+    window: tuple[dt.datetime, dt.datetime] | None = None
+
+
+@dataclass(frozen=True)
+class Sidecar:
+    """Bookkeeping rows replaced together with an asset's table, in its transaction: the rows of
+    the same partition slice that match ``match`` (column -> value) become ``frame``."""
+
+    schema: str
+    table: str
+    frame: pd.DataFrame
+    match: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class FrameStream:
+    """A table's rows as chunks, COPY'd as they are produced, all in the one transaction.
+
+    Attributes:
+        types: Every column with its PostgreSQL type, declared so that a stream with no rows
+            still creates the right table.
+        chunks: The rows, chunk by chunk (each with the ``types`` columns).
+        finish: Called inside the transaction once the last chunk is COPY'd: the sidecars to
+            replace with the table, and metadata for the output.
+    """
+
+    types: Mapping[str, str]
+    chunks: Iterable[pd.DataFrame]
+    finish: Callable[[], tuple[Sequence[Sidecar], Mapping[str, Any]]] = lambda: ((), {})
+
+
+@dataclass
+class WriteResult:
+    """What one write did, for metadata."""
+
+    rows: int = 0
+    rows_replaced: int = 0
+    columns: list[tuple[str, str]] = field(default_factory=list)
+    preview: pd.DataFrame | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+def infer_pg_type(series: pd.Series) -> str | None:
+    """The PostgreSQL type of a DataFrame column (see the module table); None when the column
+    has no value to tell it from.
+
+    Raises:
+        TypeError: Unsupported dtype, or values of mixed types.
+    """
+    dtype = series.dtype
+    if isinstance(dtype, pd.DatetimeTZDtype) or dtype.kind == "M":
+        return TIMESTAMPTZ
+    if pd.api.types.is_bool_dtype(dtype):
+        return BOOLEAN
+    if pd.api.types.is_integer_dtype(dtype):
+        return BIGINT
+    if pd.api.types.is_float_dtype(dtype):
+        return DOUBLE
+    if isinstance(dtype, pd.StringDtype):
+        return TEXT
+    if isinstance(dtype, pd.CategoricalDtype):
+        return infer_pg_type(series.astype(object))
+    if not pd.api.types.is_object_dtype(dtype):
+        raise TypeError(f"column {series.name!r}: unsupported dtype {dtype}")
+    values = series[series.notna()].tolist()
+    if not values:
+        return None
+    kind = _kind(set(map(type, values)))
+    if kind == "list":
+        elements = {type(v) for value in values for v in value} - {type(None)}
+        if not elements:
+            return None
+        kind = {BIGINT: BIGINT_ARRAY, TEXT: TEXT_ARRAY}.get(_kind(elements) or "")
+    if kind is None:
+        names = sorted({type(v).__name__ for v in values})
+        raise TypeError(f"column {series.name!r}: unsupported or mixed value types {names}")
+    return kind
+
+
+def _kind(types: set[type]) -> str | None:
+    def every(*classes: type) -> bool:
+        return all(issubclass(t, classes) for t in types)
+
+    if every(bool, np.bool_):
+        return BOOLEAN
+    if not any(issubclass(t, bool | np.bool_) for t in types):
+        if every(int, np.integer):
+            return BIGINT
+        if every(int, np.integer, float, np.floating):
+            return DOUBLE
+    if every(str):
+        return TEXT
+    if every(dt.datetime):  # before date: datetime is a date
+        return TIMESTAMPTZ
+    if every(dt.date) and not any(issubclass(t, dt.datetime) for t in types):
+        return DATE
+    if every(list, tuple, np.ndarray):
+        return "list"
+    return JSONB if every(dict) else None
+
+
+def column_types(df: pd.DataFrame, existing: Mapping[str, str], table: str) -> dict[str, str]:
+    """The type each column is written as: the table's for its columns, else the inferred one.
+
+    Raises:
+        SchemaMismatchError: A column's values do not fit the existing column's type.
+    """
+    types: dict[str, str] = {}
+    for name in df.columns:
+        validate_identifier(name, f"column name in {table}")
+        inferred, current = infer_pg_type(df[name]), existing.get(name)
+        if current is None:
+            empty_type = BIGINT_ARRAY if df[name].map(_is_list).any() else TEXT
+            types[name] = inferred or empty_type
+        elif inferred is None or inferred == current or current in _ACCEPTS.get(inferred, ()):
+            types[name] = current
+        else:
+            raise SchemaMismatchError(
+                f"cannot write column {table}.{name}: the table column is {current} but the "
+                f"DataFrame column ({df[name].dtype}) holds {inferred} values; migrate or drop "
+                "the table, or cast the column"
+            )
+    return types
+
+
+def _is_list(value: object) -> bool:
+    return isinstance(value, list | tuple | np.ndarray)
+
+
+def copy_text(df: pd.DataFrame, types: Mapping[str, str]) -> bytes:
+    """Render rows in COPY's text format (``\\N`` for NULL, escapes applied)."""
+    columns = [_column_texts(df[name], pg_type) for name, pg_type in types.items()]
+    return ("\n".join(map("\t".join, zip(*columns, strict=True))) + "\n").encode()
+
+
+def _column_texts(series: pd.Series, pg_type: str) -> list[str]:
+    missing = series.isna().to_numpy()  # a list cell is never NA
+    present = series[~missing]
+    if pg_type in _INTS:
+        texts = present.astype("int64").astype(str).tolist()
+    elif pg_type in _FLOATS:
+        texts = list(map(repr, present.astype("float64").tolist()))
+    elif pg_type == BOOLEAN:
+        texts = np.where(present.astype(bool), "t", "f").tolist()
+    elif pg_type == TIMESTAMPTZ and not pd.api.types.is_object_dtype(present.dtype):
+        utc = present.dt.tz_convert("UTC") if present.dt.tz else present
+        texts = utc.dt.tz_localize(None).to_numpy("datetime64[us]").astype(str).tolist()
+    elif pg_type == TIMESTAMPTZ:  # ISO texts (the API's) or datetimes; the session is in UTC
+        texts = [v if isinstance(v, str) else pd.Timestamp(v).isoformat() for v in present]
+    elif pg_type == DATE:  # a partition column: a few distinct days in many rows
+        days = {day: day.isoformat() for day in set(present)}
+        texts = [days[v] for v in present]
+    elif pg_type.endswith("[]"):
+        texts = _escaped(list(map(_array_literal, present)))
+    elif pg_type in (JSONB, "json"):
+        texts = _escaped([json.dumps(v, ensure_ascii=False, allow_nan=False) for v in present])
+    elif pg_type in _TEXTS:
+        texts = _escaped(present.astype(object).tolist())
+    else:
+        raise TypeError(f"column {series.name!r}: cannot write to a {pg_type} column")
+    if not missing.any():
+        return texts
+    out = np.full(len(series), _NULL, dtype=object)
+    out[~missing] = texts
+    return out.tolist()
+
+
+def _escaped(texts: list[str]) -> list[str]:
+    joined = "".join(texts)  # one scan in C; most columns need no escape at all
+    if any(c in joined for c in "\\\t\n\r"):
+        return [text.translate(_ESCAPES) for text in texts]
+    return texts
+
+
+def _array_literal(value: Iterable[Any]) -> str:
+    if all(type(item) is int for item in value):  # track ids: the common case, in C
+        return "{" + ",".join(map(str, value)) + "}"
+    items = []
+    for item in value:
+        if item is None:
+            items.append("NULL")
+        elif isinstance(item, str):
+            items.append('"' + item.replace("\\", "\\\\").replace('"', '\\"') + '"')
+        elif isinstance(item, int | np.integer) and not isinstance(item, bool | np.bool_):
+            items.append(str(int(item)))
+        else:
+            raise TypeError(f"unsupported array element {item!r}")
+    return "{" + ",".join(items) + "}"
+
+
+def _lock(cur: Any, *parts: str) -> None:
+    """Serialise writers of one table (or creators of one schema) until the transaction ends."""
+    cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", ("/".join(parts),))
+
+
+def table_columns(cur: Any, schema: str, table: str) -> list[tuple[str, str]] | None:
+    """(name, type) of a table's columns in stored order, or None when there is no such table."""
+    cur.execute("SELECT to_regclass(%s)::oid", (sql.Identifier(schema, table).as_string(cur),))
+    (oid,) = cur.fetchone()
+    if oid is None:
+        return None
+    cur.execute(
+        "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+        "WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+        (oid,),
+    )
+    return [(name, pg_type) for name, pg_type in cur.fetchall()]
+
+
+def _slice_where(part: PartitionSlice, pg_type: str | None) -> tuple[sql.Composable, tuple]:
+    column = sql.Identifier(part.column)
+    if part.window is not None and pg_type in (DATE, TIMESTAMPTZ):
+        start, end = part.window
+        bounds = (start.date(), end.date()) if pg_type == DATE else (start, end)
+        return sql.SQL("{c} >= %s AND {c} < %s").format(c=column), bounds
+    if pg_type not in _TEXTS | {DATE, None}:
+        raise TypeError(f"partition column {part.column!r} is {pg_type}: use date or text")
+    cast = sql.SQL("::date[]" if pg_type == DATE else "")
+    return sql.SQL("{} = ANY(%s{})").format(column, cast), (list(part.keys),)
+
+
+def check_partition_values(df: pd.DataFrame, part: PartitionSlice, table: str) -> None:
+    """Refuse rows whose partition column is NULL or outside the partition(s) being written.
+
+    Raises:
+        PartitionMismatchError: Naming the table, the column and a few bad values.
+    """
+    if part.column not in df.columns:
+        raise PartitionMismatchError(
+            f"{table}: the DataFrame has no partition column {part.column!r}"
+        )
+    bad = []
+    for value in df[part.column].unique():
+        if pd.isna(value):
+            raise PartitionMismatchError(f"{table}: partition column {part.column!r} holds NULLs")
+        if part.window is not None:
+            stamp = pd.Timestamp(value)
+            stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp
+            inside = part.window[0] <= stamp < part.window[1]
+        else:
+            inside = (value.isoformat() if isinstance(value, dt.date) else str(value)) in part.keys
+        if not inside:
+            bad.append(value)
+    if bad:
+        rows = int(df[part.column].isin(bad).sum())
+        raise PartitionMismatchError(
+            f"{table}: {rows} row(s) have {part.column} outside the partition(s) being written "
+            f"({', '.join(part.keys)}), e.g. {', '.join(map(str, bad[:3]))}"
+        )
+
+
+def write_frame(
+    conn: Any,
+    schema: str,
+    table: str,
+    obj: pd.DataFrame | FrameStream,
+    part: PartitionSlice | None = None,
+) -> WriteResult:
+    """Replace a table, or one partition slice of it, with ``obj``, in one transaction.
+
+    Creates the schema and table when missing and adds new columns; deletes the slice (the whole
+    table when unpartitioned) and COPYs the rows; then does the same for a stream's sidecars.
+    Commits on success, rolls back on any error.
+
+    Args:
+        conn: A psycopg2 connection, not in autocommit.
+        schema: Target schema.
+        table: Target table.
+        obj: The rows, as a DataFrame or a stream of chunks.
+        part: The partition slice written, or None for the whole table.
+
+    Returns:
+        Rows written and replaced, the table's columns, a preview and the stream's metadata.
+
+    Raises:
+        SchemaMismatchError, PartitionMismatchError, TypeError, ValueError, psycopg2.Error.
+    """
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SET LOCAL TIME ZONE 'UTC'")  # timestamps travel as UTC wall-clock text
+            result = _replace(cur, schema, table, obj, part, None)
+            sidecars: Sequence[Sidecar] = ()
+            if isinstance(obj, FrameStream):
+                sidecars, result.metadata = obj.finish()
+            for car in sidecars:
+                _replace(cur, car.schema, car.table, car.frame, part, car.match)
+        conn.commit()
+    except BaseException:
+        with suppress(Exception):  # a dropped connection cannot roll back; the server does
+            conn.rollback()
+        raise
+    return result
+
+
+def _replace(
+    cur: Any,
+    schema: str,
+    table: str,
+    obj: pd.DataFrame | FrameStream,
+    part: PartitionSlice | None,
+    match: Mapping[str, Any] | None,
+) -> WriteResult:
+    qualified = f"{validate_identifier(schema, 'schema')}.{validate_identifier(table, 'table')}"
+    target = sql.Identifier(schema, table)
+    _lock(cur, "table", qualified)
+    existing = dict(table_columns(cur, schema, table) or {})
+    if isinstance(obj, FrameStream):
+        types = dict(obj.types)
+        for name, pg_type in types.items():
+            if existing.get(name, pg_type) != pg_type:
+                raise SchemaMismatchError(
+                    f"cannot write column {qualified}.{name}: the table column is "
+                    f"{existing[name]} but the stream declares {pg_type}"
+                )
+        chunks: Iterable[pd.DataFrame] = obj.chunks
+    else:
+        types, chunks = column_types(obj, existing, qualified), [obj]
+    if not existing:
+        _lock(cur, "schema", schema)
+        cur.execute(create_schema_sql(schema))
+        columns = [sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t)) for n, t in types.items()]
+        cur.execute(
+            sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(
+                target, sql.SQL(", ").join(columns)
+            )
+        )
+    for name, pg_type in types.items():
+        if existing and name not in existing:
+            cur.execute(
+                sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
+                    target, sql.Identifier(name), sql.SQL(pg_type)
+                )
+            )
+    where: list[sql.Composable] = []
+    params: tuple[Any, ...] = ()
+    if part is not None:
+        _ensure_brin_index(cur, schema, table, part.column)
+        where, params = [(w := _slice_where(part, types.get(part.column)))[0]], w[1]
+    for column, value in (match or {}).items():
+        where.append(sql.SQL("{} = %s").format(sql.Identifier(validate_identifier(column))))
+        params = (*params, value)
+    delete = sql.SQL("DELETE FROM {}").format(target)
+    cur.execute(
+        sql.SQL("{} WHERE {}").format(delete, sql.SQL(" AND ").join(where)) if where else delete,
+        params,
+    )
+    result = WriteResult(rows_replaced=max(cur.rowcount, 0))
+    copy = sql.SQL("COPY {} ({}) FROM STDIN").format(
+        target, sql.SQL(", ").join(map(sql.Identifier, types))
+    )
+    # One COPY per chunk of rows, all in this transaction: memory holds one rendered chunk.
+    for chunk in chunks:
+        if result.preview is None:
+            result.preview = chunk.head(PREVIEW_ROWS)
+        if part is not None and len(chunk):
+            check_partition_values(chunk, part, qualified)
+        for start in range(0, len(chunk), CHUNK_ROWS):
+            rendered = copy_text(chunk.iloc[start : start + CHUNK_ROWS], types)
+            cur.copy_expert(copy.as_string(cur), io.BytesIO(rendered))
+        result.rows += len(chunk)
+    result.columns = table_columns(cur, schema, table) or []
+    return result
+
+
+def _ensure_brin_index(cur: Any, schema: str, table: str, column: str) -> None:
+    """Give a partitioned table a BRIN index on its partition column unless it has an index there.
+
+    Every write deletes its partition and every load selects it: without an index both scan the
+    whole history. A partition's rows are COPY'd together, so block ranges hold one or a few
+    partitions, and BRIN (a few pages for millions of rows) skips the rest. A table owned by
+    another role is left to its owner.
+    """
+    cur.execute(
+        "SELECT pg_has_role(c.relowner, 'USAGE'), EXISTS (SELECT 1 FROM pg_index i "
+        "WHERE i.indrelid = c.oid AND i.indkey[0] = a.attnum) FROM pg_class c "
+        "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = %s "
+        "WHERE c.oid = to_regclass(%s)",
+        (column, sql.Identifier(schema, table).as_string(cur)),
+    )
+    row = cur.fetchone()
+    if row is not None and row[0] and not row[1]:
+        cur.execute(
+            sql.SQL("CREATE INDEX ON {} USING brin ({})").format(
+                sql.Identifier(schema, table), sql.Identifier(column)
+            )
+        )
+
+
+def read_frame(
+    conn: Any, schema: str, table: str, part: PartitionSlice | None = None
+) -> pd.DataFrame:
+    """Load a table, or one partition slice of it, as a typed DataFrame (see the module table).
+
+    Raises:
+        LookupError: The table does not exist.
+    """
+    qualified = f"{validate_identifier(schema, 'schema')}.{validate_identifier(table, 'table')}"
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SET LOCAL TIME ZONE 'UTC'")
+            stored = table_columns(cur, schema, table)
+            if stored is None:
+                raise LookupError(f"table {qualified} does not exist: materialize it first")
+            query = sql.SQL("SELECT * FROM {}").format(sql.Identifier(schema, table))
+            params: tuple[Any, ...] = ()
+            if part is not None:
+                where, params = _slice_where(part, dict(stored).get(part.column))
+                query = sql.SQL("{} WHERE {}").format(query, where)
+            cur.execute(query, params)
+            rows = cur.fetchall()
+    finally:
+        conn.rollback()
+    data = list(zip(*rows, strict=True)) if rows else [() for _ in stored]
+    return pd.DataFrame(
+        {name: _typed(list(v), t) for (name, t), v in zip(stored, data, strict=True)}
+    )
+
+
+def _typed(values: list[Any], pg_type: str) -> Any:
+    has_null = None in values
+    if pg_type in _INTS:
+        return pd.array(values, dtype="Int64") if has_null else np.array(values, dtype="int64")
+    if pg_type in _FLOATS:
+        return np.array([np.nan if v is None else float(v) for v in values], dtype="float64")
+    if pg_type == BOOLEAN:
+        return pd.array(values, dtype="boolean") if has_null else np.array(values, dtype=bool)
+    if pg_type in (TIMESTAMPTZ, "timestamp without time zone"):
+        return pd.to_datetime(pd.Series(values, dtype=object), utc=True).astype(
+            "datetime64[us, UTC]"
+        )
+    if pg_type in _TEXTS:
+        return pd.array(values, dtype="str")
+    return pd.array(values, dtype=object)
+
+
+def _table_of(context: dg.InputContext | dg.OutputContext) -> tuple[str, str]:
+    path = context.asset_key.path
+    schema = path[-2] if len(path) > 1 else "public"
+    return validate_identifier(schema, "schema"), validate_identifier(path[-1], "table")
+
+
+def _partition_of(
+    context: dg.InputContext | dg.OutputContext, metadata: Mapping[str, Any]
+) -> PartitionSlice | None:
+    if not context.has_asset_partitions:
+        return None
+    column = metadata.get(PARTITION_EXPR_KEY)
+    if not isinstance(column, str):
+        raise ValueError(
+            f"asset {context.asset_key.to_user_string()} is partitioned but has no "
+            f"'{PARTITION_EXPR_KEY}' metadata naming its partition column"
+        )
+    if isinstance(context.asset_partitions_def, dg.MultiPartitionsDefinition):
+        raise ValueError("multi-dimensional partitions are not supported by this IO manager")
+    window = None
+    if isinstance(context.asset_partitions_def, dg.TimeWindowPartitionsDefinition):
+        window = (
+            context.asset_partitions_time_window.start,
+            context.asset_partitions_time_window.end,
+        )
+    return PartitionSlice(
+        validate_identifier(column, PARTITION_EXPR_KEY), tuple(context.asset_partition_keys), window
+    )
+
+
+class PostgresPandasIOManager(dg.ConfigurableIOManager):
+    """Stores pandas DataFrames as PostgreSQL tables (schema = key prefix, table = asset name)."""
+
+    database: dg.ResourceDependency[PostgresResource]
+
+    def handle_output(self, context: dg.OutputContext, obj: pd.DataFrame | FrameStream) -> None:
+        """Replace the output's partition(s), or the whole table, in one transaction.
+
+        Args:
+            context: The output context (asset key, partitions, definition metadata).
+            obj: The DataFrame the asset returned, or a FrameStream of its chunks.
+
+        Raises:
+            TypeError: ``obj`` is neither, or holds unsupported values.
+            SchemaMismatchError: A column no longer fits the table's column type.
+            PartitionMismatchError: Rows outside the partition(s) being written.
+        """
+        if not isinstance(obj, pd.DataFrame | FrameStream):
+            raise TypeError(
+                f"{type(self).__name__} stores pandas DataFrames; asset "
+                f"{context.asset_key.to_user_string()} returned {type(obj).__name__}"
+            )
+        metadata = context.definition_metadata or {}
+        schema, table = _table_of(context)
+        part = _partition_of(context, metadata)
+        conn = self.database.engine().raw_connection()
+        try:
+            result = write_frame(conn.driver_connection, schema, table, obj, part)
+        except BaseException:
+            conn.invalidate()  # maybe broken mid-COPY: never back to the pool
+            raise
+        finally:
+            conn.close()
+        context.log.info(
+            f"wrote {result.rows} rows to {schema}.{table} ({result.rows_replaced} replaced) on "
+            f"{self.database.masked_url()}"
+        )
+        preview = result.preview if result.preview is not None else pd.DataFrame()
+        context.add_output_metadata(
+            {
+                "dagster/row_count": dg.MetadataValue.int(result.rows),
+                "dagster/table_name": dg.MetadataValue.text(f"{schema}.{table}"),
+                "dagster/column_schema": dg.MetadataValue.table_schema(
+                    dg.TableSchema(columns=[dg.TableColumn(n, t) for n, t in result.columns])
+                ),
+                "preview": dg.MetadataValue.md(preview.to_markdown(index=False)),
+                "rows_replaced": dg.MetadataValue.int(result.rows_replaced),
+                **result.metadata,
+            }
+        )
+
+    def load_input(self, context: dg.InputContext) -> pd.DataFrame:
+        """Read the upstream asset's table, restricted to the requested partition(s).
+
+        Args:
+            context: The input context.
+
+        Returns:
+            The stored rows with the dtypes listed in the module docstring.
+
+        Raises:
+            LookupError: The table has not been materialized yet.
+        """
+        upstream = context.upstream_output
+        metadata = (upstream.definition_metadata if upstream else None) or {}
+        schema, table = _table_of(context)
+        conn = self.database.engine().raw_connection()
+        try:
+            return read_frame(
+                conn.driver_connection, schema, table, _partition_of(context, metadata)
+            )
+        finally:
+            conn.close()
