@@ -141,8 +141,8 @@ def main() -> None:
         print(json.dumps(phase_merge(args.url, args.phase, date.fromisoformat(args.day))))
         return
 
-    from moovitamix_assets.resources.database import normalize_database_url
-    from moovitamix_assets.resources.embedded_postgres import (
+    from moovitamix_assets.warehouse.database import normalize_database_url
+    from moovitamix_assets.warehouse.embedded_postgres import (
         discard_embedded_postgres,
         start_embedded_postgres,
     )

@@ -61,7 +61,7 @@ def main() -> None:
     from moovitamix_api.server import run_subprocess
     from moovitamix_assets.cli import prepare_environment
     from moovitamix_assets.partitions import utc_today
-    from moovitamix_assets.resources.embedded_postgres import discard_embedded_postgres
+    from moovitamix_assets.warehouse.embedded_postgres import discard_embedded_postgres
 
     partition = utc_today().isoformat()
     with tempfile.TemporaryDirectory(prefix="moovitamix-overhead-") as tmp:

@@ -38,7 +38,7 @@ HERE = Path(__file__).resolve().parent.parent
 
 def forget_partition(database_url: str, partition: str) -> None:
     """Remove the partition's raw rows left by an earlier run, vacuum, checkpoint (untimed)."""
-    from moovitamix_assets.resources.database import connect_psycopg2
+    from moovitamix_assets.warehouse.database import connect_psycopg2
 
     conn = connect_psycopg2(database_url)
     conn.autocommit = True  # VACUUM runs outside a transaction
@@ -61,15 +61,16 @@ def phase_ingest(url: str, partition: str) -> dict:
     import dagster as dg
 
     import moovitamix_assets
-    from moovitamix_assets.resources.database import PostgresResource
 
     try:
         from moovitamix_assets.defs.ingestion.api import MoovitamixApiResource
         from moovitamix_assets.defs.ingestion.assets import raw_assets
+        from moovitamix_assets.warehouse.database import PostgresResource
         from moovitamix_assets.warehouse.io_manager import PostgresPandasIOManager
     except ImportError:  # the code before the redesign
         from moovitamix_assets.assets.raw.api_snapshots import raw_assets
         from moovitamix_assets.resources.api import MoovitamixApiResource
+        from moovitamix_assets.resources.database import PostgresResource
         from moovitamix_assets.resources.io_manager import PostgresPandasIOManager
 
     postgres = PostgresResource(database_url=os.environ.get("MOOVITAMIX_DATABASE_URL"))
@@ -125,7 +126,7 @@ def main() -> None:
         sys.exit(f"no old code at {args.old}: git worktree add {args.old} 751b892")
 
     from moovitamix_api.server import run_subprocess
-    from moovitamix_assets.resources.embedded_postgres import discard_embedded_postgres
+    from moovitamix_assets.warehouse.embedded_postgres import discard_embedded_postgres
 
     env = dict(os.environ)
     codes = {"old": args.old.resolve(), "new": HERE}

@@ -110,7 +110,7 @@ def main() -> None:
         return
 
     from moovitamix_assets.partitions import utc_today
-    from moovitamix_assets.resources.embedded_postgres import discard_embedded_postgres
+    from moovitamix_assets.warehouse.embedded_postgres import discard_embedded_postgres
 
     partition = utc_today().isoformat()
     results: dict[int, list[dict]] = {}

@@ -43,17 +43,17 @@ from moovitamix_api.config import DEFAULT_TASTE, TASTE_ENV, TASTES
 from moovitamix_assets.constants import ENDPOINTS, RAW_SCHEMA, SNAPSHOT_DATE_COLUMN
 from moovitamix_assets.jobs import RETRAINING_JOB_NAME, daily_refresh_job
 from moovitamix_assets.partitions import utc_today
-from moovitamix_assets.resources.database import (
+from moovitamix_assets.warehouse.database import (
     DATABASE_URL_ENV,
     PostgresResource,
     dispose_engines,
     quote_ident,
 )
-from moovitamix_assets.resources.embedded_postgres import (
+from moovitamix_assets.warehouse.embedded_postgres import (
     embedded_postgres_of,
     stop_embedded_postgres,
 )
-from moovitamix_assets.resources.embedded_postgres import state_dir as resolve_state_dir
+from moovitamix_assets.warehouse.embedded_postgres import state_dir as resolve_state_dir
 
 DAGSTER_STORAGE_ENV = "MOOVITAMIX_DAGSTER_STORAGE_URL"
 DEFAULT_UI_HOST = "127.0.0.1"

@@ -20,13 +20,13 @@ from moovitamix_assets.defs.recommendation.retraining import (
     thresholds_from_env,
 )
 from moovitamix_assets.jobs import daily_refresh_job, retraining_job
-from moovitamix_assets.resources.database import PostgresResource
 from moovitamix_assets.schedules import (
     DEFAULT_DAILY_CRON,
     DEFAULT_WEEKLY_RETRAINING_CRON,
     build_daily_schedule,
     build_weekly_retraining_schedule,
 )
+from moovitamix_assets.warehouse.database import PostgresResource
 from moovitamix_assets.warehouse.io_manager import PostgresPandasIOManager
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"

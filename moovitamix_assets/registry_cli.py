@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from moovitamix_assets.defs.recommendation import registry
-from moovitamix_assets.resources.database import PostgresResource
+from moovitamix_assets.warehouse.database import PostgresResource
 
 
 def _format_entry(entry: registry.RegistryEntry) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 
-from moovitamix_assets.resources.embedded_postgres import (
+from moovitamix_assets.warehouse.embedded_postgres import (
     discard_embedded_postgres,
     embedded_postgres_of,
 )

@@ -27,9 +27,9 @@ from moovitamix_assets.assets.core.schema import (
     USERS_TABLE,
     core_table,
 )
-from moovitamix_assets.checks.results import Severity
+from moovitamix_assets.check_results import Severity
 from moovitamix_assets.constants import CORE_SCHEMA
-from moovitamix_assets.resources.database import quote_ident
+from moovitamix_assets.warehouse.database import quote_ident
 
 # Share of the active listening pairs whose user or track is unknown to core. About 6% is normal
 # on the first day (listens of tracks the API removed before our first snapshot; 5-9% on small

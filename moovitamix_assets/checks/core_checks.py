@@ -22,6 +22,7 @@ from moovitamix_assets.assets.core.schema import (
     TRACKS_TABLE,
     USERS_TABLE,
 )
+from moovitamix_assets.check_results import daily_check_spec, selected_names, to_check_result
 from moovitamix_assets.checks.core_audits import (
     CoreAuditResult,
     audit_email_validity,
@@ -32,9 +33,8 @@ from moovitamix_assets.checks.core_audits import (
     audit_timestamps,
     newest_merged,
 )
-from moovitamix_assets.checks.results import daily_check_spec, selected_names, to_check_result
 from moovitamix_assets.constants import CORE_SCHEMA
-from moovitamix_assets.resources.database import PostgresResource
+from moovitamix_assets.warehouse.database import PostgresResource
 
 CoreAudit = Callable[[sa.Connection], CoreAuditResult]
 

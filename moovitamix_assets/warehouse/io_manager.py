@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 from psycopg2 import sql
 
-from moovitamix_assets.resources.database import (
+from moovitamix_assets.warehouse.database import (
     PostgresResource,
     create_schema_sql,
     validate_identifier,

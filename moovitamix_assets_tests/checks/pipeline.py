@@ -11,7 +11,7 @@ from moovitamix_assets.checks.core_checks import core_checks
 from moovitamix_assets.defs.ingestion.api import MoovitamixApiResource
 from moovitamix_assets.defs.ingestion.assets import raw_assets
 from moovitamix_assets.defs.ingestion.checks import raw_checks
-from moovitamix_assets.resources.database import PostgresResource
+from moovitamix_assets.warehouse.database import PostgresResource
 from moovitamix_assets.warehouse.io_manager import PostgresPandasIOManager
 
 GRAPH = [*raw_assets, *core_assets, *raw_checks, *core_checks]

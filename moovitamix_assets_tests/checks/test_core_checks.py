@@ -21,7 +21,7 @@ from moovitamix_assets.assets.core.merge import (
 )
 from moovitamix_assets.checks.core_audits import audit_inactive_share
 from moovitamix_assets.checks.core_checks import CORE_CHECKS, core_checks, run_core_audits
-from moovitamix_assets.resources.database import PostgresResource
+from moovitamix_assets.warehouse.database import PostgresResource
 from moovitamix_assets_tests.assets.core.raw_tables import load_raw_snapshot
 from moovitamix_assets_tests.assets.core.test_odd_records import history, track, user
 from moovitamix_assets_tests.checks.pipeline import evaluations, materialized, metadata

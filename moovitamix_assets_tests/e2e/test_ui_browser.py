@@ -18,7 +18,7 @@ import pytest
 
 from moovitamix_assets.defs.ingestion.checks import RAW_CHECKS
 from moovitamix_assets.partitions import utc_today
-from moovitamix_assets.resources.database import PostgresResource
+from moovitamix_assets.warehouse.database import PostgresResource
 from moovitamix_assets_tests.checks.pipeline import run_day
 from moovitamix_assets_tests.e2e.browser import dagster_webserver, find_chromium, headless_chromium
 

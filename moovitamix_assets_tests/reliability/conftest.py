@@ -14,7 +14,7 @@ from psycopg2 import sql
 from moovitamix_api.config import StandInConfig
 from moovitamix_api.server import StandInServer
 from moovitamix_assets.partitions import utc_today
-from moovitamix_assets.resources.database import dispose_engines
+from moovitamix_assets.warehouse.database import dispose_engines
 from moovitamix_assets_tests.reliability.harness import (
     RECORDS,
     SEED,

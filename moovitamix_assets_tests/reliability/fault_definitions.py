@@ -10,7 +10,7 @@ import dagster as dg
 from moovitamix_assets.assets.core.assets import core_assets
 from moovitamix_assets.defs.ingestion.api import MoovitamixApiResource
 from moovitamix_assets.defs.ingestion.assets import raw_assets
-from moovitamix_assets.resources.database import PostgresResource
+from moovitamix_assets.warehouse.database import PostgresResource
 from moovitamix_assets.warehouse.io_manager import PostgresPandasIOManager
 
 _postgres = PostgresResource(database_url=dg.EnvVar("MOOVITAMIX_DATABASE_URL"))

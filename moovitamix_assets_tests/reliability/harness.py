@@ -17,7 +17,7 @@ from psycopg2 import sql
 from moovitamix_assets.assets.core.assets import core_assets
 from moovitamix_assets.defs.ingestion.api import MoovitamixApiResource
 from moovitamix_assets.defs.ingestion.assets import raw_assets
-from moovitamix_assets.resources.database import PostgresResource, connect_psycopg2
+from moovitamix_assets.warehouse.database import PostgresResource, connect_psycopg2
 from moovitamix_assets.warehouse.io_manager import PostgresPandasIOManager
 
 # Small enough to keep each run around a second, large enough for 3 pages of 100 per endpoint.

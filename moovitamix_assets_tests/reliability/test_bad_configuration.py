@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 from psycopg2 import sql
 
-from moovitamix_assets.resources.database import connect_psycopg2
+from moovitamix_assets.warehouse.database import connect_psycopg2
 from moovitamix_assets_tests.reliability.harness import (
     assert_same_contents,
     daily_resources,

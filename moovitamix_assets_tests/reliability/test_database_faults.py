@@ -17,8 +17,8 @@ import sqlalchemy as sa
 
 from moovitamix_api import DataConfig, Dataset
 from moovitamix_assets.defs.ingestion.tables import ensure_bookkeeping_tables
-from moovitamix_assets.resources.database import dispose_engines
-from moovitamix_assets.resources.embedded_postgres import (
+from moovitamix_assets.warehouse.database import dispose_engines
+from moovitamix_assets.warehouse.embedded_postgres import (
     EmbeddedPostgres,
     discard_embedded_postgres,
     start_embedded_postgres,

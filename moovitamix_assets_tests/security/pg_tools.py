@@ -15,7 +15,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from psycopg2 import sql
 
-from moovitamix_assets.resources.database import connect_psycopg2
+from moovitamix_assets.warehouse.database import connect_psycopg2
 
 REPO = Path(__file__).resolve().parents[2]
 LEAST_PRIVILEGE_SQL = REPO / "deploy" / "sql" / "least_privilege.sql"

@@ -28,7 +28,7 @@ from moovitamix_assets.defs.ingestion.api import MoovitamixApiResource
 from moovitamix_assets.defs.ingestion.assets import RAW_KEYS, raw_assets
 from moovitamix_assets.defs.ingestion.checks import raw_checks
 from moovitamix_assets.partitions import utc_today
-from moovitamix_assets.resources.database import MASK, PostgresResource, dispose_engines
+from moovitamix_assets.warehouse.database import MASK, PostgresResource, dispose_engines
 from moovitamix_assets.warehouse.io_manager import PostgresPandasIOManager
 from moovitamix_assets_tests.security.pg_tools import admin_execute, as_role, drop_roles
 

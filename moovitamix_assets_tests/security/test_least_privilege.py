@@ -24,7 +24,7 @@ from moovitamix_assets.assets.core.assets import core_assets
 from moovitamix_assets.defs.ingestion.api import MoovitamixApiResource
 from moovitamix_assets.defs.ingestion.assets import raw_assets
 from moovitamix_assets.partitions import utc_today
-from moovitamix_assets.resources.database import (
+from moovitamix_assets.warehouse.database import (
     PostgresResource,
     connect_psycopg2,
     dispose_engines,

@@ -14,7 +14,7 @@ import psycopg2
 from moovitamix_assets.defs.ingestion.api import MoovitamixApiResource
 from moovitamix_assets.defs.ingestion.assets import RAW_KEYS, raw_assets
 from moovitamix_assets.partitions import utc_today
-from moovitamix_assets.resources.database import PostgresResource
+from moovitamix_assets.warehouse.database import PostgresResource
 from moovitamix_assets.warehouse.io_manager import PostgresPandasIOManager
 
 

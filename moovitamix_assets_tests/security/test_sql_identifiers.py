@@ -14,7 +14,7 @@ import psycopg2
 import pytest
 
 from moovitamix_assets.partitions import daily_partitions, utc_today
-from moovitamix_assets.resources.database import (
+from moovitamix_assets.warehouse.database import (
     PostgresResource,
     create_schema_sql,
     quote_ident,

@@ -13,7 +13,7 @@ import pandas as pd
 import psycopg2
 import pytest
 
-from moovitamix_assets.resources.database import connect_psycopg2
+from moovitamix_assets.warehouse.database import connect_psycopg2
 from moovitamix_assets.warehouse.io_manager import (
     FrameStream,
     PartitionMismatchError,

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from moovitamix_assets.resources.database import PostgresResource
+from moovitamix_assets.warehouse.database import PostgresResource
 from moovitamix_assets.warehouse.io_manager import (
     PartitionMismatchError,
     PostgresPandasIOManager,

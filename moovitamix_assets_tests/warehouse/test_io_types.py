@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from moovitamix_assets.resources.database import connect_psycopg2
+from moovitamix_assets.warehouse.database import connect_psycopg2
 from moovitamix_assets.warehouse.io_manager import (
     SchemaMismatchError,
     column_types,

@@ -16,7 +16,6 @@ from moovitamix_assets.assets.core.merge import (
     rebuild_interactions,
 )
 from moovitamix_assets.assets.core.schema import WEIGHT_SQL
-from moovitamix_assets.checks.step_figures import StepStart, finish_step_figures, start_step_figures
 from moovitamix_assets.constants import (
     CORE_GROUP,
     CORE_SCHEMA,
@@ -27,7 +26,8 @@ from moovitamix_assets.constants import (
 )
 from moovitamix_assets.freshness import DAILY_FRESHNESS
 from moovitamix_assets.partitions import daily_partitions
-from moovitamix_assets.resources.database import PostgresResource
+from moovitamix_assets.step_figures import StepStart, finish_step_figures, start_step_figures
+from moovitamix_assets.warehouse.database import PostgresResource
 
 RAW_USERS = dg.AssetKey([RAW_SCHEMA, USERS_ENDPOINT])
 RAW_TRACKS = dg.AssetKey([RAW_SCHEMA, TRACKS_ENDPOINT])

@@ -60,7 +60,7 @@ from moovitamix_assets.constants import (
 )
 from moovitamix_assets.contract import GENDERS, GENRES
 from moovitamix_assets.defs.ingestion.audits import AuditResult, assert_snapshot_publishable
-from moovitamix_assets.resources.database import quote_ident
+from moovitamix_assets.warehouse.database import quote_ident
 
 q = quote_ident
 

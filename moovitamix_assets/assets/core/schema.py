@@ -32,7 +32,7 @@ from typing import Final
 import sqlalchemy as sa
 
 from moovitamix_assets.constants import CORE_SCHEMA
-from moovitamix_assets.resources.database import create_schema_sql, quote_ident
+from moovitamix_assets.warehouse.database import create_schema_sql, quote_ident
 
 USERS_TABLE: Final = "users"
 TRACKS_TABLE: Final = "tracks"

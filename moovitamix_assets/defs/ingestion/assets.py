@@ -10,7 +10,6 @@ from typing import Any, Final
 import dagster as dg
 import pandas as pd
 
-from moovitamix_assets.checks.step_figures import finish_step_figures, start_step_figures
 from moovitamix_assets.constants import (
     ENDPOINTS,
     INGESTION_GROUP,
@@ -32,7 +31,8 @@ from moovitamix_assets.defs.ingestion.tables import (
 )
 from moovitamix_assets.freshness import DAILY_FRESHNESS
 from moovitamix_assets.partitions import daily_partitions, snapshot_date_for
-from moovitamix_assets.resources.database import PostgresResource
+from moovitamix_assets.step_figures import finish_step_figures, start_step_figures
+from moovitamix_assets.warehouse.database import PostgresResource
 from moovitamix_assets.warehouse.io_manager import FrameStream, Sidecar
 
 # Valid records per chunk handed to the IO manager: memory holds a chunk, not an endpoint.

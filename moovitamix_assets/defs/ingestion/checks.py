@@ -13,12 +13,12 @@ from typing import Final
 import dagster as dg
 import sqlalchemy as sa
 
-from moovitamix_assets.checks.results import daily_check_spec, selected_names, to_check_result
+from moovitamix_assets.check_results import daily_check_spec, selected_names, to_check_result
 from moovitamix_assets.constants import ENDPOINTS
 from moovitamix_assets.defs.ingestion import audits
 from moovitamix_assets.defs.ingestion.audits import AuditResult
 from moovitamix_assets.defs.ingestion.tables import RAW_KEYS
-from moovitamix_assets.resources.database import PostgresResource
+from moovitamix_assets.warehouse.database import PostgresResource
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from moovitamix_assets.constants import (
     TRACKS_ENDPOINT,
     USERS_ENDPOINT,
 )
-from moovitamix_assets.resources.database import create_schema_sql
+from moovitamix_assets.warehouse.database import create_schema_sql
 
 MANIFEST_TABLE: Final = "snapshot_manifest"
 REJECTS_TABLE: Final = "rejects"

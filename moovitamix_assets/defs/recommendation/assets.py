@@ -33,7 +33,7 @@ from moovitamix_assets.ml.models import (
     ServingModel,
 )
 from moovitamix_assets.ml.split import time_based_split
-from moovitamix_assets.resources.database import PostgresResource
+from moovitamix_assets.warehouse.database import PostgresResource
 
 _DEFAULTS = AlsParams()
 _GATE = GateSettings()

@@ -21,7 +21,7 @@ from moovitamix_assets.alerts import Alert, AlertNotifier
 from moovitamix_assets.assets.core.schema import INTERACTIONS_TABLE, core_table
 from moovitamix_assets.defs.recommendation import keys, registry, serving
 from moovitamix_assets.ml.evaluation import DEFAULT_K
-from moovitamix_assets.resources.database import PostgresResource
+from moovitamix_assets.warehouse.database import PostgresResource
 
 _HOLDOUT = registry.ml_table("evaluation_holdout")
 

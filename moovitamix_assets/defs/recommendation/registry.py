@@ -32,7 +32,7 @@ import sqlalchemy as sa
 from moovitamix_assets.constants import ML_SCHEMA
 from moovitamix_assets.ml.artifacts import ModelArtifact, deserialize_model, serialize_model
 from moovitamix_assets.ml.models import SOURCE_FALLBACK, FallbackModel, ServingModel
-from moovitamix_assets.resources.database import create_schema_sql, quote_ident
+from moovitamix_assets.warehouse.database import create_schema_sql, quote_ident
 
 REGISTRY_TABLE: Final = "model_registry"
 REGISTRY_LOG_TABLE: Final = "model_registry_log"

@@ -31,7 +31,7 @@ from moovitamix_assets.defs.recommendation.data import count_interactions
 from moovitamix_assets.jobs import RETRAINING_JOB_NAME, retraining_job
 from moovitamix_assets.ml.gating import decay_trigger, growth_trigger
 from moovitamix_assets.ml.significance import Interval
-from moovitamix_assets.resources.database import PostgresResource
+from moovitamix_assets.warehouse.database import PostgresResource
 
 SENSOR_NAME: Final = "retraining_sensor"
 TRIGGER_TAG: Final = "moovitamix/retraining_trigger"

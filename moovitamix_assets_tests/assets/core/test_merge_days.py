@@ -19,7 +19,7 @@ from moovitamix_assets.assets.core.merge import (
     merge_users,
     rebuild_interactions,
 )
-from moovitamix_assets.resources.database import PostgresResource
+from moovitamix_assets.warehouse.database import PostgresResource
 from moovitamix_assets_tests.assets.core.raw_tables import core_state, load_raw_snapshot
 
 DAY1 = date(2026, 11, 1)

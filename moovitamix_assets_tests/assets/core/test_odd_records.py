@@ -14,7 +14,7 @@ from moovitamix_assets.assets.core.merge import (
     merge_users,
     rebuild_interactions,
 )
-from moovitamix_assets.resources.database import PostgresResource
+from moovitamix_assets.warehouse.database import PostgresResource
 from moovitamix_assets_tests.assets.core.raw_tables import load_raw_snapshot, table_rows
 
 DAY = date(2026, 11, 10)

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from moovitamix_assets.assets.core.assets import core_assets
 from moovitamix_assets.assets.core.merge import merge_listen_events, merge_tracks, merge_users
 from moovitamix_assets.defs.ingestion.audits import SnapshotAuditError
-from moovitamix_assets.resources.database import PostgresResource
+from moovitamix_assets.warehouse.database import PostgresResource
 from moovitamix_assets_tests.assets.core.raw_tables import core_state, load_raw_snapshot
 from moovitamix_assets_tests.assets.core.test_odd_records import history, track, user
 

@@ -17,7 +17,7 @@ from moovitamix_assets.defs.ingestion.audits import (
     audit_unique_keys,
     audit_volume_change,
 )
-from moovitamix_assets.resources.database import PostgresResource
+from moovitamix_assets.warehouse.database import PostgresResource
 from moovitamix_assets_tests.assets.core.raw_tables import load_raw_snapshot
 from moovitamix_assets_tests.assets.core.test_odd_records import history, track, user
 

@@ -11,7 +11,7 @@ from moovitamix_assets.alerts import AlertNotifier
 from moovitamix_assets.defs.recommendation import keys, registry, serving
 from moovitamix_assets.defs.recommendation.assets import recommendation_assets
 from moovitamix_assets.defs.recommendation.checks import recommendation_checks
-from moovitamix_assets.resources.database import PostgresResource
+from moovitamix_assets.warehouse.database import PostgresResource
 from moovitamix_assets.warehouse.io_manager import PostgresPandasIOManager
 from moovitamix_assets_tests.defs.monitoring.http_receiver import RecordingHttpServer
 from moovitamix_assets_tests.synthetic import make_synthetic_dataset

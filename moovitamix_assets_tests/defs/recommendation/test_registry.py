@@ -12,7 +12,7 @@ from moovitamix_assets import registry_cli
 from moovitamix_assets.defs.recommendation import registry
 from moovitamix_assets.ml.artifacts import serialize_model
 from moovitamix_assets.ml.models import AlsModel, AlsParams, FallbackModel
-from moovitamix_assets.resources.database import PostgresResource
+from moovitamix_assets.warehouse.database import PostgresResource
 
 
 def tiny_model(seed: int) -> AlsModel:

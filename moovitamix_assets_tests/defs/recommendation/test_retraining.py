@@ -25,8 +25,8 @@ from moovitamix_assets.jobs import EXCLUSIVE_TAG, daily_refresh_job, retraining_
 from moovitamix_assets.ml.artifacts import serialize_model
 from moovitamix_assets.ml.models import AlsModel, AlsParams
 from moovitamix_assets.ml.significance import Interval
-from moovitamix_assets.resources.database import PostgresResource
 from moovitamix_assets.schedules import build_weekly_retraining_schedule
+from moovitamix_assets.warehouse.database import PostgresResource
 
 DEPLOY_YAML = Path(__file__).resolve().parents[3] / "deploy" / "dagster.yaml"
 

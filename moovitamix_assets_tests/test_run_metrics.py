@@ -7,7 +7,7 @@ import psutil
 import pytest
 from dagster import MetadataValue
 
-from moovitamix_assets.resources.run_metrics import (
+from moovitamix_assets.run_metrics import (
     PUSHGATEWAY_URL_ENV,
     RunFigures,
     format_exposition,

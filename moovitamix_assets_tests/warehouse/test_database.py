@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 from psycopg2 import sql
 
-from moovitamix_assets.resources.database import (
+from moovitamix_assets.warehouse.database import (
     DATABASE_URL_ENV,
     DatabaseConfigError,
     DatabaseConnectionError,

@@ -13,7 +13,7 @@ from pydantic import Field
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import ArgumentError
 
-from moovitamix_assets.resources.embedded_postgres import EMBEDDED_DATABASE, embedded_database_url
+from moovitamix_assets.warehouse.embedded_postgres import EMBEDDED_DATABASE, embedded_database_url
 
 DATABASE_URL_ENV: Final = "MOOVITAMIX_DATABASE_URL"
 DRIVERNAME: Final = "postgresql+psycopg2"

@@ -20,7 +20,7 @@ from typing import Any
 
 import dagster as dg
 
-from moovitamix_assets.resources.run_metrics import RunFigures, push_run_metrics, sample_run_figures
+from moovitamix_assets.run_metrics import RunFigures, push_run_metrics, sample_run_figures
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ import psutil
 import pytest
 import sqlalchemy as sa
 
-from moovitamix_assets.resources.database import DATABASE_URL_ENV, PostgresResource
-from moovitamix_assets.resources.embedded_postgres import (
+from moovitamix_assets.warehouse.database import DATABASE_URL_ENV, PostgresResource
+from moovitamix_assets.warehouse.embedded_postgres import (
     EMBEDDED_DATABASE,
     STATE_DIR_ENV,
     EmbeddedPostgres,
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.postgres
 
 _START_SCRIPT = """
 import sys
-from moovitamix_assets.resources.embedded_postgres import start_embedded_postgres
+from moovitamix_assets.warehouse.embedded_postgres import start_embedded_postgres
 server = start_embedded_postgres(sys.argv[1], durable_init=sys.argv[2] == "durable")
 print(server.pgdata, server.socket_dir, sep="\\n")
 """

@@ -5,8 +5,8 @@ from collections.abc import Iterator
 import dagster as dg
 import pytest
 
-from moovitamix_assets.checks.step_figures import finish_step_figures, start_step_figures
-from moovitamix_assets.resources.run_metrics import PUSHGATEWAY_URL_ENV
+from moovitamix_assets.run_metrics import PUSHGATEWAY_URL_ENV
+from moovitamix_assets.step_figures import finish_step_figures, start_step_figures
 from moovitamix_assets_tests.defs.monitoring.http_receiver import RecordingHttpServer
 
 
