@@ -41,7 +41,8 @@ import sqlalchemy as sa
 # when it is started.
 from moovitamix_api.config import DEFAULT_TASTE, TASTE_ENV, TASTES
 from moovitamix_assets.constants import ENDPOINTS, RAW_SCHEMA, SNAPSHOT_DATE_COLUMN
-from moovitamix_assets.jobs import RETRAINING_JOB_NAME, daily_refresh_job
+from moovitamix_assets.defs.ingestion.schedule import daily_refresh_job
+from moovitamix_assets.defs.recommendation.retraining import RETRAINING_JOB_NAME
 from moovitamix_assets.partitions import utc_today
 from moovitamix_assets.warehouse.database import (
     DATABASE_URL_ENV,

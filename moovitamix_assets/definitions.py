@@ -12,19 +12,20 @@ from moovitamix_assets.checks.core_checks import core_checks
 from moovitamix_assets.defs.ingestion.api import MoovitamixApiResource
 from moovitamix_assets.defs.ingestion.assets import raw_assets
 from moovitamix_assets.defs.ingestion.checks import raw_checks
+from moovitamix_assets.defs.ingestion.schedule import (
+    DEFAULT_DAILY_CRON,
+    build_daily_schedule,
+    daily_refresh_job,
+)
 from moovitamix_assets.defs.monitoring.sensors import build_alert_sensors
 from moovitamix_assets.defs.recommendation.assets import recommendation_assets
 from moovitamix_assets.defs.recommendation.checks import recommendation_checks
 from moovitamix_assets.defs.recommendation.retraining import (
-    build_retraining_sensor,
-    thresholds_from_env,
-)
-from moovitamix_assets.jobs import daily_refresh_job, retraining_job
-from moovitamix_assets.schedules import (
-    DEFAULT_DAILY_CRON,
     DEFAULT_WEEKLY_RETRAINING_CRON,
-    build_daily_schedule,
+    build_retraining_sensor,
     build_weekly_retraining_schedule,
+    retraining_job,
+    thresholds_from_env,
 )
 from moovitamix_assets.warehouse.database import PostgresResource
 from moovitamix_assets.warehouse.io_manager import PostgresPandasIOManager

@@ -3,8 +3,7 @@ from datetime import datetime, timezone
 import dagster as dg
 
 from moovitamix_assets.definitions import defs
-from moovitamix_assets.jobs import daily_refresh_job
-from moovitamix_assets.schedules import build_daily_schedule
+from moovitamix_assets.defs.ingestion.schedule import build_daily_schedule, daily_refresh_job
 
 
 def test_daily_schedule_defaults():

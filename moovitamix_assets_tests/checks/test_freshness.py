@@ -19,8 +19,8 @@ from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
 
 from moovitamix_assets import definitions
+from moovitamix_assets.defs.ingestion.schedule import DEFAULT_DAILY_CRON
 from moovitamix_assets.freshness import DAILY_FRESHNESS
-from moovitamix_assets.schedules import DEFAULT_DAILY_CRON
 from moovitamix_assets_tests.defs.monitoring.test_freshness_alert_sensor import evaluate_freshness
 
 RAW_USERS = dg.AssetKey(["raw", "users"])

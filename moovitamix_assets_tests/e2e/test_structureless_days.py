@@ -32,7 +32,7 @@ from moovitamix_api.data import Dataset
 from moovitamix_api.server import StandInProcess, run_subprocess
 from moovitamix_assets.cli import DAGSTER
 from moovitamix_assets.definitions import build_resources, defs
-from moovitamix_assets.jobs import EXCLUSIVE_TAG, RETRAINING_JOB_NAME
+from moovitamix_assets.defs.recommendation.retraining import EXCLUSIVE_TAG, RETRAINING_JOB_NAME
 from moovitamix_assets_tests.e2e.platform_runs import (
     CLOCK_MODULE,
     Day,

@@ -22,16 +22,34 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timezone
 from typing import Final
 
 import dagster as dg
 
 from moovitamix_assets.defs.recommendation import registry
 from moovitamix_assets.defs.recommendation.data import count_interactions
-from moovitamix_assets.jobs import RETRAINING_JOB_NAME, retraining_job
+from moovitamix_assets.defs.recommendation.keys import RETRAINING_KEYS
 from moovitamix_assets.ml.gating import decay_trigger, growth_trigger
 from moovitamix_assets.ml.significance import Interval
 from moovitamix_assets.warehouse.database import PostgresResource
+
+RETRAINING_JOB_NAME: Final = "model_retraining"
+# The instance runs at most one run with this tag at a time (tag_concurrency_limits in
+# deploy/dagster.yaml and in the local instance of the CLI): two trainings never collide.
+EXCLUSIVE_TAG: Final = "moovitamix/exclusive"
+DEFAULT_WEEKLY_RETRAINING_CRON: Final = "0 4 * * 1"
+
+# Weekly (schedule) or on demand (the sensor): split, train, gate, promote, serve.
+retraining_job = dg.define_asset_job(
+    name=RETRAINING_JOB_NAME,
+    selection=dg.AssetSelection.assets(*RETRAINING_KEYS),
+    tags={EXCLUSIVE_TAG: RETRAINING_JOB_NAME},
+    description=(
+        "Train a candidate model and promote it only if it beats what serves beyond the noise; "
+        "then evaluate what serves and refresh every user's recommendations."
+    ),
+)
 
 SENSOR_NAME: Final = "retraining_sensor"
 TRIGGER_TAG: Final = "moovitamix/retraining_trigger"
@@ -237,3 +255,26 @@ def thresholds_from_env(environ: Mapping[str, str] | None = None) -> RetrainingT
         max_relative_decay=float(env.get(MAX_DECAY_ENV, DEFAULT_MAX_RELATIVE_DECAY)),
         min_metric=float(min_metric) if min_metric else None,
     )
+
+
+def build_weekly_retraining_schedule(
+    cron: str = DEFAULT_WEEKLY_RETRAINING_CRON,
+) -> dg.ScheduleDefinition:
+    """Build the weekly retraining schedule (UTC, Mondays 04:00 by default), running by default.
+
+    04:00 leaves the 02:00 daily run time to finish, so the candidate learns from that day's core.
+    """
+
+    @dg.schedule(
+        name="weekly_retraining_schedule",
+        cron_schedule=cron,
+        execution_timezone="UTC",
+        job=retraining_job,
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description="Every week: train a candidate model and promote it if it beats what serves.",
+    )
+    def _weekly_retraining_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+        day = context.scheduled_execution_time.astimezone(timezone.utc).date().isoformat()
+        return dg.RunRequest(run_key=f"weekly:{day}", tags={TRIGGER_TAG: "weekly_cron"})
+
+    return _weekly_retraining_schedule

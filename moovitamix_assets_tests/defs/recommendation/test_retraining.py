@@ -12,20 +12,22 @@ import yaml
 from moovitamix_assets.assets.core.schema import ensure_core_schema
 from moovitamix_assets.cli import LOCAL_DAGSTER_YAML
 from moovitamix_assets.definitions import defs
+from moovitamix_assets.defs.ingestion.schedule import daily_refresh_job
 from moovitamix_assets.defs.recommendation import keys, registry
 from moovitamix_assets.defs.recommendation.retraining import (
+    EXCLUSIVE_TAG,
     SENSOR_NAME,
     TRIGGER_TAG,
     RetrainingThresholds,
     build_retraining_sensor,
+    build_weekly_retraining_schedule,
     evaluate_triggers,
+    retraining_job,
     thresholds_from_env,
 )
-from moovitamix_assets.jobs import EXCLUSIVE_TAG, daily_refresh_job, retraining_job
 from moovitamix_assets.ml.artifacts import serialize_model
 from moovitamix_assets.ml.models import AlsModel, AlsParams
 from moovitamix_assets.ml.significance import Interval
-from moovitamix_assets.schedules import build_weekly_retraining_schedule
 from moovitamix_assets.warehouse.database import PostgresResource
 
 DEPLOY_YAML = Path(__file__).resolve().parents[3] / "deploy" / "dagster.yaml"
