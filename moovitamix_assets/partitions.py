@@ -1,15 +1,48 @@
 """The daily partitioning shared by every dated asset."""
 
+import os
+from contextlib import suppress
 from datetime import date, datetime, timezone
 
 import dagster as dg
 
-# First day the platform took snapshots; earlier dates never existed in the API's history.
-SNAPSHOT_START_DATE = "2026-11-01"
+from moovitamix_assets.warehouse.embedded_postgres import state_dir
+
+FIRST_DAY_ENV = "MOOVITAMIX_FIRST_DAY"
+
+
+def first_day() -> str:
+    """The first daily partition: ``MOOVITAMIX_FIRST_DAY``, else the day of installation.
+
+    The API serves only its current state, so a day before the platform's first snapshot can
+    never be filled: offering it in the UI only invites failures. Without the variable, the first
+    day is the one recorded in ``<state dir>/first_day`` when the definitions first loaded on this
+    machine (a deployment sets the variable to the day it started taking snapshots).
+
+    Raises:
+        ValueError: The variable is set but is not a ``YYYY-MM-DD`` date.
+    """
+    configured = os.environ.get(FIRST_DAY_ENV)
+    if configured:
+        try:
+            return date.fromisoformat(configured).isoformat()
+        except ValueError:
+            message = f"{FIRST_DAY_ENV} must be a date YYYY-MM-DD, got {configured!r}"
+            raise ValueError(message) from None
+    marker = state_dir() / "first_day"
+    with suppress(OSError, ValueError):
+        return date.fromisoformat(marker.read_text().strip()).isoformat()
+    today = utc_today().isoformat()
+    # Best effort: a read-only checkout still loads, with today as its first day.
+    with suppress(OSError):
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(today + "\n")
+    return today
+
 
 # end_offset=1: today's (UTC) partition exists, so the nightly run snapshots the current day.
 daily_partitions = dg.DailyPartitionsDefinition(
-    start_date=SNAPSHOT_START_DATE,
+    start_date=first_day(),
     timezone="UTC",
     end_offset=1,
 )

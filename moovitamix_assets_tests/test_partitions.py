@@ -32,3 +32,31 @@ def test_the_current_day_partition_exists():
         current_time=datetime(2026, 11, 28, 0, 30, tzinfo=timezone.utc)
     )
     assert keys[-1] == "2026-11-28"
+
+
+def test_the_first_day_is_configured_or_recorded_once(tmp_path, monkeypatch) -> None:
+    from moovitamix_assets import partitions
+
+    monkeypatch.setenv("MOOVITAMIX_FIRST_DAY", "2026-12-01")
+    assert partitions.first_day() == "2026-12-01"
+    monkeypatch.setenv("MOOVITAMIX_FIRST_DAY", "yesterday")
+    with pytest.raises(ValueError, match="MOOVITAMIX_FIRST_DAY must be a date"):
+        partitions.first_day()
+
+    # Unset: the day of installation, recorded in the state folder on the first load and kept.
+    monkeypatch.delenv("MOOVITAMIX_FIRST_DAY")
+    monkeypatch.setenv("MOOVITAMIX_STATE_DIR", str(tmp_path))
+    monkeypatch.setattr(partitions, "utc_today", lambda: date(2026, 12, 6))
+    assert partitions.first_day() == "2026-12-06"
+    assert (tmp_path / "first_day").read_text().strip() == "2026-12-06"
+    monkeypatch.setattr(partitions, "utc_today", lambda: date(2026, 12, 9))
+    assert partitions.first_day() == "2026-12-06"
+
+
+def test_no_partition_before_the_first_day_is_offered() -> None:
+    from datetime import datetime, timezone
+
+    keys = daily_partitions.get_partition_keys(
+        current_time=datetime(2026, 12, 6, 3, tzinfo=timezone.utc)
+    )
+    assert keys[0] == "2024-01-01"  # MOOVITAMIX_FIRST_DAY of the test session
