@@ -50,7 +50,6 @@ def backend_peak_mb(pid: int) -> float | None:
 def phase_merge(url: str, asset: str, day: date) -> dict:
     """Run one core asset's work for ``day`` and measure it (in its own process)."""
     import sqlalchemy as sa
-
     from moovitamix_assets.assets.core import merge
 
     engine = sa.create_engine(url, pool_size=1, max_overflow=0)
@@ -109,7 +108,7 @@ def prepare(url: str, records: int, mean_listens: float, seed: int) -> None:
 
     from moovitamix_api.config import DataConfig
     from moovitamix_api.data import Dataset
-    from moovitamix_assets_tests.assets.core.raw_tables import load_raw_snapshot
+    from moovitamix_assets_tests.defs.core.raw_tables import load_raw_snapshot
 
     engine = sa.create_engine(url)
     with engine.begin() as conn:

@@ -6,12 +6,12 @@ import os
 
 import dagster as dg
 
-from moovitamix_assets.assets.core.assets import core_assets
 from moovitamix_assets.assets.raw.api_snapshots import raw_assets
 from moovitamix_assets.assets.recommendation.assets import recommendation_assets
 from moovitamix_assets.assets.recommendation.checks import recommendation_checks
-from moovitamix_assets.checks.core_checks import core_checks
 from moovitamix_assets.checks.raw_checks import raw_checks
+from moovitamix_assets.defs.core.assets import core_assets
+from moovitamix_assets.defs.core.checks import core_checks
 from moovitamix_assets.jobs import daily_refresh_job, retraining_job
 from moovitamix_assets.resources.alerts import alert_notifier_from_env
 from moovitamix_assets.resources.api import MoovitamixApiResource

@@ -6,10 +6,10 @@ from datetime import date
 
 import dagster as dg
 
-from moovitamix_assets.assets.core.assets import core_assets
 from moovitamix_assets.assets.raw.api_snapshots import raw_assets
-from moovitamix_assets.checks.core_checks import core_checks
 from moovitamix_assets.checks.raw_checks import raw_checks
+from moovitamix_assets.defs.core.assets import core_assets
+from moovitamix_assets.defs.core.checks import core_checks
 from moovitamix_assets.resources.api import MoovitamixApiResource
 from moovitamix_assets.resources.database import PostgresResource
 from moovitamix_assets.resources.io_manager import PostgresPandasIOManager

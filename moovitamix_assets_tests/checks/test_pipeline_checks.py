@@ -15,14 +15,14 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from moovitamix_assets.checks.core_checks import CORE_CHECKS, run_core_audits
 from moovitamix_assets.checks.raw_checks import RAW_CHECKS, run_raw_audits
 from moovitamix_assets.constants import ENDPOINTS
+from moovitamix_assets.defs.core.checks import CORE_CHECKS, run_core_audits
 from moovitamix_assets.partitions import utc_today
 from moovitamix_assets.resources.database import PostgresResource
-from moovitamix_assets_tests.assets.core.raw_tables import core_state
 from moovitamix_assets_tests.checks.fault_proxy import PageFaults, fault_proxy
 from moovitamix_assets_tests.checks.pipeline import evaluations, materialized, metadata, run_day
+from moovitamix_assets_tests.defs.core.raw_tables import core_state
 
 pytestmark = [pytest.mark.http]
 

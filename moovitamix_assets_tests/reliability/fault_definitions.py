@@ -7,8 +7,8 @@ with backoffs short enough for a test.
 
 import dagster as dg
 
-from moovitamix_assets.assets.core.assets import core_assets
 from moovitamix_assets.assets.raw.api_snapshots import raw_assets
+from moovitamix_assets.defs.core.assets import core_assets
 from moovitamix_assets.resources.api import MoovitamixApiResource
 from moovitamix_assets.resources.database import PostgresResource
 from moovitamix_assets.resources.io_manager import PostgresPandasIOManager

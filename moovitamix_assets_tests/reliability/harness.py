@@ -14,8 +14,8 @@ from typing import Any
 import dagster as dg
 from psycopg2 import sql
 
-from moovitamix_assets.assets.core.assets import core_assets
 from moovitamix_assets.assets.raw.api_snapshots import raw_assets
+from moovitamix_assets.defs.core.assets import core_assets
 from moovitamix_assets.resources.api import MoovitamixApiResource
 from moovitamix_assets.resources.database import PostgresResource, connect_psycopg2
 from moovitamix_assets.resources.io_manager import PostgresPandasIOManager

@@ -21,11 +21,11 @@ import pytest
 import sqlalchemy as sa
 from psycopg2 import sql
 
-from moovitamix_assets.assets.core.assets import core_assets
 from moovitamix_assets.assets.raw.api_snapshots import RAW_KEYS, raw_assets
-from moovitamix_assets.checks.core_checks import core_checks
 from moovitamix_assets.checks.raw_checks import raw_checks
 from moovitamix_assets.definitions import build_resources
+from moovitamix_assets.defs.core.assets import core_assets
+from moovitamix_assets.defs.core.checks import core_checks
 from moovitamix_assets.partitions import utc_today
 from moovitamix_assets.resources.api import MoovitamixApiResource
 from moovitamix_assets.resources.database import MASK, PostgresResource, dispose_engines

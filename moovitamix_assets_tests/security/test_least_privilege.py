@@ -20,8 +20,8 @@ import pytest
 import sqlalchemy as sa
 from psycopg2 import errors, sql
 
-from moovitamix_assets.assets.core.assets import core_assets
 from moovitamix_assets.assets.raw.api_snapshots import raw_assets
+from moovitamix_assets.defs.core.assets import core_assets
 from moovitamix_assets.partitions import utc_today
 from moovitamix_assets.resources.api import MoovitamixApiResource
 from moovitamix_assets.resources.database import (

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from moovitamix_assets.assets.core.schema import ensure_core_schema
 from moovitamix_assets.assets.recommendation import keys, registry
 from moovitamix_assets.definitions import defs
+from moovitamix_assets.defs.core.assets import ensure_core_schema
 from moovitamix_assets.jobs import daily_refresh_job, retraining_job
 from moovitamix_assets.ml.artifacts import serialize_model
 from moovitamix_assets.ml.models import AlsModel, AlsParams

@@ -12,10 +12,10 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from moovitamix_assets.assets.core.assets import CORE_INTERACTIONS, CORE_TRACKS, CORE_USERS
 from moovitamix_assets.assets.recommendation import keys, pipeline, registry
 from moovitamix_assets.assets.recommendation.data import read_model_inputs
 from moovitamix_assets.constants import ML_SCHEMA, RECOMMENDATION_GROUP
+from moovitamix_assets.defs.core.assets import CORE_INTERACTIONS, CORE_TRACKS, CORE_USERS
 from moovitamix_assets.freshness import DAILY_FRESHNESS, WEEKLY_FRESHNESS
 from moovitamix_assets.ml.artifacts import serialize_model
 from moovitamix_assets.ml.evaluation import DEFAULT_K, METRIC_NAMES, Metrics

@@ -16,13 +16,13 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from moovitamix_assets.assets.core.schema import (
+from moovitamix_assets.assets.recommendation.registry import DataSnapshot
+from moovitamix_assets.defs.core.assets import (
     INTERACTIONS_TABLE,
     TRACKS_TABLE,
     USERS_TABLE,
     core_table,
 )
-from moovitamix_assets.assets.recommendation.registry import DataSnapshot
 from moovitamix_assets.ml import INTERACTION_COLUMNS
 
 _INTERACTION_DTYPES: Final = {

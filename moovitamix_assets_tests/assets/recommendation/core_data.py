@@ -16,14 +16,14 @@ import sqlalchemy as sa
 
 from moovitamix_api.config import DataConfig
 from moovitamix_api.data import Dataset
-from moovitamix_assets.assets.core.merge import (
+from moovitamix_assets.defs.core.assets import (
+    ensure_core_schema,
     merge_listen_events,
     merge_tracks,
     merge_users,
     rebuild_interactions,
 )
-from moovitamix_assets.assets.core.schema import ensure_core_schema
-from moovitamix_assets_tests.assets.core.raw_tables import load_raw_snapshot
+from moovitamix_assets_tests.defs.core.raw_tables import load_raw_snapshot
 
 SNAPSHOT_DAY = dt.date(2026, 11, 20)
 

@@ -6,19 +6,19 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 
-from moovitamix_assets.assets.core.merge import (
+from moovitamix_assets.defs.core.assets import (
     merge_listen_events,
     merge_tracks,
     merge_users,
     rebuild_interactions,
 )
 from moovitamix_assets.resources.database import PostgresResource
-from moovitamix_assets_tests.assets.core.raw_tables import (
+from moovitamix_assets_tests.defs.core.raw_tables import (
     core_state,
     load_raw_snapshot,
     table_rows,
 )
-from moovitamix_assets_tests.assets.core.test_merge_days import (
+from moovitamix_assets_tests.defs.core.test_merge_days import (
     DATASET,
     DAY1,
     DAY2,

@@ -8,12 +8,16 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from moovitamix_assets.assets.core.assets import core_assets
-from moovitamix_assets.assets.core.merge import merge_listen_events, merge_tracks, merge_users
 from moovitamix_assets.checks.raw_audits import SnapshotAuditError
+from moovitamix_assets.defs.core.assets import (
+    core_assets,
+    merge_listen_events,
+    merge_tracks,
+    merge_users,
+)
 from moovitamix_assets.resources.database import PostgresResource
-from moovitamix_assets_tests.assets.core.raw_tables import core_state, load_raw_snapshot
-from moovitamix_assets_tests.assets.core.test_odd_records import history, track, user
+from moovitamix_assets_tests.defs.core.raw_tables import core_state, load_raw_snapshot
+from moovitamix_assets_tests.defs.core.test_odd_records import history, track, user
 
 DAY = date(2026, 11, 10)
 NEXT = DAY + timedelta(days=1)

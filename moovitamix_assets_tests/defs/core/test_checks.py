@@ -12,19 +12,24 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from moovitamix_assets.assets.core.assets import CORE_USERS, core_assets
-from moovitamix_assets.assets.core.merge import (
+from moovitamix_assets.defs.core.assets import (
+    CORE_USERS,
+    core_assets,
     merge_listen_events,
     merge_tracks,
     merge_users,
     rebuild_interactions,
 )
-from moovitamix_assets.checks.core_audits import audit_inactive_share
-from moovitamix_assets.checks.core_checks import CORE_CHECKS, core_checks, run_core_audits
+from moovitamix_assets.defs.core.checks import (
+    CORE_CHECKS,
+    audit_inactive_share,
+    core_checks,
+    run_core_audits,
+)
 from moovitamix_assets.resources.database import PostgresResource
-from moovitamix_assets_tests.assets.core.raw_tables import load_raw_snapshot
-from moovitamix_assets_tests.assets.core.test_odd_records import history, track, user
 from moovitamix_assets_tests.checks.pipeline import evaluations, materialized, metadata
+from moovitamix_assets_tests.defs.core.raw_tables import load_raw_snapshot
+from moovitamix_assets_tests.defs.core.test_odd_records import history, track, user
 
 DAY = date(2026, 11, 10)
 N = 100

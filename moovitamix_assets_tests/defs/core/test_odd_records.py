@@ -8,14 +8,14 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from moovitamix_assets.assets.core.merge import (
+from moovitamix_assets.defs.core.assets import (
     merge_listen_events,
     merge_tracks,
     merge_users,
     rebuild_interactions,
 )
 from moovitamix_assets.resources.database import PostgresResource
-from moovitamix_assets_tests.assets.core.raw_tables import load_raw_snapshot, table_rows
+from moovitamix_assets_tests.defs.core.raw_tables import load_raw_snapshot, table_rows
 
 DAY = date(2026, 11, 10)
 N = 150  # one duplicate in 151 rows stays under the 1% tolerance of the unique-key audit

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from moovitamix_api.config import DataConfig
 from moovitamix_api.data import Dataset
-from moovitamix_assets.assets.core.merge import (
+from moovitamix_assets.defs.core.assets import (
     MergeResult,
     merge_listen_events,
     merge_tracks,
@@ -20,7 +20,7 @@ from moovitamix_assets.assets.core.merge import (
     rebuild_interactions,
 )
 from moovitamix_assets.resources.database import PostgresResource
-from moovitamix_assets_tests.assets.core.raw_tables import core_state, load_raw_snapshot
+from moovitamix_assets_tests.defs.core.raw_tables import core_state, load_raw_snapshot
 
 DAY1 = date(2026, 11, 1)
 DAY2 = DAY1 + timedelta(days=1)

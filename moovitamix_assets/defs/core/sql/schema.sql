@@ -1,0 +1,79 @@
+-- The core schema: current state of users, tracks and listening, and the models' input.
+-- Listening references users and tracks by checked flags (user_known, track_known), not foreign
+-- keys: the API serves listens of tracks it has removed, and those pairs are kept and flagged.
+CREATE SCHEMA IF NOT EXISTS core;
+
+-- A daily merge moves last_seen on nearly every row: free space on each page lets PostgreSQL
+-- write the new version beside the old one without touching an index (a HOT update).
+CREATE TABLE IF NOT EXISTS core.users (
+    id bigint PRIMARY KEY,
+    first_name text,
+    last_name text,
+    email text,
+    gender text,
+    favorite_genres text,
+    created_at timestamptz,
+    updated_at timestamptz,
+    first_seen date NOT NULL,
+    last_seen date NOT NULL,
+    is_active boolean NOT NULL
+) WITH (fillfactor = 50);
+
+CREATE TABLE IF NOT EXISTS core.tracks (
+    id bigint PRIMARY KEY,
+    name text,
+    artist text,
+    songwriters text,
+    duration text,
+    duration_seconds integer,
+    genres text,
+    album text,
+    created_at timestamptz,
+    updated_at timestamptz,
+    first_seen date NOT NULL,
+    last_seen date NOT NULL,
+    is_active boolean NOT NULL
+) WITH (fillfactor = 50);
+
+CREATE TABLE IF NOT EXISTS core.listen_events (
+    user_id bigint NOT NULL,
+    track_id bigint NOT NULL,
+    position integer NOT NULL,
+    play_count integer NOT NULL,
+    list_length integer,
+    source_created_at timestamptz,
+    source_updated_at timestamptz,
+    first_seen date NOT NULL,
+    last_seen date NOT NULL,
+    is_active boolean NOT NULL,
+    user_known boolean NOT NULL,
+    track_known boolean NOT NULL,
+    PRIMARY KEY (user_id, track_id)
+) WITH (fillfactor = 50);
+-- The primary key serves "by user", this index "by track".
+CREATE INDEX IF NOT EXISTS listen_events_track_id_idx ON core.listen_events (track_id, user_id);
+-- Orphans are few: the merge re-checks only them.
+CREATE INDEX IF NOT EXISTS listen_events_orphans_idx ON core.listen_events (user_id, track_id)
+    WHERE NOT (user_known AND track_known);
+
+CREATE TABLE IF NOT EXISTS core.user_track_interactions (
+    user_id bigint NOT NULL,
+    track_id bigint NOT NULL,
+    play_count integer NOT NULL,
+    weight double precision NOT NULL,
+    last_position integer NOT NULL,
+    list_length integer NOT NULL,
+    first_seen date NOT NULL,
+    last_seen date NOT NULL,
+    track_active boolean NOT NULL,
+    PRIMARY KEY (user_id, track_id)
+);
+
+CREATE TABLE IF NOT EXISTS core.merge_log (
+    table_name text NOT NULL,
+    snapshot_date date NOT NULL,
+    first_merged_at timestamptz NOT NULL DEFAULT now(),
+    last_merged_at timestamptz NOT NULL DEFAULT now(),
+    merges integer NOT NULL DEFAULT 1,
+    PRIMARY KEY (table_name, snapshot_date)
+);
