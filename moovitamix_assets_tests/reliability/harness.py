@@ -30,7 +30,6 @@ WAREHOUSE_SCHEMAS = ("raw", "core")
 VOLATILE_COLUMNS: dict[str, frozenset[str]] = {
     "raw.snapshot_manifest": frozenset({"run_id", "fetched_at"}),
     "core.merge_log": frozenset({"first_merged_at", "last_merged_at", "merges"}),
-    "core.interactions_state": frozenset({"built_at"}),
 }
 # Every wait of the suite is bounded by this many seconds.
 WAIT_S = 30.0

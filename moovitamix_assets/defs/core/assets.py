@@ -81,23 +81,29 @@ def ensure_core_schema(engine: sa.Engine) -> None:
     Args:
         engine: Engine of the warehouse database.
     """
-    names = [f"{CORE_SCHEMA}.{t}" for t in (LISTEN_EVENTS_TABLE, INTERACTIONS_TABLE)]
-    names += [f"{CORE_SCHEMA}.{t}" for t in (USERS_TABLE, TRACKS_TABLE, MERGE_LOG_TABLE)]
+    tables = [f"{CORE_SCHEMA}.{t}" for t in (USERS_TABLE, TRACKS_TABLE, LISTEN_EVENTS_TABLE)]
     check = sa.text(
-        "SELECT bool_and(coalesce(c.relkind = 'r', false)), bool_or(c.relkind = 'v') "
-        "FROM unnest(CAST(:names AS text[])) n LEFT JOIN pg_class c ON c.oid = to_regclass(n)"
+        "SELECT bool_and(coalesce(c.relkind = 'r', false)) AND to_regclass(:view) IS NOT NULL,"
+        " bool_or(c.relkind = 'v') AND to_regclass(:log) IS NOT NULL"
+        " FROM unnest(CAST(:tables AS text[])) n LEFT JOIN pg_class c ON c.oid = to_regclass(n)"
     )
+    names = {
+        "tables": tables,
+        "view": f"{CORE_SCHEMA}.{INTERACTIONS_TABLE}",
+        "log": f"{CORE_SCHEMA}.{MERGE_LOG_TABLE}",
+    }
     with engine.begin() as conn:
-        if conn.execute(check, {"names": names}).one()[0]:
+        if conn.execute(check, names).one()[0]:
             return
         _lock(conn, "ddl")
-        all_tables, views = conn.execute(check, {"names": names}).one()
-        if all_tables:
+        ready, previous = conn.execute(check, names).one()
+        if ready:
             return
-        if views:
+        # core.listen_events was a view over incremental storage tables.
+        if previous:
             conn.execute(load_sql("migrate_views"))
         conn.execute(load_sql("schema"))
-        if views:
+        if previous:
             conn.execute(load_sql("restore_migrated"))
 
 
@@ -190,17 +196,16 @@ def merge_listen_events(engine: sa.Engine, snapshot_date: date) -> MergeResult:
     return _merge(engine, LISTEN_EVENTS_TABLE, LISTEN_HISTORY_ENDPOINT, snapshot_date)
 
 
-def rebuild_interactions(engine: sa.Engine) -> MergeResult:
-    """Rebuild ``core.user_track_interactions`` from the current listening (one transaction).
+def interaction_figures(engine: sa.Engine) -> MergeResult:
+    """Count ``core.user_track_interactions``, the view of the current listening the models read.
 
     Returns:
-        Counts of the build (``snapshot_date`` is the newest merged listening day).
+        Its figures (``snapshot_date`` is the newest merged listening day).
     """
     started = time.perf_counter()
     ensure_core_schema(engine)
-    with engine.begin() as conn:
-        _lock(conn, INTERACTIONS_TABLE)
-        counts = _run_sql(conn, "build_interactions")
+    with engine.connect() as conn:
+        counts = _run_sql(conn, "interactions_figures")
     return MergeResult(
         table=INTERACTIONS_TABLE,
         snapshot_date=counts.pop("as_of"),
@@ -276,7 +281,7 @@ def core_user_track_interactions(
 ) -> dg.MaterializeResult:
     """Weighted (user, track) interactions of the current listening state: the models' input."""
     start = start_step_figures()
-    return _materialization(context, rebuild_interactions(postgres.engine()), start)
+    return _materialization(context, interaction_figures(postgres.engine()), start)
 
 
 core_assets = [core_users, core_tracks, core_listen_events, core_user_track_interactions]

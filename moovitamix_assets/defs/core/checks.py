@@ -58,6 +58,9 @@ PRIMARY_KEYS: Final[dict[str, tuple[str, ...]]] = {
     INTERACTIONS_TABLE: ("user_id", "track_id"),
 }
 
+# Where the rows (and the primary key) of a view live.
+STORAGE_TABLES: Final = {INTERACTIONS_TABLE: LISTEN_EVENTS_TABLE}
+
 
 @dataclass(frozen=True)
 class CoreAuditResult:
@@ -118,7 +121,8 @@ def audit_primary_key(conn: sa.Connection, table: str) -> CoreAuditResult:
     """The table's primary key constraint is in place and no key is duplicated or null.
 
     The constraint makes duplicates impossible; the audit proves it is still there (a restored
-    dump or a hand-made table may lack it) and counts what a missing one let through.
+    dump or a hand-made table may lack it) and counts what a missing one let through. For the
+    interactions view it is the key of ``core.listen_events``, whose rows it reads.
     """
     name, keys = "primary_key", PRIMARY_KEYS[table]
     if not _exists(conn, table):
@@ -130,7 +134,7 @@ def audit_primary_key(conn: sa.Connection, table: str) -> CoreAuditResult:
             "ON a.attrelid = c.conrelid AND a.attnum = ANY (c.conkey) "
             "WHERE c.conrelid = to_regclass(:name) AND c.contype = 'p'"
         ),
-        {"name": f"{CORE_SCHEMA}.{table}"},
+        {"name": f"{CORE_SCHEMA}.{STORAGE_TABLES.get(table, table)}"},
     ).scalar_one()
     key_list = ", ".join(quote_ident(k) for k in keys)
     any_null = " OR ".join(f"{quote_ident(k)} IS NULL" for k in keys)

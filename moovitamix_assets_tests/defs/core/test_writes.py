@@ -1,4 +1,5 @@
-"""A day's merge writes only what changed, and the first representation migrates in place."""
+"""Re-merging writes nothing, vanished pairs keep their history, interactions match their
+definition, and the previous (view-based) representation migrates in place."""
 
 from __future__ import annotations
 
@@ -6,12 +7,6 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 
-from moovitamix_assets.defs.core.assets import (
-    merge_listen_events,
-    merge_tracks,
-    merge_users,
-    rebuild_interactions,
-)
 from moovitamix_assets.resources.database import PostgresResource
 from moovitamix_assets_tests.defs.core.raw_tables import (
     core_state,
@@ -28,14 +23,11 @@ from moovitamix_assets_tests.defs.core.test_merge_days import (
     merge_day,
 )
 
-# The tables that store core's rows, and their keys.
+# The merged tables and their keys (the interactions are rebuilt whole by design).
 STORED = {
     "core.users": "id",
     "core.tracks": "id",
-    "core.listen_pairs": "user_id, track_id",
-    "core.listen_histories": "user_id",
-    "core.interaction_pairs": "user_id, track_id",
-    "core.interaction_users": "user_id",
+    "core.listen_events": "user_id, track_id",
 }
 
 
@@ -61,25 +53,6 @@ def test_remerging_the_same_day_writes_no_row(postgres_resource: PostgresResourc
     merge_day(engine, DAY2)
 
     assert {table: row_versions(engine, table) for table in STORED} == before
-
-
-def test_a_new_day_rewrites_only_the_pairs_that_changed(
-    postgres_resource: PostgresResource,
-) -> None:
-    engine = engine_with_days(postgres_resource)
-    merge_day(engine, DAY1)
-    before = row_versions(engine, "core.listen_pairs")
-
-    result = merge_listen_events(engine, DAY2)
-
-    after = row_versions(engine, "core.listen_pairs")
-    rewritten = {k for k in before if after[k] != before[k]}
-    counts = result.counts
-    assert len(after.keys() - before.keys()) == counts["inserted"] > 0
-    assert len(rewritten) == counts["updated"] + counts["inactivated"] + counts["reactivated"]
-    # Every pair stays in DAY2 (the active ones) or leaves it: most are not touched at all.
-    assert counts["inactivated"] > 0
-    assert len(rewritten) < len(before) / 4
 
 
 def test_a_vanished_pair_keeps_its_last_history(postgres_resource: PostgresResource) -> None:
@@ -126,66 +99,6 @@ def from_scratch(engine: sa.Engine) -> list[tuple]:
 INTERACTIONS = "core.user_track_interactions"
 
 
-def test_a_new_day_rewrites_only_the_interactions_that_changed(
-    postgres_resource: PostgresResource,
-) -> None:
-    engine = engine_with_days(postgres_resource)
-    merge_day(engine, DAY1)
-    before = row_versions(engine, "core.interaction_pairs")
-    users_before = row_versions(engine, "core.interaction_users")
-    for merge in (merge_users, merge_tracks, merge_listen_events):
-        merge(engine, DAY2)
-    with engine.connect() as conn:
-        pending = {
-            tuple(r)
-            for r in conn.execute(
-                sa.text("SELECT user_id, track_id FROM core.interaction_pending_pairs")
-            )
-        }
-        pending_users = set(
-            conn.execute(sa.text("SELECT user_id FROM core.interaction_pending_users")).scalars()
-        )
-    # Until the build, readers see the previous day's interactions.
-    assert {r[7] for r in table_rows(engine, INTERACTIONS)} == {DAY1}
-
-    result = rebuild_interactions(engine)
-
-    counts = result.counts
-    assert counts["full_build"] == 0, "the scenario must take the incremental way"
-    after = row_versions(engine, "core.interaction_pairs")
-    new, gone = after.keys() - before.keys(), before.keys() - after.keys()
-    rewritten = {k for k in before.keys() & after.keys() if after[k] != before[k]}
-    assert (len(new), len(gone)) == (counts["inserted"], counts["deleted"])
-    assert new and gone and rewritten
-    assert new | gone <= pending
-    # A rewritten pair is a pending one or a row of a track that left the catalogue (DAY1 was
-    # the first day: every inactive track left on DAY2); a list that grew rewrites its user's
-    # list length only, not the user's pairs.
-    with engine.connect() as conn:
-        left = set(
-            conn.execute(sa.text("SELECT id FROM core.tracks WHERE NOT is_active")).scalars()
-        )
-    assert all(k in pending or k[1] in left for k in rewritten)
-    assert len(rewritten) <= counts["updated"] + counts["track_active_updated"]
-    assert counts["track_active_updated"] > 0
-    users_after = row_versions(engine, "core.interaction_users")
-    written_users = {k for k in users_after if users_after[k] != users_before.get(k)}
-    written_users |= users_before.keys() - users_after.keys()
-    assert {k[0] for k in written_users} <= pending_users
-    assert len(written_users) == counts["list_lengths_written"] > 0
-    assert before.keys() - gone - rewritten, "rows of unchanged users stay untouched"
-    # And the result is exactly the definition.
-    assert interactions(engine) == from_scratch(engine)
-    with engine.connect() as conn:
-        still_pending = conn.execute(
-            sa.text(
-                "SELECT (SELECT count(*) FROM core.interaction_pending_pairs)"
-                " + (SELECT count(*) FROM core.interaction_pending_users)"
-            )
-        ).scalar_one()
-    assert still_pending == 0
-
-
 def test_interactions_equal_the_definition_after_days_in_and_out_of_order(
     postgres_resource: PostgresResource,
 ) -> None:
@@ -193,98 +106,40 @@ def test_interactions_equal_the_definition_after_days_in_and_out_of_order(
     day3 = DAY2 + timedelta(days=1)
     for endpoint in ENDPOINTS:
         load_raw_snapshot(engine, endpoint, day3, DATASET.records(endpoint, day3))
-    builds = []
     states = []
     for day in (DAY1, day3, DAY2, DAY2, DAY1, day3):
-        builds.append(merge_day(engine, day)["user_track_interactions"].counts["full_build"])
+        merge_day(engine, day)
         assert interactions(engine) == from_scratch(engine), day
         states.append(core_state(engine))
-    assert builds[0] == 1 and 0 in builds[1:], "the later builds must be incremental"
     # Once every day is merged, re-merging any of them changes nothing...
     assert states[2:] == [states[2]] * 4
     with engine.begin() as conn:
         conn.execute(sa.text("DROP SCHEMA core CASCADE"))
-    in_order = [merge_day(engine, d) for d in (DAY1, DAY2, day3)]
+    for day in (DAY1, DAY2, day3):
+        merge_day(engine, day)
     # ... and merging them in order gives the same state.
     assert core_state(engine) == states[-1]
-    assert (
-        rebuild_interactions(engine, full=True).rows_total
-        == in_order[-1]["user_track_interactions"].rows_total
-    )
-    assert core_state(engine) == states[-1]
 
 
-def _first_representation_interactions(engine: sa.Engine) -> None:
-    """Turn core.user_track_interactions back into the table every column was stored in."""
-    with engine.begin() as conn:
-        for statement in (
-            "CREATE TABLE core.uti_v1 AS SELECT * FROM core.user_track_interactions",
-            "DROP VIEW core.user_track_interactions",
-            "DROP TABLE core.interaction_pairs, core.interaction_users, core.interactions_state,"
-            " core.interaction_pending_pairs, core.interaction_pending_users,"
-            " core.interaction_inactive_tracks",
-            "ALTER TABLE core.uti_v1 RENAME TO user_track_interactions",
-            "ALTER TABLE core.user_track_interactions ADD CONSTRAINT"
-            " user_track_interactions_pkey PRIMARY KEY (user_id, track_id)",
-            "CREATE INDEX user_track_interactions_track_id_idx"
-            " ON core.user_track_interactions (track_id)",
-            "ALTER TABLE core.user_track_interactions SET (autovacuum_enabled = false)",
-        ):
-            conn.execute(sa.text(statement))
-
-
-def test_an_interactions_table_migrates_and_stays_readable(
-    postgres_resource: PostgresResource,
-) -> None:
-    engine = engine_with_days(postgres_resource)
-    merge_day(engine, DAY1)
-    merge_day(engine, DAY2)
-    expected = core_state(engine)
-    with engine.begin() as conn:
-        conn.execute(sa.text("DROP SCHEMA core CASCADE"))
-    merge_day(engine, DAY1)
-    day1 = interactions(engine)
-    _first_representation_interactions(engine)
-
-    merge_users(engine, DAY2)  # the first merge with this code migrates
-
-    with engine.connect() as conn:
-        kind = conn.execute(
-            sa.text(
-                "SELECT relkind FROM pg_class WHERE oid = 'core.user_track_interactions'::regclass"
-            )
-        ).scalar_one()
-    assert kind == "v"
-    assert interactions(engine) == day1, "the stored rows stay readable until the next build"
-    merge_tracks(engine, DAY2)
-    merge_listen_events(engine, DAY2)
-    assert rebuild_interactions(engine).counts["full_build"] == 1
-    assert core_state(engine) == expected
-    assert rebuild_interactions(engine).counts["full_build"] == 0
-
-
-# The first representation: core.listen_events as a table with every column stored, and a
-# generated duration_seconds on core.tracks.
-_FIRST_REPRESENTATION = (
-    "CREATE TABLE core.listen_events_v1 AS SELECT * FROM core.listen_events",
-    "DROP VIEW core.listen_events",
-    "DROP TABLE core.listen_pairs, core.listen_histories",
-    "ALTER TABLE core.listen_events_v1 RENAME TO listen_events",
-    "ALTER TABLE core.listen_events ALTER COLUMN last_seen SET NOT NULL",
-    "ALTER TABLE core.listen_events ALTER COLUMN list_length SET NOT NULL",
-    "ALTER TABLE core.listen_events ADD CONSTRAINT listen_events_pkey "
-    "PRIMARY KEY (user_id, track_id)",
-    "CREATE INDEX listen_events_track_id_idx ON core.listen_events (track_id, user_id)",
-    "CREATE INDEX listen_events_orphans_idx ON core.listen_events (user_id, track_id) "
-    "WHERE NOT (user_known AND track_known)",
-    "ALTER TABLE core.tracks DROP COLUMN duration_seconds",
-    "ALTER TABLE core.tracks ADD COLUMN duration_seconds integer GENERATED ALWAYS AS ("
-    "CASE WHEN duration ~ '^[0-9]{1,4}:[0-5][0-9]$' THEN split_part(duration, ':', 1)::integer"
-    " * 60 + split_part(duration, ':', 2)::integer END) STORED",
+# The previous representation: core.listen_events and core.user_track_interactions were views
+# over storage tables (same index and key names), with bookkeeping tables beside them.
+_PREVIOUS_REPRESENTATION = (
+    "ALTER TABLE core.listen_events RENAME TO listen_pairs",
+    "CREATE VIEW core.listen_events AS SELECT user_id, track_id, position, play_count,"
+    " list_length, source_created_at, source_updated_at, first_seen, last_seen, is_active,"
+    " user_known, track_known FROM core.listen_pairs",
+    "CREATE TABLE core.interaction_pairs AS SELECT * FROM core.user_track_interactions",
+    "DROP VIEW core.user_track_interactions",
+    "ALTER TABLE core.interaction_pairs ADD CONSTRAINT user_track_interactions_pkey"
+    " PRIMARY KEY (user_id, track_id)",
+    "CREATE VIEW core.user_track_interactions AS SELECT * FROM core.interaction_pairs",
+    "CREATE TABLE core.listen_histories (user_id bigint PRIMARY KEY)",
+    "CREATE TABLE core.interactions_state (id boolean PRIMARY KEY)",
+    "CREATE TABLE core.interaction_pending_pairs (user_id bigint, track_id bigint)",
 )
 
 
-def test_the_first_representation_migrates_and_merges_on(
+def test_the_previous_representation_migrates_and_merges_on(
     postgres_resource: PostgresResource,
 ) -> None:
     engine = engine_with_days(postgres_resource)
@@ -292,23 +147,31 @@ def test_the_first_representation_migrates_and_merges_on(
     merge_day(engine, DAY2)
     expected = core_state(engine)
     with engine.begin() as conn:
-        seconds = dict(conn.execute(sa.text("SELECT id, duration_seconds FROM core.tracks")).all())
         conn.execute(sa.text("DROP SCHEMA core CASCADE"))
     merge_day(engine, DAY1)
-    _first_representation_interactions(engine)
     with engine.begin() as conn:
-        for statement in _FIRST_REPRESENTATION:
+        for statement in _PREVIOUS_REPRESENTATION:
             conn.execute(sa.text(statement))
 
-    merge_day(engine, DAY2)
+    merge_day(engine, DAY2)  # the first merge with this code migrates
 
-    state = core_state(engine)
-    for table in ("core.users", "core.listen_events", "core.user_track_interactions"):
-        assert state[table] == expected[table], table
-    assert table_rows(engine, "core.listen_pairs"), "the table moved to its new name"
+    assert core_state(engine) == expected
     with engine.connect() as conn:
-        migrated = dict(conn.execute(sa.text("SELECT id, duration_seconds FROM core.tracks")).all())
-    assert migrated == seconds
-    # And the next day's merge compares every user once more, then skips the unchanged ones.
-    assert merge_listen_events(engine, DAY2).counts["changed_histories"] == 0
-    assert rebuild_interactions(engine).rows_total == len(expected["core.user_track_interactions"])
+        left = conn.execute(
+            sa.text(
+                "SELECT relname, relkind FROM pg_class c JOIN pg_namespace n"
+                " ON n.oid = c.relnamespace WHERE nspname = 'core' AND relkind IN ('r', 'v')"
+                " ORDER BY 1"
+            )
+        ).all()
+        indexes = conn.execute(
+            sa.text("SELECT indexname FROM pg_indexes WHERE tablename = 'listen_events'")
+        ).scalars()
+        assert {"listen_events_track_id_idx", "listen_events_orphans_idx"} <= set(indexes)
+    assert [tuple(r) for r in left] == [
+        ("listen_events", "r"),
+        ("merge_log", "r"),
+        ("tracks", "r"),
+        ("user_track_interactions", "v"),
+        ("users", "r"),
+    ]

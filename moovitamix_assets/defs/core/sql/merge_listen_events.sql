@@ -15,7 +15,10 @@ ORDER BY user_id, updated_at DESC NULLS LAST, created_at DESC NULLS LAST,
 -- position (1-based) the last one, i.e. the most recent listen. Users and tracks are never
 -- deleted from core, so an id found there stays known.
 CREATE TEMP TABLE listen_stage ON COMMIT DROP AS
-SELECT p.*, u.id IS NOT NULL AS user_known, k.id IS NOT NULL AS track_known
+SELECT p.*,
+       (1.0 + ln(p.play_count::double precision))
+           * (0.5 + 0.5 * p.position::double precision / greatest(p.list_length, 1)) AS weight,
+       u.id IS NOT NULL AS user_known, k.id IS NOT NULL AS track_known
 FROM (
     SELECT h.user_id, e.track_id,
            max(e.ord)::integer AS position,
@@ -70,7 +73,8 @@ WHEN MATCHED AND :day >= t.last_seen
     AND ROW(s.position, s.play_count, s.list_length, s.source_created_at, s.source_updated_at)
         IS DISTINCT FROM ROW(t.position, t.play_count, t.list_length, t.source_created_at,
                              t.source_updated_at) THEN
-    UPDATE SET position = s.position, play_count = s.play_count, list_length = s.list_length,
+    UPDATE SET position = s.position, play_count = s.play_count, weight = s.weight,
+               list_length = s.list_length,
                source_created_at = s.source_created_at, source_updated_at = s.source_updated_at,
                first_seen = LEAST(t.first_seen, :day), last_seen = GREATEST(t.last_seen, :day),
                is_active = t.is_active OR :is_newest
@@ -78,9 +82,9 @@ WHEN MATCHED AND (:day < t.first_seen OR :day > t.last_seen) THEN
     UPDATE SET first_seen = LEAST(t.first_seen, :day), last_seen = GREATEST(t.last_seen, :day),
                is_active = t.is_active OR :is_newest
 WHEN NOT MATCHED THEN
-    INSERT (user_id, track_id, position, play_count, list_length, source_created_at,
+    INSERT (user_id, track_id, position, play_count, weight, list_length, source_created_at,
             source_updated_at, first_seen, last_seen, is_active, user_known, track_known)
-    VALUES (s.user_id, s.track_id, s.position, s.play_count, s.list_length,
+    VALUES (s.user_id, s.track_id, s.position, s.play_count, s.weight, s.list_length,
             s.source_created_at, s.source_updated_at, :day, :day, :is_newest,
             s.user_known, s.track_known);
 

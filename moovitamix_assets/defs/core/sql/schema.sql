@@ -40,6 +40,9 @@ CREATE TABLE IF NOT EXISTS core.listen_events (
     track_id bigint NOT NULL,
     position integer NOT NULL,
     play_count integer NOT NULL,
+    -- The pair's implicit-feedback confidence (see the interactions view below), computed by
+    -- the merge with the values it comes from.
+    weight double precision NOT NULL,
     list_length integer,
     source_created_at timestamptz,
     source_updated_at timestamptz,
@@ -56,19 +59,6 @@ CREATE INDEX IF NOT EXISTS listen_events_track_id_idx ON core.listen_events (tra
 CREATE INDEX IF NOT EXISTS listen_events_orphans_idx ON core.listen_events (user_id, track_id)
     WHERE NOT (user_known AND track_known);
 
-CREATE TABLE IF NOT EXISTS core.user_track_interactions (
-    user_id bigint NOT NULL,
-    track_id bigint NOT NULL,
-    play_count integer NOT NULL,
-    weight double precision NOT NULL,
-    last_position integer NOT NULL,
-    list_length integer NOT NULL,
-    first_seen date NOT NULL,
-    last_seen date NOT NULL,
-    track_active boolean NOT NULL,
-    PRIMARY KEY (user_id, track_id)
-);
-
 CREATE TABLE IF NOT EXISTS core.merge_log (
     table_name text NOT NULL,
     snapshot_date date NOT NULL,
@@ -77,3 +67,16 @@ CREATE TABLE IF NOT EXISTS core.merge_log (
     merges integer NOT NULL DEFAULT 1,
     PRIMARY KEY (table_name, snapshot_date)
 );
+
+-- The models' input: the active pairs whose user and track are known (orphans have no catalogue
+-- entry to recommend or to explain). A view, so a day's merge of core.listen_events publishes it
+-- in the same transaction and nothing is written twice.
+-- weight = damped play count x recency (merge_listen_events.sql): ln keeps a track played ten
+-- times from outweighing ten tracks played once; recency runs from 0.5 (first track of the list)
+-- to 1.0 (the last one).
+CREATE OR REPLACE VIEW core.user_track_interactions AS
+SELECT e.user_id, e.track_id, e.play_count, e.weight, e.position AS last_position, e.list_length, e.first_seen, e.last_seen,
+       k.is_active AS track_active
+FROM core.listen_events e
+LEFT JOIN core.tracks k ON k.id = e.track_id
+WHERE e.is_active AND e.user_known AND e.track_known;
