@@ -32,10 +32,10 @@ def set_interactions(engine: sa.Engine, count: int) -> None:
     ensure_core_schema(engine)
     with engine.begin() as conn:
         # core.user_track_interactions is a view of the active, known pairs.
-        conn.execute(sa.text("TRUNCATE core.listen_events"))
+        conn.execute(sa.text("TRUNCATE core.listen_pairs"))
         conn.execute(
             sa.text(
-                "INSERT INTO core.listen_events (user_id, track_id, position, play_count, weight,"
+                "INSERT INTO core.listen_pairs (user_id, track_id, position, play_count, weight,"
                 " list_length, first_seen, last_seen, is_active, user_known, track_known)"
                 " SELECT g, 1, 1, 1, 1.0, 1, DATE '2026-11-20', DATE '2026-11-20', true, true,"
                 " true FROM generate_series(1, :n) AS g"

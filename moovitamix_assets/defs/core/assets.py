@@ -34,6 +34,8 @@ from moovitamix_assets.resources.database import PostgresResource, quote_ident
 USERS_TABLE: Final = "users"
 TRACKS_TABLE: Final = "tracks"
 LISTEN_EVENTS_TABLE: Final = "listen_events"
+# The rows of the listen_events view (see sql/schema.sql).
+LISTEN_PAIRS_TABLE: Final = "listen_pairs"
 INTERACTIONS_TABLE: Final = "user_track_interactions"
 MERGE_LOG_TABLE: Final = "merge_log"
 
@@ -41,6 +43,12 @@ CORE_USERS = dg.AssetKey([CORE_SCHEMA, USERS_TABLE])
 CORE_TRACKS = dg.AssetKey([CORE_SCHEMA, TRACKS_TABLE])
 CORE_LISTEN_EVENTS = dg.AssetKey([CORE_SCHEMA, LISTEN_EVENTS_TABLE])
 CORE_INTERACTIONS = dg.AssetKey([CORE_SCHEMA, INTERACTIONS_TABLE])
+
+# Where the rows of a view live.
+STORAGE_TABLES: Final = {
+    LISTEN_EVENTS_TABLE: LISTEN_PAIRS_TABLE,
+    INTERACTIONS_TABLE: LISTEN_PAIRS_TABLE,
+}
 
 SQL_DIR: Final = Path(__file__).parent / "sql"
 # The merges' hash joins hold a whole snapshot (~500,000 pairs): with the 4 MB default they spill.
@@ -81,25 +89,25 @@ def ensure_core_schema(engine: sa.Engine) -> None:
     Args:
         engine: Engine of the warehouse database.
     """
-    tables = [f"{CORE_SCHEMA}.{t}" for t in (USERS_TABLE, TRACKS_TABLE, LISTEN_EVENTS_TABLE)]
+    relations = (USERS_TABLE, TRACKS_TABLE, LISTEN_PAIRS_TABLE, MERGE_LOG_TABLE)
+    relations += (LISTEN_EVENTS_TABLE, INTERACTIONS_TABLE)
+    # The previous representation kept each user's history in core.listen_histories.
     check = sa.text(
-        "SELECT bool_and(coalesce(c.relkind = 'r', false)) AND to_regclass(:view) IS NOT NULL,"
-        " bool_or(c.relkind = 'v') AND to_regclass(:log) IS NOT NULL"
-        " FROM unnest(CAST(:tables AS text[])) n LEFT JOIN pg_class c ON c.oid = to_regclass(n)"
+        "SELECT bool_and(to_regclass(n) IS NOT NULL), to_regclass(:previous) IS NOT NULL"
+        " FROM unnest(CAST(:names AS text[])) n"
     )
     names = {
-        "tables": tables,
-        "view": f"{CORE_SCHEMA}.{INTERACTIONS_TABLE}",
-        "log": f"{CORE_SCHEMA}.{MERGE_LOG_TABLE}",
+        "names": [f"{CORE_SCHEMA}.{r}" for r in relations],
+        "previous": f"{CORE_SCHEMA}.listen_histories",
     }
     with engine.begin() as conn:
-        if conn.execute(check, names).one()[0]:
+        ready, previous = conn.execute(check, names).one()
+        if ready and not previous:
             return
         _lock(conn, "ddl")
         ready, previous = conn.execute(check, names).one()
-        if ready:
+        if ready and not previous:
             return
-        # core.listen_events was a view over incremental storage tables.
         if previous:
             conn.execute(load_sql("migrate_views"))
         conn.execute(load_sql("schema"))
@@ -145,10 +153,12 @@ def _merge(
             {"t": table},
         ).scalar_one()
         is_newest = newest is None or snapshot_date >= newest
-        counts = _run_sql(conn, f"merge_{table}", day=snapshot_date, is_newest=is_newest, **params)
+        counts = _run_sql(
+            conn, f"merge_{table}", day=snapshot_date, newest=newest, is_newest=is_newest, **params
+        )
         conn.execute(load_sql("log_merge"), {"table_name": table, "day": snapshot_date})
         if counts["inserted"] > _BULK_LOAD_SHARE * counts["rows_total"]:
-            conn.execute(sa.text(f"ANALYZE {core_table(table)}"))
+            conn.execute(sa.text(f"ANALYZE {core_table(STORAGE_TABLES.get(table, table))}"))
     rows_total = int(counts.pop("rows_total"))
     return MergeResult(
         table=table,

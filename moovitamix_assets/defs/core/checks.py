@@ -31,6 +31,7 @@ from moovitamix_assets.defs.core.assets import (
     LISTEN_EVENTS_TABLE,
     MERGE_LOG_TABLE,
     SQL_DIR,
+    STORAGE_TABLES,
     TRACKS_TABLE,
     USERS_TABLE,
     core_table,
@@ -57,9 +58,6 @@ PRIMARY_KEYS: Final[dict[str, tuple[str, ...]]] = {
     LISTEN_EVENTS_TABLE: ("user_id", "track_id"),
     INTERACTIONS_TABLE: ("user_id", "track_id"),
 }
-
-# Where the rows (and the primary key) of a view live.
-STORAGE_TABLES: Final = {INTERACTIONS_TABLE: LISTEN_EVENTS_TABLE}
 
 
 @dataclass(frozen=True)
@@ -121,8 +119,8 @@ def audit_primary_key(conn: sa.Connection, table: str) -> CoreAuditResult:
     """The table's primary key constraint is in place and no key is duplicated or null.
 
     The constraint makes duplicates impossible; the audit proves it is still there (a restored
-    dump or a hand-made table may lack it) and counts what a missing one let through. For the
-    interactions view it is the key of ``core.listen_events``, whose rows it reads.
+    dump or a hand-made table may lack it) and counts what a missing one let through. For a
+    view it is the key of the table that stores its rows.
     """
     name, keys = "primary_key", PRIMARY_KEYS[table]
     if not _exists(conn, table):

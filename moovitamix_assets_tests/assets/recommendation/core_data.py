@@ -1,7 +1,7 @@
 """Arrange the core tables the recommendation layer reads: from the API stand-in or synthetic data.
 
 ``load_standin_core`` goes the real way (raw snapshots, then the core merges); ``load_core_frames``
-COPYs frames straight into ``core.users``, ``core.tracks`` and ``core.listen_events`` (the
+COPYs frames straight into ``core.users``, ``core.tracks`` and ``core.listen_pairs`` (the
 ``core.user_track_interactions`` view reads its active pairs), for tests that only need the model
 layer's input.
 """
@@ -82,9 +82,7 @@ def load_core_frames(
     """
     ensure_core_schema(engine)
     with engine.begin() as conn:
-        conn.execute(
-            sa.text("TRUNCATE core.users, core.tracks, core.listen_events, core.merge_log")
-        )
+        conn.execute(sa.text("TRUNCATE core.users, core.tracks, core.listen_pairs, core.merge_log"))
     _copy(
         engine,
         "core.users",
@@ -96,7 +94,7 @@ def load_core_frames(
     list_length = interactions.groupby("user_id")["last_position"].transform("max") + 1
     _copy(
         engine,
-        "core.listen_events",
+        "core.listen_pairs",
         interactions[["user_id", "track_id", "play_count", "weight"]].assign(
             position=interactions["last_position"].to_numpy(dtype=np.int64),
             list_length=list_length.to_numpy(dtype=np.int64),

@@ -23,11 +23,11 @@ from moovitamix_assets_tests.defs.core.test_merge_days import (
     merge_day,
 )
 
-# The merged tables and their keys (the interactions are rebuilt whole by design).
+# The tables that store core's rows, and their keys.
 STORED = {
     "core.users": "id",
     "core.tracks": "id",
-    "core.listen_events": "user_id, track_id",
+    "core.listen_pairs": "user_id, track_id",
 }
 
 
@@ -122,20 +122,23 @@ def test_interactions_equal_the_definition_after_days_in_and_out_of_order(
 
 
 # The previous representation: core.listen_events and core.user_track_interactions were views
-# over storage tables (same index and key names), with bookkeeping tables beside them.
+# over storage tables (same index and key names) with bookkeeping tables beside them.
 _PREVIOUS_REPRESENTATION = (
-    "ALTER TABLE core.listen_events RENAME TO listen_pairs",
-    "CREATE VIEW core.listen_events AS SELECT user_id, track_id, position, play_count,"
-    " list_length, source_created_at, source_updated_at, first_seen, last_seen, is_active,"
-    " user_known, track_known FROM core.listen_pairs",
-    "CREATE TABLE core.interaction_pairs AS SELECT * FROM core.user_track_interactions",
-    "DROP VIEW core.user_track_interactions",
-    "ALTER TABLE core.interaction_pairs ADD CONSTRAINT user_track_interactions_pkey"
+    "CREATE TABLE core.pairs_v2 AS SELECT user_id, track_id, position, play_count, list_length,"
+    " source_created_at, source_updated_at, first_seen, last_seen, is_active, user_known,"
+    " track_known FROM core.listen_events",
+    "DROP VIEW core.user_track_interactions, core.listen_events",
+    "DROP TABLE core.listen_pairs",
+    "ALTER TABLE core.pairs_v2 RENAME TO listen_pairs",
+    "ALTER TABLE core.listen_pairs ADD CONSTRAINT listen_pairs_pkey"
     " PRIMARY KEY (user_id, track_id)",
+    "CREATE INDEX listen_events_track_id_idx ON core.listen_pairs (track_id, user_id)",
+    "CREATE VIEW core.listen_events AS SELECT * FROM core.listen_pairs",
+    "CREATE TABLE core.interaction_pairs (user_id bigint, track_id bigint,"
+    " CONSTRAINT user_track_interactions_pkey PRIMARY KEY (user_id, track_id))",
     "CREATE VIEW core.user_track_interactions AS SELECT * FROM core.interaction_pairs",
     "CREATE TABLE core.listen_histories (user_id bigint PRIMARY KEY)",
     "CREATE TABLE core.interactions_state (id boolean PRIMARY KEY)",
-    "CREATE TABLE core.interaction_pending_pairs (user_id bigint, track_id bigint)",
 )
 
 
@@ -165,11 +168,12 @@ def test_the_previous_representation_migrates_and_merges_on(
             )
         ).all()
         indexes = conn.execute(
-            sa.text("SELECT indexname FROM pg_indexes WHERE tablename = 'listen_events'")
+            sa.text("SELECT indexname FROM pg_indexes WHERE tablename = 'listen_pairs'")
         ).scalars()
         assert {"listen_events_track_id_idx", "listen_events_orphans_idx"} <= set(indexes)
     assert [tuple(r) for r in left] == [
-        ("listen_events", "r"),
+        ("listen_events", "v"),
+        ("listen_pairs", "r"),
         ("merge_log", "r"),
         ("tracks", "r"),
         ("user_track_interactions", "v"),

@@ -1,6 +1,8 @@
--- Normalize the raw listen_history snapshot of :day into core.listen_events: one row per
--- (user, track) pair, merged with the rules of merge_users.sql. Run after the users and tracks
--- merges of the same day: the orphan flags are computed against them.
+-- Normalize the raw listen_history snapshot of :day into core.listen_pairs (the rows of the
+-- core.listen_events view): one row per (user, track) pair, merged with the rules of
+-- merge_users.sql. :newest is the newest snapshot merged before (NULL at first): an active
+-- pair's last_seen. Run after the users and tracks merges of the same day: the orphan flags are
+-- computed against them.
 
 -- One history per user: the latest updated_at wins, then the longer list (the API's lists only
 -- grow), then the list itself, so the winner never depends on the raw rows' order.
@@ -35,6 +37,21 @@ LEFT JOIN core.users u ON u.id = p.user_id
 LEFT JOIN core.tracks k ON k.id = p.track_id;
 ANALYZE listen_stage (user_id, track_id);
 
+-- The join the merge makes, once, with what each staged pair will do.
+CREATE TEMP TABLE listen_changes ON COMMIT DROP AS
+SELECT s.*, t.user_id IS NULL AS is_new,
+       t.user_id IS NOT NULL
+           AND :day >= CASE WHEN t.is_active THEN CAST(:newest AS date) ELSE t.last_seen END
+           AND ROW(s.position, s.play_count, s.list_length, s.source_created_at,
+                   s.source_updated_at)
+               IS DISTINCT FROM ROW(t.position, t.play_count, t.list_length, t.source_created_at,
+                                    t.source_updated_at) AS values_changed,
+       NOT t.is_active AND :is_newest AS reactivated,
+       t.user_id IS NOT NULL
+           AND (:day < t.first_seen OR (NOT t.is_active AND :day > t.last_seen)) AS dates_changed
+FROM listen_stage s
+LEFT JOIN core.listen_pairs t ON t.user_id = s.user_id AND t.track_id = s.track_id;
+
 CREATE TEMP TABLE listen_counts ON COMMIT DROP AS
 SELECT r.raw_rows, r.null_user_records,
        r.raw_rows - r.null_user_records - h.histories AS duplicates_resolved,
@@ -52,33 +69,27 @@ FROM (
     FROM listen_histories
 ) h, (
     SELECT count(*) AS snapshot_pairs,
-           count(*) FILTER (WHERE NOT s.user_known) AS orphan_user_pairs,
-           count(*) FILTER (WHERE NOT s.track_known) AS orphan_track_pairs,
-           count(*) FILTER (WHERE t.user_id IS NULL) AS inserted,
-           count(*) FILTER (
-               WHERE :day >= t.last_seen
-                 AND ROW(s.position, s.play_count, s.list_length, s.source_created_at,
-                         s.source_updated_at)
-                     IS DISTINCT FROM ROW(t.position, t.play_count, t.list_length,
-                                          t.source_created_at, t.source_updated_at)
-           ) AS updated,
-           count(*) FILTER (WHERE NOT t.is_active AND :is_newest) AS reactivated
-    FROM listen_stage s
-    LEFT JOIN core.listen_events t ON t.user_id = s.user_id AND t.track_id = s.track_id
+           count(*) FILTER (WHERE NOT user_known) AS orphan_user_pairs,
+           count(*) FILTER (WHERE NOT track_known) AS orphan_track_pairs,
+           count(*) FILTER (WHERE is_new) AS inserted,
+           count(*) FILTER (WHERE values_changed) AS updated,
+           count(*) FILTER (WHERE reactivated) AS reactivated
+    FROM listen_changes
 ) p;
 
-MERGE INTO core.listen_events t
-USING listen_stage s ON t.user_id = s.user_id AND t.track_id = s.track_id
-WHEN MATCHED AND :day >= t.last_seen
-    AND ROW(s.position, s.play_count, s.list_length, s.source_created_at, s.source_updated_at)
-        IS DISTINCT FROM ROW(t.position, t.play_count, t.list_length, t.source_created_at,
-                             t.source_updated_at) THEN
+-- Only the pairs that change are written: new ones, changed values, dates widened by an older
+-- snapshot, pairs coming back. A re-merged day writes nothing.
+DELETE FROM listen_changes WHERE NOT (is_new OR values_changed OR reactivated OR dates_changed);
+ANALYZE listen_changes (user_id, track_id);
+
+MERGE INTO core.listen_pairs t
+USING listen_changes s ON t.user_id = s.user_id AND t.track_id = s.track_id
+WHEN MATCHED AND s.values_changed THEN
     UPDATE SET position = s.position, play_count = s.play_count, weight = s.weight,
-               list_length = s.list_length,
-               source_created_at = s.source_created_at, source_updated_at = s.source_updated_at,
-               first_seen = LEAST(t.first_seen, :day), last_seen = GREATEST(t.last_seen, :day),
-               is_active = t.is_active OR :is_newest
-WHEN MATCHED AND (:day < t.first_seen OR :day > t.last_seen) THEN
+               list_length = s.list_length, source_created_at = s.source_created_at,
+               source_updated_at = s.source_updated_at, first_seen = LEAST(t.first_seen, :day),
+               last_seen = GREATEST(t.last_seen, :day), is_active = t.is_active OR :is_newest
+WHEN MATCHED THEN
     UPDATE SET first_seen = LEAST(t.first_seen, :day), last_seen = GREATEST(t.last_seen, :day),
                is_active = t.is_active OR :is_newest
 WHEN NOT MATCHED THEN
@@ -88,9 +99,10 @@ WHEN NOT MATCHED THEN
             s.source_created_at, s.source_updated_at, :day, :day, :is_newest,
             s.user_known, s.track_known);
 
--- A pair the newest snapshot no longer holds keeps the values it was last seen with.
+-- A pair the newest snapshot no longer holds keeps the values it was last seen with, and gets
+-- the date it was last seen: the newest snapshot before this one.
 WITH gone AS (
-    UPDATE core.listen_events t SET is_active = false
+    UPDATE core.listen_pairs t SET is_active = false, last_seen = CAST(:newest AS date)
     WHERE :is_newest AND t.is_active
       AND NOT EXISTS (
           SELECT 1 FROM listen_stage s WHERE s.user_id = t.user_id AND s.track_id = t.track_id)
@@ -101,7 +113,7 @@ UPDATE listen_counts SET inactivated = (SELECT count(*) FROM gone);
 -- A late or back-filled snapshot of users or tracks may list an orphan's id: re-check the
 -- orphans only (partial index).
 WITH resolved AS (
-    UPDATE core.listen_events t
+    UPDATE core.listen_pairs t
     SET user_known = t.user_known OR EXISTS (SELECT 1 FROM core.users u WHERE u.id = t.user_id),
         track_known = t.track_known
             OR EXISTS (SELECT 1 FROM core.tracks k WHERE k.id = t.track_id)
@@ -119,5 +131,5 @@ FROM listen_counts c, (
            count(*) FILTER (WHERE is_active) AS active_rows,
            count(*) FILTER (WHERE NOT user_known) AS orphan_user_rows,
            count(*) FILTER (WHERE NOT track_known) AS orphan_track_rows
-    FROM core.listen_events
+    FROM core.listen_pairs
 ) t

@@ -1,5 +1,5 @@
--- Second half of migrate_views.sql, once schema.sql has created the table.
-INSERT INTO core.listen_events (
+-- Second half of migrate_views.sql, once schema.sql has created the tables.
+INSERT INTO core.listen_pairs (
     user_id, track_id, position, play_count, weight, list_length, source_created_at,
     source_updated_at, first_seen, last_seen, is_active, user_known, track_known
 )
@@ -9,4 +9,4 @@ SELECT user_id, track_id, position, play_count,
        list_length, source_created_at, source_updated_at, first_seen, last_seen, is_active,
        user_known, track_known
 FROM listen_events_migrated;
-ANALYZE core.listen_events
+ANALYZE core.listen_pairs
