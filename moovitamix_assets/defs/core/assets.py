@@ -38,6 +38,27 @@ LISTEN_EVENTS_TABLE: Final = "listen_events"
 LISTEN_PAIRS_TABLE: Final = "listen_pairs"
 INTERACTIONS_TABLE: Final = "user_track_interactions"
 MERGE_LOG_TABLE: Final = "merge_log"
+# The value columns of the id-keyed tables, as the raw records carry them (merge_entity.sql).
+USERS_COLUMNS: Final = (
+    "first_name",
+    "last_name",
+    "email",
+    "gender",
+    "favorite_genres",
+    "created_at",
+    "updated_at",
+)
+TRACKS_COLUMNS: Final = (
+    "name",
+    "artist",
+    "songwriters",
+    "duration",
+    "duration_seconds",
+    "genres",
+    "album",
+    "created_at",
+    "updated_at",
+)
 
 CORE_USERS = dg.AssetKey([CORE_SCHEMA, USERS_TABLE])
 CORE_TRACKS = dg.AssetKey([CORE_SCHEMA, TRACKS_TABLE])
@@ -63,14 +84,25 @@ def core_table(table: str) -> str:
     return f"{quote_ident(CORE_SCHEMA)}.{quote_ident(table)}"
 
 
-def load_sql(name: str) -> sa.TextClause:
-    """The statements of ``sql/<name>.sql`` as one text clause (psycopg2 runs them in order)."""
-    return sa.text((SQL_DIR / f"{name}.sql").read_text())
+def load_sql(name: str, table: str = "", columns: tuple[str, ...] = ()) -> sa.TextClause:
+    """The statements of ``sql/<name>.sql`` as one text clause (psycopg2 runs them in order).
+
+    ``{table}`` becomes ``core.<table>``; ``{columns}``, ``{s.columns}`` and ``{t.columns}`` the
+    quoted column list, bare and qualified by the aliases ``s`` and ``t``. Identifiers only (from
+    this module's constants): values are always bound parameters.
+    """
+    text = (SQL_DIR / f"{name}.sql").read_text()
+    if table:
+        text = text.replace("{table}", core_table(table))
+    for alias in ("", "s.", "t."):
+        quoted = ", ".join(f"{alias}{quote_ident(c)}" for c in columns)
+        text = text.replace(f"{{{alias}columns}}", quoted)
+    return sa.text(text)
 
 
-def _run_sql(conn: sa.Connection, name: str, **params: Any) -> dict[str, Any]:
-    """Run ``sql/<name>.sql``; return the row its last statement selects."""
-    return dict(conn.execute(load_sql(name), params).mappings().one())
+def _run_sql(conn: sa.Connection, sql: sa.TextClause, **params: Any) -> dict[str, Any]:
+    """Run a script; return the row its last statement selects."""
+    return dict(conn.execute(sql, params).mappings().one())
 
 
 def _lock(conn: sa.Connection, key: str) -> None:
@@ -137,9 +169,14 @@ class MergeResult:
 
 
 def _merge(
-    engine: sa.Engine, table: str, endpoint: str, snapshot_date: date, **params: Any
+    engine: sa.Engine,
+    table: str,
+    endpoint: str,
+    snapshot_date: date,
+    scripts: tuple[sa.TextClause, ...],
+    **params: Any,
 ) -> MergeResult:
-    """Merge one raw snapshot into ``core.<table>`` with ``sql/merge_<table>.sql``."""
+    """Merge one raw snapshot into ``core.<table>`` with ``scripts`` (the last one counts)."""
     started = time.perf_counter()
     ensure_core_schema(engine)
     with engine.begin() as conn:
@@ -153,9 +190,10 @@ def _merge(
             {"t": table},
         ).scalar_one()
         is_newest = newest is None or snapshot_date >= newest
-        counts = _run_sql(
-            conn, f"merge_{table}", day=snapshot_date, newest=newest, is_newest=is_newest, **params
-        )
+        params.update(day=snapshot_date, newest=newest, is_newest=is_newest)
+        for script in scripts[:-1]:
+            conn.execute(script, params)
+        counts = _run_sql(conn, scripts[-1], **params)
         conn.execute(load_sql("log_merge"), {"table_name": table, "day": snapshot_date})
         if counts["inserted"] > _BULK_LOAD_SHARE * counts["rows_total"]:
             conn.execute(sa.text(f"ANALYZE {core_table(STORAGE_TABLES.get(table, table))}"))
@@ -176,14 +214,9 @@ def merge_users(engine: sa.Engine, snapshot_date: date) -> MergeResult:
     Raises:
         SnapshotAuditError: The snapshot failed a blocking audit; core is unchanged.
     """
-    return _merge(
-        engine,
-        USERS_TABLE,
-        USERS_ENDPOINT,
-        snapshot_date,
-        genders=sorted(GENDERS),
-        genres=sorted(GENRES),
-    )
+    scripts = (load_sql("stage_users"), load_sql("merge_entity", USERS_TABLE, USERS_COLUMNS))
+    vocabularies = {"genders": sorted(GENDERS), "genres": sorted(GENRES)}
+    return _merge(engine, USERS_TABLE, USERS_ENDPOINT, snapshot_date, scripts, **vocabularies)
 
 
 def merge_tracks(engine: sa.Engine, snapshot_date: date) -> MergeResult:
@@ -192,7 +225,8 @@ def merge_tracks(engine: sa.Engine, snapshot_date: date) -> MergeResult:
     Raises:
         SnapshotAuditError: The snapshot failed a blocking audit; core is unchanged.
     """
-    return _merge(engine, TRACKS_TABLE, TRACKS_ENDPOINT, snapshot_date)
+    scripts = (load_sql("stage_tracks"), load_sql("merge_entity", TRACKS_TABLE, TRACKS_COLUMNS))
+    return _merge(engine, TRACKS_TABLE, TRACKS_ENDPOINT, snapshot_date, scripts)
 
 
 def merge_listen_events(engine: sa.Engine, snapshot_date: date) -> MergeResult:
@@ -203,7 +237,8 @@ def merge_listen_events(engine: sa.Engine, snapshot_date: date) -> MergeResult:
     Raises:
         SnapshotAuditError: The snapshot failed a blocking audit; core is unchanged.
     """
-    return _merge(engine, LISTEN_EVENTS_TABLE, LISTEN_HISTORY_ENDPOINT, snapshot_date)
+    scripts = (load_sql("merge_listen_events"),)
+    return _merge(engine, LISTEN_EVENTS_TABLE, LISTEN_HISTORY_ENDPOINT, snapshot_date, scripts)
 
 
 def interaction_figures(engine: sa.Engine) -> MergeResult:
@@ -215,7 +250,7 @@ def interaction_figures(engine: sa.Engine) -> MergeResult:
     started = time.perf_counter()
     ensure_core_schema(engine)
     with engine.connect() as conn:
-        counts = _run_sql(conn, "interactions_figures")
+        counts = _run_sql(conn, load_sql("interactions_figures"))
     return MergeResult(
         table=INTERACTIONS_TABLE,
         snapshot_date=counts.pop("as_of"),

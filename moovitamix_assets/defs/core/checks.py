@@ -30,11 +30,11 @@ from moovitamix_assets.defs.core.assets import (
     INTERACTIONS_TABLE,
     LISTEN_EVENTS_TABLE,
     MERGE_LOG_TABLE,
-    SQL_DIR,
     STORAGE_TABLES,
     TRACKS_TABLE,
     USERS_TABLE,
     core_table,
+    load_sql,
 )
 from moovitamix_assets.resources.database import PostgresResource, quote_ident
 
@@ -93,10 +93,8 @@ def _missing(
 
 def _row(conn: sa.Connection, name: str, table: str = "", **params: object) -> dict[str, int]:
     """The one row of ``sql/<name>.sql``, its ``{table}`` replaced by ``core.<table>``."""
-    text = (SQL_DIR / f"{name}.sql").read_text()
-    if table:
-        text = text.replace("{table}", core_table(table))
-    return {k: int(v) for k, v in conn.execute(sa.text(text), params).mappings().one().items()}
+    row = conn.execute(load_sql(name, table), params).mappings().one()
+    return {k: int(v) for k, v in row.items()}
 
 
 def newest_merged(conn: sa.Connection, table: str) -> date | None:
