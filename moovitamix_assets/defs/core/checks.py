@@ -66,11 +66,11 @@ class CoreAuditResult:
 
     name: str
     table: str
+    severity: Severity
+    blocking: bool
     passed: bool
     observed: float | int | str | None
     threshold: float | int | str | None
-    severity: Severity
-    blocking: bool
     description: str
     figures: dict[str, int | float] = field(default_factory=dict)
 
@@ -88,7 +88,7 @@ def _missing(
     name: str, table: str, threshold: float | int, severity: Severity, blocking: bool
 ) -> CoreAuditResult:
     description = f"table {CORE_SCHEMA}.{table} does not exist: the merge never ran"
-    return CoreAuditResult(name, table, False, None, threshold, severity, blocking, description)
+    return CoreAuditResult(name, table, severity, blocking, False, None, threshold, description)
 
 
 def _row(conn: sa.Connection, name: str, table: str = "", **params: object) -> dict[str, int]:
@@ -156,11 +156,11 @@ def audit_primary_key(conn: sa.Connection, table: str) -> CoreAuditResult:
     return CoreAuditResult(
         name,
         table,
+        "ERROR",
+        True,
         has_constraint and violations == 0,
         violations,
         0,
-        "ERROR",
-        True,
         "; ".join(problems),
         {
             "rows": rows,
@@ -191,7 +191,7 @@ def audit_orphan_rate(
             "that is wrong"
         )
     passed = rate <= max_rate and row["stale_reference_flags"] == 0
-    return CoreAuditResult(name, table, passed, rate, max_rate, "ERROR", False, description, row)
+    return CoreAuditResult(name, table, "ERROR", False, passed, rate, max_rate, description, row)
 
 
 def audit_timestamps(conn: sa.Connection, table: str, max_odd: int = 0) -> CoreAuditResult:
@@ -210,7 +210,7 @@ def audit_timestamps(conn: sa.Connection, table: str, max_odd: int = 0) -> CoreA
         f"stamped after {as_of.isoformat() if as_of else 'the newest snapshot'} (UTC)"
     )
     return CoreAuditResult(
-        name, table, odd <= max_odd, odd, max_odd, "WARN", False, description, row
+        name, table, "WARN", False, odd <= max_odd, odd, max_odd, description, row
     )
 
 
@@ -235,7 +235,7 @@ def audit_email_validity(
     )
     figures = {"active_users": int(active), "invalid_emails": int(active - valid)}
     passed = rate >= min_rate
-    return CoreAuditResult(name, table, passed, rate, min_rate, "WARN", False, description, figures)
+    return CoreAuditResult(name, table, "WARN", False, passed, rate, min_rate, description, figures)
 
 
 def audit_inactive_share(
@@ -263,7 +263,7 @@ def audit_inactive_share(
         "in all"
     )
     passed = share <= max_share
-    return CoreAuditResult(name, table, passed, share, max_share, "WARN", False, description, row)
+    return CoreAuditResult(name, table, "WARN", False, passed, share, max_share, description, row)
 
 
 def audit_interactions(conn: sa.Connection) -> CoreAuditResult:
@@ -277,7 +277,7 @@ def audit_interactions(conn: sa.Connection) -> CoreAuditResult:
         f"{invalid} of {row['rows']} interactions unusable: {row['unknown_references']} with an "
         f"unknown user or track, {row['bad_weights']} with a weight that is not a positive number"
     )
-    return CoreAuditResult(name, table, invalid == 0, invalid, 0, "ERROR", True, description, row)
+    return CoreAuditResult(name, table, "ERROR", True, invalid == 0, invalid, 0, description, row)
 
 
 CoreAudit = Callable[[sa.Connection], CoreAuditResult]

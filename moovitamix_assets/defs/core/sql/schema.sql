@@ -14,9 +14,8 @@ CREATE TABLE IF NOT EXISTS core.users (
     favorite_genres text,
     created_at timestamptz,
     updated_at timestamptz,
-    first_seen date NOT NULL,
-    last_seen date NOT NULL,
-    is_active boolean NOT NULL
+    -- History markers: the first and last snapshots holding the id, present in the newest one.
+    first_seen date NOT NULL, last_seen date NOT NULL, is_active boolean NOT NULL
 ) WITH (fillfactor = 50);
 
 CREATE TABLE IF NOT EXISTS core.tracks (
@@ -30,9 +29,7 @@ CREATE TABLE IF NOT EXISTS core.tracks (
     album text,
     created_at timestamptz,
     updated_at timestamptz,
-    first_seen date NOT NULL,
-    last_seen date NOT NULL,
-    is_active boolean NOT NULL
+    first_seen date NOT NULL, last_seen date NOT NULL, is_active boolean NOT NULL
 ) WITH (fillfactor = 50);
 
 -- The rows of the core.listen_events view (below). A pair in the newest merged snapshot
