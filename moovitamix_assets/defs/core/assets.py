@@ -36,6 +36,8 @@ TRACKS_TABLE: Final = "tracks"
 LISTEN_EVENTS_TABLE: Final = "listen_events"
 # The rows of the listen_events view (see sql/schema.sql).
 LISTEN_PAIRS_TABLE: Final = "listen_pairs"
+# Each user's record in the newest merged listening snapshot (only changed users are compared).
+LISTEN_HISTORIES_TABLE: Final = "listen_histories"
 INTERACTIONS_TABLE: Final = "user_track_interactions"
 MERGE_LOG_TABLE: Final = "merge_log"
 # The value columns of the id-keyed tables, as the raw records carry them (merge_entity.sql).
@@ -121,16 +123,17 @@ def ensure_core_schema(engine: sa.Engine) -> None:
     Args:
         engine: Engine of the warehouse database.
     """
-    relations = (USERS_TABLE, TRACKS_TABLE, LISTEN_PAIRS_TABLE, MERGE_LOG_TABLE)
+    relations = (USERS_TABLE, TRACKS_TABLE, LISTEN_PAIRS_TABLE, LISTEN_HISTORIES_TABLE)
+    relations += (MERGE_LOG_TABLE,)
     relations += (LISTEN_EVENTS_TABLE, INTERACTIONS_TABLE)
-    # The previous representation kept each user's history in core.listen_histories.
+    # The previous representation kept the interactions' state in core.interactions_state.
     check = sa.text(
         "SELECT bool_and(to_regclass(n) IS NOT NULL), to_regclass(:previous) IS NOT NULL"
         " FROM unnest(CAST(:names AS text[])) n"
     )
     names = {
         "names": [f"{CORE_SCHEMA}.{r}" for r in relations],
-        "previous": f"{CORE_SCHEMA}.listen_histories",
+        "previous": f"{CORE_SCHEMA}.interactions_state",
     }
     with engine.begin() as conn:
         ready, previous = conn.execute(check, names).one()

@@ -28,6 +28,7 @@ STORED = {
     "core.users": "id",
     "core.tracks": "id",
     "core.listen_pairs": "user_id, track_id",
+    "core.listen_histories": "user_id",
 }
 
 
@@ -137,7 +138,8 @@ _PREVIOUS_REPRESENTATION = (
     "CREATE TABLE core.interaction_pairs (user_id bigint, track_id bigint,"
     " CONSTRAINT user_track_interactions_pkey PRIMARY KEY (user_id, track_id))",
     "CREATE VIEW core.user_track_interactions AS SELECT * FROM core.interaction_pairs",
-    "CREATE TABLE core.listen_histories (user_id bigint PRIMARY KEY)",
+    "DROP TABLE core.listen_histories",
+    "CREATE TABLE core.listen_histories (user_id bigint PRIMARY KEY, list_length integer)",
     "CREATE TABLE core.interactions_state (id boolean PRIMARY KEY)",
 )
 
@@ -173,6 +175,7 @@ def test_the_previous_representation_migrates_and_merges_on(
         assert {"listen_events_track_id_idx", "listen_events_orphans_idx"} <= set(indexes)
     assert [tuple(r) for r in left] == [
         ("listen_events", "v"),
+        ("listen_histories", "r"),
         ("listen_pairs", "r"),
         ("merge_log", "r"),
         ("tracks", "r"),

@@ -6,58 +6,80 @@
 
 -- One history per user: the latest updated_at wins, then the longer list (the API's lists only
 -- grow), then the list itself, so the winner never depends on the raw rows' order.
-CREATE TEMP TABLE listen_histories ON COMMIT DROP AS
+CREATE TEMP TABLE history_stage ON COMMIT DROP AS
 SELECT DISTINCT ON (user_id) user_id, items, created_at, updated_at
 FROM raw.listen_history
 WHERE snapshot_date = :day AND user_id IS NOT NULL
 ORDER BY user_id, updated_at DESC NULLS LAST, created_at DESC NULLS LAST,
          cardinality(items) DESC NULLS LAST, items DESC NULLS LAST;
 
+-- The users whose pairs this merge must compare. core.listen_histories holds each user's record
+-- in the newest merged snapshot, and a user's active pairs are exactly that record's pairs: a
+-- newer (or the same) snapshot serving the same record leaves them as they are, so only users
+-- with a new, changed or vanished record are compared (about a fifth of them a day). An older
+-- snapshot may widen first_seen of any of its pairs: all its users are compared.
+CREATE TEMP TABLE changed_users ON COMMIT DROP AS
+SELECT coalesce(h.user_id, o.user_id) AS user_id
+FROM history_stage h
+FULL JOIN core.listen_histories o ON o.user_id = h.user_id
+WHERE (NOT :is_newest AND h.user_id IS NOT NULL)
+   OR (:is_newest AND ROW(h.items, h.created_at, h.updated_at)
+                      IS DISTINCT FROM ROW(o.items, o.source_created_at, o.source_updated_at));
+ANALYZE changed_users;
+
 -- A track listed several times is one pair: its play count is the number of occurrences, its
 -- position (1-based) the last one, i.e. the most recent listen. Users and tracks are never
--- deleted from core, so an id found there stays known.
-CREATE TEMP TABLE listen_stage ON COMMIT DROP AS
-SELECT p.*,
-       (1.0 + ln(p.play_count::double precision))
-           * (0.5 + 0.5 * p.position::double precision / greatest(p.list_length, 1)) AS weight,
-       u.id IS NOT NULL AS user_known, k.id IS NOT NULL AS track_known
-FROM (
-    SELECT h.user_id, e.track_id,
-           max(e.ord)::integer AS position,
-           count(*)::integer AS play_count,
-           max(cardinality(h.items))::integer AS list_length,
-           max(h.created_at) AS source_created_at,
-           max(h.updated_at) AS source_updated_at
-    FROM listen_histories h
-    CROSS JOIN LATERAL unnest(h.items) WITH ORDINALITY AS e(track_id, ord)
-    WHERE e.track_id IS NOT NULL
-    GROUP BY h.user_id, e.track_id
-) p
-LEFT JOIN core.users u ON u.id = p.user_id
-LEFT JOIN core.tracks k ON k.id = p.track_id;
-ANALYZE listen_stage (user_id, track_id);
-
--- The join the merge makes, once, with what each staged pair will do.
+-- deleted from core, so an id found there stays known. Each staged pair is joined with its stored
+-- row once (a full join: the stored pairs the newest snapshot no longer holds are gone), and
+-- what the merge does with it is decided here.
 CREATE TEMP TABLE listen_changes ON COMMIT DROP AS
-SELECT s.*, t.user_id IS NULL AS is_new,
-       t.user_id IS NOT NULL
+SELECT coalesce(s.user_id, t.user_id) AS user_id, coalesce(s.track_id, t.track_id) AS track_id,
+       s.position, s.play_count, s.weight, s.list_length, s.source_created_at,
+       s.source_updated_at, s.user_known, s.track_known,
+       s.user_id IS NULL AS gone,
+       t.user_id IS NULL AS is_new,
+       s.user_id IS NOT NULL AND t.user_id IS NOT NULL
            AND :day >= CASE WHEN t.is_active THEN CAST(:newest AS date) ELSE t.last_seen END
            AND ROW(s.position, s.play_count, s.list_length, s.source_created_at,
                    s.source_updated_at)
                IS DISTINCT FROM ROW(t.position, t.play_count, t.list_length, t.source_created_at,
                                     t.source_updated_at) AS values_changed,
-       NOT t.is_active AND :is_newest AS reactivated,
-       t.user_id IS NOT NULL
+       s.user_id IS NOT NULL AND NOT t.is_active AND :is_newest AS reactivated,
+       s.user_id IS NOT NULL AND t.user_id IS NOT NULL
            AND (:day < t.first_seen OR (NOT t.is_active AND :day > t.last_seen)) AS dates_changed
-FROM listen_stage s
-LEFT JOIN core.listen_pairs t ON t.user_id = s.user_id AND t.track_id = s.track_id;
+FROM (
+    SELECT p.*,
+           (1.0 + ln(p.play_count::double precision))
+               * (0.5 + 0.5 * p.position::double precision / greatest(p.list_length, 1))
+               AS weight,
+           u.id IS NOT NULL AS user_known, k.id IS NOT NULL AS track_known
+    FROM (
+        SELECT h.user_id, e.track_id,
+               max(e.ord)::integer AS position,
+               count(*)::integer AS play_count,
+               max(cardinality(h.items))::integer AS list_length,
+               max(h.created_at) AS source_created_at,
+               max(h.updated_at) AS source_updated_at
+        FROM history_stage h
+        JOIN changed_users c ON c.user_id = h.user_id
+        CROSS JOIN LATERAL unnest(h.items) WITH ORDINALITY AS e(track_id, ord)
+        WHERE e.track_id IS NOT NULL
+        GROUP BY h.user_id, e.track_id
+    ) p
+    LEFT JOIN core.users u ON u.id = p.user_id
+    LEFT JOIN core.tracks k ON k.id = p.track_id
+) s
+FULL JOIN (
+    SELECT * FROM core.listen_pairs WHERE user_id IN (SELECT user_id FROM changed_users)
+) t ON t.user_id = s.user_id AND t.track_id = s.track_id
+WHERE s.user_id IS NOT NULL OR (t.is_active AND :is_newest);
 
 CREATE TEMP TABLE listen_counts ON COMMIT DROP AS
 SELECT r.raw_rows, r.null_user_records,
        r.raw_rows - r.null_user_records - h.histories AS duplicates_resolved,
        h.histories, h.null_items_records, h.empty_lists, h.list_entries,
-       h.list_entries - p.snapshot_pairs AS repeated_entries,
-       p.*, 0::bigint AS inactivated, 0::bigint AS references_resolved
+       p.*, (SELECT count(*) FROM changed_users) AS changed_histories,
+       0::bigint AS references_resolved
 FROM (
     SELECT count(*) AS raw_rows, count(*) FILTER (WHERE user_id IS NULL) AS null_user_records
     FROM raw.listen_history WHERE snapshot_date = :day
@@ -66,24 +88,30 @@ FROM (
            count(*) FILTER (WHERE items IS NULL) AS null_items_records,
            count(*) FILTER (WHERE cardinality(items) = 0) AS empty_lists,
            coalesce(sum(cardinality(items)), 0) AS list_entries
-    FROM listen_histories
+    FROM history_stage
 ) h, (
-    SELECT count(*) AS snapshot_pairs,
-           count(*) FILTER (WHERE NOT user_known) AS orphan_user_pairs,
-           count(*) FILTER (WHERE NOT track_known) AS orphan_track_pairs,
+    SELECT count(*) FILTER (WHERE NOT gone) AS staged_pairs,
+           count(*) FILTER (WHERE NOT user_known) AS staged_orphan_user_pairs,
+           count(*) FILTER (WHERE NOT track_known) AS staged_orphan_track_pairs,
            count(*) FILTER (WHERE is_new) AS inserted,
            count(*) FILTER (WHERE values_changed) AS updated,
+           count(*) FILTER (WHERE gone) AS inactivated,
            count(*) FILTER (WHERE reactivated) AS reactivated
     FROM listen_changes
 ) p;
 
 -- Only the pairs that change are written: new ones, changed values, dates widened by an older
--- snapshot, pairs coming back. A re-merged day writes nothing.
-DELETE FROM listen_changes WHERE NOT (is_new OR values_changed OR reactivated OR dates_changed);
+-- snapshot, pairs coming back or gone. A re-merged day writes nothing.
+DELETE FROM listen_changes
+WHERE NOT (gone OR is_new OR values_changed OR reactivated OR dates_changed);
 ANALYZE listen_changes (user_id, track_id);
 
 MERGE INTO core.listen_pairs t
 USING listen_changes s ON t.user_id = s.user_id AND t.track_id = s.track_id
+-- A pair the newest snapshot no longer holds keeps the values it was last seen with, and gets
+-- the date it was last seen: the newest snapshot before this one.
+WHEN MATCHED AND s.gone THEN
+    UPDATE SET is_active = false, last_seen = CAST(:newest AS date)
 WHEN MATCHED AND s.values_changed THEN
     UPDATE SET position = s.position, play_count = s.play_count, weight = s.weight,
                list_length = s.list_length, source_created_at = s.source_created_at,
@@ -99,16 +127,15 @@ WHEN NOT MATCHED THEN
             s.source_created_at, s.source_updated_at, :day, :day, :is_newest,
             s.user_known, s.track_known);
 
--- A pair the newest snapshot no longer holds keeps the values it was last seen with, and gets
--- the date it was last seen: the newest snapshot before this one.
-WITH gone AS (
-    UPDATE core.listen_pairs t SET is_active = false, last_seen = CAST(:newest AS date)
-    WHERE :is_newest AND t.is_active
-      AND NOT EXISTS (
-          SELECT 1 FROM listen_stage s WHERE s.user_id = t.user_id AND s.track_id = t.track_id)
-    RETURNING 1
-)
-UPDATE listen_counts SET inactivated = (SELECT count(*) FROM gone);
+-- The newest snapshot's records become the stored ones (only the changed users move).
+DELETE FROM core.listen_histories o
+USING changed_users c
+WHERE :is_newest AND o.user_id = c.user_id;
+INSERT INTO core.listen_histories (user_id, items, source_created_at, source_updated_at)
+SELECT h.user_id, h.items, h.created_at, h.updated_at
+FROM history_stage h
+JOIN changed_users c ON c.user_id = h.user_id
+WHERE :is_newest;
 
 -- A late or back-filled snapshot of users or tracks may list an orphan's id: re-check the
 -- orphans only (partial index).
@@ -125,11 +152,22 @@ WITH resolved AS (
 )
 UPDATE listen_counts SET references_resolved = (SELECT count(*) FROM resolved);
 
-SELECT c.*, t.*
+-- The newest snapshot's pairs are the active ones (most were not staged): count them there.
+SELECT c.*,
+       CASE WHEN :is_newest THEN t.active_rows ELSE c.staged_pairs END AS snapshot_pairs,
+       c.list_entries - CASE WHEN :is_newest THEN t.active_rows ELSE c.staged_pairs END
+           AS repeated_entries,
+       CASE WHEN :is_newest THEN t.active_orphan_user_rows ELSE c.staged_orphan_user_pairs END
+           AS orphan_user_pairs,
+       CASE WHEN :is_newest THEN t.active_orphan_track_rows ELSE c.staged_orphan_track_pairs END
+           AS orphan_track_pairs,
+       t.*
 FROM listen_counts c, (
     SELECT count(*) AS rows_total,
            count(*) FILTER (WHERE is_active) AS active_rows,
            count(*) FILTER (WHERE NOT user_known) AS orphan_user_rows,
-           count(*) FILTER (WHERE NOT track_known) AS orphan_track_rows
+           count(*) FILTER (WHERE NOT track_known) AS orphan_track_rows,
+           count(*) FILTER (WHERE is_active AND NOT user_known) AS active_orphan_user_rows,
+           count(*) FILTER (WHERE is_active AND NOT track_known) AS active_orphan_track_rows
     FROM core.listen_pairs
 ) t

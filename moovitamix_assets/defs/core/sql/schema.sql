@@ -60,6 +60,15 @@ CREATE INDEX IF NOT EXISTS listen_events_track_id_idx ON core.listen_pairs (trac
 CREATE INDEX IF NOT EXISTS listen_events_orphans_idx ON core.listen_pairs (user_id, track_id)
     WHERE NOT (user_known AND track_known);
 
+-- Each user's history record in the newest merged listening snapshot: the next merge compares
+-- only the users whose record changed (see merge_listen_events.sql).
+CREATE TABLE IF NOT EXISTS core.listen_histories (
+    user_id bigint PRIMARY KEY,
+    items bigint[],
+    source_created_at timestamptz,
+    source_updated_at timestamptz
+);
+
 CREATE TABLE IF NOT EXISTS core.merge_log (
     table_name text NOT NULL,
     snapshot_date date NOT NULL,
