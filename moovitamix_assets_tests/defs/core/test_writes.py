@@ -1,5 +1,5 @@
-"""Re-merging writes nothing, vanished pairs keep their history, interactions match their
-definition, and the previous (view-based) representation migrates in place."""
+"""Re-merging writes nothing, a new day writes only the pairs that changed, vanished pairs keep
+their history, interactions match their definition, and the previous representation migrates."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 
+from moovitamix_assets.defs.core.assets import merge_listen_events
 from moovitamix_assets.resources.database import PostgresResource
 from moovitamix_assets_tests.defs.core.raw_tables import (
     core_state,
@@ -54,6 +55,26 @@ def test_remerging_the_same_day_writes_no_row(postgres_resource: PostgresResourc
     merge_day(engine, DAY2)
 
     assert {table: row_versions(engine, table) for table in STORED} == before
+
+
+def test_a_new_day_rewrites_only_the_pairs_that_changed(
+    postgres_resource: PostgresResource,
+) -> None:
+    engine = engine_with_days(postgres_resource)
+    merge_day(engine, DAY1)
+    before = row_versions(engine, "core.listen_pairs")
+
+    result = merge_listen_events(engine, DAY2)
+
+    after = row_versions(engine, "core.listen_pairs")
+    rewritten = {k for k in before if after[k] != before[k]}
+    counts = result.counts
+    assert len(after.keys() - before.keys()) == counts["inserted"] > 0
+    assert len(rewritten) == counts["updated"] + counts["inactivated"] + counts["reactivated"]
+    assert counts["inactivated"] > 0
+    # The active pairs of users whose history did not change are not even compared.
+    assert 0 < counts["changed_histories"] < len(RECORDS[("listen_history", DAY2)])
+    assert len(rewritten) < len(before)
 
 
 def test_a_vanished_pair_keeps_its_last_history(postgres_resource: PostgresResource) -> None:
