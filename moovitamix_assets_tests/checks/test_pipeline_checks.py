@@ -137,7 +137,12 @@ def test_a_failing_raw_snapshot_never_reaches_core(
 
     after = core_state(engine)
     assert blocked.isdisjoint(materialized(result))
-    assert _changed(before, after) == set(CORE_TABLES) - blocked
+    changed = _changed(before, after)
+    interactions = "core/user_track_interactions"
+    assert changed - {interactions} == set(CORE_TABLES) - blocked - {interactions}
+    # The interactions are a view of core.listen_events and core.tracks: a merged tracks snapshot
+    # shows in their track_active even when their own step is blocked; nothing else does.
+    assert interactions not in changed or interactions not in blocked or "core/tracks" in changed
     with engine.connect() as conn:
         merged_today = set(
             conn.execute(
@@ -146,7 +151,7 @@ def test_a_failing_raw_snapshot_never_reaches_core(
             ).scalars()
         )
     assert {f"core/{t}" for t in merged_today} == set(CORE_TABLES) - blocked - {
-        "core/user_track_interactions"  # rebuilt, not merged: never in the merge log
+        "core/user_track_interactions"  # a view, not merged: never in the merge log
     }
 
 

@@ -1,7 +1,7 @@
 """Core layer: the current state of users, tracks and listening, merged from the raw snapshots.
 
-Partition D of a core asset means "merge raw snapshot D". Each merge is one SQL script of
-``sql/`` run in one transaction, after an advisory lock on its table (concurrent runs serialise)
+Partition D of a core asset means "merge raw snapshot D". Each merge runs the SQL scripts of
+``sql/`` in one transaction, after an advisory lock on its table (concurrent runs serialise)
 and the blocking raw audits of its snapshot (write-audit-publish: a failed audit raises before
 anything is written). Merging is monotone and order-independent: re-merging a day is a no-op and
 back-filling an older day gives the same state (docs/data-model.md).
@@ -123,10 +123,16 @@ def ensure_core_schema(engine: sa.Engine) -> None:
     Args:
         engine: Engine of the warehouse database.
     """
-    relations = (USERS_TABLE, TRACKS_TABLE, LISTEN_PAIRS_TABLE, LISTEN_HISTORIES_TABLE)
-    relations += (MERGE_LOG_TABLE,)
-    relations += (LISTEN_EVENTS_TABLE, INTERACTIONS_TABLE)
-    # The previous representation kept the interactions' state in core.interactions_state.
+    relations = (
+        USERS_TABLE,
+        TRACKS_TABLE,
+        LISTEN_PAIRS_TABLE,
+        LISTEN_HISTORIES_TABLE,
+        MERGE_LOG_TABLE,
+        LISTEN_EVENTS_TABLE,
+        INTERACTIONS_TABLE,
+    )
+    # Only the previous representation has core.interactions_state.
     check = sa.text(
         "SELECT bool_and(to_regclass(n) IS NOT NULL), to_regclass(:previous) IS NOT NULL"
         " FROM unnest(CAST(:names AS text[])) n"
@@ -152,7 +158,7 @@ def ensure_core_schema(engine: sa.Engine) -> None:
 
 @dataclass(frozen=True)
 class MergeResult:
-    """What one merge (or rebuild) did: counts for metadata and for the checks to judge."""
+    """What one merge did (or the interactions hold): counts for metadata and the checks."""
 
     table: str
     snapshot_date: date | None

@@ -1,6 +1,6 @@
 -- Normalize the raw listen_history snapshot of :day into core.listen_pairs (the rows of the
 -- core.listen_events view): one row per (user, track) pair, merged with the rules of
--- merge_users.sql. :newest is the newest snapshot merged before (NULL at first): an active
+-- merge_entity.sql. :newest is the newest snapshot merged before (NULL at first): an active
 -- pair's last_seen. Run after the users and tracks merges of the same day: the orphan flags are
 -- computed against them.
 
