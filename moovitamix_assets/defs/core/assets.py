@@ -29,7 +29,11 @@ from moovitamix_assets.constants import (
 from moovitamix_assets.freshness import DAILY_FRESHNESS
 from moovitamix_assets.models.records import GENDERS, GENRES
 from moovitamix_assets.partitions import daily_partitions
-from moovitamix_assets.resources.database import PostgresResource, quote_ident
+from moovitamix_assets.resources.database import (
+    PostgresResource,
+    create_schema_sql,
+    quote_ident,
+)
 
 USERS_TABLE: Final = "users"
 TRACKS_TABLE: Final = "tracks"
@@ -151,6 +155,7 @@ def ensure_core_schema(engine: sa.Engine) -> None:
             return
         if previous:
             conn.execute(load_sql("migrate_views"))
+        conn.execute(sa.text(create_schema_sql(CORE_SCHEMA)))
         conn.execute(load_sql("schema"))
         if previous:
             conn.execute(load_sql("restore_migrated"))

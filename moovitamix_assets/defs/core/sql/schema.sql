@@ -1,7 +1,8 @@
 -- The core schema: current state of users, tracks and listening, and the models' input.
 -- Listening references users and tracks by checked flags (user_known, track_known), not foreign
 -- keys: the API serves listens of tracks it has removed, and those pairs are kept and flagged.
-CREATE SCHEMA IF NOT EXISTS core;
+-- The schema itself is created first (resources.database.create_schema_sql: a least-privilege
+-- role owns it but may not create schemas).
 
 -- A daily merge moves last_seen on nearly every row: free space on each page lets PostgreSQL
 -- write the new version beside the old one without touching an index (a HOT update).
