@@ -195,7 +195,7 @@ def test_an_unusable_interaction_fails_and_blocks(engine: sa.Engine) -> None:
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE core.listen_events SET weight = 'NaN' WHERE user_id = 1"))
         conn.execute(sa.text("DELETE FROM core.tracks WHERE id = 5"))
-    # Audited directly: a merge in the same run would repair the weights.
+    # Audited directly: a materialization would merge track 5 back from raw first.
     ((table, audit),) = run_core_audits(engine, {"user_track_interactions": ["valid_interactions"]})
     assert table == "user_track_interactions"
     assert not audit.passed and audit.severity == "ERROR" and audit.blocking
