@@ -15,7 +15,6 @@ Uses an embedded PostgreSQL in a temporary folder (stopped and deleted at the en
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ("users", "tracks", "listen_events", "user_track_interactions")
 DAY1 = date(2026, 11, 1)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS. VmHWM, not getrusage's ru_maxrss: Linux carries that one over
+    from the parent across fork and exec (the parent holds the generated records)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def phase_merge(url: str, asset: str, day: date) -> dict:
@@ -49,7 +57,7 @@ def phase_merge(url: str, asset: str, day: date) -> dict:
         result = getattr(merge, f"merge_{asset}")(engine, day)
     return {
         "wall_s": time.perf_counter() - started,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
         "rows_total": result.rows_total,
         "module": merge.__file__,
     }
