@@ -48,26 +48,24 @@ SELECT coalesce(s.user_id, t.user_id) AS user_id, coalesce(s.track_id, t.track_i
        s.user_id IS NOT NULL AND t.user_id IS NOT NULL
            AND (:day < t.first_seen OR (NOT t.is_active AND :day > t.last_seen)) AS dates_changed
 FROM (
-    SELECT p.*,
-           (1.0 + ln(p.play_count::double precision))
-               * (0.5 + 0.5 * p.position::double precision / greatest(p.list_length, 1))
+    SELECT h.user_id, e.track_id, e.position, e.play_count,
+           (1.0 + ln(e.play_count::double precision))
+               * (0.5 + 0.5 * e.position::double precision / greatest(cardinality(h.items), 1))
                AS weight,
+           cardinality(h.items) AS list_length, h.created_at AS source_created_at,
+           h.updated_at AS source_updated_at,
            u.id IS NOT NULL AS user_known, k.id IS NOT NULL AS track_known
-    FROM (
-        SELECT h.user_id, e.track_id,
-               max(e.ord)::integer AS position,
-               count(*)::integer AS play_count,
-               max(cardinality(h.items))::integer AS list_length,
-               max(h.created_at) AS source_created_at,
-               max(h.updated_at) AS source_updated_at
-        FROM history_stage h
-        JOIN changed_users c ON c.user_id = h.user_id
-        CROSS JOIN LATERAL unnest(h.items) WITH ORDINALITY AS e(track_id, ord)
-        WHERE e.track_id IS NOT NULL
-        GROUP BY h.user_id, e.track_id
-    ) p
-    LEFT JOIN core.users u ON u.id = p.user_id
-    LEFT JOIN core.tracks k ON k.id = p.track_id
+    FROM history_stage h
+    JOIN changed_users c ON c.user_id = h.user_id
+    -- Grouped per list, not over the whole snapshot: no hash table grows with the snapshot.
+    CROSS JOIN LATERAL (
+        SELECT i.track_id, max(i.ord)::integer AS position, count(*)::integer AS play_count
+        FROM unnest(h.items) WITH ORDINALITY AS i(track_id, ord)
+        WHERE i.track_id IS NOT NULL
+        GROUP BY i.track_id
+    ) e
+    LEFT JOIN core.users u ON u.id = h.user_id
+    LEFT JOIN core.tracks k ON k.id = e.track_id
 ) s
 FULL JOIN (
     SELECT * FROM core.listen_pairs WHERE user_id IN (SELECT user_id FROM changed_users)
