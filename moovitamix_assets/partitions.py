@@ -11,6 +11,11 @@ from moovitamix_assets.warehouse.embedded_postgres import state_dir
 FIRST_DAY_ENV = "MOOVITAMIX_FIRST_DAY"
 
 
+def utc_today() -> date:
+    """Today's date on the UTC clock the API and the partitions share."""
+    return datetime.now(timezone.utc).date()
+
+
 def first_day() -> str:
     """The first daily partition: ``MOOVITAMIX_FIRST_DAY``, else the day of installation.
 
@@ -54,11 +59,6 @@ MAX_SNAPSHOT_AGE_DAYS = 1
 
 class SnapshotDateError(ValueError):
     """A partition asks for API data the API can no longer serve."""
-
-
-def utc_today() -> date:
-    """Today's date on the UTC clock the API and the partitions share."""
-    return datetime.now(timezone.utc).date()
 
 
 def snapshot_date_for(partition_key: str, today: date | None = None) -> date:

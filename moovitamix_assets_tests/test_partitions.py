@@ -60,3 +60,19 @@ def test_no_partition_before_the_first_day_is_offered() -> None:
         current_time=datetime(2026, 12, 6, 3, tzinfo=timezone.utc)
     )
     assert keys[0] == "2024-01-01"  # MOOVITAMIX_FIRST_DAY of the test session
+
+
+def test_the_definitions_load_without_a_configured_first_day(tmp_path) -> None:
+    """A fresh clone: no MOOVITAMIX_FIRST_DAY, no state folder yet."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "MOOVITAMIX_FIRST_DAY"}
+    env["MOOVITAMIX_STATE_DIR"] = str(tmp_path)
+    code = "from moovitamix_assets.definitions import defs; print(defs is not None)"
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "first_day").read_text().strip() == str(date.today())
