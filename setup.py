@@ -10,6 +10,8 @@ setup(
     version="0.1.0",
     description="MooVitamix data platform: API ingestion, data model, recommendations on Dagster",
     packages=find_packages(exclude=["moovitamix_assets_tests", "moovitamix_assets_tests.*"]),
+    # The core layer's SQL scripts are read from the installed package at run time.
+    package_data={"moovitamix_assets.defs.core": ["sql/*.sql"]},
     python_requires=">=3.10",
     install_requires=[
         f"dagster=={DAGSTER_VERSION}",

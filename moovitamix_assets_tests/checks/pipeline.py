@@ -6,8 +6,8 @@ from datetime import date
 
 import dagster as dg
 
-from moovitamix_assets.assets.core.assets import core_assets
-from moovitamix_assets.checks.core_checks import core_checks
+from moovitamix_assets.defs.core.assets import core_assets
+from moovitamix_assets.defs.core.checks import core_checks
 from moovitamix_assets.defs.ingestion.api import MoovitamixApiResource
 from moovitamix_assets.defs.ingestion.assets import raw_assets
 from moovitamix_assets.defs.ingestion.checks import raw_checks

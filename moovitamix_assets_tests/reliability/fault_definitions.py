@@ -7,7 +7,7 @@ with backoffs short enough for a test.
 
 import dagster as dg
 
-from moovitamix_assets.assets.core.assets import core_assets
+from moovitamix_assets.defs.core.assets import core_assets
 from moovitamix_assets.defs.ingestion.api import MoovitamixApiResource
 from moovitamix_assets.defs.ingestion.assets import raw_assets
 from moovitamix_assets.warehouse.database import PostgresResource

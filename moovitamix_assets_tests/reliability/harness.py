@@ -14,7 +14,7 @@ from typing import Any
 import dagster as dg
 from psycopg2 import sql
 
-from moovitamix_assets.assets.core.assets import core_assets
+from moovitamix_assets.defs.core.assets import core_assets
 from moovitamix_assets.defs.ingestion.api import MoovitamixApiResource
 from moovitamix_assets.defs.ingestion.assets import raw_assets
 from moovitamix_assets.warehouse.database import PostgresResource, connect_psycopg2
@@ -30,7 +30,6 @@ WAREHOUSE_SCHEMAS = ("raw", "core")
 VOLATILE_COLUMNS: dict[str, frozenset[str]] = {
     "raw.snapshot_manifest": frozenset({"run_id", "fetched_at"}),
     "core.merge_log": frozenset({"first_merged_at", "last_merged_at", "merges"}),
-    "core.interactions_state": frozenset({"built_at"}),
 }
 # Every wait of the suite is bounded by this many seconds.
 WAIT_S = 30.0

@@ -21,9 +21,9 @@ import pytest
 import sqlalchemy as sa
 from psycopg2 import sql
 
-from moovitamix_assets.assets.core.assets import core_assets
-from moovitamix_assets.checks.core_checks import core_checks
 from moovitamix_assets.definitions import build_resources
+from moovitamix_assets.defs.core.assets import core_assets
+from moovitamix_assets.defs.core.checks import core_checks
 from moovitamix_assets.defs.ingestion.api import MoovitamixApiResource
 from moovitamix_assets.defs.ingestion.assets import RAW_KEYS, raw_assets
 from moovitamix_assets.defs.ingestion.checks import raw_checks

@@ -20,7 +20,7 @@ import pytest
 import sqlalchemy as sa
 from psycopg2 import errors, sql
 
-from moovitamix_assets.assets.core.assets import core_assets
+from moovitamix_assets.defs.core.assets import core_assets
 from moovitamix_assets.defs.ingestion.api import MoovitamixApiResource
 from moovitamix_assets.defs.ingestion.assets import raw_assets
 from moovitamix_assets.partitions import utc_today
@@ -162,11 +162,10 @@ def test_the_platform_role_runs_the_daily_job_and_raw_backs_up_and_restores(
         ("raw", "snapshot_manifest"),
         ("core", "users"),
         ("core", "listen_pairs"),
-        ("core", "interaction_pairs"),
+        ("core", "listen_histories"),
     }
     assert {owner for _, _, owner in tables} == {roles.platform}
-    # core.listen_events and core.user_track_interactions are views over core.listen_pairs and
-    # core.interaction_pairs (docs/data-model.md).
+    # core.listen_events and core.user_track_interactions are views (docs/data-model.md).
     assert query(
         roles.admin_url,
         "SELECT viewname, viewowner FROM pg_views WHERE schemaname = 'core' ORDER BY 1",

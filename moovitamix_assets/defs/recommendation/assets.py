@@ -14,8 +14,8 @@ import pandas as pd
 import sqlalchemy as sa
 from pydantic import Field
 
-from moovitamix_assets.assets.core.assets import CORE_INTERACTIONS, CORE_TRACKS, CORE_USERS
 from moovitamix_assets.constants import ML_SCHEMA, RECOMMENDATION_GROUP
+from moovitamix_assets.defs.core.assets import CORE_INTERACTIONS, CORE_TRACKS, CORE_USERS
 from moovitamix_assets.defs.recommendation import keys, registry, serving
 from moovitamix_assets.defs.recommendation.data import read_model_inputs
 from moovitamix_assets.freshness import DAILY_FRESHNESS, WEEKLY_FRESHNESS

@@ -18,7 +18,7 @@ import dagster as dg
 import sqlalchemy as sa
 
 from moovitamix_assets.alerts import Alert, AlertNotifier
-from moovitamix_assets.assets.core.schema import INTERACTIONS_TABLE, core_table
+from moovitamix_assets.defs.core.assets import INTERACTIONS_TABLE, core_table
 from moovitamix_assets.defs.recommendation import keys, registry, serving
 from moovitamix_assets.ml.evaluation import DEFAULT_K
 from moovitamix_assets.warehouse.database import PostgresResource

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from moovitamix_assets.assets.core.schema import (
+from moovitamix_assets.defs.core.assets import (
     INTERACTIONS_TABLE,
     TRACKS_TABLE,
     USERS_TABLE,

@@ -18,8 +18,8 @@ from moovitamix_assets.defs.ingestion.audits import (
     audit_volume_change,
 )
 from moovitamix_assets.warehouse.database import PostgresResource
-from moovitamix_assets_tests.assets.core.raw_tables import load_raw_snapshot
-from moovitamix_assets_tests.assets.core.test_odd_records import history, track, user
+from moovitamix_assets_tests.defs.core.raw_tables import load_raw_snapshot
+from moovitamix_assets_tests.defs.core.test_odd_records import history, track, user
 
 DAY = date(2026, 11, 10)
 N = 200

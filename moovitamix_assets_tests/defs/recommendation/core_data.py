@@ -1,8 +1,9 @@
 """Arrange the core tables the recommendation layer reads: from the API stand-in or synthetic data.
 
 ``load_standin_core`` goes the real way (raw snapshots, then the core merges); ``load_core_frames``
-COPYs frames straight into ``core.users``, ``core.tracks`` and the tables behind the
-``core.user_track_interactions`` view, for tests that only need the model layer's input.
+COPYs frames straight into ``core.users``, ``core.tracks`` and ``core.listen_pairs`` (the
+``core.user_track_interactions`` view reads its active pairs), for tests that only need the model
+layer's input.
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ import sqlalchemy as sa
 
 from moovitamix_api.config import DataConfig
 from moovitamix_api.data import Dataset
-from moovitamix_assets.assets.core.merge import (
+from moovitamix_assets.defs.core.assets import (
+    ensure_core_schema,
+    interaction_figures,
     merge_listen_events,
     merge_tracks,
     merge_users,
-    rebuild_interactions,
 )
-from moovitamix_assets.assets.core.schema import ensure_core_schema
-from moovitamix_assets_tests.assets.core.raw_tables import load_raw_snapshot
+from moovitamix_assets_tests.defs.core.raw_tables import load_raw_snapshot
 
 SNAPSHOT_DAY = dt.date(2026, 11, 20)
 
@@ -42,7 +43,7 @@ def load_standin_core(
     merge_users(engine, day)
     merge_tracks(engine, day)
     merge_listen_events(engine, day)
-    rebuild_interactions(engine)
+    interaction_figures(engine)
 
 
 def _copy(engine: sa.Engine, table: str, frame: pd.DataFrame) -> None:
@@ -81,18 +82,7 @@ def load_core_frames(
     """
     ensure_core_schema(engine)
     with engine.begin() as conn:
-        # core.user_track_interactions is a view over interaction_pairs and interaction_users;
-        # its last_seen is the state's as_of.
-        conn.execute(
-            sa.text(
-                "TRUNCATE core.users, core.tracks, core.interaction_pairs, core.interaction_users,"
-                " core.merge_log"
-            )
-        )
-        conn.execute(
-            sa.text("UPDATE core.interactions_state SET as_of = :day, full_build_needed = false"),
-            {"day": day},
-        )
+        conn.execute(sa.text("TRUNCATE core.users, core.tracks, core.listen_pairs, core.merge_log"))
     _copy(
         engine,
         "core.users",
@@ -101,26 +91,17 @@ def load_core_frames(
     track_rows = tracks[["id", "genres"]].assign(first_seen=day, last_seen=day)
     track_rows["is_active"] = ~track_rows["id"].isin(list(inactive_tracks))
     _copy(engine, "core.tracks", track_rows)
-    # The view's weight is weight_base + weight_recency / list_length: the frame's weight is
-    # stored as the base term, so the view reads it back exactly.
+    list_length = interactions.groupby("user_id")["last_position"].transform("max") + 1
     _copy(
         engine,
-        "core.interaction_pairs",
-        interactions[["user_id", "track_id", "play_count", "last_position"]].assign(
-            weight_base=interactions["weight"].to_numpy(dtype=np.float64),
-            weight_recency=0.0,
+        "core.listen_pairs",
+        interactions[["user_id", "track_id", "play_count", "weight"]].assign(
+            position=interactions["last_position"].to_numpy(dtype=np.int64),
+            list_length=list_length.to_numpy(dtype=np.int64),
             first_seen=day,
-            track_active=~interactions["track_id"].isin(list(inactive_tracks)),
-        ),
-    )
-    list_length = interactions.groupby("user_id")["last_position"].max() + 1
-    _copy(
-        engine,
-        "core.interaction_users",
-        pd.DataFrame(
-            {
-                "user_id": list_length.index.to_numpy(dtype=np.int64),
-                "list_length": list_length.to_numpy(dtype=np.int64),
-            }
+            last_seen=day,
+            is_active=True,
+            user_known=True,
+            track_known=True,
         ),
     )

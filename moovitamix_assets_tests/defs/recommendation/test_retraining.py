@@ -9,9 +9,9 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from moovitamix_assets.assets.core.schema import ensure_core_schema
 from moovitamix_assets.cli import LOCAL_DAGSTER_YAML
 from moovitamix_assets.definitions import defs
+from moovitamix_assets.defs.core.assets import ensure_core_schema
 from moovitamix_assets.defs.ingestion.schedule import daily_refresh_job
 from moovitamix_assets.defs.recommendation import keys, registry
 from moovitamix_assets.defs.recommendation.retraining import (
@@ -39,21 +39,14 @@ THRESHOLDS = RetrainingThresholds(growth_share=0.2, max_relative_decay=0.25)
 def set_interactions(engine: sa.Engine, count: int) -> None:
     ensure_core_schema(engine)
     with engine.begin() as conn:
-        # core.user_track_interactions is a view over these two tables.
-        conn.execute(sa.text("TRUNCATE core.interaction_pairs, core.interaction_users"))
+        # core.user_track_interactions is a view of the active, known pairs.
+        conn.execute(sa.text("TRUNCATE core.listen_pairs"))
         conn.execute(
             sa.text(
-                "INSERT INTO core.interaction_pairs (user_id, track_id, play_count, weight_base,"
-                " weight_recency, last_position, first_seen, track_active)"
-                " SELECT g, 1, 1, 1.0, 0.0, 0, DATE '2026-11-20', true"
-                " FROM generate_series(1, :n) AS g"
-            ),
-            {"n": count},
-        )
-        conn.execute(
-            sa.text(
-                "INSERT INTO core.interaction_users (user_id, list_length)"
-                " SELECT g, 1 FROM generate_series(1, :n) AS g"
+                "INSERT INTO core.listen_pairs (user_id, track_id, position, play_count, weight,"
+                " list_length, first_seen, last_seen, is_active, user_known, track_known)"
+                " SELECT g, 1, 1, 1, 1.0, 1, DATE '2026-11-20', DATE '2026-11-20', true, true,"
+                " true FROM generate_series(1, :n) AS g"
             ),
             {"n": count},
         )

@@ -12,15 +12,15 @@ import sqlalchemy as sa
 
 from moovitamix_api.config import DataConfig
 from moovitamix_api.data import Dataset
-from moovitamix_assets.assets.core.merge import (
+from moovitamix_assets.defs.core.assets import (
     MergeResult,
+    interaction_figures,
     merge_listen_events,
     merge_tracks,
     merge_users,
-    rebuild_interactions,
 )
 from moovitamix_assets.warehouse.database import PostgresResource
-from moovitamix_assets_tests.assets.core.raw_tables import core_state, load_raw_snapshot
+from moovitamix_assets_tests.defs.core.raw_tables import core_state, load_raw_snapshot
 
 DAY1 = date(2026, 11, 1)
 DAY2 = DAY1 + timedelta(days=1)
@@ -63,7 +63,7 @@ def load_raw(engine: sa.Engine, *days: date) -> None:
 
 def merge_day(engine: sa.Engine, day: date) -> dict[str, MergeResult]:
     results = {r.table: r for r in (merge(engine, day) for merge in MERGES)}
-    results["user_track_interactions"] = rebuild_interactions(engine)
+    results["user_track_interactions"] = interaction_figures(engine)
     return results
 
 

@@ -12,19 +12,24 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from moovitamix_assets.assets.core.assets import CORE_USERS, core_assets
-from moovitamix_assets.assets.core.merge import (
+from moovitamix_assets.defs.core.assets import (
+    CORE_USERS,
+    core_assets,
+    interaction_figures,
     merge_listen_events,
     merge_tracks,
     merge_users,
-    rebuild_interactions,
 )
-from moovitamix_assets.checks.core_audits import audit_inactive_share
-from moovitamix_assets.checks.core_checks import CORE_CHECKS, core_checks, run_core_audits
+from moovitamix_assets.defs.core.checks import (
+    CORE_CHECKS,
+    audit_inactive_share,
+    core_checks,
+    run_core_audits,
+)
 from moovitamix_assets.warehouse.database import PostgresResource
-from moovitamix_assets_tests.assets.core.raw_tables import load_raw_snapshot
-from moovitamix_assets_tests.assets.core.test_odd_records import history, track, user
 from moovitamix_assets_tests.checks.pipeline import evaluations, materialized, metadata
+from moovitamix_assets_tests.defs.core.raw_tables import load_raw_snapshot
+from moovitamix_assets_tests.defs.core.test_odd_records import history, track, user
 
 DAY = date(2026, 11, 10)
 N = 100
@@ -49,7 +54,7 @@ def load_day(
     )
     for merge in (merge_users, merge_tracks, merge_listen_events):
         merge(engine, day)
-    rebuild_interactions(engine)
+    interaction_figures(engine)
 
 
 def run_checks(
@@ -131,7 +136,7 @@ def test_orphans_over_the_threshold_fail_without_blocking(
 def test_a_wrong_reference_flag_fails_the_orphan_check(engine: sa.Engine) -> None:
     load_day(engine)
     with engine.begin() as conn:
-        conn.execute(sa.text("UPDATE core.listen_pairs SET track_known = false WHERE user_id = 3"))
+        conn.execute(sa.text("UPDATE core.listen_events SET track_known = false WHERE user_id = 3"))
     # Audited directly: a merge in the same run would re-check the flag and repair it.
     ((_, audit),) = run_core_audits(engine, {"listen_events": ["orphan_rate"]})
     assert not audit.passed and audit.figures["stale_reference_flags"] == 2
@@ -188,12 +193,9 @@ def test_a_snapshot_dropping_records_warns_on_inactive_share(
 def test_an_unusable_interaction_fails_and_blocks(engine: sa.Engine) -> None:
     load_day(engine)
     with engine.begin() as conn:
-        conn.execute(
-            # The view adds up the stored weight terms: a NaN term makes a NaN weight.
-            sa.text("UPDATE core.interaction_pairs SET weight_base = 'NaN' WHERE user_id = 1")
-        )
+        conn.execute(sa.text("UPDATE core.listen_events SET weight = 'NaN' WHERE user_id = 1"))
         conn.execute(sa.text("DELETE FROM core.tracks WHERE id = 5"))
-    # Audited directly: the interactions asset would rebuild the table before its checks.
+    # Audited directly: a materialization would merge track 5 back from raw first.
     ((table, audit),) = run_core_audits(engine, {"user_track_interactions": ["valid_interactions"]})
     assert table == "user_track_interactions"
     assert not audit.passed and audit.severity == "ERROR" and audit.blocking

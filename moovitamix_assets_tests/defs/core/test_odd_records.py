@@ -8,14 +8,14 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from moovitamix_assets.assets.core.merge import (
+from moovitamix_assets.defs.core.assets import (
+    interaction_figures,
     merge_listen_events,
     merge_tracks,
     merge_users,
-    rebuild_interactions,
 )
 from moovitamix_assets.warehouse.database import PostgresResource
-from moovitamix_assets_tests.assets.core.raw_tables import load_raw_snapshot, table_rows
+from moovitamix_assets_tests.defs.core.raw_tables import load_raw_snapshot, table_rows
 
 DAY = date(2026, 11, 10)
 N = 150  # one duplicate in 151 rows stays under the 1% tolerance of the unique-key audit
@@ -134,7 +134,7 @@ def test_orphan_pairs_are_kept_flagged_and_resolved_later(engine: sa.Engine) -> 
     assert not events[(1, 999)].track_known and events[(1, 999)].user_known
     assert not events[(777, 101)].user_known and events[(777, 101)].track_known
     assert events[(2, 102)].is_active  # the newer of user 2's two records won
-    interactions = rebuild_interactions(engine)
+    interactions = interaction_figures(engine)
     assert interactions.rows_total == N + 1
     assert interactions.counts["orphan_pairs_excluded"] == 2
 

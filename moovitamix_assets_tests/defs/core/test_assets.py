@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date, timedelta
 
 import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from moovitamix_assets.assets.core.assets import core_assets
-from moovitamix_assets.assets.core.merge import merge_listen_events, merge_tracks, merge_users
+from moovitamix_assets.defs.core.assets import (
+    MergeResult,
+    core_assets,
+    merge_listen_events,
+    merge_tracks,
+    merge_users,
+)
 from moovitamix_assets.defs.ingestion.audits import SnapshotAuditError
 from moovitamix_assets.warehouse.database import PostgresResource
-from moovitamix_assets_tests.assets.core.raw_tables import core_state, load_raw_snapshot
-from moovitamix_assets_tests.assets.core.test_odd_records import history, track, user
+from moovitamix_assets_tests.defs.core.raw_tables import core_state, load_raw_snapshot
+from moovitamix_assets_tests.defs.core.test_odd_records import history, track, user
 
 DAY = date(2026, 11, 10)
 NEXT = DAY + timedelta(days=1)
@@ -123,3 +130,27 @@ def test_asset_definitions_follow_the_layer_conventions() -> None:
     for asset in core_assets:
         assert asset.partitions_def is not None
         assert "postgres" in asset.specs_by_key[asset.key].kinds
+
+
+def test_concurrent_merges_of_one_day_serialize(engine: sa.Engine) -> None:
+    # engine holds DAY merged; NEXT merged by four threads at once must equal one merge.
+    load_raw_snapshot(engine, "users", NEXT, [user(i, first_name="Later") for i in range(2, N + 9)])
+    barrier = threading.Barrier(4)
+
+    def merge() -> MergeResult:
+        barrier.wait()
+        return merge_users(engine, NEXT)
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: merge(), range(4)))
+
+    inserted = sorted(r.counts["inserted"] for r in results)
+    assert inserted == [0, 0, 0, 8], "one merge did the work, the others found it done"
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text("SELECT count(*), count(*) FILTER (WHERE is_active) FROM core.users")
+        ).one()
+        merges = conn.execute(
+            sa.text("SELECT merges FROM core.merge_log WHERE snapshot_date = :d"), {"d": NEXT}
+        ).scalar_one()
+    assert tuple(rows) == (N + 8, N + 7) and merges == 4

@@ -1,0 +1,1 @@
+"""Core layer: current-state tables merged from the raw snapshots, their checks, sql/."""

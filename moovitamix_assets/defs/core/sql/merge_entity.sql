@@ -1,0 +1,46 @@
+-- Merge entity_stage (one record per id of the raw snapshot of :day, from stage_<table>.sql)
+-- into {table}, whose value columns are {columns}. :is_newest: no newer snapshot was merged
+-- before, so this one decides is_active. Ends with the counts (taken before the writes) and the
+-- table's totals. The rules (docs/data-model.md): values come from the snapshot at last_seen (an
+-- older one never overwrites them), first_seen and last_seen only widen, only the newest
+-- snapshot marks rows (in)active, and a row that would not change is not written, so
+-- re-merging a day writes nothing.
+
+CREATE TEMP TABLE entity_changes ON COMMIT DROP AS
+SELECT count(*) FILTER (WHERE t.id IS NULL) AS inserted,
+       count(*) FILTER (
+           WHERE :day >= t.last_seen AND ROW({s.columns}) IS DISTINCT FROM ROW({t.columns})
+       ) AS updated,
+       0::bigint AS inactivated,
+       count(*) FILTER (WHERE NOT t.is_active AND :is_newest) AS reactivated
+FROM entity_stage s
+LEFT JOIN {table} t ON t.id = s.id;
+
+MERGE INTO {table} t
+USING entity_stage s ON t.id = s.id
+WHEN MATCHED AND :day >= t.last_seen
+    AND ROW({s.columns}) IS DISTINCT FROM ROW({t.columns}) THEN
+    UPDATE SET ({columns}) = ROW({s.columns}),
+               first_seen = LEAST(t.first_seen, :day), last_seen = GREATEST(t.last_seen, :day),
+               is_active = t.is_active OR :is_newest
+-- Most rows: the same values, a newer day.
+WHEN MATCHED AND (:day < t.first_seen OR :day > t.last_seen) THEN
+    UPDATE SET first_seen = LEAST(t.first_seen, :day), last_seen = GREATEST(t.last_seen, :day),
+               is_active = t.is_active OR :is_newest
+WHEN NOT MATCHED THEN
+    INSERT (id, {columns}, first_seen, last_seen, is_active)
+    VALUES (s.id, {s.columns}, :day, :day, :is_newest);
+
+-- Only the newest snapshot marks the rows it no longer lists inactive (never deleted).
+WITH gone AS (
+    UPDATE {table} t SET is_active = false
+    WHERE :is_newest AND t.is_active
+      AND NOT EXISTS (SELECT 1 FROM entity_stage s WHERE s.id = t.id)
+    RETURNING 1
+)
+UPDATE entity_changes SET inactivated = (SELECT count(*) FROM gone);
+
+SELECT c.*, x.*, c.raw_rows - c.snapshot_ids AS duplicates_resolved, t.rows_total, t.active_rows
+FROM entity_counts c, entity_changes x,
+     (SELECT count(*) AS rows_total, count(*) FILTER (WHERE is_active) AS active_rows
+      FROM {table}) t

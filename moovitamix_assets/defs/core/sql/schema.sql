@@ -1,0 +1,105 @@
+-- The core schema: current state of users, tracks and listening, and the models' input.
+-- Listening references users and tracks by checked flags (user_known, track_known), not foreign
+-- keys: the API serves listens of tracks it has removed, and those pairs are kept and flagged.
+-- The schema itself is created first (resources.database.create_schema_sql: a least-privilege
+-- role owns it but may not create schemas).
+
+-- A daily merge moves last_seen on nearly every row: free space on each page lets PostgreSQL
+-- write the new version beside the old one without touching an index (a HOT update).
+CREATE TABLE IF NOT EXISTS core.users (
+    id bigint PRIMARY KEY,
+    first_name text,
+    last_name text,
+    email text,
+    gender text,
+    favorite_genres text,
+    created_at timestamptz,
+    updated_at timestamptz,
+    -- History markers: the first and last snapshots holding the id, present in the newest one.
+    first_seen date NOT NULL, last_seen date NOT NULL, is_active boolean NOT NULL
+) WITH (fillfactor = 50);
+
+CREATE TABLE IF NOT EXISTS core.tracks (
+    id bigint PRIMARY KEY,
+    name text,
+    artist text,
+    songwriters text,
+    duration text,
+    duration_seconds integer,
+    genres text,
+    album text,
+    created_at timestamptz,
+    updated_at timestamptz,
+    first_seen date NOT NULL, last_seen date NOT NULL, is_active boolean NOT NULL
+) WITH (fillfactor = 50);
+
+-- The rows of the core.listen_events view (below). A pair in the newest merged snapshot
+-- (is_active) is last seen that day by definition: the view says so, and the merge does not
+-- rewrite every active pair every day just to move a date. Its stored last_seen is the last
+-- snapshot that wrote it; a pair leaving the newest snapshot gets its true last_seen.
+CREATE TABLE IF NOT EXISTS core.listen_pairs (
+    user_id bigint NOT NULL,
+    track_id bigint NOT NULL,
+    position integer NOT NULL,
+    play_count integer NOT NULL,
+    -- The pair's implicit-feedback confidence (see the interactions view below), computed by
+    -- the merge with the values it comes from.
+    weight double precision NOT NULL,
+    list_length integer,
+    source_created_at timestamptz,
+    source_updated_at timestamptz,
+    first_seen date NOT NULL,
+    last_seen date NOT NULL,
+    is_active boolean NOT NULL,
+    user_known boolean NOT NULL,
+    track_known boolean NOT NULL,
+    CONSTRAINT listen_pairs_pkey PRIMARY KEY (user_id, track_id)
+) WITH (fillfactor = 75);
+-- The primary key serves "by user", this index "by track".
+CREATE INDEX IF NOT EXISTS listen_events_track_id_idx ON core.listen_pairs (track_id, user_id);
+-- Orphans are few: the merge re-checks only them.
+CREATE INDEX IF NOT EXISTS listen_events_orphans_idx ON core.listen_pairs (user_id, track_id)
+    WHERE NOT (user_known AND track_known);
+
+-- Each user's history record in the newest merged listening snapshot: the next merge compares
+-- only the users whose record changed (see merge_listen_events.sql).
+CREATE TABLE IF NOT EXISTS core.listen_histories (
+    user_id bigint PRIMARY KEY,
+    items bigint[],
+    source_created_at timestamptz,
+    source_updated_at timestamptz
+);
+
+CREATE TABLE IF NOT EXISTS core.merge_log (
+    table_name text NOT NULL,
+    snapshot_date date NOT NULL,
+    first_merged_at timestamptz NOT NULL DEFAULT now(),
+    last_merged_at timestamptz NOT NULL DEFAULT now(),
+    merges integer NOT NULL DEFAULT 1,
+    PRIMARY KEY (table_name, snapshot_date)
+);
+
+-- Listening: one row per (user, track) pair ever seen.
+CREATE OR REPLACE VIEW core.listen_events AS
+SELECT p.user_id, p.track_id, p.position, p.play_count, p.list_length,
+       p.source_created_at, p.source_updated_at, p.first_seen,
+       CASE WHEN p.is_active
+            THEN coalesce((SELECT max(m.snapshot_date) FROM core.merge_log m
+                           WHERE m.table_name = 'listen_events'), p.last_seen)
+            ELSE p.last_seen
+       END AS last_seen,
+       p.is_active, p.user_known, p.track_known, p.weight
+FROM core.listen_pairs p;
+
+-- The models' input: the active pairs whose user and track are known (orphans have no catalogue
+-- entry to recommend or to explain). A view, so a day's merge of core.listen_events publishes it
+-- in the same transaction and no pair is written twice.
+-- weight = damped play count x recency (merge_listen_events.sql): ln keeps a track played ten
+-- times from outweighing ten tracks played once; recency runs from 0.5 (first track of the list)
+-- to 1.0 (the last one).
+CREATE OR REPLACE VIEW core.user_track_interactions AS
+SELECT e.user_id, e.track_id, e.play_count, e.weight, e.position AS last_position,
+       e.list_length, e.first_seen, e.last_seen, k.is_active AS track_active
+FROM core.listen_events e
+LEFT JOIN core.tracks k ON k.id = e.track_id
+WHERE e.is_active AND e.user_known AND e.track_known;
