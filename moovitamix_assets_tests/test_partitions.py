@@ -1,4 +1,4 @@
-from datetime import date
+from datetime import date, datetime, timezone
 
 import pytest
 
@@ -75,4 +75,4 @@ def test_the_definitions_load_without_a_configured_first_day(tmp_path) -> None:
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert (tmp_path / "first_day").read_text().strip() == str(date.today())
+    assert (tmp_path / "first_day").read_text().strip() == str(datetime.now(timezone.utc).date())
