@@ -366,6 +366,17 @@ def _first_k_allowed(
     return np.concatenate(out_rows), np.concatenate(out_items), np.concatenate(out_ranks)
 
 
+def _exclusion(
+    user_ids: np.ndarray, exclude: sp.csr_matrix | None, n_items: int
+) -> tuple[np.ndarray, sp.csr_matrix]:
+    """The user ids as int64 and the exclusion matrix, checked (an empty one for None)."""
+    user_ids = np.asarray(user_ids, dtype=np.int64)
+    _check_exclude(exclude, len(user_ids), n_items)
+    if exclude is None:
+        exclude = sp.csr_matrix((len(user_ids), n_items), dtype=np.float32)
+    return user_ids, exclude
+
+
 def _listener_counts(interactions: pd.DataFrame, item_ids: np.ndarray) -> np.ndarray:
     pairs = interactions[["user_id", "track_id"]].drop_duplicates()
     index = lookup_indices(item_ids, pairs["track_id"].to_numpy(dtype=np.int64))
@@ -390,10 +401,7 @@ class PopularityModel:
     def recommend(
         self, user_ids: np.ndarray, exclude: sp.csr_matrix | None, k: int
     ) -> pd.DataFrame:
-        user_ids = np.asarray(user_ids, dtype=np.int64)
-        _check_exclude(exclude, len(user_ids), len(self.item_ids))
-        if exclude is None:
-            exclude = sp.csr_matrix((len(user_ids), len(self.item_ids)), dtype=np.float32)
+        user_ids, exclude = _exclusion(user_ids, exclude, len(self.item_ids))
         rows, items, ranks = _first_k_allowed(self.ordering, exclude, len(self.item_ids), k)
         return _frame(user_ids[rows], self.item_ids[items], self.listeners[items], ranks)
 
@@ -426,10 +434,7 @@ class GenrePopularityModel:
     def recommend(
         self, user_ids: np.ndarray, exclude: sp.csr_matrix | None, k: int
     ) -> pd.DataFrame:
-        user_ids = np.asarray(user_ids, dtype=np.int64)
-        _check_exclude(exclude, len(user_ids), len(self.item_ids))
-        if exclude is None:
-            exclude = sp.csr_matrix((len(user_ids), len(self.item_ids)), dtype=np.float32)
+        user_ids, exclude = _exclusion(user_ids, exclude, len(self.item_ids))
         position = lookup_indices(self.user_ids, user_ids)
         genre = np.where(
             position >= 0, self.user_genres[np.maximum(position, 0)].astype(object), None
