@@ -1,13 +1,12 @@
 """Alert delivery: one Slack-compatible webhook message per alert, or the log when none is set.
 
-The webhook URL of a Slack incoming webhook *is* the credential (whoever knows it can post), so
-it never appears in a log line, an exception message or a tick: failures are reported with the
-exception class or the HTTP status only.
+The URL of a Slack incoming webhook *is* the credential (whoever knows it can post), so it never
+appears in a log line, an exception message or a tick: failures name the HTTP status or the
+exception class only.
 """
 
 import logging
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 from urllib.parse import quote
@@ -23,19 +22,7 @@ AlertKind = Literal["check_failed", "run_failed", "freshness_failed", "model_ref
 ALERT_WEBHOOK_URL_ENV: Final = "MOOVITAMIX_ALERT_WEBHOOK_URL"
 UI_URL_ENV: Final = "MOOVITAMIX_UI_URL"
 
-DEFAULT_UI_BASE_URL: Final = "http://127.0.0.1:3000"
-DEFAULT_TIMEOUT_SECONDS: Final = 10.0
-
-# Slack rejects a header longer than 150 characters and a section text longer than 3,000.
-_SLACK_HEADER_MAX: Final = 150
-_SLACK_SECTION_MAX: Final = 3000
-
-_EMOJI_BY_KIND: Final[Mapping[str, str]] = {
-    "check_failed": ":red_circle:",
-    "run_failed": ":x:",
-    "freshness_failed": ":hourglass:",
-    "model_refused": ":warning:",
-}
+_EMOJI = {"check_failed": ":red_circle:", "run_failed": ":x:", "freshness_failed": ":hourglass:"}
 # News rather than failures: logged as warnings when no webhook is set.
 _WARNING_KINDS: Final = frozenset({"freshness_failed", "model_refused"})
 
@@ -57,99 +44,53 @@ class Alert:
     dedupe_key: str
     details: str | None = None
 
+    def facts(self) -> list[tuple[str, str]]:
+        """The labelled facts that are known, in reading order."""
+        facts = [
+            ("Asset", self.asset_key),
+            ("Partition", self.partition),
+            ("Observed", self.observed),
+            ("Expected", self.expected),
+            ("Run", self.run_id),
+        ]
+        return [(label, value) for label, value in facts if value]
 
-def run_url(ui_base_url: str, run_id: str) -> str:
-    """Link to a run's page in the Dagster UI."""
-    return f"{ui_base_url.rstrip('/')}/runs/{quote(run_id, safe='')}"
+    def text(self) -> str:
+        """Plain-text rendering (the Slack fallback text and the log line)."""
+        lines = [self.title, *(f"{label}: {value}" for label, value in self.facts())]
+        if self.details:
+            lines.append(f"Details: {self.details}")
+        return "\n".join([*lines, f"Link: {self.link}"])
 
 
-def asset_url(ui_base_url: str, asset_key: AssetKey) -> str:
-    """Link to an asset's page in the Dagster UI (one path segment per key component)."""
-    path = "/".join(quote(part, safe="") for part in asset_key.path)
-    return f"{ui_base_url.rstrip('/')}/assets/{path}"
-
-
-def _truncate(text: str, limit: int) -> str:
+def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _fields(alert: Alert) -> list[tuple[str, str]]:
-    candidates = [
-        ("Asset", alert.asset_key),
-        ("Partition", alert.partition),
-        ("Observed", alert.observed),
-        ("Expected", alert.expected),
-        ("Run", alert.run_id),
-    ]
-    return [(label, value) for label, value in candidates if value]
-
-
-def format_alert_text(alert: Alert) -> str:
-    """Plain-text rendering of an alert (the Slack fallback text and the log line)."""
-    lines = [alert.title]
-    lines += [f"{label}: {value}" for label, value in _fields(alert)]
-    if alert.details:
-        lines.append(f"Details: {alert.details}")
-    lines.append(f"Link: {alert.link}")
-    return "\n".join(lines)
-
-
 def format_slack_message(alert: Alert) -> dict[str, Any]:
-    """Build the Slack-compatible JSON body for an alert.
+    """The Slack-compatible JSON body of an alert.
 
     Args:
         alert: The alert to render.
 
     Returns:
-        A dict with a plain `text` (what notifications and non-Slack receivers show) and simple
-        `blocks`: a header, the facts as fields, the details, and the link with the dedupe key.
+        A plain `text` (what notifications and non-Slack receivers show) and `blocks`: a header,
+        the facts as fields, the details, and the link with the dedupe key. Texts are cut to
+        Slack's limits (150 characters for a header, 3,000 for a section, 10 fields a section).
     """
-    emoji = _EMOJI_BY_KIND.get(alert.kind, ":warning:")
+    header = f"{_EMOJI.get(alert.kind, ':warning:')} {alert.title}"
     blocks: list[dict[str, Any]] = [
-        {
-            "type": "header",
-            "text": {
-                "type": "plain_text",
-                "text": _truncate(f"{emoji} {alert.title}", _SLACK_HEADER_MAX),
-                "emoji": True,
-            },
-        }
+        {"type": "header", "text": {"type": "plain_text", "text": _cut(header, 150), "emoji": True}}
     ]
-    fields = _fields(alert)
-    if fields:
-        blocks.append(
-            {
-                "type": "section",
-                # Slack caps a section at 10 fields; an alert has at most 5.
-                "fields": [
-                    {
-                        "type": "mrkdwn",
-                        "text": _truncate(f"*{label}*\n{value}", _SLACK_SECTION_MAX // 10),
-                    }
-                    for label, value in fields
-                ],
-            }
-        )
+    if facts := alert.facts():
+        fields = [{"type": "mrkdwn", "text": _cut(f"*{k}*\n{v}", 300)} for k, v in facts]
+        blocks.append({"type": "section", "fields": fields})
     if alert.details:
-        blocks.append(
-            {
-                "type": "section",
-                "text": {
-                    "type": "mrkdwn",
-                    "text": _truncate(f"```{alert.details}```", _SLACK_SECTION_MAX),
-                },
-            }
-        )
-    blocks.append(
-        {
-            "type": "context",
-            "elements": [
-                {"type": "mrkdwn", "text": f"<{alert.link}|Open in Dagster>"},
-                {"type": "mrkdwn", "text": f"`{alert.kind}` · dedupe `{alert.dedupe_key}`"},
-            ],
-        }
-    )
-    return {"text": format_alert_text(alert), "blocks": blocks}
+        text = _cut(f"```{alert.details}```", 3000)
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": text}})
+    context = [f"<{alert.link}|Open in Dagster>", f"`{alert.kind}` · dedupe `{alert.dedupe_key}`"]
+    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": t} for t in context]})
+    return {"text": alert.text(), "blocks": blocks}
 
 
 class AlertNotifier(ConfigurableResource):
@@ -163,12 +104,11 @@ class AlertNotifier(ConfigurableResource):
         ),
     )
     ui_base_url: str = Field(
-        default=DEFAULT_UI_BASE_URL,
+        default="http://127.0.0.1:3000",
         description="Base URL of the Dagster UI used in alert links (MOOVITAMIX_UI_URL).",
     )
     timeout_seconds: float = Field(
-        default=DEFAULT_TIMEOUT_SECONDS,
-        description="Connect and read timeout of one webhook call, in seconds.",
+        default=10.0, description="Connect and read timeout of one webhook call, in seconds."
     )
     max_retries: int = Field(
         default=2,
@@ -176,92 +116,64 @@ class AlertNotifier(ConfigurableResource):
     )
 
     def run_url(self, run_id: str) -> str:
-        """Link to a run in the Dagster UI.
-
-        Args:
-            run_id: The run id.
-
-        Returns:
-            `{ui_base_url}/runs/{run_id}`.
-        """
-        return run_url(self.ui_base_url, run_id)
+        """Link to a run's page in the Dagster UI."""
+        return f"{self.ui_base_url.rstrip('/')}/runs/{quote(run_id, safe='')}"
 
     def asset_url(self, asset_key: AssetKey) -> str:
-        """Link to an asset in the Dagster UI.
-
-        Args:
-            asset_key: The asset key.
-
-        Returns:
-            `{ui_base_url}/assets/<key path>`.
-        """
-        return asset_url(self.ui_base_url, asset_key)
-
-    def _session(self) -> requests.Session:
-        # Only failures where Slack certainly did not post are retried (connect errors, 429,
-        # 5xx): retrying a read timeout could post the same alert twice.
-        retry = Retry(
-            total=self.max_retries,
-            connect=self.max_retries,
-            read=0,
-            status=self.max_retries,
-            status_forcelist=(429, 500, 502, 503, 504),
-            allowed_methods=frozenset({"POST"}),
-            backoff_factor=0.5,
-            respect_retry_after_header=True,
-            raise_on_status=False,
-        )
-        session = requests.Session()
-        session.mount("http://", HTTPAdapter(max_retries=retry))
-        session.mount("https://", HTTPAdapter(max_retries=retry))
-        return session
+        """Link to an asset's page in the Dagster UI (one path segment per key component)."""
+        path = "/".join(quote(part, safe="") for part in asset_key.path)
+        return f"{self.ui_base_url.rstrip('/')}/assets/{path}"
 
     def send(self, alert: Alert, log: logging.Logger | None = None) -> bool:
         """Deliver one alert; never raises on a delivery problem.
 
         Without a webhook the alert is written to `log` (ERROR for failed checks and runs,
         WARNING for freshness and refused models). A webhook that is down or answers an error is
-        logged, without its URL, and the alert is considered handled: the caller must not resend
-        it on the next tick.
+        logged, without its URL, with the alert, and the alert counts as handled: callers do not
+        resend it, because an alert storm against a broken webhook is worse than one message
+        that only reached the log.
 
         Args:
             alert: The alert to deliver.
             log: Where to write (the sensor's `context.log`); the module logger when None.
 
         Returns:
-            True when the webhook accepted the message, False when it was only logged or the
-            delivery failed.
+            True when the webhook accepted the message, False otherwise.
         """
         log = log or _logger
-        level = logging.WARNING if alert.kind in _WARNING_KINDS else logging.ERROR
         if not self.webhook_url:
-            log.log(level, "ALERT (no webhook configured)\n%s", format_alert_text(alert))
+            level = logging.WARNING if alert.kind in _WARNING_KINDS else logging.ERROR
+            log.log(level, "ALERT (no webhook configured)\n%s", alert.text())
             return False
-
+        # Only failures where the webhook certainly did not post are retried (connect errors,
+        # 429, 5xx): retrying a read timeout could post the same alert twice.
+        retry = Retry(
+            total=self.max_retries,
+            read=0,
+            status_forcelist=(429, 500, 502, 503, 504),
+            allowed_methods={"POST"},
+            backoff_factor=0.5,
+            raise_on_status=False,
+        )
         try:
-            with self._session() as session:
+            with requests.Session() as session:
+                session.mount("http://", HTTPAdapter(max_retries=retry))
+                session.mount("https://", HTTPAdapter(max_retries=retry))
                 response = session.post(
-                    self.webhook_url,
-                    json=format_slack_message(alert),
-                    timeout=self.timeout_seconds,
+                    self.webhook_url, json=format_slack_message(alert), timeout=self.timeout_seconds
                 )
                 response.raise_for_status()
-        except requests.HTTPError as exc:
-            status = exc.response.status_code if exc.response is not None else "unknown"
-            log.error(
-                "Alert webhook answered HTTP %s for %s; alert follows\n%s",
-                status,
-                alert.dedupe_key,
-                format_alert_text(alert),
-            )
-            return False
         except requests.RequestException as exc:
-            # The exception text names the URL (the secret): only its class is logged.
+            # The exception's own text names the URL, the secret: never log it.
+            if exc.response is not None:
+                problem = f"answered HTTP {exc.response.status_code}"
+            else:
+                problem = f"unreachable ({type(exc).__name__})"
             log.error(
-                "Alert webhook unreachable (%s) for %s; alert follows\n%s",
-                type(exc).__name__,
+                "Alert webhook %s for %s; alert follows\n%s",
+                problem,
                 alert.dedupe_key,
-                format_alert_text(alert),
+                alert.text(),
             )
             return False
         log.info("Alert %s delivered to the webhook", alert.dedupe_key)
@@ -271,14 +183,9 @@ class AlertNotifier(ConfigurableResource):
 def alert_notifier_from_env() -> AlertNotifier:
     """The `alert_notifier` resource wired to MOOVITAMIX_ALERT_WEBHOOK_URL and MOOVITAMIX_UI_URL.
 
-    Each variable is wired as a `dagster.EnvVar` (resolved by Dagster when the sensor runs, never
-    shown in the UI) only when it is set: an EnvVar naming an unset variable fails every tick,
-    whereas an unset webhook must mean "alerts go to the log".
-
-    Returns:
-        An AlertNotifier for definitions.py.
+    A variable is wired as a `dagster.EnvVar` (resolved when the sensor runs, never shown in the
+    UI) only when it is set: an EnvVar naming an unset variable fails every tick, whereas an unset
+    webhook must mean "alerts go to the log".
     """
-    webhook = EnvVar(ALERT_WEBHOOK_URL_ENV) if os.environ.get(ALERT_WEBHOOK_URL_ENV) else None
-    if os.environ.get(UI_URL_ENV):
-        return AlertNotifier(webhook_url=webhook, ui_base_url=EnvVar(UI_URL_ENV))
-    return AlertNotifier(webhook_url=webhook)
+    settings = {"webhook_url": ALERT_WEBHOOK_URL_ENV, "ui_base_url": UI_URL_ENV}
+    return AlertNotifier(**{f: EnvVar(env) for f, env in settings.items() if os.environ.get(env)})

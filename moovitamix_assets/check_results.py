@@ -1,16 +1,13 @@
 """From an audit's outcome to a Dagster check: specs and results with the metadata alerts read.
 
-Every check result carries ``observed`` and ``threshold`` metadata (the alert sensor quotes them as
-"observed vs expected") and the audit's own description, so the UI, the alert and the log all
-say the same thing.
+Every result carries ``observed`` and ``threshold`` metadata (the alert sensor quotes them as
+"observed vs expected") and the audit's description, so the UI, the alert and the log agree.
 """
-
-from __future__ import annotations
 
 import math
 import warnings
 from collections.abc import Mapping
-from typing import Final, Literal, Protocol
+from typing import Literal, Protocol
 
 import dagster as dg
 
@@ -18,60 +15,41 @@ from moovitamix_assets.partitions import daily_partitions
 
 Severity = Literal["ERROR", "WARN"]
 
-SEVERITIES: Final[dict[str, dg.AssetCheckSeverity]] = {
-    "ERROR": dg.AssetCheckSeverity.ERROR,
-    "WARN": dg.AssetCheckSeverity.WARN,
-}
-
-MetadataScalar = float | int | str | None
-
 
 class CheckOutcome(Protocol):
     """What every audit function returns (``AuditResult`` and ``CoreAuditResult`` both are)."""
 
+    # Read-only properties, so that frozen dataclasses match.
     @property
     def name(self) -> str: ...
-
     @property
     def passed(self) -> bool: ...
-
     @property
-    def observed(self) -> MetadataScalar: ...
-
+    def observed(self) -> float | int | str | None: ...
     @property
-    def threshold(self) -> MetadataScalar: ...
-
+    def threshold(self) -> float | int | str | None: ...
     @property
     def severity(self) -> Severity: ...
-
-    @property
-    def blocking(self) -> bool: ...
-
     @property
     def description(self) -> str: ...
 
 
-def metadata_value(value: MetadataScalar) -> dg.MetadataValue:
-    """A typed metadata value: numbers stay numbers (the UI plots them), None is shown as null."""
-    if value is None:
-        return dg.MetadataValue.null()
-    if isinstance(value, bool):
-        return dg.MetadataValue.bool(value)
-    if isinstance(value, int):
-        return dg.MetadataValue.int(value)
-    if isinstance(value, float):
-        return (
-            dg.MetadataValue.float(value)
-            if math.isfinite(value)
-            else dg.MetadataValue.text(str(value))
-        )
-    return dg.MetadataValue.text(str(value))
+def _plain(value: object) -> float | int | str | None:
+    # Dagster keeps plain numbers as numbers (the UI plots them) and None as null. NaN and
+    # infinity are not JSON, and other types (a Decimal from SQL) are not metadata: both are text.
+    if (
+        value is None
+        or isinstance(value, int | str)
+        or (isinstance(value, float) and math.isfinite(value))
+    ):
+        return value
+    return str(value)
 
 
 def to_check_result(
     asset_key: dg.AssetKey,
     outcome: CheckOutcome,
-    extra: Mapping[str, MetadataScalar] | None = None,
+    extra: Mapping[str, float | int | str | None] | None = None,
 ) -> dg.AssetCheckResult:
     """Build the AssetCheckResult of one audit outcome.
 
@@ -83,18 +61,14 @@ def to_check_result(
     Returns:
         The result, with the outcome's severity and ``observed``/``threshold`` metadata.
     """
-    metadata = {
-        "observed": metadata_value(outcome.observed),
-        "threshold": metadata_value(outcome.threshold),
-        **{key: metadata_value(value) for key, value in (extra or {}).items()},
-    }
+    metadata = {"observed": outcome.observed, "threshold": outcome.threshold, **(extra or {})}
     return dg.AssetCheckResult(
         asset_key=asset_key,
         check_name=outcome.name,
         passed=outcome.passed,
-        severity=SEVERITIES[outcome.severity],
+        severity=dg.AssetCheckSeverity(outcome.severity),
         description=outcome.description,
-        metadata=metadata,
+        metadata={key: _plain(value) for key, value in metadata.items()},
     )
 
 
@@ -103,9 +77,8 @@ def daily_check_spec(
 ) -> dg.AssetCheckSpec:
     """A check spec partitioned like the daily assets, so each day has its own verdict in the UI.
 
-    Partitioned check specs are a preview feature of Dagster 1.13 (the version is pinned and the
-    tests exercise it); its warning is silenced here, where we opt in, instead of being printed at
-    every import of the code location.
+    Partitioned check specs are a preview feature of Dagster 1.13 (pinned, and tested): the
+    warning is silenced here, where we opt in, rather than printed at every import.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dg.PreviewWarning)
