@@ -12,7 +12,7 @@ import dagster as dg
 import pytest
 
 from moovitamix_assets.cli import DAGSTER
-from moovitamix_assets.partitions import utc_today
+from moovitamix_assets.partitions import FIRST_DAY_ENV, utc_today
 
 pytestmark = [pytest.mark.e2e, pytest.mark.http]
 
@@ -24,7 +24,11 @@ def test_selecting_one_asset_from_the_terminal_runs_only_its_checks(
     home = tmp_path / "dagster_home"
     home.mkdir()
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("MOOVITAMIX_", "DAGSTER_"))},
+        **{
+            k: v
+            for k, v in os.environ.items()
+            if (not k.startswith(("MOOVITAMIX_", "DAGSTER_")) or k == FIRST_DAY_ENV)
+        },
         "DAGSTER_HOME": str(home),
         "MOOVITAMIX_API_URL": api.base_url,
         "MOOVITAMIX_DATABASE_URL": pg_url,

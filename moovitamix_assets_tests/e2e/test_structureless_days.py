@@ -33,6 +33,7 @@ from moovitamix_api.server import StandInProcess, run_subprocess
 from moovitamix_assets.cli import DAGSTER
 from moovitamix_assets.definitions import build_resources, defs
 from moovitamix_assets.defs.recommendation.retraining import EXCLUSIVE_TAG, RETRAINING_JOB_NAME
+from moovitamix_assets.partitions import FIRST_DAY_ENV
 from moovitamix_assets_tests.e2e.platform_runs import (
     CLOCK_MODULE,
     Day,
@@ -81,7 +82,8 @@ def platform_env(**overrides: str) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("MOOVITAMIX_", "DAGSTER_")) and k != "PYTHONPATH"
+        if (not k.startswith(("MOOVITAMIX_", "DAGSTER_")) or k == FIRST_DAY_ENV)
+        and k != "PYTHONPATH"
     }
     return {**env, **overrides}
 

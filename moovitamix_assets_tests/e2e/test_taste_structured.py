@@ -18,7 +18,7 @@ import pytest
 
 from moovitamix_api.server import run_subprocess
 from moovitamix_assets.cli import DAGSTER
-from moovitamix_assets.partitions import utc_today
+from moovitamix_assets.partitions import FIRST_DAY_ENV, utc_today
 from moovitamix_assets_tests.e2e.platform_runs import (
     ALS,
     CANDIDATE_MODEL,
@@ -44,7 +44,9 @@ def test_taste_structured_data_promotes_the_als_candidate(
     with run_subprocess(["--records", str(USERS), "--taste", "structured"]) as api:
         env = {
             **{
-                k: v for k, v in os.environ.items() if not k.startswith(("MOOVITAMIX_", "DAGSTER_"))
+                k: v
+                for k, v in os.environ.items()
+                if (not k.startswith(("MOOVITAMIX_", "DAGSTER_")) or k == FIRST_DAY_ENV)
             },
             "DAGSTER_HOME": str(home),
             "MOOVITAMIX_API_URL": api.base_url,

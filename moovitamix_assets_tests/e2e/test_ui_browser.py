@@ -47,11 +47,17 @@ def chromium() -> str:
 
 
 def webserver_env(dagster_home: Path, database_url: str, api_url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUBBED_PREFIXES)}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(_SCRUBBED_PREFIXES) or k == "MOOVITAMIX_FIRST_DAY"
+    }
     env |= {
         "DAGSTER_HOME": str(dagster_home),
         "MOOVITAMIX_DATABASE_URL": database_url,
         "MOOVITAMIX_API_URL": api_url,
+        # Its own state folder: the first day it records is not the clone's.
+        "MOOVITAMIX_STATE_DIR": str(dagster_home / "state"),
     }
     return env
 
