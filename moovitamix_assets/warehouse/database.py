@@ -13,16 +13,14 @@ from pydantic import Field
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import ArgumentError
 
-from moovitamix_assets.warehouse.embedded_postgres import EMBEDDED_DATABASE, embedded_database_url
+from moovitamix_assets.warehouse.embedded_postgres import embedded_database_url
 
 DATABASE_URL_ENV: Final = "MOOVITAMIX_DATABASE_URL"
 DRIVERNAME: Final = "postgresql+psycopg2"
 MASK: Final = "***"
 # Without it libpq waits for the kernel's TCP timeout (minutes) on a blackholed host.
 CONNECT_TIMEOUT_SECONDS: Final = 10
-_ACCEPTED_DRIVERNAMES: Final = frozenset(
-    {"postgresql", "postgres", "postgresql+psycopg2", "postgres+psycopg2"}
-)
+_DRIVERNAMES: Final = {"postgresql", "postgres", "postgresql+psycopg2", "postgres+psycopg2"}
 # Lower-case identifiers: no quoting surprises, no case folding, at most 63 bytes.
 _IDENTIFIER_RE: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
@@ -40,17 +38,10 @@ class DatabaseConnectionError(RuntimeError):
 
 
 def validate_identifier(name: str, kind: str = "identifier") -> str:
-    """Check that ``name`` is a plain lower-case PostgreSQL identifier.
-
-    Args:
-        name: A schema, table or column name.
-        kind: What the name is, for the error message.
-
-    Returns:
-        ``name`` unchanged.
+    """Return ``name`` if it is ``[a-z_][a-z0-9_]*`` of at most 63 characters.
 
     Raises:
-        ValueError: ``name`` is not ``[a-z_][a-z0-9_]*`` of at most 63 characters.
+        ValueError: Naming ``kind`` (schema, table, column...) and the rule.
     """
     if not isinstance(name, str) or not _IDENTIFIER_RE.fullmatch(name):
         raise ValueError(
@@ -61,37 +52,17 @@ def validate_identifier(name: str, kind: str = "identifier") -> str:
 
 
 def quote_ident(name: str, kind: str = "identifier") -> str:
-    """Validate ``name`` and return it double-quoted for SQL text.
-
-    Args:
-        name: A schema, table or column name.
-        kind: What the name is, for the error message.
-
-    Returns:
-        ``"name"``.
-
-    Raises:
-        ValueError: See :func:`validate_identifier`.
-    """
+    """Validate ``name`` (see :func:`validate_identifier`) and return it double-quoted."""
     return f'"{validate_identifier(name, kind)}"'
 
 
 def create_schema_sql(schema: str) -> str:
-    """SQL text that creates ``schema`` when it is missing and does nothing when it exists.
+    """SQL that creates ``schema`` when it is missing and does nothing when it exists.
 
     ``CREATE SCHEMA IF NOT EXISTS`` checks the CREATE privilege on the database before it looks
-    for the schema, so it fails for the least-privilege role of
-    ``deploy/sql/least_privilege.sql`` (which owns ``raw``, ``core`` and ``ml`` but may not create
-    schemas) even when the schema exists. Callers serialise concurrent creations themselves.
-
-    Args:
-        schema: The schema name.
-
-    Returns:
-        A ``DO`` block, for ``cursor.execute`` or ``sqlalchemy.text``.
-
-    Raises:
-        ValueError: See :func:`validate_identifier`.
+    for the schema, so it fails for the least-privilege role of ``deploy/sql/least_privilege.sql``
+    (which owns ``raw``, ``core`` and ``ml`` but may not create schemas) even when the schema
+    exists. Callers serialise concurrent creations themselves.
     """
     # A validated name holds only [a-z0-9_]: safe as a quoted identifier and inside the literal.
     name = validate_identifier(schema, "schema")
@@ -104,7 +75,7 @@ def create_schema_sql(schema: str) -> str:
 def mask_url(url: str | URL) -> str:
     """Render a URL with its password (in the authority or the query string) replaced by ``***``."""
     try:
-        parsed = sa.make_url(url) if isinstance(url, str) else url
+        parsed = sa.make_url(url)
     except ArgumentError:
         return "<unparseable database URL>"
     if "password" in parsed.query:
@@ -115,29 +86,22 @@ def mask_url(url: str | URL) -> str:
 def normalize_database_url(url: str | URL, setting: str = DATABASE_URL_ENV) -> URL:
     """Parse a PostgreSQL URL and pin the psycopg2 driver.
 
-    SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3, which is not installed, and
-    rejects the ``postgres://`` spelling of Heroku-style URLs; both become
-    ``postgresql+psycopg2://``.
-
-    Args:
-        url: The configured URL.
-        setting: Name of the setting the URL came from, for error messages.
-
-    Returns:
-        The URL with drivername ``postgresql+psycopg2``.
+    SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3, which is not installed, and rejects
+    the Heroku-style ``postgres://``; both become ``postgresql+psycopg2://``.
 
     Raises:
-        DatabaseConfigError: Unparseable, another driver or database, or no database name.
+        DatabaseConfigError: Unparseable, another driver, or no database name; names ``setting``
+            and never shows the password.
     """
     try:
-        parsed = sa.make_url(url) if isinstance(url, str) else url
+        parsed = sa.make_url(url)
     except ArgumentError:
         # The text may hold a password: never echo it.
         raise DatabaseConfigError(
             f"{setting} is not a valid database URL; expected "
             "postgresql+psycopg2://user:password@host:port/database"
         ) from None
-    if parsed.drivername not in _ACCEPTED_DRIVERNAMES:
+    if parsed.drivername not in _DRIVERNAMES:
         raise DatabaseConfigError(
             f"{setting} uses the driver {parsed.drivername!r} ({mask_url(parsed)}); only "
             "PostgreSQL through psycopg2 is supported: postgresql:// or postgresql+psycopg2://"
@@ -147,21 +111,22 @@ def normalize_database_url(url: str | URL, setting: str = DATABASE_URL_ENV) -> U
     return parsed.set(drivername=DRIVERNAME)
 
 
-def ensure_database(url: URL, setting: str = DATABASE_URL_ENV) -> None:
-    """Create the URL's database when it does not exist yet.
+def connect_psycopg2(url: str | URL) -> psycopg2.extensions.connection:
+    """Open a psycopg2 connection (caller closes it) from a SQLAlchemy URL, query included
+    (e.g. ``postgresql+psycopg2://postgres@/db?host=/socket/dir`` for a unix socket)."""
+    url = sa.make_url(url)
+    args = url.translate_connect_args(username="user", database="dbname")
+    return psycopg2.connect(**{"connect_timeout": CONNECT_TIMEOUT_SECONDS, **args, **url.query})
 
-    Connects to the target database first (the usual case needs no rights on ``postgres``);
-    only when the server answers that it does not exist, connects to the ``postgres``
-    maintenance database and runs ``CREATE DATABASE`` with a quoted identifier. A concurrent
+
+def ensure_database(url: URL, setting: str = DATABASE_URL_ENV) -> None:
+    """Create the URL's database when the server says it does not exist.
+
+    The target is tried first (the usual case needs no rights on ``postgres``); a concurrent
     creation by another process is fine.
 
-    Args:
-        url: A normalised URL (see :func:`normalize_database_url`).
-        setting: Name of the setting the URL came from, for error messages.
-
     Raises:
-        DatabaseConnectionError: The server is unreachable, refuses the credentials, or the database
-            cannot be created. Messages carry the masked URL only.
+        DatabaseConnectionError: Unreachable, refused, or not creatable; masked URL only.
     """
     try:
         connect_psycopg2(url).close()
@@ -169,25 +134,31 @@ def ensure_database(url: URL, setting: str = DATABASE_URL_ENV) -> None:
     except psycopg2.OperationalError as exc:
         if f'database "{url.database}" does not exist' not in str(exc):
             raise _connection_error(url, setting, exc) from None
-    maintenance = url.set(database="postgres")
+    what = f"database {url.database!r} does not exist and cannot be created"
     try:
-        conn = connect_psycopg2(maintenance)
+        conn = connect_psycopg2(url.set(database="postgres"))
     except psycopg2.Error as exc:
-        raise _connection_error(
-            url, setting, exc, f"database {url.database!r} does not exist and cannot be created"
-        ) from None
+        raise _connection_error(url, setting, exc, what) from None
     try:
         conn.autocommit = True  # CREATE DATABASE refuses to run in a transaction block
         with conn.cursor() as cur:
             cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(url.database)))
     except psycopg2.Error as exc:
-        # Another process created it between our two connections.
+        # Another process may have created it between our two connections.
         if exc.pgcode not in (errorcodes.DUPLICATE_DATABASE, errorcodes.UNIQUE_VIOLATION):
-            raise _connection_error(
-                url, setting, exc, f"cannot create database {url.database!r} named by {setting}"
-            ) from None
+            what = f"cannot create database {url.database!r} named by {setting}"
+            raise _connection_error(url, setting, exc, what) from None
     finally:
         conn.close()
+
+
+def _connection_error(
+    url: URL, setting: str, exc: BaseException, what: str = "cannot connect to the database"
+) -> DatabaseConnectionError:
+    detail = " ".join(str(exc).split())
+    if url.password:
+        detail = detail.replace(str(url.password), MASK)
+    return DatabaseConnectionError(f"{what} of {setting} ({mask_url(url)}): {detail}")
 
 
 class PostgresResource(dg.ConfigurableResource):
@@ -211,41 +182,27 @@ class PostgresResource(dg.ConfigurableResource):
     )
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        """Connect, creating the database when missing, before any step of the run starts.
-
-        A wrong password, an unreachable server or a database that cannot be created then fails
-        the run at its start, naming MOOVITAMIX_DATABASE_URL with the password masked, instead
-        of in a step after the API has already been read.
-
-        Raises:
-            DatabaseConfigError: The URL is malformed or names another driver.
-            DatabaseConnectionError: The server cannot be reached or the database created.
-        """
+        """Connect (creating the database) before any step, so that a wrong password or an
+        unreachable server fails the run at its start, not after the API has been read."""
         self.sqlalchemy_url()
 
     def _configured(self) -> tuple[str | None, str]:
         """The explicit URL (if any) and the name of the setting it came from."""
         if self.database_url:
             return self.database_url, f"database_url ({DATABASE_URL_ENV})"
-        from_env = os.environ.get(DATABASE_URL_ENV)
-        if from_env:
-            return from_env, DATABASE_URL_ENV
+        if os.environ.get(DATABASE_URL_ENV):
+            return os.environ[DATABASE_URL_ENV], DATABASE_URL_ENV
         return None, "the embedded PostgreSQL server"
 
     def sqlalchemy_url(self) -> URL:
-        """Resolve, normalise and (once per process) create the warehouse database.
-
-        Returns:
-            A ``postgresql+psycopg2`` URL.
+        """Resolve and normalise the URL; create the database once per process.
 
         Raises:
             DatabaseConfigError: The URL is malformed or names another driver.
             DatabaseConnectionError: The server cannot be reached or the database created.
         """
         raw, setting = self._configured()
-        if raw is None:
-            raw = embedded_database_url(self.state_dir, EMBEDDED_DATABASE)
-        url = normalize_database_url(raw, setting)
+        url = normalize_database_url(raw or embedded_database_url(self.state_dir), setting)
         key = (os.getpid(), url.render_as_string(hide_password=False))
         if key not in _ready_urls:
             ensure_database(url, setting)
@@ -253,41 +210,30 @@ class PostgresResource(dg.ConfigurableResource):
         return url
 
     def url(self) -> str:
-        """The warehouse URL, with its password: for connecting only, never for logs.
-
-        Returns:
-            ``postgresql+psycopg2://...`` as a string.
-        """
+        """The warehouse URL with its password: for connecting only, never for logs."""
         return self.sqlalchemy_url().render_as_string(hide_password=False)
 
     def masked_url(self) -> str:
         """The warehouse URL with the password replaced by ``***``, for logs and metadata."""
         raw, setting = self._configured()
-        if raw is None:
-            return mask_url(self.url())
         try:
-            return mask_url(normalize_database_url(raw, setting))
+            return mask_url(normalize_database_url(raw, setting) if raw else self.url())
         except DatabaseConfigError:
             return mask_url(raw)
 
     def engine(self) -> Engine:
-        """A pooled SQLAlchemy engine, one per URL and process.
-
-        Returns:
-            An engine with ``pool_pre_ping`` (the embedded server may have restarted).
-        """
+        """A pooled engine, one per URL and process, with ``pool_pre_ping`` (the embedded server
+        may have restarted)."""
         url = self.sqlalchemy_url()
         key = (os.getpid(), url.render_as_string(hide_password=False))
         with _lock:
-            engine = _engines.get(key)
-            if engine is None:
-                engine = sa.create_engine(
+            if key not in _engines:
+                _engines[key] = sa.create_engine(
                     url,
                     pool_pre_ping=True,
                     connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
                 )
-                _engines[key] = engine
-        return engine
+            return _engines[key]
 
 
 def dispose_engines() -> None:
@@ -297,38 +243,3 @@ def dispose_engines() -> None:
             engine.dispose()
         _engines.clear()
         _ready_urls.clear()
-
-
-def connect_psycopg2(url: str | URL) -> psycopg2.extensions.connection:
-    """Open a plain psycopg2 connection from a SQLAlchemy-style URL (query parameters included).
-
-    Args:
-        url: e.g. ``postgresql+psycopg2://user:pw@host:5432/db`` or a unix-socket URL
-            ``postgresql+psycopg2://postgres@/db?host=/socket/dir``.
-
-    Returns:
-        A new connection (caller closes it).
-    """
-    if isinstance(url, str):
-        url = sa.make_url(url)
-    query = dict(url.query)
-    kwargs: dict[str, object] = {
-        "dbname": url.database,
-        "user": url.username,
-        "password": url.password,
-        "host": url.host,
-        "port": url.port,
-        "connect_timeout": CONNECT_TIMEOUT_SECONDS,
-    }
-    kwargs.update(query)
-    return psycopg2.connect(**{k: v for k, v in kwargs.items() if v is not None})
-
-
-def _connection_error(
-    url: URL, setting: str, exc: BaseException, what: str = "cannot connect to the database"
-) -> DatabaseConnectionError:
-    detail = " ".join(str(exc).split())
-    password = url.password
-    if password:
-        detail = detail.replace(str(password), MASK)
-    return DatabaseConnectionError(f"{what} of {setting} ({mask_url(url)}): {detail}")
