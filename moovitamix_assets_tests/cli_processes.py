@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psutil
 
+from moovitamix_assets.partitions import FIRST_DAY_ENV
 from moovitamix_assets.warehouse.embedded_postgres import (
     discard_embedded_postgres,
     embedded_postgres_of,
@@ -25,7 +26,11 @@ def cli_env(state_dir: Path, **overrides: str) -> dict[str, str]:
 
     ``PATH`` leaves the virtualenv out, as `make run` calls its python without activating it.
     """
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MOOVITAMIX_", "DAGSTER_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if (not k.startswith(("MOOVITAMIX_", "DAGSTER_")) or k == FIRST_DAY_ENV)
+    }
     env.update(PATH="/usr/bin:/bin", MOOVITAMIX_STATE_DIR=str(state_dir), **overrides)
     return env
 

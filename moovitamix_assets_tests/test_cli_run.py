@@ -13,6 +13,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from moovitamix_assets.cli import PLAIN_PROGRESS_SECONDS, RunConsole, Step
 from moovitamix_assets_tests.cli_processes import (
     CLI,
     Descendants,
@@ -24,7 +25,15 @@ from moovitamix_assets_tests.cli_processes import (
     wait_recording,
 )
 
-pytestmark = [pytest.mark.e2e, pytest.mark.http, pytest.mark.postgres, pytest.mark.timeout(600)]
+E2E = (pytest.mark.e2e, pytest.mark.http, pytest.mark.postgres, pytest.mark.timeout(600))
+
+
+def e2e(test: Callable) -> Callable:
+    """Mark a test that runs the command for real, with its servers."""
+    for mark in E2E:
+        test = mark(test)
+    return test
+
 
 RECORDS = 300
 # The console budget of issue 15: a successful run fits on one screen.
@@ -63,6 +72,7 @@ def log_path_in(text: str) -> Path:
     return Path(match.group(1))
 
 
+@e2e
 def test_the_run_command_runs_both_jobs_quietly_and_stops_what_it_started(
     state_dir: Path,
     tmp_path: Path,
@@ -91,7 +101,7 @@ def test_the_run_command_runs_both_jobs_quietly_and_stops_what_it_started(
             rf"raw\.{endpoint}\s+{RECORDS} rows\s+api total\s+{RECORDS}\s+rejects 0", out
         )
     assert re.search(r"recommendations: [\d,]+ rows for [\d,]+ users, served by \w+ v\d+", out)
-    assert re.search(r"gate: candidate v\d+ (promoted|refused): ", out), out
+    assert re.search(r"gate on candidate v\d+: lift .*candidate (promoted|refused)", out), out
     assert "Materialized every asset for" in out
 
     # The full log: Dagster's events with timestamp, level and step.
@@ -117,6 +127,7 @@ def test_the_run_command_runs_both_jobs_quietly_and_stops_what_it_started(
     assert runs["daily_refresh"].tags["dagster/partition"] in out
 
 
+@e2e
 def test_a_failing_run_names_the_asset_and_the_log_and_exits_non_zero(
     state_dir: Path, tmp_path: Path, fresh_database: Callable[[], str]
 ) -> None:
@@ -136,6 +147,7 @@ def test_a_failing_run_names_the_asset_and_the_log_and_exits_non_zero(
     assert descendants.alive() == []
 
 
+@e2e
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
 def test_an_interrupted_run_stops_what_it_started(
     sig: signal.Signals, state_dir: Path, tmp_path: Path, fresh_database: Callable[[], str]
@@ -168,3 +180,28 @@ def test_an_interrupted_run_stops_what_it_started(
     assert code != 0, console.read_text()
     assert descendants.alive() == []
     assert not embedded_postgres_running(state_dir)
+
+
+def test_a_long_step_shows_its_progress_without_a_terminal(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    console = RunConsole("daily_refresh")
+    console.steps["raw_snapshots"] = Step(assets=["raw/users", "raw/tracks"], started=time.time())
+    console.tick()
+    assert capsys.readouterr().out == ""  # a pipe gets a line every 30 s at most
+    console.steps["raw_snapshots"].started -= 42
+    console.last_line -= PLAIN_PROGRESS_SECONDS
+    console.tick()
+    assert capsys.readouterr().out == "  still running raw/users, raw/tracks… 42 s\n"
+
+
+def test_a_long_step_shows_its_progress_in_place_on_a_terminal(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sys.stdout.isatty", lambda: True)
+    console = RunConsole("model_retraining")
+    console.tick()
+    assert capsys.readouterr().out == "\r\033[K  starting model_retraining… 0 s"
+    console.steps["ml__candidate_model"] = Step(assets=["ml/candidate_model"], started=time.time())
+    console.tick()
+    assert capsys.readouterr().out == "\r\033[K  running ml/candidate_model… 0 s"
