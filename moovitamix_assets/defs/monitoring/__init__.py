@@ -1,0 +1,1 @@
+"""Monitoring: the alert sensors (failed checks, failed runs, freshness failures)."""

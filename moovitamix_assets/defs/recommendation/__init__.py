@@ -1,0 +1,1 @@
+"""Recommendation: holdout, training, the promotion gate, serving, the registry, retraining."""
