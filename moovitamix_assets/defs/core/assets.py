@@ -177,7 +177,7 @@ class MergeResult:
         return {
             **self.counts,
             "rows_total": self.rows_total,
-            "seconds": round(self.seconds, 3),
+            "merge_seconds": round(self.seconds, 3),
             "dagster/row_count": self.rows_total,
         }
 

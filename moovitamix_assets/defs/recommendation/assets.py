@@ -33,6 +33,7 @@ from moovitamix_assets.ml.models import (
     ServingModel,
 )
 from moovitamix_assets.ml.split import time_based_split
+from moovitamix_assets.step_figures import finish_step_figures, start_step_figures
 from moovitamix_assets.warehouse.database import PostgresResource
 
 _DEFAULTS = AlsParams()
@@ -198,7 +199,7 @@ def evaluation_holdout(
     context: dg.AssetExecutionContext, config: HoldoutConfig, postgres: PostgresResource
 ) -> dg.Output[pd.DataFrame]:
     """Each user's most recent listen, held out of training so every model is judged honestly."""
-    started = time.perf_counter()
+    start = start_step_figures()
     inputs = read_model_inputs(postgres.engine(), with_users_and_tracks=False)
     split = time_based_split(inputs.interactions, holdout_per_user=config.holdout_per_user)
     holdout = pipeline.holdout_frame(split.test)
@@ -210,12 +211,15 @@ def evaluation_holdout(
     )
     return dg.Output(
         holdout,
-        metadata={
-            **{name: dg.MetadataValue.int(value) for name, value in split.as_dict().items()},
-            "data_interactions": dg.MetadataValue.int(inputs.snapshot.interactions),
-            "data_snapshot_date": _snapshot_metadata(inputs.snapshot)["data_snapshot_date"],
-            "seconds": dg.MetadataValue.float(round(time.perf_counter() - started, 3)),
-        },
+        metadata=finish_step_figures(
+            context,
+            {
+                **{name: dg.MetadataValue.int(value) for name, value in split.as_dict().items()},
+                "data_interactions": dg.MetadataValue.int(inputs.snapshot.interactions),
+                "data_snapshot_date": _snapshot_metadata(inputs.snapshot)["data_snapshot_date"],
+            },
+            start,
+        ),
     )
 
 
@@ -236,20 +240,24 @@ def candidate_model(
 ) -> dg.MaterializeResult:
     """A newly trained ALS candidate, compared with what serves on the holdout, then registered."""
     engine = postgres.engine()
-    started = time.perf_counter()
+    start = start_step_figures()
     serving, serving_model = _serving(context, engine)
     inputs = read_model_inputs(engine)
     train = pipeline.training_half(inputs.interactions, holdout)
     if len(train) == 0:
         context.log.warning("core.user_track_interactions is empty: no candidate trained today")
         return dg.MaterializeResult(
-            metadata={
-                "trained": dg.MetadataValue.bool(False),
-                "serving_model": dg.MetadataValue.text(serving.name),
-                **_snapshot_metadata(inputs.snapshot),
-            }
+            metadata=finish_step_figures(
+                context,
+                {
+                    "trained": dg.MetadataValue.bool(False),
+                    "serving_model": dg.MetadataValue.text(serving.name),
+                    **_snapshot_metadata(inputs.snapshot),
+                },
+                start,
+            )
         )
-    read_seconds = time.perf_counter() - started
+    read_seconds = time.perf_counter() - start.wall
 
     params = config.als_params()
     result = pipeline.train_and_evaluate(
@@ -284,23 +292,26 @@ def candidate_model(
     )
     context.log.info("registered candidate version %d: %s", version, decision.reason)
     return dg.MaterializeResult(
-        metadata={
-            "trained": dg.MetadataValue.bool(True),
-            "model_version": dg.MetadataValue.int(version),
-            "serving_model": dg.MetadataValue.text(serving.name),
-            "gate_passed": dg.MetadataValue.bool(decision.promote),
-            "gate_verdict": dg.MetadataValue.text(decision.verdict),
-            "gate_reason": dg.MetadataValue.text(decision.reason),
-            "parameters": dg.MetadataValue.json(params.as_dict()),
-            "n_train": dg.MetadataValue.int(len(train)),
-            "n_test": dg.MetadataValue.int(len(holdout)),
-            **_snapshot_metadata(inputs.snapshot),
-            **metrics_metadata(result.metrics, config.k),
-            "artifact_sha256": dg.MetadataValue.text(artifact.sha256),
-            "artifact_bytes": dg.MetadataValue.int(artifact.size_bytes),
-            "read_seconds": dg.MetadataValue.float(round(read_seconds, 3)),
-            "seconds": dg.MetadataValue.float(round(time.perf_counter() - started, 3)),
-        }
+        metadata=finish_step_figures(
+            context,
+            {
+                "trained": dg.MetadataValue.bool(True),
+                "model_version": dg.MetadataValue.int(version),
+                "serving_model": dg.MetadataValue.text(serving.name),
+                "gate_passed": dg.MetadataValue.bool(decision.promote),
+                "gate_verdict": dg.MetadataValue.text(decision.verdict),
+                "gate_reason": dg.MetadataValue.text(decision.reason),
+                "parameters": dg.MetadataValue.json(params.as_dict()),
+                "n_train": dg.MetadataValue.int(len(train)),
+                "n_test": dg.MetadataValue.int(len(holdout)),
+                **_snapshot_metadata(inputs.snapshot),
+                **metrics_metadata(result.metrics, config.k),
+                "artifact_sha256": dg.MetadataValue.text(artifact.sha256),
+                "artifact_bytes": dg.MetadataValue.int(artifact.size_bytes),
+                "read_seconds": dg.MetadataValue.float(round(read_seconds, 3)),
+            },
+            start,
+        )
     )
 
 
@@ -316,6 +327,7 @@ def production_model(
     context: dg.AssetExecutionContext, postgres: PostgresResource
 ) -> dg.MaterializeResult:
     """The model that serves: the run's candidate when its gate passed, else what served before."""
+    start = start_step_figures()
     engine = postgres.engine()
     before = registry.serving_entry(engine, at=_now(), run_id=context.run.run_id)
     candidate = registry.entry_for_run(engine, context.run.run_id) or (
@@ -339,20 +351,24 @@ def production_model(
             )
     serving = registry.serving_entry(engine, at=_now(), run_id=context.run.run_id)
     return dg.MaterializeResult(
-        metadata={
-            "model_version": dg.MetadataValue.int(serving.version),
-            "model_type": dg.MetadataValue.text(serving.model_type),
-            "promoted": dg.MetadataValue.bool(promoted),
-            "previous_version": dg.MetadataValue.int(before.version),
-            "candidate_version": dg.MetadataValue.int(candidate.version if candidate else 0),
-            "gate_reason": dg.MetadataValue.text(
-                candidate.gate_reason if candidate else "no candidate trained yet"
-            ),
-            "serving_since": dg.MetadataValue.text(
-                serving.promoted_at.isoformat() if serving.promoted_at else "unknown"
-            ),
-            **_snapshot_metadata(serving.snapshot),
-        }
+        metadata=finish_step_figures(
+            context,
+            {
+                "model_version": dg.MetadataValue.int(serving.version),
+                "model_type": dg.MetadataValue.text(serving.model_type),
+                "promoted": dg.MetadataValue.bool(promoted),
+                "previous_version": dg.MetadataValue.int(before.version),
+                "candidate_version": dg.MetadataValue.int(candidate.version if candidate else 0),
+                "gate_reason": dg.MetadataValue.text(
+                    candidate.gate_reason if candidate else "no candidate trained yet"
+                ),
+                "serving_since": dg.MetadataValue.text(
+                    serving.promoted_at.isoformat() if serving.promoted_at else "unknown"
+                ),
+                **_snapshot_metadata(serving.snapshot),
+            },
+            start,
+        )
     )
 
 
@@ -373,7 +389,7 @@ def production_model_evaluation(
 ) -> dg.MaterializeResult:
     """Today's metrics of the serving model with error bars, and its lift over the fallback."""
     engine = postgres.engine()
-    started = time.perf_counter()
+    start = start_step_figures()
     production, model = _serving(context, engine)
     inputs = read_model_inputs(engine)
     train = pipeline.training_half(inputs.interactions, holdout)
@@ -399,20 +415,23 @@ def production_model_evaluation(
     context.log.info("%s on today's holdout: %s", production.name, summary.describe())
     label = config.metric.replace("_at_k", f"_at_{config.k}")
     return dg.MaterializeResult(
-        metadata={
-            "model_version": dg.MetadataValue.int(production.version),
-            "model_type": dg.MetadataValue.text(production.model_type),
-            **_snapshot_metadata(inputs.snapshot),
-            **metrics_metadata(metrics, config.k),
-            # Beside production_<metric>: the plot shows whether a dip is larger than the noise.
-            f"production_{label}_low": _figure(summary.interval.low),
-            f"production_{label}_high": _figure(summary.interval.high),
-            "lift_over_fallback": _figure(summary.lift.lift),
-            "lift_over_fallback_low": _figure(summary.lift.low),
-            "lift_over_fallback_high": _figure(summary.lift.high),
-            "summary": dg.MetadataValue.text(summary.describe()),
-            "seconds": dg.MetadataValue.float(round(time.perf_counter() - started, 3)),
-        }
+        metadata=finish_step_figures(
+            context,
+            {
+                "model_version": dg.MetadataValue.int(production.version),
+                "model_type": dg.MetadataValue.text(production.model_type),
+                **_snapshot_metadata(inputs.snapshot),
+                **metrics_metadata(metrics, config.k),
+                # Beside production_<metric>: the plot shows whether a dip is larger than the noise.
+                f"production_{label}_low": _figure(summary.interval.low),
+                f"production_{label}_high": _figure(summary.interval.high),
+                "lift_over_fallback": _figure(summary.lift.lift),
+                "lift_over_fallback_low": _figure(summary.lift.low),
+                "lift_over_fallback_high": _figure(summary.lift.high),
+                "summary": dg.MetadataValue.text(summary.describe()),
+            },
+            start,
+        )
     )
 
 
@@ -429,7 +448,7 @@ def user_recommendations(
 ) -> dg.MaterializeResult:
     """Top-K unheard tracks per active user from the production model, audited before they serve."""
     engine = postgres.engine()
-    started = time.perf_counter()
+    start = start_step_figures()
     production, model = _serving(context, engine)
     inputs = read_model_inputs(engine)
     tally = serving.Tally(config.k)
@@ -453,20 +472,23 @@ def user_recommendations(
             + "; ".join(a.description for a in failed)
         )
     return dg.MaterializeResult(
-        metadata={
-            "dagster/row_count": dg.MetadataValue.int(tally.rows),
-            "model_version": dg.MetadataValue.int(production.version),
-            "model_type": dg.MetadataValue.text(production.model_type),
-            "k": dg.MetadataValue.int(config.k),
-            "users": dg.MetadataValue.int(tally.users),
-            "active_users": dg.MetadataValue.int(len(inputs.users)),
-            "users_short_of_k": dg.MetadataValue.int(tally.users_short_of_k),
-            "cold_start_users": dg.MetadataValue.int(tally.cold_start_users),
-            "distinct_tracks": dg.MetadataValue.int(len(tally.tracks)),
-            "rows_by_source": dg.MetadataValue.json(dict(tally.rows_by_source)),
-            **_snapshot_metadata(inputs.snapshot),
-            "seconds": dg.MetadataValue.float(round(time.perf_counter() - started, 3)),
-        },
+        metadata=finish_step_figures(
+            context,
+            {
+                "dagster/row_count": dg.MetadataValue.int(tally.rows),
+                "model_version": dg.MetadataValue.int(production.version),
+                "model_type": dg.MetadataValue.text(production.model_type),
+                "k": dg.MetadataValue.int(config.k),
+                "users": dg.MetadataValue.int(tally.users),
+                "active_users": dg.MetadataValue.int(len(inputs.users)),
+                "users_short_of_k": dg.MetadataValue.int(tally.users_short_of_k),
+                "cold_start_users": dg.MetadataValue.int(tally.cold_start_users),
+                "distinct_tracks": dg.MetadataValue.int(len(tally.tracks)),
+                "rows_by_source": dg.MetadataValue.json(dict(tally.rows_by_source)),
+                **_snapshot_metadata(inputs.snapshot),
+            },
+            start,
+        ),
     )
 
 
