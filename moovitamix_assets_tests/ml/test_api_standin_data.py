@@ -69,7 +69,7 @@ def test_list_positions_become_play_counts_and_recency() -> None:
     assert interactions["last_position"].to_dict() == {5: 4, 7: 1, 8: 3}
 
 
-def test_als_beats_popularity_on_standin_listening_lists(standin) -> None:
+def test_als_beats_popularity_on_taste_structured_standin_listening_lists(standin) -> None:
     users, tracks, interactions = standin
     split = time_based_split(interactions)
     model = train_als(split.train, TEST_PARAMS)

@@ -204,7 +204,7 @@ def test_recommendations_are_replaced_atomically_and_bad_ones_never_publish(
     assert staged == len(bad)
 
 
-def test_a_candidate_inside_the_noise_is_refused_with_a_warning_and_serving_goes_on(
+def test_after_a_taste_structured_model_a_candidate_inside_the_noise_is_refused_with_a_warning(
     postgres_resource: PostgresResource,
 ) -> None:
     engine = postgres_resource.engine()
