@@ -485,6 +485,10 @@ def user_recommendations(
                 "cold_start_users": dg.MetadataValue.int(tally.cold_start_users),
                 "distinct_tracks": dg.MetadataValue.int(len(tally.tracks)),
                 "rows_by_source": dg.MetadataValue.json(dict(tally.rows_by_source)),
+                # The audits ran on exactly these rows: the checks report them, not run them again.
+                serving.AUDITS_METADATA_KEY: dg.MetadataValue.json(
+                    {o.name: o.offending for o in outcomes}
+                ),
                 **_snapshot_metadata(inputs.snapshot),
             },
             start,

@@ -256,10 +256,13 @@ _AUDIT_DESCRIPTIONS = {
 def recommendation_audits(
     context: dg.AssetCheckExecutionContext, postgres: PostgresResource
 ) -> Any:
-    """The publication audits of ``serving``, run on the served table."""
-    k = _served_k(postgres.engine())
-    with postgres.engine().connect() as conn:
-        outcomes = serving.audit_recommendations(conn, serving.PUBLISHED, k)
+    """The publication audits of ``serving``: as they ran on the rows this run published, or
+    run again on the served table when the check runs on its own."""
+    outcomes, k = _audited_in_this_run(context)
+    if outcomes is None:
+        k = _served_k(postgres.engine())
+        with postgres.engine().connect() as conn:
+            outcomes = serving.audit_recommendations(conn, serving.PUBLISHED, k)
     selected = {key.name for key in context.selected_asset_check_keys}
     for outcome in outcomes:
         if outcome.name in selected:
@@ -274,6 +277,25 @@ def recommendation_audits(
                     "k": dg.MetadataValue.int(k),
                 },
             )
+
+
+def _audited_in_this_run(
+    context: dg.AssetCheckExecutionContext,
+) -> tuple[list[serving.AuditOutcome] | None, int]:
+    """The audits the asset ran in this run, in the transaction that published the rows.
+
+    They were run on exactly the rows that serve now, so running them again over millions of
+    rows would only double the step's time.
+    """
+    event = context.instance.get_latest_materialization_event(keys.USER_RECOMMENDATIONS)
+    if event is None or event.run_id != context.run.run_id or event.asset_materialization is None:
+        return None, DEFAULT_K
+    metadata = event.asset_materialization.metadata
+    audits = metadata.get(serving.AUDITS_METADATA_KEY)
+    if audits is None:
+        return None, DEFAULT_K
+    offending: dict[str, int] = audits.value
+    return serving.outcomes(offending), int(metadata["k"].value)
 
 
 def _served_k(engine: sa.Engine) -> int:

@@ -114,18 +114,32 @@ AUDITS: Final[tuple[RecommendationAudit, ...]] = (
 )
 
 
-def audit_recommendations(conn: sa.Connection, table: str, k: int) -> list[AuditOutcome]:
-    """Run every audit on ``table`` (a quoted ``ml`` table name of this module)."""
-    outcomes = []
+# The asset's metadata key holding each audit's offending count on the rows it published.
+AUDITS_METADATA_KEY: Final = "audit_offending"
+
+
+def outcomes(offending: dict[str, int]) -> list[AuditOutcome]:
+    """The outcomes of every audit from their offending counts."""
+    results = []
     for audit in AUDITS:
-        offending = int(conn.execute(sa.text(audit.sql.format(table=table)), {"k": k}).scalar())
+        count = int(offending[audit.name])
         description = (
             f"{audit.name}: no {audit.description}"
-            if offending == 0
-            else f"{audit.name}: {offending} {audit.description}"
+            if count == 0
+            else f"{audit.name}: {count} {audit.description}"
         )
-        outcomes.append(AuditOutcome(audit.name, offending, description))
-    return outcomes
+        results.append(AuditOutcome(audit.name, count, description))
+    return results
+
+
+def audit_recommendations(conn: sa.Connection, table: str, k: int) -> list[AuditOutcome]:
+    """Run every audit on ``table`` (a quoted ``ml`` table name of this module)."""
+    return outcomes(
+        {
+            audit.name: conn.execute(sa.text(audit.sql.format(table=table)), {"k": k}).scalar()
+            for audit in AUDITS
+        }
+    )
 
 
 @dataclass

@@ -276,3 +276,32 @@ def test_serving_works_before_any_training(postgres_resource: PostgresResource) 
     assert result.success
     assert_recommendations_serve_everyone(engine, version=1)
     assert registry.production_entry(engine).is_fallback
+
+
+def test_the_recommendation_checks_run_alone_audit_the_served_table(
+    postgres_resource: PostgresResource,
+) -> None:
+    engine = postgres_resource.engine()
+    data = make_synthetic_dataset(300, 200, 3_000, structured=False, seed=6)
+    load_core_frames(engine, data.users, data.tracks, data.interactions)
+    first = run(postgres_resource, selection=[keys.USER_RECOMMENDATIONS])
+    assert first.success and not [e for e in first.get_asset_check_evaluations() if not e.passed]
+
+    # Someone edits the served table by hand: a recommendation of a track the user heard.
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE ml.user_recommendations r SET track_id = i.track_id "
+                "FROM (SELECT user_id, track_id FROM core.user_track_interactions LIMIT 1) i "
+                "WHERE r.user_id = i.user_id AND r.rank = 1"
+            )
+        )
+    alone = dg.materialize(
+        [*recommendation_assets, *recommendation_checks],
+        resources=resources(postgres_resource),
+        selection=dg.AssetSelection.checks_for_assets(keys.USER_RECOMMENDATIONS),
+        raise_on_error=False,
+    )
+    evaluations = checks(alone)
+    assert not evaluations["none_already_listened"].passed
+    assert evaluations["none_already_listened"].metadata["observed"].value == 1
