@@ -80,7 +80,7 @@ def main() -> None:
         # dlt takes a libpq URL (the unix socket's folder is its host) and insists on a password,
         # which the embedded server's trust authentication ignores.
         dlt_credentials = (
-            f"postgresql://{dlt_url.username}:unused@localhost:{dlt_url.query['port']}/dlt"
+            f"postgresql://{dlt_url.username}:password@localhost:{dlt_url.query['port']}/dlt"
             f"?host={dlt_url.query['host']}"
         )
         dagster = str(Path(sys.executable).with_name("dagster"))
