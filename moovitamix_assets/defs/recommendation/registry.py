@@ -91,8 +91,19 @@ _DDL: Final = (
         ON {_REGISTRY} (status) WHERE status = 'production'
     """,
     f"CREATE INDEX IF NOT EXISTS model_registry_run_id_idx ON {_REGISTRY} (run_id)",
-    # Registries made before the fallback was a model hold ALS models only.
-    f"ALTER TABLE {_REGISTRY} ADD COLUMN IF NOT EXISTS model_type text NOT NULL DEFAULT 'als'",
+    # Registries made before the fallback was a model hold ALS models only. Checked first: an
+    # ALTER TABLE locks the registry exclusively even when the column is there, on every call.
+    f"""
+    DO $$ BEGIN
+        IF NOT EXISTS (
+            SELECT 1 FROM information_schema.columns
+            WHERE table_schema = '{ML_SCHEMA}' AND table_name = '{REGISTRY_TABLE}'
+                AND column_name = 'model_type'
+        ) THEN
+            ALTER TABLE {_REGISTRY} ADD COLUMN model_type text NOT NULL DEFAULT 'als';
+        END IF;
+    END $$
+    """,
     f"""
     CREATE TABLE IF NOT EXISTS {_LOG} (
         id bigserial PRIMARY KEY,

@@ -219,3 +219,12 @@ def test_refused_candidates_are_listed_as_refused(engine: sa.Engine) -> None:
     assert refused_entry.state == "refused" and refused_entry.status == "candidate"
     assert registry.latest_trained_entry(engine).version == refused
     assert registry.production_entry(engine).is_fallback
+
+
+def test_a_registry_from_before_the_fallback_gets_its_model_type_column(engine: sa.Engine) -> None:
+    trained = register(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE ml.model_registry DROP COLUMN model_type"))
+    registry.ensure_registry_schema(engine)
+    assert entry(engine, trained).model_type == "als"
+    registry.ensure_registry_schema(engine)  # and again: nothing to do
