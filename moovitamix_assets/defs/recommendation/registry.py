@@ -1,28 +1,24 @@
-"""The model registry in PostgreSQL: one row per trained model, its status and its artifact.
+"""The model registry in PostgreSQL: one row per registered model, its status and its artifact.
 
-``ml.model_registry`` holds every candidate ever trained (version, training time, data snapshot,
-parameters, metrics, the promotion gate's verdict) with the serialised model itself in a
-PostgreSQL large object (the ``artifact`` column holds its oid) and its sha256. The artifact lives
-next to its metadata on purpose: the warehouse is the one durable, backed-up store the platform
-already has (Dagster's local storage is not), a registry row and its model are written in one
-transaction so they can never disagree, and a rollback only flips statuses because every
-version's model is still there. A large object rather than ``bytea``: a model grows with the
-users (32 float32 factors each: about 250 MB at 1M users), and a ``bytea`` parameter travels as
-hex text built whole in memory on both sides (four times the model at its peak), where a large
-object is written and read in chunks.
+Each row of ``ml.model_registry`` keeps the serialised model in a large object (``artifact`` is
+its oid) beside its metadata: the warehouse is the one backed-up store the platform has, a row
+and its model are written in one transaction so they never disagree, and a rollback only flips
+statuses. A large object rather than ``bytea`` because a model grows with the users (~250 MB at
+1M) and a ``bytea`` parameter travels as hex text built whole in memory on both sides.
 
-At most one row is ``production`` (a partial unique index enforces it), and one always is: the
-genre-aware popularity fallback is a registered model too (``model_type = 'genre_popularity'``),
-promoted the first time anything asks what serves, so "no model yet" does not exist and a
-rollback can return to it. ``ml.model_registry_log`` records every promotion, refusal and
-rollback; ``ml.model_evaluations`` the daily evaluation of the production model that the decay
-trigger reads.
+Exactly one row is ``production`` (a partial unique index refuses a second): the genre-aware
+popularity fallback is a registered model too, promoted the first time anything asks what
+serves, so "no model yet" does not exist and a rollback can return to it.
+``ml.model_registry_log`` records every promotion, refusal and rollback; ``ml.model_evaluations``
+the daily evaluations the decay trigger reads.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, Final
@@ -35,7 +31,6 @@ from moovitamix_assets.ml.models import SOURCE_FALLBACK, FallbackModel, ServingM
 from moovitamix_assets.warehouse.database import create_schema_sql, quote_ident
 
 REGISTRY_TABLE: Final = "model_registry"
-REGISTRY_LOG_TABLE: Final = "model_registry_log"
 EVALUATIONS_TABLE: Final = "model_evaluations"
 RECOMMENDATIONS_TABLE: Final = "user_recommendations"
 
@@ -56,9 +51,8 @@ def ml_table(table: str) -> str:
 
 
 _REGISTRY = ml_table(REGISTRY_TABLE)
-_LOG = ml_table(REGISTRY_LOG_TABLE)
+_LOG = ml_table("model_registry_log")
 _EVALUATIONS = ml_table(EVALUATIONS_TABLE)
-_RECOMMENDATIONS = ml_table(RECOMMENDATIONS_TABLE)
 _LOCK_SQL: Final = "SELECT pg_advisory_xact_lock(hashtext(:key))"
 
 _DDL: Final = (
@@ -125,9 +119,9 @@ _DDL: Final = (
     )
     """,
     # Created here (not by the IO manager) for its primary key: serving reads by user, and the
-    # key proves "one row per user and rank" on every write. The IO manager keeps it.
+    # key proves "one row per user and rank" on every write.
     f"""
-    CREATE TABLE IF NOT EXISTS {_RECOMMENDATIONS} (
+    CREATE TABLE IF NOT EXISTS {ml_table(RECOMMENDATIONS_TABLE)} (
         user_id bigint NOT NULL,
         track_id bigint NOT NULL,
         score double precision NOT NULL,
@@ -193,8 +187,7 @@ class RegistryEntry:
 
     def metric(self, model: str, name: str) -> float | None:
         """A metric of ``model`` (``candidate``, ``popularity``, ...) recorded at training."""
-        values = self.metrics.get(model) or {}
-        value = values.get(name)
+        value = (self.metrics.get(model) or {}).get(name)
         return None if value is None else float(value)
 
 
@@ -208,98 +201,53 @@ class Evaluation:
     metrics: dict[str, Any]
 
 
-_ENTRY_COLUMNS: Final = """
-    version, status, model_type, trained_at, run_id, data_interactions, data_users, data_tracks,
-    data_snapshot_date, parameters, metrics, gate_passed, gate_reason, gate_figures,
-    promoted_at, retired_at, artifact_sha256, artifact_bytes
-"""
+_SNAPSHOT_COLUMNS: Final = ("data_interactions", "data_users", "data_tracks", "data_snapshot_date")
 
 
 def ensure_registry_schema(engine: sa.Engine) -> None:
-    """Create the ``ml`` schema and its registry, log, evaluation and recommendation tables.
-
-    Idempotent; serialised by an advisory lock so two first runs do not race on the catalogue.
-
-    Args:
-        engine: Engine of the warehouse database.
-    """
+    """Create the ``ml`` schema and its tables; idempotent, and serialised by an advisory lock
+    so that two first runs do not race on the catalogue."""
     with engine.begin() as conn:
         conn.execute(sa.text(_LOCK_SQL), {"key": "ml.ddl"})
         for ddl in _DDL:
             conn.execute(sa.text(ddl))
 
 
-def _exists(conn: sa.Connection, table: str) -> bool:
-    name = f"{ML_SCHEMA}.{table}"
-    return conn.execute(sa.text("SELECT to_regclass(:name)"), {"name": name}).scalar() is not None
-
-
-def _entry(row: sa.Row) -> RegistryEntry:
-    m = row._mapping
-    return RegistryEntry(
-        version=int(m["version"]),
-        status=m["status"],
-        model_type=m["model_type"],
-        trained_at=m["trained_at"],
-        run_id=m["run_id"],
-        snapshot=DataSnapshot(
-            interactions=int(m["data_interactions"]),
-            users=int(m["data_users"]),
-            tracks=int(m["data_tracks"]),
-            snapshot_date=m["data_snapshot_date"],
-        ),
-        parameters=dict(m["parameters"]),
-        metrics=dict(m["metrics"]),
-        gate_passed=bool(m["gate_passed"]),
-        gate_reason=m["gate_reason"],
-        gate_figures=dict(m["gate_figures"]),
-        promoted_at=m["promoted_at"],
-        retired_at=m["retired_at"],
-        artifact_sha256=m["artifact_sha256"],
-        artifact_bytes=int(m["artifact_bytes"]),
-    )
-
-
-def _select_one(engine: sa.Engine, where: str, params: dict[str, Any]) -> RegistryEntry | None:
+def _select(engine: sa.Engine, where: str = "true", **params: Any) -> list[RegistryEntry]:
+    """Registry rows matching ``where``, newest first; none before the registry exists."""
     with engine.connect() as conn:
-        if not _exists(conn, REGISTRY_TABLE):
-            return None
-        row = conn.execute(
-            sa.text(
-                f"SELECT {_ENTRY_COLUMNS} FROM {_REGISTRY} WHERE {where} "
-                "ORDER BY version DESC LIMIT 1"
-            ),
-            params,
-        ).first()
-    return None if row is None else _entry(row)
+        if conn.execute(sa.text("SELECT to_regclass(:t)"), {"t": _REGISTRY}).scalar() is None:
+            return []
+        rows = conn.execute(
+            sa.text(f"SELECT * FROM {_REGISTRY} WHERE {where} ORDER BY version DESC"), params
+        ).mappings()
+        entries = []
+        for row in rows:
+            values = {k: v for k, v in row.items() if k in RegistryEntry.__dataclass_fields__}
+            snapshot = DataSnapshot(*(row[column] for column in _SNAPSHOT_COLUMNS))
+            entries.append(RegistryEntry(**values, snapshot=snapshot))
+    return entries
 
 
 def production_entry(engine: sa.Engine) -> RegistryEntry | None:
-    """The production model's row, or None when no model was ever promoted."""
-    return _select_one(engine, "status = :status", {"status": STATUS_PRODUCTION})
+    """The production model's row, or None before anything was registered."""
+    return next(iter(_select(engine, "status = :s", s=STATUS_PRODUCTION)), None)
 
 
 def entry_for_run(engine: sa.Engine, run_id: str) -> RegistryEntry | None:
     """The newest trained model registered by the Dagster run ``run_id``, or None."""
-    return _select_one(
-        engine, "run_id = :run_id AND model_type = :t", {"run_id": run_id, "t": MODEL_TYPE_ALS}
-    )
+    where = "run_id = :run_id AND model_type = :t"
+    return next(iter(_select(engine, where, run_id=run_id, t=MODEL_TYPE_ALS)), None)
 
 
 def latest_trained_entry(engine: sa.Engine) -> RegistryEntry | None:
     """The newest trained model (promoted or refused), or None: the last training attempt."""
-    return _select_one(engine, "model_type = :t", {"t": MODEL_TYPE_ALS})
+    return next(iter(_select(engine, "model_type = :t", t=MODEL_TYPE_ALS)), None)
 
 
 def list_entries(engine: sa.Engine) -> list[RegistryEntry]:
     """Every registered model, newest first."""
-    with engine.connect() as conn:
-        if not _exists(conn, REGISTRY_TABLE):
-            return []
-        rows = conn.execute(
-            sa.text(f"SELECT {_ENTRY_COLUMNS} FROM {_REGISTRY} ORDER BY version DESC")
-        ).all()
-    return [_entry(row) for row in rows]
+    return _select(engine)
 
 
 def load_model(engine: sa.Engine, version: int) -> ServingModel:
@@ -316,36 +264,17 @@ def load_model(engine: sa.Engine, version: int) -> ServingModel:
         ).first()
         if row is None:
             raise RegistryError(f"model version {version} is not in {ML_SCHEMA}.{REGISTRY_TABLE}")
-        payload = _read_large_object(conn, row.artifact)
-    return deserialize_model(payload, expected_sha256=row.artifact_sha256)
+        lobject = conn.connection.driver_connection.lobject(int(row.artifact), "rb")
+        try:
+            chunks = list(iter(lambda: lobject.read(_LO_CHUNK), b""))
+        finally:
+            lobject.close()
+    # bytes, so that the BytesIO of deserialize_model shares it instead of copying it.
+    return deserialize_model(b"".join(chunks), expected_sha256=row.artifact_sha256)
 
 
 # Large objects move in slices of this size: memory stays at the model plus one slice.
 _LO_CHUNK = 16 << 20
-
-
-def _write_large_object(conn: sa.Connection, payload: bytes) -> int:
-    """Store ``payload`` as a new large object in ``conn``'s transaction; return its oid."""
-    lobject = conn.connection.driver_connection.lobject(0, "wb")
-    try:
-        for start in range(0, len(payload), _LO_CHUNK):
-            lobject.write(payload[start : start + _LO_CHUNK])
-        return int(lobject.oid)
-    finally:
-        lobject.close()
-
-
-def _read_large_object(conn: sa.Connection, oid: int) -> bytes:
-    """The bytes of large object ``oid``, read in slices (inside ``conn``'s transaction)."""
-    lobject = conn.connection.driver_connection.lobject(int(oid), "rb")
-    try:
-        chunks = []
-        while chunk := lobject.read(_LO_CHUNK):
-            chunks.append(chunk)
-        # bytes, so that the BytesIO of deserialize_model shares it instead of copying it.
-        return b"".join(chunks)
-    finally:
-        lobject.close()
 
 
 def _finite(value: Any) -> Any:
@@ -368,10 +297,21 @@ def _log(conn: sa.Connection, version: int, action: str, detail: str) -> None:
     )
 
 
-def register_candidate(
-    engine: sa.Engine,
+@contextmanager
+def _locked(engine: sa.Engine) -> Iterator[sa.Connection]:
+    """A transaction holding the registry's advisory lock: versions and statuses change here."""
+    ensure_registry_schema(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text(_LOCK_SQL), {"key": f"{ML_SCHEMA}.{REGISTRY_TABLE}"})
+        yield conn
+
+
+def _insert(
+    conn: sa.Connection,
     artifact: ModelArtifact,
     *,
+    status: str,
+    model_type: str,
     trained_at: datetime,
     run_id: str | None,
     snapshot: DataSnapshot,
@@ -381,57 +321,17 @@ def register_candidate(
     gate_reason: str,
     gate_figures: dict[str, Any],
 ) -> int:
-    """Insert a new candidate row (artifact included) and return its version.
-
-    Versions are consecutive integers, allocated under a transaction-scoped advisory lock.
-    A candidate its gate refused stays registered (shown as ``refused``) for the record.
-
-    Args:
-        engine: Engine of the warehouse database.
-        artifact: The serialised model and its checksum.
-        trained_at: When training finished.
-        run_id: The Dagster run that trained it.
-        snapshot: The data it was trained on.
-        parameters: Its hyper-parameters.
-        metrics: Its evaluation and that of the baselines and production, on one held-out set.
-        gate_passed: The promotion gate's verdict.
-        gate_reason: The verdict in words (shown in the UI and the registry).
-        gate_figures: The figures the verdict compared.
-
-    Returns:
-        The new version number.
-    """
-    ensure_registry_schema(engine)
-    with engine.begin() as conn:
-        conn.execute(sa.text(_LOCK_SQL), {"key": f"{ML_SCHEMA}.{REGISTRY_TABLE}"})
-        row = {
-            "status": STATUS_CANDIDATE,
-            "model_type": MODEL_TYPE_ALS,
-            "trained_at": trained_at,
-            "run_id": run_id,
-            "interactions": snapshot.interactions,
-            "users": snapshot.users,
-            "tracks": snapshot.tracks,
-            "snapshot_date": snapshot.snapshot_date,
-            "parameters": parameters,
-            "metrics": metrics,
-            "gate_passed": gate_passed,
-            "gate_reason": gate_reason,
-            "gate_figures": gate_figures,
-        }
-        version = _insert(conn, artifact, row)
-        _log(conn, version, "refused" if not gate_passed else "registered", gate_reason)
-    return version
-
-
-def _insert(conn: sa.Connection, artifact: ModelArtifact, row: dict[str, Any]) -> int:
-    """Insert one registry row (``row`` names every column but the version and the artifact's)
-    under the caller's lock; return its version."""
+    """Insert one registry row under the caller's lock; return its new version."""
     version = int(
         conn.execute(sa.text(f"SELECT coalesce(max(version), 0) + 1 FROM {_REGISTRY}")).scalar()
     )
-    # In the same transaction as the row: a failed registration leaves no orphan object.
-    artifact_oid = _write_large_object(conn, artifact.payload)
+    # In the row's transaction: a failed registration leaves no orphan object.
+    lobject = conn.connection.driver_connection.lobject(0, "wb")
+    try:
+        for start in range(0, len(artifact.payload), _LO_CHUNK):
+            lobject.write(artifact.payload[start : start + _LO_CHUNK])
+    finally:
+        lobject.close()
     conn.execute(
         sa.text(
             f"""
@@ -449,16 +349,63 @@ def _insert(conn: sa.Connection, artifact: ModelArtifact, row: dict[str, Any]) -
             """
         ),
         {
-            **row,
             "version": version,
-            "parameters": _json(row["parameters"]),
-            "metrics": _json(row["metrics"]),
-            "gate_figures": _json(row["gate_figures"]),
-            "artifact": artifact_oid,
+            "status": status,
+            "model_type": model_type,
+            "trained_at": trained_at,
+            "run_id": run_id,
+            "interactions": snapshot.interactions,
+            "users": snapshot.users,
+            "tracks": snapshot.tracks,
+            "snapshot_date": snapshot.snapshot_date,
+            "parameters": _json(parameters),
+            "metrics": _json(metrics),
+            "gate_passed": gate_passed,
+            "gate_reason": gate_reason,
+            "gate_figures": _json(gate_figures),
+            "artifact": int(lobject.oid),
             "sha256": artifact.sha256,
             "size": artifact.size_bytes,
         },
     )
+    return version
+
+
+def register_candidate(
+    engine: sa.Engine,
+    artifact: ModelArtifact,
+    *,
+    trained_at: datetime,
+    run_id: str | None,
+    snapshot: DataSnapshot,
+    parameters: dict[str, Any],
+    metrics: dict[str, Any],
+    gate_passed: bool,
+    gate_reason: str,
+    gate_figures: dict[str, Any],
+) -> int:
+    """Register a trained model as a candidate (artifact included) and return its version.
+
+    ``metrics`` holds its evaluation and the baselines' on one holdout; the ``gate_*`` arguments
+    the promotion gate's verdict, in words and figures. A candidate its gate refused stays
+    registered, shown as ``refused``.
+    """
+    with _locked(engine) as conn:
+        version = _insert(
+            conn,
+            artifact,
+            status=STATUS_CANDIDATE,
+            model_type=MODEL_TYPE_ALS,
+            trained_at=trained_at,
+            run_id=run_id,
+            snapshot=snapshot,
+            parameters=parameters,
+            metrics=metrics,
+            gate_passed=gate_passed,
+            gate_reason=gate_reason,
+            gate_figures=gate_figures,
+        )
+        _log(conn, version, "registered" if gate_passed else "refused", gate_reason)
     return version
 
 
@@ -467,15 +414,8 @@ def serving_entry(engine: sa.Engine, *, at: datetime, run_id: str | None = None)
 
     Also registers the fallback (retired) beside an older registry's trained production model,
     so a rollback can always return to it. Idempotent and safe against concurrent first runs.
-
-    Args:
-        engine: Engine of the warehouse database.
-        at: Registration time of a fallback row made now.
-        run_id: The Dagster run asking, recorded on a fallback row made now.
     """
-    ensure_registry_schema(engine)
-    with engine.begin() as conn:
-        conn.execute(sa.text(_LOCK_SQL), {"key": f"{ML_SCHEMA}.{REGISTRY_TABLE}"})
+    with _locked(engine) as conn:
         production = conn.execute(
             sa.text(f"SELECT version FROM {_REGISTRY} WHERE status = 'production'")
         ).scalar()
@@ -484,22 +424,20 @@ def serving_entry(engine: sa.Engine, *, at: datetime, run_id: str | None = None)
             {"t": MODEL_TYPE_FALLBACK},
         ).scalar()
         if fallback is None:
-            row = {
-                "status": STATUS_RETIRED if production is not None else STATUS_PRODUCTION,
-                "model_type": MODEL_TYPE_FALLBACK,
-                "trained_at": at,
-                "run_id": run_id,
-                "interactions": 0,
-                "users": 0,
-                "tracks": 0,
-                "snapshot_date": None,
-                "parameters": {},
-                "metrics": {},
-                "gate_passed": True,
-                "gate_reason": FALLBACK_REASON,
-                "gate_figures": {},
-            }
-            fallback = _insert(conn, serialize_model(FallbackModel()), row)
+            fallback = _insert(
+                conn,
+                serialize_model(FallbackModel()),
+                status=STATUS_RETIRED if production is not None else STATUS_PRODUCTION,
+                model_type=MODEL_TYPE_FALLBACK,
+                trained_at=at,
+                run_id=run_id,
+                snapshot=DataSnapshot(0, 0, 0, None),
+                parameters={},
+                metrics={},
+                gate_passed=True,
+                gate_reason=FALLBACK_REASON,
+                gate_figures={},
+            )
             _log(conn, fallback, "registered", FALLBACK_REASON)
             if production is None:
                 _log(conn, fallback, "promoted", "nothing served yet")
@@ -507,21 +445,18 @@ def serving_entry(engine: sa.Engine, *, at: datetime, run_id: str | None = None)
             _make_production(conn, int(fallback))
             _log(conn, int(fallback), "promoted", "nothing served: the fallback serves again")
     entry = production_entry(engine)
-    if entry is None:  # pragma: no cover - the transaction above guarantees a production row
-        raise RegistryError("no production model after registering the fallback")
+    assert entry is not None, "the transaction above leaves a production row"
     return entry
 
 
 def _make_production(conn: sa.Connection, version: int) -> int | None:
+    """Retire the production model, promote ``version``; return the retired version."""
     previous = conn.execute(
-        sa.text(f"SELECT version FROM {_REGISTRY} WHERE status = 'production'")
-    ).scalar()
-    conn.execute(
         sa.text(
             f"UPDATE {_REGISTRY} SET status = 'retired', retired_at = now() "
-            "WHERE status = 'production'"
+            "WHERE status = 'production' RETURNING version"
         )
-    )
+    ).scalar()
     conn.execute(
         sa.text(
             f"UPDATE {_REGISTRY} SET status = 'production', promoted_at = now(), "
@@ -529,36 +464,29 @@ def _make_production(conn: sa.Connection, version: int) -> int | None:
         ),
         {"v": version},
     )
-    return None if previous is None else int(previous)
+    return previous
+
+
+def _lock_row(conn: sa.Connection, version: int, action: str) -> sa.Row:
+    row = conn.execute(
+        sa.text(f"SELECT * FROM {_REGISTRY} WHERE version = :v FOR UPDATE"), {"v": version}
+    ).first()
+    if row is None:
+        raise RegistryError(f"cannot {action} version {version}: it is not registered")
+    return row
 
 
 def promote(engine: sa.Engine, version: int) -> int | None:
     """Make the candidate ``version`` the production model, retiring the current one.
 
-    Idempotent: promoting the production model again changes nothing.
-
-    Args:
-        engine: Engine of the warehouse database.
-        version: A candidate whose promotion gate passed.
-
-    Returns:
-        The previous production version (None if there was none or ``version`` already was it).
+    Idempotent: promoting the production model again changes nothing and returns None.
+    Returns the previous production version.
 
     Raises:
         RegistryError: Unknown version, a retired version, or a candidate refused by the gate.
     """
-    ensure_registry_schema(engine)
-    with engine.begin() as conn:
-        conn.execute(sa.text(_LOCK_SQL), {"key": f"{ML_SCHEMA}.{REGISTRY_TABLE}"})
-        row = conn.execute(
-            sa.text(
-                f"SELECT status, gate_passed, gate_reason FROM {_REGISTRY} "
-                "WHERE version = :v FOR UPDATE"
-            ),
-            {"v": version},
-        ).first()
-        if row is None:
-            raise RegistryError(f"cannot promote version {version}: it is not registered")
+    with _locked(engine) as conn:
+        row = _lock_row(conn, version, "promote")
         if row.status == STATUS_PRODUCTION:
             return None
         if row.status != STATUS_CANDIDATE:
@@ -576,33 +504,14 @@ def promote(engine: sa.Engine, version: int) -> int | None:
 
 
 def rollback(engine: sa.Engine, to_version: int) -> int | None:
-    """Put a previously promoted model back in production, retiring the current one.
-
-    Only versions that once served (``promoted_at`` set) and the fallback qualify: a candidate
-    the gate refused, or one never promoted, is not a rollback target.
-
-    Args:
-        engine: Engine of the warehouse database.
-        to_version: The version to serve again.
-
-    Returns:
-        The version that was in production before (None if none).
+    """Serve again a model that once served (or the fallback); return the version it replaces.
 
     Raises:
-        RegistryError: Unknown version, already in production, or never promoted.
+        RegistryError: Unknown version, already in production, or never promoted (a candidate
+            the gate refused is not a rollback target).
     """
-    ensure_registry_schema(engine)
-    with engine.begin() as conn:
-        conn.execute(sa.text(_LOCK_SQL), {"key": f"{ML_SCHEMA}.{REGISTRY_TABLE}"})
-        row = conn.execute(
-            sa.text(
-                f"SELECT status, promoted_at, model_type FROM {_REGISTRY} "
-                "WHERE version = :v FOR UPDATE"
-            ),
-            {"v": to_version},
-        ).first()
-        if row is None:
-            raise RegistryError(f"cannot roll back to version {to_version}: it is not registered")
+    with _locked(engine) as conn:
+        row = _lock_row(conn, to_version, "roll back to")
         if row.status == STATUS_PRODUCTION:
             raise RegistryError(f"version {to_version} is already the production model")
         if row.promoted_at is None and row.model_type != MODEL_TYPE_FALLBACK:
@@ -649,25 +558,16 @@ def record_evaluation(
 def latest_evaluation(engine: sa.Engine, version: int) -> Evaluation | None:
     """The newest daily evaluation of ``version``, or None."""
     with engine.connect() as conn:
-        if not _exists(conn, EVALUATIONS_TABLE):
+        if conn.execute(sa.text("SELECT to_regclass(:t)"), {"t": _EVALUATIONS}).scalar() is None:
             return None
         row = conn.execute(
             sa.text(
-                f"SELECT version, evaluated_at, data_interactions, data_snapshot_date, metrics "
-                f"FROM {_EVALUATIONS} WHERE version = :v ORDER BY evaluated_at DESC LIMIT 1"
+                f"SELECT * FROM {_EVALUATIONS} WHERE version = :v "
+                "ORDER BY evaluated_at DESC LIMIT 1"
             ),
             {"v": version},
         ).first()
     if row is None:
         return None
-    return Evaluation(
-        version=int(row.version),
-        evaluated_at=row.evaluated_at,
-        snapshot=DataSnapshot(
-            interactions=int(row.data_interactions),
-            users=0,
-            tracks=0,
-            snapshot_date=row.data_snapshot_date,
-        ),
-        metrics=dict(row.metrics),
-    )
+    snapshot = DataSnapshot(row.data_interactions, 0, 0, row.data_snapshot_date)
+    return Evaluation(row.version, row.evaluated_at, snapshot, dict(row.metrics))
