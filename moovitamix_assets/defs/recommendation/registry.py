@@ -306,22 +306,11 @@ def _locked(engine: sa.Engine) -> Iterator[sa.Connection]:
         yield conn
 
 
-def _insert(
-    conn: sa.Connection,
-    artifact: ModelArtifact,
-    *,
-    status: str,
-    model_type: str,
-    trained_at: datetime,
-    run_id: str | None,
-    snapshot: DataSnapshot,
-    parameters: dict[str, Any],
-    metrics: dict[str, Any],
-    gate_passed: bool,
-    gate_reason: str,
-    gate_figures: dict[str, Any],
-) -> int:
-    """Insert one registry row under the caller's lock; return its new version."""
+def _insert(conn: sa.Connection, artifact: ModelArtifact, **row: Any) -> int:
+    """Insert one registry row under the caller's lock; return its new version.
+
+    ``row`` holds ``status``, ``model_type`` and the arguments of :func:`register_candidate`.
+    """
     version = int(
         conn.execute(sa.text(f"SELECT coalesce(max(version), 0) + 1 FROM {_REGISTRY}")).scalar()
     )
@@ -349,20 +338,13 @@ def _insert(
             """
         ),
         {
+            **row,
             "version": version,
-            "status": status,
-            "model_type": model_type,
-            "trained_at": trained_at,
-            "run_id": run_id,
-            "interactions": snapshot.interactions,
-            "users": snapshot.users,
-            "tracks": snapshot.tracks,
-            "snapshot_date": snapshot.snapshot_date,
-            "parameters": _json(parameters),
-            "metrics": _json(metrics),
-            "gate_passed": gate_passed,
-            "gate_reason": gate_reason,
-            "gate_figures": _json(gate_figures),
+            "interactions": row["snapshot"].interactions,
+            "users": row["snapshot"].users,
+            "tracks": row["snapshot"].tracks,
+            "snapshot_date": row["snapshot"].snapshot_date,
+            **{k: _json(row[k]) for k in ("parameters", "metrics", "gate_figures")},
             "artifact": int(lobject.oid),
             "sha256": artifact.sha256,
             "size": artifact.size_bytes,
