@@ -80,13 +80,8 @@ def ensure_runtime_dir() -> Path:
             if os.access(runtime, os.W_OK):
                 break
     else:
-        runtime = Path(tempfile.gettempdir()) / f"moovitamix-runtime-{uid}"
-        runtime.mkdir(mode=0o700, exist_ok=True)
-        if not _owned_dir(runtime, uid):
-            raise RuntimeError(
-                f"{runtime} is not a directory owned by uid {uid}; remove it or set XDG_RUNTIME_DIR"
-            )
-        runtime.chmod(0o700)  # platformdirs ignores a runtime dir that others can read
+        # platformdirs ignores a runtime dir that others can read
+        runtime = _own_dir(Path(tempfile.gettempdir()) / f"moovitamix-runtime-{uid}", 0o700)
     os.environ["XDG_RUNTIME_DIR"] = str(runtime)
     (runtime / "python_PostgresServer").mkdir(exist_ok=True)
     return runtime
@@ -247,14 +242,17 @@ def _closed_ancestor(path: Path) -> Path | None:
 
 
 def _fallback_base() -> Path:
-    uid = os.getuid()
     root = Path("/var/tmp") if Path("/var/tmp").is_dir() else Path(tempfile.gettempdir())
-    base = root / f"moovitamix-{uid}"
-    base.mkdir(mode=0o755, exist_ok=True)
-    if not _owned_dir(base, uid):
-        raise RuntimeError(f"{base} is not a directory owned by uid {uid}; remove it")
-    base.chmod(0o755)
-    return base
+    return _own_dir(root / f"moovitamix-{os.getuid()}", 0o755)
+
+
+def _own_dir(path: Path, mode: int) -> Path:
+    """``path`` created with ``mode``, refused unless it is a real directory of this user."""
+    path.mkdir(mode=mode, exist_ok=True)
+    if not _owned_dir(path, os.getuid()):
+        raise RuntimeError(f"{path} is not a directory owned by uid {os.getuid()}; remove it")
+    path.chmod(mode)
+    return path
 
 
 def _mirror_binaries_if_unreachable() -> None:
