@@ -129,6 +129,7 @@ def ensure_database(url: URL, setting: str = DATABASE_URL_ENV) -> None:
     try:
         conn = connect_psycopg2(url.set(database="postgres"))
         conn.autocommit = True  # CREATE DATABASE refuses to run in a transaction block
+        what = f"cannot create database {url.database!r} named by {setting}"
         with conn.cursor() as cur:
             cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(url.database)))
     except psycopg2.Error as exc:
