@@ -46,14 +46,9 @@ class Alert:
 
     def facts(self) -> list[tuple[str, str]]:
         """The labelled facts that are known, in reading order."""
-        facts = [
-            ("Asset", self.asset_key),
-            ("Partition", self.partition),
-            ("Observed", self.observed),
-            ("Expected", self.expected),
-            ("Run", self.run_id),
-        ]
-        return [(label, value) for label, value in facts if value]
+        labels = ("Asset", "Partition", "Observed", "Expected", "Run")
+        values = (self.asset_key, self.partition, self.observed, self.expected, self.run_id)
+        return [(label, value) for label, value in zip(labels, values, strict=True) if value]
 
     def text(self) -> str:
         """Plain-text rendering (the Slack fallback text and the log line)."""
@@ -68,16 +63,8 @@ def _cut(text: str, limit: int) -> str:
 
 
 def format_slack_message(alert: Alert) -> dict[str, Any]:
-    """The Slack-compatible JSON body of an alert.
-
-    Args:
-        alert: The alert to render.
-
-    Returns:
-        A plain `text` (what notifications and non-Slack receivers show) and `blocks`: a header,
-        the facts as fields, the details, and the link with the dedupe key. Texts are cut to
-        Slack's limits (150 characters for a header, 3,000 for a section, 10 fields a section).
-    """
+    """The Slack-compatible JSON body of an alert: a plain ``text`` (what notifications and other
+    receivers show) and ``blocks`` (header, facts, details, link), cut to Slack's limits."""
     header = f"{_EMOJI.get(alert.kind, ':warning:')} {alert.title}"
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": _cut(header, 150), "emoji": True}}
@@ -125,17 +112,15 @@ class AlertNotifier(ConfigurableResource):
         return f"{self.ui_base_url.rstrip('/')}/assets/{path}"
 
     def send(self, alert: Alert, log: logging.Logger | None = None) -> bool:
-        """Deliver one alert; never raises on a delivery problem.
+        """Deliver one alert, or write it to ``log`` when no webhook is set; never raises.
 
-        Without a webhook the alert is written to `log` (ERROR for failed checks and runs,
-        WARNING for freshness and refused models). A webhook that is down or answers an error is
-        logged, without its URL, with the alert, and the alert counts as handled: callers do not
-        resend it, because an alert storm against a broken webhook is worse than one message
-        that only reached the log.
+        A webhook that is down or answers an error is logged (without its URL) with the alert, and
+        the alert counts as handled: an alert storm against a broken webhook is worse than one
+        message that only reached the log.
 
         Args:
             alert: The alert to deliver.
-            log: Where to write (the sensor's `context.log`); the module logger when None.
+            log: Where to write (the sensor's ``context.log``); the module logger when None.
 
         Returns:
             True when the webhook accepted the message, False otherwise.
@@ -157,8 +142,8 @@ class AlertNotifier(ConfigurableResource):
         )
         try:
             with requests.Session() as session:
-                session.mount("http://", HTTPAdapter(max_retries=retry))
                 session.mount("https://", HTTPAdapter(max_retries=retry))
+                session.mount("http://", HTTPAdapter(max_retries=retry))
                 response = session.post(
                     self.webhook_url, json=format_slack_message(alert), timeout=self.timeout_seconds
                 )
@@ -181,11 +166,8 @@ class AlertNotifier(ConfigurableResource):
 
 
 def alert_notifier_from_env() -> AlertNotifier:
-    """The `alert_notifier` resource wired to MOOVITAMIX_ALERT_WEBHOOK_URL and MOOVITAMIX_UI_URL.
-
-    A variable is wired as a `dagster.EnvVar` (resolved when the sensor runs, never shown in the
-    UI) only when it is set: an EnvVar naming an unset variable fails every tick, whereas an unset
-    webhook must mean "alerts go to the log".
-    """
+    """The ``alert_notifier`` resource wired to MOOVITAMIX_ALERT_WEBHOOK_URL and MOOVITAMIX_UI_URL,
+    as EnvVars (never shown in the UI) only when set: an EnvVar naming an unset variable fails
+    every tick, whereas an unset webhook must mean "alerts go to the log"."""
     settings = {"webhook_url": ALERT_WEBHOOK_URL_ENV, "ui_base_url": UI_URL_ENV}
     return AlertNotifier(**{f: EnvVar(env) for f, env in settings.items() if os.environ.get(env)})

@@ -1,8 +1,5 @@
-"""From an audit's outcome to a Dagster check: specs and results with the metadata alerts read.
-
-Every result carries ``observed`` and ``threshold`` metadata (the alert sensor quotes them as
-"observed vs expected") and the audit's description, so the UI, the alert and the log agree.
-"""
+"""From an audit's outcome to a Dagster check result, with the ``observed`` and ``threshold``
+metadata the alert sensor quotes, so the UI, the alert and the log agree."""
 
 import math
 import warnings
@@ -17,9 +14,8 @@ Severity = Literal["ERROR", "WARN"]
 
 
 class CheckOutcome(Protocol):
-    """What every audit function returns (``AuditResult`` and ``CoreAuditResult`` both are)."""
+    """What every audit function returns; read-only properties, so frozen dataclasses match."""
 
-    # Read-only properties, so that frozen dataclasses match.
     @property
     def name(self) -> str: ...
     @property
@@ -35,15 +31,9 @@ class CheckOutcome(Protocol):
 
 
 def _plain(value: object) -> float | int | str | None:
-    # Dagster keeps plain numbers as numbers (the UI plots them) and None as null. NaN and
-    # infinity are not JSON, and other types (a Decimal from SQL) are not metadata: both are text.
-    if (
-        value is None
-        or isinstance(value, int | str)
-        or (isinstance(value, float) and math.isfinite(value))
-    ):
-        return value
-    return str(value)
+    # Numbers stay numbers (the UI plots them); NaN, infinity and e.g. a Decimal become text.
+    finite = isinstance(value, float) and math.isfinite(value)
+    return value if value is None or isinstance(value, int | str) or finite else str(value)
 
 
 def to_check_result(
@@ -51,16 +41,7 @@ def to_check_result(
     outcome: CheckOutcome,
     extra: Mapping[str, float | int | str | None] | None = None,
 ) -> dg.AssetCheckResult:
-    """Build the AssetCheckResult of one audit outcome.
-
-    Args:
-        asset_key: The checked asset.
-        outcome: The audit's result; its name is the check's name.
-        extra: Further metadata (figures an operator wants next to the verdict).
-
-    Returns:
-        The result, with the outcome's severity and ``observed``/``threshold`` metadata.
-    """
+    """The check result of one audit outcome (its name is the check's), with ``extra`` metadata."""
     metadata = {"observed": outcome.observed, "threshold": outcome.threshold, **(extra or {})}
     return dg.AssetCheckResult(
         asset_key=asset_key,
@@ -77,8 +58,7 @@ def daily_check_spec(
 ) -> dg.AssetCheckSpec:
     """A check spec partitioned like the daily assets, so each day has its own verdict in the UI.
 
-    Partitioned check specs are a preview feature of Dagster 1.13 (pinned, and tested): the
-    warning is silenced here, where we opt in, rather than printed at every import.
+    Partitioned check specs are a preview feature of Dagster 1.13: its warning is silenced here.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dg.PreviewWarning)

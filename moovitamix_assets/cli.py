@@ -1,9 +1,8 @@
 """`python -m moovitamix_assets.cli run|ui`: the README's one-command demo and the local UI.
 
-Both start what a fresh machine lacks: the embedded PostgreSQL (unless MOOVITAMIX_DATABASE_URL is
-set), holding the warehouse and Dagster's own instance, and the API stand-in (unless
-MOOVITAMIX_API_URL is set). Dagster's home is in the state folder, so the runs of `run` appear in
-the UI of `ui`. Both stop what they started when they end.
+Both start what a fresh machine lacks (the embedded PostgreSQL unless MOOVITAMIX_DATABASE_URL is
+set, the API stand-in unless MOOVITAMIX_API_URL is set) and stop it when they end. Dagster's home
+is in the state folder, so the runs of `run` appear in the UI of `ui`.
 """
 
 from __future__ import annotations
@@ -36,9 +35,9 @@ from moovitamix_assets.partitions import utc_today
 from moovitamix_assets.warehouse.database import DATABASE_URL_ENV, PostgresResource, dispose_engines
 from moovitamix_assets.warehouse.embedded_postgres import (
     embedded_postgres_of,
+    state_dir,
     stop_embedded_postgres,
 )
-from moovitamix_assets.warehouse.embedded_postgres import state_dir as resolve_state_dir
 
 DAGSTER_STORAGE_ENV = "MOOVITAMIX_DAGSTER_STORAGE_URL"
 DEFAULT_UI_HOST = "127.0.0.1"
@@ -58,15 +57,13 @@ TICK_CHATTER = re.compile(
     r"|No run requests returned for|Not checking for any runs since no)"
 )
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
+# Runs, event logs and schedules in PostgreSQL (dagster-postgres), beside the warehouse; one model
+# retraining at a time, as in deploy/dagster.yaml.
 LOCAL_DAGSTER_YAML = f"""\
-# Written by `python -m moovitamix_assets.cli`: Dagster's runs, event logs and schedules live in
-# PostgreSQL (dagster-postgres), the same server as the warehouse, in a database of their own.
 storage:
   postgres:
     postgres_url:
       env: {DAGSTER_STORAGE_ENV}
-# One model retraining at a time (the job's moovitamix/exclusive tag), as in deploy/dagster.yaml.
 concurrency:
   runs:
     tag_concurrency_limits:
@@ -82,18 +79,17 @@ logger = logging.getLogger(__name__)
 EVENTS = logging.getLogger("moovitamix.dagster_events")
 
 
-def prepare_environment(state_dir: Path) -> dict[str, str]:
+def prepare_environment(state: Path) -> dict[str, str]:
     """Start or reuse PostgreSQL; a copy of ``os.environ`` with DAGSTER_HOME and its storage."""
     env = dict(os.environ)
-    env.setdefault("MOOVITAMIX_STATE_DIR", str(state_dir))
+    env.setdefault("MOOVITAMIX_STATE_DIR", str(state))
     # url() starts the embedded server, and creates the database, when either is missing.
-    warehouse = PostgresResource(database_url=env.get(DATABASE_URL_ENV), state_dir=str(state_dir))
+    warehouse = PostgresResource(database_url=env.get(DATABASE_URL_ENV), state_dir=str(state))
     if DAGSTER_STORAGE_ENV not in env:
         url = sa.make_url(warehouse.url()).set(database="dagster").render_as_string(False)
-        storage = PostgresResource(database_url=url, state_dir=str(state_dir))
-        env[DAGSTER_STORAGE_ENV] = storage.url()
+        env[DAGSTER_STORAGE_ENV] = PostgresResource(database_url=url, state_dir=str(state)).url()
     if "DAGSTER_HOME" not in env:
-        home = state_dir / "dagster_home"
+        home = state / "dagster_home"
         home.mkdir(parents=True, exist_ok=True)
         (home / "dagster.yaml").write_text(LOCAL_DAGSTER_YAML)
         env["DAGSTER_HOME"] = str(home)
@@ -101,42 +97,37 @@ def prepare_environment(state_dir: Path) -> dict[str, str]:
 
 
 @contextmanager
-def embedded_postgres_owned(state_dir: Path) -> Iterator[None]:
-    """Stop the embedded PostgreSQL on exit if it was not running on entry (e.g. a `make ui`)."""
-    server = None if DATABASE_URL_ENV in os.environ else embedded_postgres_of(state_dir)
-    was_running = server is None or server.is_running()
-    try:
-        yield
-    finally:
-        if not was_running:
-            dispose_engines()  # pooled connections would only be cut by the fast shutdown
-            stop_embedded_postgres(server)
+def platform(args: argparse.Namespace, state: Path) -> Iterator[dict[str, str]]:
+    """PostgreSQL and the API stand-in for the duration; the environment that points at them.
 
-
-@contextmanager
-def api_stand_in(env: dict[str, str], records: int, seed: int, taste: str | None) -> Iterator[None]:
-    """Run the API stand-in for the duration, unless MOOVITAMIX_API_URL points elsewhere.
-
-    It inherits ``env``, so its own variables (e.g. MOOVITAMIX_STANDIN_TASTE) configure it.
+    The embedded PostgreSQL is stopped on exit unless it was already running (e.g. a `make ui`);
+    the stand-in runs unless MOOVITAMIX_API_URL points elsewhere.
     """
-    if "MOOVITAMIX_API_URL" in env:
-        yield
-        return
-    from moovitamix_api.server import run_subprocess  # the `demo` extra: only when started
+    server = None if DATABASE_URL_ENV in os.environ else embedded_postgres_of(state)
+    was_running = server is None or server.is_running()
+    with ExitStack() as stack:
+        if not was_running:
+            stack.callback(stop_embedded_postgres, server)
+            stack.callback(dispose_engines)  # pooled connections first: a fast shutdown cuts them
+        env = prepare_environment(state)
+        if "MOOVITAMIX_API_URL" not in env:
+            from moovitamix_api.server import run_subprocess  # the `demo` extra: only when started
 
-    args = ["--records", str(records), "--seed", str(seed)] + (["--taste", taste] if taste else [])
-    with run_subprocess(args, env=env) as api:
-        env["MOOVITAMIX_API_URL"] = api.base_url
-        shown = taste or env.get(TASTE_ENV) or DEFAULT_TASTE
-        print(f"API stand-in ({records:,} records per endpoint, taste {shown}) at {api.base_url}")
-        yield
+            taste = ["--taste", args.taste] if args.taste else []
+            command = ["--records", str(args.records), "--seed", str(args.seed), *taste]
+            api = stack.enter_context(run_subprocess(command, env=env))
+            env["MOOVITAMIX_API_URL"] = api.base_url
+            shown = args.taste or env.get(TASTE_ENV) or DEFAULT_TASTE
+            print(f"API stand-in ({args.records:,} records per endpoint, taste {shown})", end="")
+            print(f" at {api.base_url}")
+        yield env
 
 
-def log_file_path(state_dir: Path, kind: str, partition: str | None = None) -> Path:
+def log_file_path(state: Path, kind: str, partition: str | None = None) -> Path:
     """``<state dir>/logs/<kind>[-<partition>]-<UTC time>.log``, its folder created."""
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    (state_dir / "logs").mkdir(parents=True, exist_ok=True)
-    return state_dir / "logs" / f"{'-'.join(p for p in (kind, partition, stamp) if p)}.log"
+    (state / "logs").mkdir(parents=True, exist_ok=True)
+    return state / "logs" / f"{'-'.join(p for p in (kind, partition, stamp) if p)}.log"
 
 
 def first_line(text: str) -> str:
@@ -161,10 +152,10 @@ class Step:
     rows: int | None = None
     done: bool = False
 
-
-def label(step: Step) -> str:
-    """How the console names a step: by its assets."""
-    return ", ".join(step.assets)
+    @property
+    def label(self) -> str:
+        """How the console names a step: by its assets."""
+        return ", ".join(self.assets)
 
 
 @dataclass
@@ -214,18 +205,18 @@ class RunConsole:
         elif kind == types.STEP_SUCCESS and step.assets:
             step.done = True
             rows = f"{step.rows:,} rows" if step.rows is not None else ""
-            self.say(f"  {label(step):<44}{rows:>14}{data.duration_ms / 1000:>7.1f} s")
+            self.say(f"  {step.label:<44}{rows:>14}{data.duration_ms / 1000:>7.1f} s")
         elif kind == types.STEP_FAILURE:
             step.done = True
             cause = error_headline(data.error) if data.error else "unknown error"
-            self.failure = f"{label(step) or entry.step_key}: {cause}"
+            self.failure = f"{step.label or entry.step_key}: {cause}"
             self.say(f"  FAILED {self.failure}")
 
     def tick(self) -> None:
         """Show the running step and its time: in place on a terminal, else every 30 s."""
         running = [s for s in self.steps.values() if s.started and not s.done and s.assets]
         if running:
-            text = f"running {label(running[0])}… {time.time() - running[0].started:.0f} s"
+            text = f"running {running[0].label}… {time.time() - running[0].started:.0f} s"
         elif not any(s.started for s in self.steps.values()):
             text = f"starting {self.job_name}… {time.time() - self.created:.0f} s"
         else:
@@ -297,7 +288,7 @@ def report_failure(job: dg.JobDefinition, console: RunConsole, log_path: Path) -
         roots = [
             n.name for n in job.graph.nodes if not deps.input_to_upstream_outputs_for_node(n.name)
         ]
-        first = ", ".join(label(console.steps[r]) for r in roots if r in console.steps)
+        first = ", ".join(console.steps[r].label for r in roots if r in console.steps)
         where = f"before its first step ({first}): {console.error}"
     print(f"{job.name} failed {where}", file=sys.stderr)
     print(f"Full log: {log_path}", file=sys.stderr)
@@ -310,7 +301,6 @@ def summarize(partition: str, candidate: dict[str, Any]) -> list[str]:
     engine = PostgresResource(database_url=os.environ.get(DATABASE_URL_ENV)).engine()
     core_counts = ", ".join(f"(SELECT count(*) FROM core.{t}) AS {t}" for t in CORE_TABLES)
     with engine.connect() as conn:
-        # The manifest is replaced with the raw rows, and an audit holds it to them.
         manifest = conn.execute(
             sa.text(
                 "SELECT endpoint, rows_valid, api_total, rows_rejected FROM "
@@ -336,8 +326,7 @@ def summarize(partition: str, candidate: dict[str, Any]) -> list[str]:
         f" served by {served[2] or 'no model'}"
     )
     if candidate.get("trained"):
-        # The reason ends "candidate promoted" or "candidate refused"; its figures in brackets
-        # are in the UI and the registry.
+        # The reason ends "candidate promoted" or "candidate refused"; its figures are in the UI.
         reason = str(candidate.get("gate_reason", "")).split(" (", 1)[0]
         lines.append(f"  gate on candidate v{candidate.get('model_version')}: {reason}")
     elif candidate:
@@ -345,52 +334,41 @@ def summarize(partition: str, candidate: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    # Once: a second Ctrl-C must not cut short the stopping of what the command started.
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
-    raise KeyboardInterrupt
-
-
 def log_to_file(log_path: Path) -> None:
     """Send every log record and warning of this process to ``log_path`` only, UTC timestamps."""
     handler = logging.FileHandler(log_path, encoding="utf-8")
-    handler.setFormatter(
-        logging.Formatter(
-            "%(asctime)s.%(msecs)03dZ %(levelname)-8s %(name)s %(message)s", "%Y-%m-%dT%H:%M:%S"
-        )
-    )
+    fmt = "%(asctime)s.%(msecs)03dZ %(levelname)-8s %(name)s %(message)s"
+    handler.setFormatter(logging.Formatter(fmt, "%Y-%m-%dT%H:%M:%S"))
     handler.formatter.converter = time.gmtime
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
     logging.captureWarnings(True)
     EVENTS.setLevel(logging.DEBUG)  # Dagster's DEBUG events belong in the full log
 
 
-def run_command(args: argparse.Namespace, state_dir: Path) -> int:
+def run_command(args: argparse.Namespace, state: Path) -> int:
     """``cli run``: the day's ``daily_refresh``, then ``model_retraining``, then a summary."""
     partition = args.partition or utc_today().isoformat()
-    log_path = log_file_path(state_dir, "run", partition)
+    log_path = log_file_path(state, "run", partition)
     log_to_file(log_path)
     started = time.monotonic()
-    with ExitStack() as stack:
-        stack.enter_context(embedded_postgres_owned(state_dir))
-        env = prepare_environment(state_dir)
-        stack.enter_context(api_stand_in(env, args.records, args.seed, args.taste))
+    with platform(args, state) as env:
         os.environ.update(env)  # the definitions read the variables when imported
         from moovitamix_assets.definitions import defs
 
         print(f"Full log: {log_path}")
-        instance = stack.enter_context(dg.DagsterInstance.get())
-        for name, key in ((daily_refresh_job.name, partition), (RETRAINING_JOB_NAME, None)):
-            job = defs.resolve_job_def(name)
-            console = run_job(job, instance, key)
-            if not console.success:
-                report_failure(job, console, log_path)
-                return 1
-            passed, failed = console.checks[True], console.checks[False]
-            seconds = time.time() - console.created
-            failed_text = f", {failed} failed (non-blocking)" if failed else ""
-            print(f"  {name} succeeded in {seconds:.1f} s; checks: {passed} passed{failed_text}")
+        with dg.DagsterInstance.get() as instance:
+            for name, key in ((daily_refresh_job.name, partition), (RETRAINING_JOB_NAME, None)):
+                job = defs.resolve_job_def(name)
+                console = run_job(job, instance, key)
+                if not console.success:
+                    report_failure(job, console, log_path)
+                    return 1
+                failed = console.checks[False]
+                failed_text = f", {failed} failed (non-blocking)" if failed else ""
+                print(
+                    f"  {name} succeeded in {time.time() - console.created:.1f} s;"
+                    f" checks: {console.checks[True]} passed{failed_text}"
+                )
         print("\n".join(summarize(partition, console.metadata.get("ml/candidate_model", {}))))
     print(
         f"Materialized every asset for {partition} in {time.monotonic() - started:.1f} s;"
@@ -416,13 +394,10 @@ def copy_output(process: subprocess.Popen[str], log_path: Path) -> None:
                 print(line if colors else plain, end="", flush=True)
 
 
-def ui_command(args: argparse.Namespace, state_dir: Path) -> int:
+def ui_command(args: argparse.Namespace, state: Path) -> int:
     """``cli ui``: ``dg dev`` with the embedded defaults until it ends, Ctrl-C or SIGTERM."""
-    log_path = log_file_path(state_dir, "ui")
-    with ExitStack() as stack:
-        stack.enter_context(embedded_postgres_owned(state_dir))
-        env = prepare_environment(state_dir)
-        stack.enter_context(api_stand_in(env, args.records, args.seed, args.taste))
+    log_path = log_file_path(state, "ui")
+    with platform(args, state) as env:
         dispose_engines()  # this process keeps no connection while the UI runs
         # A session of its own: Ctrl-C in the terminal reaches this process only, which stops
         # the whole group (dg dev, webserver, daemon, code servers) below.
@@ -441,8 +416,7 @@ def ui_command(args: argparse.Namespace, state_dir: Path) -> int:
             print(f"Dagster UI: http://{shown}:{args.port}  (Ctrl-C stops everything)")
             print(f"Full log: {log_path}", flush=True)
             threading.Thread(target=copy_output, args=(process, log_path), daemon=True).start()
-            process.wait()
-            return process.returncode or 1
+            return process.wait() or 1
         except KeyboardInterrupt:
             os.killpg(process.pid, signal.SIGTERM)
             with suppress(subprocess.TimeoutExpired):
@@ -468,13 +442,16 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (run, ui):
         p.add_argument("--records", type=int, default=1000, help="stand-in records per endpoint")
         p.add_argument("--seed", type=int, default=42, help="stand-in seed")
-        p.add_argument(
-            "--taste",
-            choices=sorted(TASTES),
-            default=None,
-            help=f"stand-in listening (default: ${TASTE_ENV}, else {DEFAULT_TASTE})",
-        )
+        help_taste = f"stand-in listening (default: ${TASTE_ENV}, else {DEFAULT_TASTE})"
+        p.add_argument("--taste", choices=sorted(TASTES), default=None, help=help_taste)
     return parser
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    # Once: a second Ctrl-C must not cut short the stopping of what the command started.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -485,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _interrupt)
     try:
-        return (ui_command if args.command == "ui" else run_command)(args, resolve_state_dir())
+        return (ui_command if args.command == "ui" else run_command)(args, state_dir())
     except KeyboardInterrupt:
         print("\nInterrupted; stopped what this command started.")
         return 130

@@ -34,11 +34,8 @@ DEFAULT_API_URL = "http://127.0.0.1:8000"
 
 
 def env_or_default(name: str, default: str | None) -> dg.EnvVar | str | None:
-    """An ``EnvVar`` when the variable is set, else the embedded default.
-
-    Only the variable's presence is read here; Dagster resolves its value at run time and shows
-    the variable's name, not its value, in the UI, so URLs with credentials never reach it.
-    """
+    """An ``EnvVar`` when the variable is set, else the embedded default: Dagster resolves it at
+    run time and shows its name, never its value (a URL with credentials), in the UI."""
     return dg.EnvVar(name) if name in os.environ else default
 
 
@@ -67,7 +64,6 @@ defs = dg.Definitions(
     ],
     sensors=[*build_alert_sensors(), build_retraining_sensor(thresholds_from_env())],
     resources=build_resources(),
-    # One process per run: at our sizes a step's own process costs more (imports, connections)
-    # than running the steps one after another saves; the API read is bound by the API anyway.
+    # One process per run: at our sizes a process per step costs more than it saves.
     executor=dg.in_process_executor,
 )

@@ -19,10 +19,9 @@ def utc_today() -> date:
 def first_day() -> str:
     """The first daily partition: ``MOOVITAMIX_FIRST_DAY``, else the day of installation.
 
-    The API serves only its current state, so a day before the platform's first snapshot can
-    never be filled: offering it in the UI only invites failures. Without the variable, the first
-    day is the one recorded in ``<state dir>/first_day`` when the definitions first loaded on this
-    machine (a deployment sets the variable to the day it started taking snapshots).
+    The API serves only its current state: a day before the first snapshot can never be filled.
+    Without the variable, the day recorded in ``<state dir>/first_day`` when the definitions
+    first loaded on this machine.
 
     Raises:
         ValueError: The variable is set but is not a ``YYYY-MM-DD`` date.
@@ -47,9 +46,7 @@ def first_day() -> str:
 
 # end_offset=1: today's (UTC) partition exists, so the nightly run snapshots the current day.
 daily_partitions = dg.DailyPartitionsDefinition(
-    start_date=first_day(),
-    timezone="UTC",
-    end_offset=1,
+    start_date=first_day(), timezone="UTC", end_offset=1
 )
 
 # The API serves only its current state: yesterday is still tolerated (a run that started just
@@ -62,18 +59,11 @@ class SnapshotDateError(ValueError):
 
 
 def snapshot_date_for(partition_key: str, today: date | None = None) -> date:
-    """Return the snapshot date of a partition, refusing dates the API cannot serve.
-
-    Args:
-        partition_key: The daily partition key, ``YYYY-MM-DD``.
-        today: The current UTC date (injected by tests).
-
-    Returns:
-        The partition's date.
+    """The date of a daily partition key, refusing dates the API cannot serve.
 
     Raises:
-        SnapshotDateError: The date is more than one day in the past or in the future: storing
-            today's API state under it would be a lie.
+        SnapshotDateError: The date is more than one day old or in the future: storing today's
+            API state under it would be a lie.
     """
     snapshot = date.fromisoformat(partition_key)
     today = today or utc_today()

@@ -1,13 +1,7 @@
-"""`python -m moovitamix_assets.registry_cli list|rollback`: inspect and roll back the registry.
+"""`python -m moovitamix_assets.registry_cli list|rollback --to-version N`: the model registry.
 
-    python -m moovitamix_assets.registry_cli list
-    python -m moovitamix_assets.registry_cli rollback --to-version 3
-
-The warehouse is the one of the platform: ``--database-url``, else ``$MOOVITAMIX_DATABASE_URL``,
-else the embedded server of the state folder. A rollback puts a version that once served back in
-production in one transaction and retires the current one; the next daily run (or
-``dagster asset materialize -m moovitamix_assets.definitions --select ml/user_recommendations``)
-serves its recommendations.
+A rollback puts a version that once served back in production in one transaction and retires the
+current one; the next daily run (or materializing ``ml/user_recommendations``) serves it.
 """
 
 import argparse
@@ -42,16 +36,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m moovitamix_assets.registry_cli",
         description="Inspect the model registry (ml.model_registry) and roll production back.",
     )
-    parser.add_argument(
-        "--database-url",
-        default=None,
-        help="Warehouse URL (default: $MOOVITAMIX_DATABASE_URL, else the embedded server).",
-    )
+    help_url = "Warehouse URL (default: $MOOVITAMIX_DATABASE_URL, else the embedded server)."
+    parser.add_argument("--database-url", default=None, help=help_url)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="List every registered model, newest first.")
-    rollback = commands.add_parser(
-        "rollback", help="Put a previously promoted version back in production."
-    )
+    rollback = commands.add_parser("rollback", help="Serve a previously promoted version again.")
     rollback.add_argument("--to-version", type=int, required=True, help="Version to serve again.")
     args = parser.parse_args(argv)
 

@@ -1,9 +1,8 @@
 """Figures of one asset step, for the UI's plots and, when configured, a Prometheus Pushgateway.
 
-The raw assets already report request time, errors and records per endpoint; this adds what the
-process spent (``cpu_seconds``, ``peak_rss_mb``) and the step's wall time (``step_seconds``), then
-pushes every number of the materialization to the Pushgateway named by
-MOOVITAMIX_PROMETHEUS_PUSHGATEWAY_URL (off when unset). Use::
+``finish_step_figures`` adds the process's CPU time, peak memory and the step's wall time to the
+materialization's metadata, then pushes its numbers to MOOVITAMIX_PROMETHEUS_PUSHGATEWAY_URL (off
+when unset)::
 
     start = start_step_figures()
     ...  # the asset's work
@@ -19,8 +18,7 @@ import resource
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import dagster as dg
 import requests
@@ -31,8 +29,7 @@ PUSH_TIMEOUT_SECONDS: Final = 5.0
 _logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class StepStart:
+class StepStart(NamedTuple):
     """The clock and the process's CPU time when the step started."""
 
     wall: float
@@ -45,13 +42,9 @@ def start_step_figures() -> StepStart:
 
 
 def peak_rss_mb() -> float:
-    """The process's peak resident memory in MiB.
-
-    A high-water mark, not attributable to one step: it is what sizes a worker.
-    """
+    """The process's peak resident memory in MiB: a high-water mark, what sizes a worker."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    # ru_maxrss is in bytes on macOS and in KiB on Linux.
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, else KiB
 
 
 def finish_step_figures(
@@ -59,22 +52,10 @@ def finish_step_figures(
     metadata: Mapping[str, Any],
     start: StepStart,
     *,
-    gateway_url: str | None = None,
     asset_key: dg.AssetKey | None = None,
 ) -> dict[str, Any]:
-    """Add the step's figures to its metadata and push the numbers when a Pushgateway is set.
-
-    Args:
-        context: The asset's execution context (job name and asset key label the push).
-        metadata: The materialization's metadata so far.
-        start: What ``start_step_figures`` sampled before the work.
-        gateway_url: Pushgateway base URL; MOOVITAMIX_PROMETHEUS_PUSHGATEWAY_URL when None.
-        asset_key: The asset the figures belong to; required in a multi-asset step.
-
-    Returns:
-        A new mapping: the metadata plus ``cpu_seconds``, ``peak_rss_mb`` and ``step_seconds``.
-        A failed push is logged and never raised (see ``push_run_metrics``).
-    """
+    """The metadata plus ``cpu_seconds``, ``peak_rss_mb`` and ``step_seconds``, pushed when a
+    Pushgateway is set; ``asset_key`` names the asset in a multi-asset step."""
     figures = {
         **metadata,
         "cpu_seconds": round(max(time.process_time() - start.cpu, 0.0), 3),
@@ -82,9 +63,7 @@ def finish_step_figures(
         "step_seconds": round(time.perf_counter() - start.wall, 3),
     }
     asset = (asset_key or context.asset_key).to_user_string()
-    push_run_metrics(
-        context.job_name, figures, {"asset": asset}, gateway_url=gateway_url, log=context.log
-    )
+    push_run_metrics(context.job_name, figures, {"asset": asset}, log=context.log)
     return figures
 
 
@@ -98,14 +77,14 @@ def push_run_metrics(
 ) -> bool:
     """Push the finite numbers of some metadata as gauges to a Prometheus Pushgateway, if set.
 
-    The group (job plus `grouping`) is replaced with PUT, so it always holds the latest run's
-    figures; run ids are not a grouping label because the Pushgateway keeps every group forever.
-    A failed push is logged, never raised: metrics must not fail a materialization.
+    The group (job plus ``grouping``) is replaced with PUT, so it holds the latest run's figures;
+    run ids are no label because the Pushgateway keeps every group forever. A failed push is
+    logged, never raised: metrics must not fail a materialization.
 
     Args:
-        job: Pushgateway `job` label (the Dagster job name).
+        job: Pushgateway ``job`` label (the Dagster job name).
         metadata: Materialization metadata (MetadataValue objects or plain values).
-        grouping: Further grouping labels, e.g. `{"asset": "core/users"}`.
+        grouping: Further grouping labels, e.g. ``{"asset": "core/users"}``.
         gateway_url: Pushgateway base URL; MOOVITAMIX_PROMETHEUS_PUSHGATEWAY_URL when None.
         log: Where to report a failed push (the module logger when None).
 

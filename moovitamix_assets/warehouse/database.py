@@ -16,7 +16,6 @@ from sqlalchemy.exc import ArgumentError
 from moovitamix_assets.warehouse.embedded_postgres import embedded_database_url
 
 DATABASE_URL_ENV: Final = "MOOVITAMIX_DATABASE_URL"
-DRIVERNAME: Final = "postgresql+psycopg2"
 MASK: Final = "***"
 # Without it libpq waits for the kernel's TCP timeout (minutes) on a blackholed host.
 CONNECT_TIMEOUT_SECONDS: Final = 10
@@ -38,11 +37,8 @@ class DatabaseConnectionError(RuntimeError):
 
 
 def validate_identifier(name: str, kind: str = "identifier") -> str:
-    """Return ``name`` if it is ``[a-z_][a-z0-9_]*`` of at most 63 characters.
-
-    Raises:
-        ValueError: Naming ``kind`` (schema, table, column...) and the rule.
-    """
+    """Return ``name`` if it is ``[a-z_][a-z0-9_]*`` of at most 63 characters, else raise
+    ValueError naming ``kind`` (schema, table, column...)."""
     if not isinstance(name, str) or not _IDENTIFIER_RE.fullmatch(name):
         raise ValueError(
             f"invalid {kind} {name!r}: use lower-case letters, digits and underscores, "
@@ -57,14 +53,12 @@ def quote_ident(name: str, kind: str = "identifier") -> str:
 
 
 def create_schema_sql(schema: str) -> str:
-    """SQL that creates ``schema`` when it is missing and does nothing when it exists.
+    """SQL that creates ``schema`` only when it is missing.
 
-    ``CREATE SCHEMA IF NOT EXISTS`` checks the CREATE privilege on the database before it looks
-    for the schema, so it fails for the least-privilege role of ``deploy/sql/least_privilege.sql``
-    (which owns ``raw``, ``core`` and ``ml`` but may not create schemas) even when the schema
-    exists. Callers serialise concurrent creations themselves.
+    ``CREATE SCHEMA IF NOT EXISTS`` checks the CREATE privilege before looking for the schema, so
+    it fails for the least-privilege role (``deploy/sql/least_privilege.sql``) even when the schema
+    exists. A validated name is safe both as a quoted identifier and inside the literal.
     """
-    # A validated name holds only [a-z0-9_]: safe as a quoted identifier and inside the literal.
     name = validate_identifier(schema, "schema")
     return (
         f"DO $$BEGIN IF to_regnamespace('{name}') IS NULL THEN "
@@ -84,10 +78,8 @@ def mask_url(url: str | URL) -> str:
 
 
 def normalize_database_url(url: str | URL, setting: str = DATABASE_URL_ENV) -> URL:
-    """Parse a PostgreSQL URL and pin the psycopg2 driver.
-
-    SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3, which is not installed, and rejects
-    the Heroku-style ``postgres://``; both become ``postgresql+psycopg2://``.
+    """Parse a PostgreSQL URL and pin the psycopg2 driver (SQLAlchemy 2.1 maps ``postgresql://``
+    to psycopg 3, not installed, and rejects ``postgres://``).
 
     Raises:
         DatabaseConfigError: Unparseable, another driver, or no database name; names ``setting``
@@ -108,7 +100,7 @@ def normalize_database_url(url: str | URL, setting: str = DATABASE_URL_ENV) -> U
         )
     if not parsed.database:
         raise DatabaseConfigError(f"{setting} must name a database ({mask_url(parsed)})")
-    return parsed.set(drivername=DRIVERNAME)
+    return parsed.set(drivername="postgresql+psycopg2")
 
 
 def connect_psycopg2(url: str | URL) -> psycopg2.extensions.connection:
@@ -120,10 +112,8 @@ def connect_psycopg2(url: str | URL) -> psycopg2.extensions.connection:
 
 
 def ensure_database(url: URL, setting: str = DATABASE_URL_ENV) -> None:
-    """Create the URL's database when the server says it does not exist.
-
-    The target is tried first (the usual case needs no rights on ``postgres``); a concurrent
-    creation by another process is fine.
+    """Create the URL's database when the server says it does not exist; the target is tried
+    first, so the usual case needs no rights on ``postgres``.
 
     Raises:
         DatabaseConnectionError: Unreachable, refused, or not creatable; masked URL only.
@@ -135,21 +125,20 @@ def ensure_database(url: URL, setting: str = DATABASE_URL_ENV) -> None:
         if f'database "{url.database}" does not exist' not in str(exc):
             raise _connection_error(url, setting, exc) from None
     what = f"database {url.database!r} does not exist and cannot be created"
+    conn = None
     try:
         conn = connect_psycopg2(url.set(database="postgres"))
-    except psycopg2.Error as exc:
-        raise _connection_error(url, setting, exc, what) from None
-    try:
         conn.autocommit = True  # CREATE DATABASE refuses to run in a transaction block
+        what = f"cannot create database {url.database!r} named by {setting}"
         with conn.cursor() as cur:
             cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(url.database)))
     except psycopg2.Error as exc:
         # Another process may have created it between our two connections.
         if exc.pgcode not in (errorcodes.DUPLICATE_DATABASE, errorcodes.UNIQUE_VIOLATION):
-            what = f"cannot create database {url.database!r} named by {setting}"
             raise _connection_error(url, setting, exc, what) from None
     finally:
-        conn.close()
+        if conn is not None:
+            conn.close()
 
 
 def _connection_error(
@@ -167,23 +156,19 @@ class PostgresResource(dg.ConfigurableResource):
     database_url: str | None = Field(
         default=None,
         description=(
-            "PostgreSQL URL of the warehouse (postgresql:// or postgresql+psycopg2://), normally "
-            f"dagster.EnvVar('{DATABASE_URL_ENV}'). None: ${DATABASE_URL_ENV} read at run time if "
-            "set, else the embedded PostgreSQL server of the state folder. A missing database is "
-            "created."
+            f"PostgreSQL URL of the warehouse, normally dagster.EnvVar('{DATABASE_URL_ENV}'). "
+            f"None: ${DATABASE_URL_ENV} at run time if set, else the embedded PostgreSQL of the "
+            "state folder. A missing database is created."
         ),
     )
     state_dir: str | None = Field(
         default=None,
-        description=(
-            "State folder of the embedded server (data in <state_dir>/pgdata). None: "
-            "$MOOVITAMIX_STATE_DIR at run time, else <repo root>/.moovitamix."
-        ),
+        description="State folder of the embedded server (None: $MOOVITAMIX_STATE_DIR at run "
+        "time, else <repo root>/.moovitamix).",
     )
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        """Connect (creating the database) before any step, so that a wrong password or an
-        unreachable server fails the run at its start, not after the API has been read."""
+        """Connect before any step: a wrong password fails the run before the API is read."""
         self.sqlalchemy_url()
 
     def _configured(self) -> tuple[str | None, str]:
@@ -222,17 +207,14 @@ class PostgresResource(dg.ConfigurableResource):
             return mask_url(raw)
 
     def engine(self) -> Engine:
-        """A pooled engine, one per URL and process, with ``pool_pre_ping`` (the embedded server
-        may have restarted)."""
+        """A pooled engine, one per URL and process; pre-ping, as the embedded server may have
+        restarted."""
         url = self.sqlalchemy_url()
         key = (os.getpid(), url.render_as_string(hide_password=False))
         with _lock:
             if key not in _engines:
-                _engines[key] = sa.create_engine(
-                    url,
-                    pool_pre_ping=True,
-                    connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
-                )
+                connect_args = {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
+                _engines[key] = sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
             return _engines[key]
 
 

