@@ -4,7 +4,7 @@ metadata the alert sensor quotes, so the UI, the alert and the log agree."""
 import math
 import warnings
 from collections.abc import Mapping
-from typing import Literal, Protocol
+from typing import Final, Literal, Protocol
 
 import dagster as dg
 
@@ -30,10 +30,27 @@ class CheckOutcome(Protocol):
     def description(self) -> str: ...
 
 
+# Rates, shares and metrics are estimates: more digits than this are noise on a plot or in an alert.
+SIGNIFICANT_DIGITS: Final = 4
+
+
+def significant(value: float, digits: int = SIGNIFICANT_DIGITS) -> float:
+    """``value`` rounded to ``digits`` significant digits (0.0123456 -> 0.01235)."""
+    return float(f"{value:.{digits}g}") if math.isfinite(value) else value
+
+
+def figure(value: float | None) -> dg.MetadataValue:
+    """A float for metadata, to significant digits; null when missing, NaN or infinite."""
+    if value is None or not math.isfinite(value):
+        return dg.MetadataValue.null()
+    return dg.MetadataValue.float(significant(float(value)))
+
+
 def _plain(value: object) -> float | int | str | None:
     # Numbers stay numbers (the UI plots them); NaN, infinity and e.g. a Decimal become text.
-    finite = isinstance(value, float) and math.isfinite(value)
-    return value if value is None or isinstance(value, int | str) or finite else str(value)
+    if isinstance(value, float) and math.isfinite(value):
+        return significant(value)
+    return value if value is None or isinstance(value, int | str) else str(value)
 
 
 def to_check_result(

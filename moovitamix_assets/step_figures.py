@@ -54,13 +54,13 @@ def finish_step_figures(
     *,
     asset_key: dg.AssetKey | None = None,
 ) -> dict[str, Any]:
-    """The metadata plus ``cpu_seconds``, ``peak_rss_mb`` and ``step_seconds``, pushed when a
+    """The metadata plus ``cpu_s``, ``peak_rss_mb`` and ``step_s`` (seconds, MiB), pushed when a
     Pushgateway is set; ``asset_key`` names the asset in a multi-asset step."""
     figures = {
         **metadata,
-        "cpu_seconds": round(max(time.process_time() - start.cpu, 0.0), 3),
+        "cpu_s": round(max(time.process_time() - start.cpu, 0.0), 3),
         "peak_rss_mb": round(peak_rss_mb(), 1),
-        "step_seconds": round(time.perf_counter() - start.wall, 3),
+        "step_s": round(time.perf_counter() - start.wall, 3),
     }
     asset = (asset_key or context.asset_key).to_user_string()
     push_run_metrics(context.job_name, figures, {"asset": asset}, log=context.log)

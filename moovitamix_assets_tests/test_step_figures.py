@@ -60,15 +60,15 @@ def test_figures_are_recorded_and_pushed(
 
     figures = figures_of(result)
     assert figures["rows_valid"] == 42 and figures["label"] == "text"
-    assert isinstance(figures["cpu_seconds"], float) and figures["cpu_seconds"] >= 0
+    assert isinstance(figures["cpu_s"], float) and figures["cpu_s"] >= 0
     assert figures["peak_rss_mb"] > 10  # a Python process with Dagster loaded
-    assert figures["step_seconds"] >= 0
+    assert figures["step_s"] >= 0
     (push,) = gateway.requests
     assert push.method == "PUT"
     assert push.path == "/metrics/job/__ephemeral_asset_job__/asset@base64/dG95L2J1c3k="
     assert push.headers["Content-Type"].startswith("text/plain; version=0.0.4")
     assert "# TYPE moovitamix_rows_valid gauge\nmoovitamix_rows_valid 42.0\n" in push.text
-    assert "moovitamix_cpu_seconds " in push.text and "moovitamix_peak_rss_mb " in push.text
+    assert "moovitamix_cpu_s " in push.text and "moovitamix_peak_rss_mb " in push.text
     assert "label" not in push.text  # only numbers are pushed
 
 
@@ -81,7 +81,7 @@ def test_peak_memory_is_the_high_water_mark_in_mib() -> None:
 def test_push_sends_finite_numbers_in_the_exposition_format(gateway: RecordingHttpServer) -> None:
     metadata = {
         "dagster/row_count": dg.MetadataValue.int(1000),
-        "cpu_seconds": 1.25,
+        "cpu_s": 1.25,
         "preview": dg.MetadataValue.md("| a |"),
         "ok": True,
         "ratio": float("nan"),
@@ -93,8 +93,8 @@ def test_push_sends_finite_numbers_in_the_exposition_format(gateway: RecordingHt
     encoded = base64.urlsafe_b64encode(b"raw/users").decode()
     assert request.path == f"/metrics/job/daily/asset@base64/{encoded}"
     assert request.text == (
-        "# TYPE moovitamix_cpu_seconds gauge\n"
-        "moovitamix_cpu_seconds 1.25\n"
+        "# TYPE moovitamix_cpu_s gauge\n"
+        "moovitamix_cpu_s 1.25\n"
         "# TYPE moovitamix_dagster_row_count gauge\n"
         "moovitamix_dagster_row_count 1000.0\n"
     )
@@ -105,7 +105,7 @@ def test_nothing_is_pushed_by_default(
 ) -> None:
     monkeypatch.delenv(PUSHGATEWAY_URL_ENV, raising=False)
     figures = figures_of(dg.materialize([busy]))
-    assert "cpu_seconds" in figures
+    assert "cpu_s" in figures
     assert gateway.requests == []
 
 
@@ -116,4 +116,4 @@ def test_a_dead_gateway_never_fails_the_step(monkeypatch: pytest.MonkeyPatch) ->
         assert result.success and len(broken.requests) == 1
 
     monkeypatch.setenv(PUSHGATEWAY_URL_ENV, closed_port_url())
-    assert push_run_metrics("daily", {"cpu_seconds": 1.0}) is False
+    assert push_run_metrics("daily", {"cpu_s": 1.0}) is False

@@ -107,6 +107,24 @@ def table(name: str) -> Table:
     return tables()[name]
 
 
+def for_asset(key: dg.AssetKey) -> Table:
+    """The table an asset writes.
+
+    Raises:
+        KeyError: ``columns.yaml`` names no table for that asset.
+    """
+    found = [t for t in tables().values() if key in t.assets]
+    if not found:
+        raise KeyError(f"columns.yaml describes no table of asset {key.to_user_string()}")
+    return found[0]
+
+
+def lineage_metadata(context: dg.AssetExecutionContext, key: dg.AssetKey) -> dict[str, object]:
+    """``dagster/column_lineage`` of one asset's materialization, over the asset's own deps."""
+    upstream = context.assets_def.asset_deps[key]
+    return {COLUMN_LINEAGE_KEY: dg.MetadataValue.column_lineage(for_asset(key).lineage(upstream))}
+
+
 def markdown_table(name: str) -> str:
     """The column table of one table, as docs/data-model.md shows it."""
     rows = [f"| {c.name} | {c.type} | {c.description} |" for c in table(name).columns]

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from psycopg2 import sql
 
+from moovitamix_assets.warehouse.columns import COLUMN_SCHEMA_KEY
 from moovitamix_assets.warehouse.database import (
     PostgresResource,
     create_schema_sql,
@@ -506,17 +507,20 @@ class PostgresPandasIOManager(dg.ConfigurableIOManager):
             f"{self.database.masked_url()}"
         )
         preview = result.preview if result.preview is not None else pd.DataFrame()
-        columns = [dg.TableColumn(name, pg_type) for name, pg_type in result.columns]
-        context.add_output_metadata(
-            {
-                "dagster/row_count": dg.MetadataValue.int(result.rows),
-                "dagster/table_name": dg.MetadataValue.text(f"{schema}.{table}"),
-                "dagster/column_schema": dg.MetadataValue.table_schema(dg.TableSchema(columns)),
-                "preview": dg.MetadataValue.md(preview.to_markdown(index=False)),
-                "rows_replaced": dg.MetadataValue.int(result.rows_replaced),
-                **result.metadata,
-            }
-        )
+        metadata = {
+            "dagster/row_count": dg.MetadataValue.int(result.rows),
+            "dagster/table_name": dg.MetadataValue.text(f"{schema}.{table}"),
+            "preview": dg.MetadataValue.md(preview.to_markdown(index=False)),
+            "rows_replaced": dg.MetadataValue.int(result.rows_replaced),
+            **result.metadata,
+        }
+        # An asset that declares its columns (with their descriptions) keeps them: a schema
+        # inferred here would replace the declared one in the UI's latest materialization.
+        if COLUMN_SCHEMA_KEY not in (context.definition_metadata or {}):
+            columns = [dg.TableColumn(name, pg_type) for name, pg_type in result.columns]
+            schema_value = dg.MetadataValue.table_schema(dg.TableSchema(columns))
+            metadata[COLUMN_SCHEMA_KEY] = schema_value
+        context.add_output_metadata(metadata)
 
     def load_input(self, context: dg.InputContext) -> pd.DataFrame:
         """Read the upstream asset's table, restricted to the requested partition(s).

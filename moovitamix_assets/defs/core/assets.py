@@ -29,6 +29,7 @@ from moovitamix_assets.defs.ingestion.audits import AuditResult, assert_snapshot
 from moovitamix_assets.freshness import DAILY_FRESHNESS
 from moovitamix_assets.partitions import daily_partitions
 from moovitamix_assets.step_figures import StepStart, finish_step_figures, start_step_figures
+from moovitamix_assets.warehouse import columns
 from moovitamix_assets.warehouse.database import (
     PostgresResource,
     create_schema_sql,
@@ -173,11 +174,11 @@ class MergeResult:
     audits: list[AuditResult] = field(default_factory=list)
 
     def metadata(self) -> dict[str, int | float]:
-        """Flat numeric metadata (``dagster/row_count`` included) for a MaterializeResult."""
+        """Flat numeric metadata (``dagster/row_count`` is the table's rows) for a
+        MaterializeResult."""
         return {
             **self.counts,
-            "rows_total": self.rows_total,
-            "merge_seconds": round(self.seconds, 3),
+            "merge_s": round(self.seconds, 3),
             "dagster/row_count": self.rows_total,
         }
 
@@ -297,14 +298,19 @@ def _materialization(
             f"not blocking): {audit.description}"
         )
     metadata: dict[str, object] = dict(result.metadata())
-    metadata["table"] = dg.MetadataValue.text(f"{CORE_SCHEMA}.{result.table}")
+    metadata |= columns.lineage_metadata(context, context.asset_key)
     if result.snapshot_date is not None:
         metadata["snapshot_date"] = dg.MetadataValue.text(result.snapshot_date.isoformat())
     metadata["raw_audit_warnings"] = len(warnings)
     return dg.MaterializeResult(metadata=finish_step_figures(context, metadata, start))
 
 
-@dg.asset(name=USERS_TABLE, deps=[RAW_USERS], **_COMMON)
+@dg.asset(
+    name=USERS_TABLE,
+    deps=[RAW_USERS],
+    metadata=columns.for_asset(CORE_USERS).definition_metadata(),
+    **_COMMON,
+)
 def core_users(
     context: dg.AssetExecutionContext, postgres: PostgresResource
 ) -> dg.MaterializeResult:
@@ -314,7 +320,12 @@ def core_users(
     return _materialization(context, result, start)
 
 
-@dg.asset(name=TRACKS_TABLE, deps=[RAW_TRACKS], **_COMMON)
+@dg.asset(
+    name=TRACKS_TABLE,
+    deps=[RAW_TRACKS],
+    metadata=columns.for_asset(CORE_TRACKS).definition_metadata(),
+    **_COMMON,
+)
 def core_tracks(
     context: dg.AssetExecutionContext, postgres: PostgresResource
 ) -> dg.MaterializeResult:
@@ -324,7 +335,12 @@ def core_tracks(
     return _materialization(context, result, start)
 
 
-@dg.asset(name=LISTEN_EVENTS_TABLE, deps=[RAW_LISTEN_HISTORY, CORE_USERS, CORE_TRACKS], **_COMMON)
+@dg.asset(
+    name=LISTEN_EVENTS_TABLE,
+    deps=[RAW_LISTEN_HISTORY, CORE_USERS, CORE_TRACKS],
+    metadata=columns.for_asset(CORE_LISTEN_EVENTS).definition_metadata(),
+    **_COMMON,
+)
 def core_listen_events(
     context: dg.AssetExecutionContext, postgres: PostgresResource
 ) -> dg.MaterializeResult:
@@ -334,7 +350,13 @@ def core_listen_events(
     return _materialization(context, result, start)
 
 
-@dg.asset(name=INTERACTIONS_TABLE, deps=[CORE_LISTEN_EVENTS], **_COMMON)
+@dg.asset(
+    name=INTERACTIONS_TABLE,
+    # The view reads core.tracks too (track_active), so its column lineage can name it.
+    deps=[CORE_LISTEN_EVENTS, CORE_TRACKS],
+    metadata=columns.for_asset(CORE_INTERACTIONS).definition_metadata(),
+    **_COMMON,
+)
 def core_user_track_interactions(
     context: dg.AssetExecutionContext, postgres: PostgresResource
 ) -> dg.MaterializeResult:

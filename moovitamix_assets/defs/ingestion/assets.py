@@ -32,6 +32,7 @@ from moovitamix_assets.defs.ingestion.tables import (
 from moovitamix_assets.freshness import DAILY_FRESHNESS
 from moovitamix_assets.partitions import daily_partitions, snapshot_date_for
 from moovitamix_assets.step_figures import finish_step_figures, start_step_figures
+from moovitamix_assets.warehouse import columns
 from moovitamix_assets.warehouse.database import PostgresResource
 from moovitamix_assets.warehouse.io_manager import FrameStream, Sidecar
 
@@ -54,7 +55,10 @@ def raw_spec(endpoint: str) -> dg.AssetSpec:
         description=DESCRIPTIONS[endpoint],
         group_name=INGESTION_GROUP,
         kinds={"api", "postgres"},
-        metadata={"partition_expr": SNAPSHOT_DATE_COLUMN},
+        metadata={
+            "partition_expr": SNAPSHOT_DATE_COLUMN,
+            **columns.for_asset(RAW_KEYS[endpoint]).definition_metadata(),
+        },
         freshness_policy=DAILY_FRESHNESS,
     ).with_io_manager_key("warehouse_io_manager")
 
@@ -87,8 +91,8 @@ class EndpointRead:
             "pages": dg.MetadataValue.int(self.pages),
             "requests": dg.MetadataValue.int(self.requests),
             "retries": dg.MetadataValue.int(self.retries),
-            "api_seconds": dg.MetadataValue.float(round(time.perf_counter() - self.started, 3)),
-            "api_bytes": dg.MetadataValue.int(self.bytes),
+            "api_s": dg.MetadataValue.float(round(time.perf_counter() - self.started, 3)),
+            "api_mb": dg.MetadataValue.float(round(self.bytes / 2**20, 3)),
             "extra_fields": dg.MetadataValue.text(", ".join(sorted(self.extra_fields)) or "none"),
             "missing_fields": dg.MetadataValue.text(
                 ", ".join(sorted(self.missing_fields)) or "none"

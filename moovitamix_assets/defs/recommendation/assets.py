@@ -4,7 +4,6 @@ Thin wrappers: the data reads are in ``data.py``, the steps in ``pipeline.py`` (
 ``moovitamix_assets.ml`` package) and the registry SQL in ``registry.py``.
 """
 
-import math
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -14,7 +13,8 @@ import pandas as pd
 import sqlalchemy as sa
 from pydantic import Field
 
-from moovitamix_assets.constants import ML_SCHEMA, RECOMMENDATION_GROUP
+from moovitamix_assets.check_results import figure
+from moovitamix_assets.constants import RECOMMENDATION_GROUP
 from moovitamix_assets.defs.core.assets import CORE_INTERACTIONS, CORE_TRACKS, CORE_USERS
 from moovitamix_assets.defs.recommendation import keys, registry, serving
 from moovitamix_assets.defs.recommendation.data import read_model_inputs
@@ -34,12 +34,12 @@ from moovitamix_assets.ml.models import (
 )
 from moovitamix_assets.ml.split import time_based_split
 from moovitamix_assets.step_figures import finish_step_figures, start_step_figures
+from moovitamix_assets.warehouse import columns
 from moovitamix_assets.warehouse.database import PostgresResource
 
 _DEFAULTS = AlsParams()
 _GATE = GateSettings()
 _COMMON: dict[str, Any] = {"group_name": RECOMMENDATION_GROUP}
-_TABLE = "dagster/table_name"
 
 
 class HoldoutConfig(dg.Config):
@@ -147,10 +147,9 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _figure(value: float | None, digits: int = 4) -> dg.MetadataValue:
-    if value is None or not math.isfinite(value):
-        return dg.MetadataValue.null()
-    return dg.MetadataValue.float(round(value, digits))
+def _percent(share: float | None) -> dg.MetadataValue:
+    """A relative figure in percent (a lift of 0.125 is +12.5 %), for ``*_pct`` metadata."""
+    return figure(None if share is None else 100 * share)
 
 
 def metrics_metadata(metrics: dict[str, Metrics], k: int) -> dict[str, Any]:
@@ -159,7 +158,7 @@ def metrics_metadata(metrics: dict[str, Metrics], k: int) -> dict[str, Any]:
     for model, values in metrics.items():
         for name in METRIC_NAMES:
             label = name.replace("_at_k", f"_at_{k}")
-            metadata[f"{model}_{label}"] = _figure(float(getattr(values, name)))
+            metadata[f"{model}_{label}"] = figure(float(getattr(values, name)))
         metadata[f"{model}_users_evaluated"] = dg.MetadataValue.int(values.n_users_evaluated)
         metadata[f"{model}_hits"] = dg.MetadataValue.int(values.hits)
     return metadata
@@ -193,6 +192,7 @@ def _serving(
     io_manager_key="warehouse_io_manager",
     kinds={"python", "postgres"},
     freshness_policy=DAILY_FRESHNESS,
+    metadata=columns.for_asset(keys.EVALUATION_HOLDOUT).definition_metadata(),
     **_COMMON,
 )
 def evaluation_holdout(
@@ -217,6 +217,7 @@ def evaluation_holdout(
                 **{name: dg.MetadataValue.int(value) for name, value in split.as_dict().items()},
                 "data_interactions": dg.MetadataValue.int(inputs.snapshot.interactions),
                 "data_snapshot_date": _snapshot_metadata(inputs.snapshot)["data_snapshot_date"],
+                **columns.lineage_metadata(context, keys.EVALUATION_HOLDOUT),
             },
             start,
         ),
@@ -229,7 +230,7 @@ def evaluation_holdout(
     ins={"holdout": dg.AssetIn(key=keys.EVALUATION_HOLDOUT)},
     kinds={"python", "postgres"},
     freshness_policy=WEEKLY_FRESHNESS,
-    metadata={_TABLE: f"{ML_SCHEMA}.{registry.REGISTRY_TABLE}"},
+    metadata=columns.for_asset(keys.CANDIDATE_MODEL).definition_metadata(),
     **_COMMON,
 )
 def candidate_model(
@@ -250,6 +251,7 @@ def candidate_model(
             metadata=finish_step_figures(
                 context,
                 {
+                    "dagster/row_count": registry.table_rows(engine, registry.REGISTRY_TABLE),
                     "trained": dg.MetadataValue.bool(False),
                     "serving_model": dg.MetadataValue.text(serving.name),
                     **_snapshot_metadata(inputs.snapshot),
@@ -257,7 +259,7 @@ def candidate_model(
                 start,
             )
         )
-    read_seconds = time.perf_counter() - start.wall
+    read_s = time.perf_counter() - start.wall
 
     params = config.als_params()
     result = pipeline.train_and_evaluate(
@@ -295,6 +297,8 @@ def candidate_model(
         metadata=finish_step_figures(
             context,
             {
+                "dagster/row_count": registry.table_rows(engine, registry.REGISTRY_TABLE),
+                **columns.lineage_metadata(context, keys.CANDIDATE_MODEL),
                 "trained": dg.MetadataValue.bool(True),
                 "model_version": dg.MetadataValue.int(version),
                 "serving_model": dg.MetadataValue.text(serving.name),
@@ -307,8 +311,8 @@ def candidate_model(
                 **_snapshot_metadata(inputs.snapshot),
                 **metrics_metadata(result.metrics, config.k),
                 "artifact_sha256": dg.MetadataValue.text(artifact.sha256),
-                "artifact_bytes": dg.MetadataValue.int(artifact.size_bytes),
-                "read_seconds": dg.MetadataValue.float(round(read_seconds, 3)),
+                "artifact_mb": figure(artifact.size_bytes / 2**20),
+                "read_s": dg.MetadataValue.float(round(read_s, 3)),
             },
             start,
         )
@@ -320,7 +324,7 @@ def candidate_model(
     deps=[keys.CANDIDATE_MODEL],
     kinds={"postgres"},
     freshness_policy=WEEKLY_FRESHNESS,
-    metadata={_TABLE: f"{ML_SCHEMA}.{registry.REGISTRY_TABLE}"},
+    metadata=columns.for_asset(keys.PRODUCTION_MODEL).definition_metadata(),
     **_COMMON,
 )
 def production_model(
@@ -354,6 +358,8 @@ def production_model(
         metadata=finish_step_figures(
             context,
             {
+                "dagster/row_count": registry.table_rows(engine, registry.REGISTRY_TABLE),
+                **columns.lineage_metadata(context, keys.PRODUCTION_MODEL),
                 "model_version": dg.MetadataValue.int(serving.version),
                 "model_type": dg.MetadataValue.text(serving.model_type),
                 "promoted": dg.MetadataValue.bool(promoted),
@@ -378,7 +384,7 @@ def production_model(
     ins={"holdout": dg.AssetIn(key=keys.EVALUATION_HOLDOUT)},
     kinds={"python", "postgres"},
     freshness_policy=DAILY_FRESHNESS,
-    metadata={_TABLE: f"{ML_SCHEMA}.{registry.EVALUATIONS_TABLE}"},
+    metadata=columns.for_asset(keys.PRODUCTION_MODEL_EVALUATION).definition_metadata(),
     **_COMMON,
 )
 def production_model_evaluation(
@@ -418,16 +424,18 @@ def production_model_evaluation(
         metadata=finish_step_figures(
             context,
             {
+                "dagster/row_count": registry.table_rows(engine, registry.EVALUATIONS_TABLE),
+                **columns.lineage_metadata(context, keys.PRODUCTION_MODEL_EVALUATION),
                 "model_version": dg.MetadataValue.int(production.version),
                 "model_type": dg.MetadataValue.text(production.model_type),
                 **_snapshot_metadata(inputs.snapshot),
                 **metrics_metadata(metrics, config.k),
                 # Beside production_<metric>: the plot shows whether a dip is larger than the noise.
-                f"production_{label}_low": _figure(summary.interval.low),
-                f"production_{label}_high": _figure(summary.interval.high),
-                "lift_over_fallback": _figure(summary.lift.lift),
-                "lift_over_fallback_low": _figure(summary.lift.low),
-                "lift_over_fallback_high": _figure(summary.lift.high),
+                f"production_{label}_low": figure(summary.interval.low),
+                f"production_{label}_high": figure(summary.interval.high),
+                "lift_over_fallback_pct": _percent(summary.lift.lift),
+                "lift_over_fallback_low_pct": _percent(summary.lift.low),
+                "lift_over_fallback_high_pct": _percent(summary.lift.high),
                 "summary": dg.MetadataValue.text(summary.describe()),
             },
             start,
@@ -440,7 +448,7 @@ def production_model_evaluation(
     deps=[CORE_USERS, CORE_TRACKS, CORE_INTERACTIONS, keys.PRODUCTION_MODEL],
     kinds={"python", "postgres"},
     freshness_policy=DAILY_FRESHNESS,
-    metadata={_TABLE: f"{ML_SCHEMA}.{registry.RECOMMENDATIONS_TABLE}"},
+    metadata=columns.for_asset(keys.USER_RECOMMENDATIONS).definition_metadata(),
     **_COMMON,
 )
 def user_recommendations(
@@ -476,6 +484,7 @@ def user_recommendations(
             context,
             {
                 "dagster/row_count": dg.MetadataValue.int(tally.rows),
+                **columns.lineage_metadata(context, keys.USER_RECOMMENDATIONS),
                 "model_version": dg.MetadataValue.int(production.version),
                 "model_type": dg.MetadataValue.text(production.model_type),
                 "k": dg.MetadataValue.int(config.k),

@@ -18,6 +18,7 @@ import dagster as dg
 import sqlalchemy as sa
 
 from moovitamix_assets.alerts import Alert, AlertNotifier
+from moovitamix_assets.check_results import figure
 from moovitamix_assets.defs.core.assets import INTERACTIONS_TABLE, core_table
 from moovitamix_assets.defs.recommendation import keys, registry, serving
 from moovitamix_assets.ml.evaluation import DEFAULT_K
@@ -32,7 +33,7 @@ def _figure(value: Any) -> dg.MetadataValue:
     if isinstance(value, int):
         return dg.MetadataValue.int(value)
     if isinstance(value, float):
-        return dg.MetadataValue.float(round(value, 4))
+        return figure(value)
     return dg.MetadataValue.text(str(value))
 
 
@@ -225,9 +226,13 @@ def evaluation_recorded(
             "metric_mean": _figure(interval.get("mean")),
             "metric_low": _figure(interval.get("low")),
             "metric_high": _figure(interval.get("high")),
-            "lift_over_fallback": _figure(lift.get("lift")),
-            "lift_over_fallback_low": _figure(lift.get("low")),
-            "lift_over_fallback_high": _figure(lift.get("high")),
+            # In percent, as the evaluation asset reports them (+12.5 = 12.5 % better).
+            **{
+                f"lift_over_fallback{suffix}_pct": figure(
+                    None if lift.get(name) is None else 100 * lift[name]
+                )
+                for name, suffix in (("lift", ""), ("low", "_low"), ("high", "_high"))
+            },
         },
     )
 

@@ -553,3 +553,14 @@ def latest_evaluation(engine: sa.Engine, version: int) -> Evaluation | None:
         return None
     snapshot = DataSnapshot(row.data_interactions, 0, 0, row.data_snapshot_date)
     return Evaluation(row.version, row.evaluated_at, snapshot, dict(row.metrics))
+
+
+def table_rows(engine: sa.Engine, table: str) -> int:
+    """Rows of one ``ml`` table (the registry, its evaluations): its assets' ``dagster/row_count``.
+
+    Raises:
+        KeyError: ``table`` is not a table of this module.
+    """
+    quoted = {t: ml_table(t) for t in (REGISTRY_TABLE, EVALUATIONS_TABLE)}[table]
+    with engine.connect() as conn:
+        return int(conn.execute(sa.text(f"SELECT count(*) FROM {quoted}")).scalar_one())

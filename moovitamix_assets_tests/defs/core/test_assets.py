@@ -107,7 +107,7 @@ def test_core_assets_materialize_with_metadata(postgres_resource: PostgresResour
     assert metadata["core/users"]["dagster/row_count"].value == N
     assert metadata["core/listen_events"]["snapshot_pairs"].value == 2 * N - 1
     assert metadata["core/user_track_interactions"]["dagster/row_count"].value == 2 * N - 1
-    assert isinstance(metadata["core/users"]["merge_seconds"].value, float)
+    assert isinstance(metadata["core/users"]["merge_s"].value, float)
 
 
 def test_asset_definitions_follow_the_layer_conventions() -> None:

@@ -57,7 +57,7 @@ def test_every_endpoint_lands_with_its_manifest(api_server, pg_url):
     assert metadata["api_total"].value == 2345
     assert metadata["pages"].value == 24
     # The seed pipeline's run figures: CPU and memory of the step, plotted over time.
-    assert metadata["cpu_seconds"].value > 0
+    assert metadata["cpu_s"].value > 0
     assert metadata["peak_rss_mb"].value > 50
 
 

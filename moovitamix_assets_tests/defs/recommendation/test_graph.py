@@ -147,7 +147,7 @@ def test_on_taste_structured_standin_data_the_candidate_beats_the_fallback_and_s
     assert metadata["candidate_precision_at_10"].value == pytest.approx(candidate, abs=1e-4)
     assert {"serving_ndcg_at_10", "popularity_coverage", "candidate_hits"} <= set(metadata)
     evaluation_metadata = materialized[keys.PRODUCTION_MODEL_EVALUATION].metadata
-    assert evaluation_metadata["lift_over_fallback_low"].value > 0
+    assert evaluation_metadata["lift_over_fallback_low_pct"].value > 0
 
 
 def test_recommendations_are_replaced_atomically_and_bad_ones_never_publish(
