@@ -112,6 +112,7 @@ def evaluate_triggers(
     current_interactions: int | None,
     latest_evaluation: registry.Evaluation | None,
     thresholds: RetrainingThresholds,
+    not_fired: list[str] | None = None,
 ) -> list[Trigger]:
     """The retraining conditions that hold now (pure: the sensor feeds it what it read).
 
@@ -121,11 +122,15 @@ def evaluate_triggers(
         current_interactions: Rows of ``core.user_track_interactions`` (None: no table yet).
         latest_evaluation: The production model's newest daily evaluation, or None.
         thresholds: Growth and decay thresholds.
+        not_fired: When given, receives why each condition did not fire (the sensor's skip
+            reason).
 
     Returns:
         The fired triggers (possibly empty), growth first.
     """
+    notes = not_fired if not_fired is not None else []
     if current_interactions is None:
+        notes.append("core.user_track_interactions does not exist yet")
         return []
     fired: list[Trigger] = []
     attempt = f"c{last_attempt.version}" if last_attempt else "none"
@@ -133,20 +138,27 @@ def evaluate_triggers(
     grew, reason = growth_trigger(current_interactions, baseline, thresholds.growth_share)
     if grew:
         fired.append(Trigger(key=f"growth:{attempt}", kind="growth", reason=reason))
+    else:
+        notes.append(f"growth {reason}")
     if production is None or latest_evaluation is None:
+        notes.append("decay not evaluated: no daily evaluation of a production model yet")
         return fired
     observed = _production_interval(latest_evaluation, thresholds.metric)
     if observed is None:
+        notes.append(f"decay not evaluated: the evaluation has no {thresholds.metric}")
         return fired
     threshold = thresholds.min_metric
     if threshold is None:
         at_training = production.metric("candidate", thresholds.metric)
         if at_training is None:
+            notes.append(f"decay not evaluated: {production.name} has no {thresholds.metric}")
             return fired
         threshold = at_training * (1.0 - thresholds.max_relative_decay)
     decayed, reason = decay_trigger(observed, threshold)
     if decayed:
         fired.append(Trigger(key=f"decay:v{production.version}", kind="decay", reason=reason))
+    else:
+        notes.append(f"decay {reason}")
     return fired
 
 
@@ -211,12 +223,14 @@ def build_retraining_sensor(
         engine = postgres.engine()
         production = registry.production_entry(engine)
         latest = registry.latest_evaluation(engine, production.version) if production else None
+        not_fired: list[str] = []
         fired = evaluate_triggers(
             production,
             registry.latest_trained_entry(engine),
             count_interactions(engine),
             latest,
             limits,
+            not_fired,
         )
         already = _fired_keys(context.cursor)
         new = [t for t in fired if t.key not in already]
@@ -226,7 +240,7 @@ def build_retraining_sensor(
                     "already requested for this data and production version: "
                     + "; ".join(f"{t.key} ({t.reason})" for t in fired)
                 )
-            return dg.SkipReason("no retraining condition holds")
+            return dg.SkipReason("no retraining condition holds: " + "; ".join(not_fired))
         for trigger in new:
             context.log.info("retraining trigger %s: %s", trigger.key, trigger.reason)
         request = dg.RunRequest(

@@ -114,6 +114,9 @@ def test_growth_fires_once_per_training_attempt_and_rearms_after_a_refusal(
     set_interactions(engine, 1_150)
     requests, cursor, skip = tick(postgres_resource)
     assert requests == [] and "no retraining condition" in skip
+    # The skip says why, in figures (the UI shows it on the tick).
+    assert "interactions grew +15.0% (1000 -> 1150), < the 20% threshold" in skip
+    assert "decay not evaluated: no daily evaluation" in skip
 
     set_interactions(engine, 1_250)
     requests, cursor, _ = tick(postgres_resource, cursor)
