@@ -189,9 +189,14 @@ def _merge(
     endpoint: str,
     snapshot_date: date,
     scripts: tuple[sa.TextClause, ...],
+    before_bulk_load: sa.TextClause | None = None,
     **params: Any,
 ) -> MergeResult:
-    """Merge one raw snapshot into ``core.<table>`` with ``scripts`` (the last one counts)."""
+    """Merge one raw snapshot into ``core.<table>`` with ``scripts`` (the last one counts).
+
+    ``before_bulk_load`` runs first when the table is empty (indexes cheaper built afterwards);
+    ``schema.sql`` then recreates what it dropped.
+    """
     started = time.perf_counter()
     ensure_core_schema(engine)
     with engine.begin() as conn:
@@ -206,12 +211,21 @@ def _merge(
         ).scalar_one()
         is_newest = newest is None or snapshot_date >= newest
         params.update(day=snapshot_date, newest=newest, is_newest=is_newest)
+        storage = core_table(STORAGE_TABLES.get(table, table))
+        bulk_load = (
+            before_bulk_load is not None
+            and conn.execute(sa.text(f"SELECT NOT EXISTS (SELECT 1 FROM {storage})")).scalar_one()
+        )
+        if bulk_load:
+            conn.execute(before_bulk_load)
         for script in scripts[:-1]:
             conn.execute(script, params)
         counts = _run_sql(conn, scripts[-1], **params)
         conn.execute(load_sql("log_merge"), {"table_name": table, "day": snapshot_date})
+        if bulk_load:
+            conn.execute(load_sql("schema"))  # IF NOT EXISTS: builds only what was dropped
         if counts["inserted"] > _BULK_LOAD_SHARE * counts["rows_total"]:
-            conn.execute(sa.text(f"ANALYZE {core_table(STORAGE_TABLES.get(table, table))}"))
+            conn.execute(sa.text(f"ANALYZE {storage}"))
     rows_total = int(counts.pop("rows_total"))
     return MergeResult(
         table=table,
@@ -253,7 +267,14 @@ def merge_listen_events(engine: sa.Engine, snapshot_date: date) -> MergeResult:
         SnapshotAuditError: The snapshot failed a blocking audit; core is unchanged.
     """
     scripts = (load_sql("merge_listen_events"),)
-    return _merge(engine, LISTEN_EVENTS_TABLE, LISTEN_HISTORY_ENDPOINT, snapshot_date, scripts)
+    return _merge(
+        engine,
+        LISTEN_EVENTS_TABLE,
+        LISTEN_HISTORY_ENDPOINT,
+        snapshot_date,
+        scripts,
+        before_bulk_load=load_sql("drop_track_index"),
+    )
 
 
 def interaction_figures(engine: sa.Engine) -> MergeResult:

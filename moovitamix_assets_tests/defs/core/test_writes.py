@@ -57,6 +57,35 @@ def test_remerging_the_same_day_writes_no_row(postgres_resource: PostgresResourc
     assert {table: row_versions(engine, table) for table in STORED} == before
 
 
+def listen_pairs_indexes(engine: sa.Engine) -> dict[str, str]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'listen_pairs'")
+        ).all()
+    return {name: definition for name, definition in rows}
+
+
+def test_a_first_load_builds_the_by_track_index_after_the_merge(
+    postgres_resource: PostgresResource,
+) -> None:
+    engine = engine_with_days(postgres_resource)
+    merge_day(engine, DAY1)  # into an empty table: the index is dropped, then built again
+    first = listen_pairs_indexes(engine)
+    merge_day(engine, DAY2)  # a daily merge keeps it
+
+    assert listen_pairs_indexes(engine) == first
+    assert first["listen_events_track_id_idx"].endswith("(track_id, user_id)")
+    assert {"listen_pairs_pkey", "listen_events_orphans_idx"} <= first.keys()
+    with engine.connect() as conn:
+        valid = conn.execute(
+            sa.text(
+                "SELECT indisvalid FROM pg_index"
+                " WHERE indexrelid = 'core.listen_events_track_id_idx'::regclass"
+            )
+        ).scalar_one()
+    assert valid
+
+
 def test_a_new_day_rewrites_only_the_pairs_that_changed(
     postgres_resource: PostgresResource,
 ) -> None:
