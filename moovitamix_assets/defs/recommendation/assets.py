@@ -5,6 +5,7 @@ Thin wrappers: the data reads are in ``data.py``, the steps in ``pipeline.py`` (
 """
 
 import math
+import tempfile
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -277,19 +278,21 @@ def candidate_model(
         serving.name,
         config.gate_settings(),
     )
-    artifact = serialize_model(result.model)
-    version = registry.register_candidate(
-        engine,
-        artifact,
-        trained_at=_now(),
-        run_id=context.run.run_id,
-        snapshot=inputs.snapshot,
-        parameters={**params.as_dict(), "k": config.k, "n_train": len(train)},
-        metrics=result.metrics_json(serving.version),
-        gate_passed=decision.promote,
-        gate_reason=decision.reason,
-        gate_figures=decision.figures,
-    )
+    # Through a temporary file: the ~250 MB payload at 1M users never sits beside the factors.
+    with tempfile.TemporaryFile() as file:
+        artifact = serialize_model(result.model, file)
+        version = registry.register_candidate(
+            engine,
+            artifact,
+            trained_at=_now(),
+            run_id=context.run.run_id,
+            snapshot=inputs.snapshot,
+            parameters={**params.as_dict(), "k": config.k, "n_train": len(train)},
+            metrics=result.metrics_json(serving.version),
+            gate_passed=decision.promote,
+            gate_reason=decision.reason,
+            gate_figures=decision.figures,
+        )
     context.log.info("registered candidate version %d: %s", version, decision.reason)
     return dg.MaterializeResult(
         metadata=finish_step_figures(
