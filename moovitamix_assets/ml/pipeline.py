@@ -22,6 +22,7 @@ from moovitamix_assets.ml.models import (
     fit_genre_popularity,
     fit_popularity,
     known_items_matrix,
+    listener_counts,
     recommend_for_all_users,
     train_als,
 )
@@ -257,13 +258,11 @@ def candidate_pool(model: AlsModel, interactions: pd.DataFrame, size: int) -> Al
     """
     if model.n_items <= size:
         return model
-    listeners = (
-        interactions.loc[interactions["track_id"].isin(model.item_ids)]
-        .groupby("track_id")["user_id"]
-        .nunique()
-    )
-    top = listeners.sort_values(ascending=False, kind="stable").index[:size]
-    return restrict_to_catalogue(model, top.to_numpy(dtype=np.int64))
+    listeners = listener_counts(interactions, model.item_ids)
+    # Most listeners first, ties by track id; tracks nobody listened to never enter the pool.
+    ranked = np.argsort(-listeners, kind="stable")[:size]
+    top = model.item_ids[ranked[listeners[ranked] > 0]]
+    return restrict_to_catalogue(model, top)
 
 
 def recommendation_batches(
