@@ -48,7 +48,7 @@ RECOMMENDATION_TABLE_COLUMNS: Final = (
 
 # Serving and evaluation score only the most-listened tracks, and evaluation a seeded sample of
 # the held-out users, so that both stay linear in the data (see candidate_pool).
-DEFAULT_CANDIDATE_POOL = 50_000
+DEFAULT_CANDIDATE_POOL = 20_000
 DEFAULT_EVALUATION_USERS = 20_000
 # Users recommended for at once: memory follows a batch (10 rows a user), not the user base.
 DEFAULT_BATCH_USERS = 100_000

@@ -7,6 +7,7 @@ Thin wrappers: the data reads are in ``data.py``, the steps in ``pipeline.py`` (
 import math
 import tempfile
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -41,6 +42,9 @@ _DEFAULTS = AlsParams()
 _GATE = GateSettings()
 _COMMON: dict[str, Any] = {"group_name": RECOMMENDATION_GROUP}
 _TABLE = "dagster/table_name"
+# Interaction columns each step reads: training needs the weights, scoring only the pairs.
+_TRAINING_COLUMNS = ("user_id", "track_id", "weight")
+_PAIR_COLUMNS = ("user_id", "track_id")
 
 
 class HoldoutConfig(dg.Config):
@@ -243,8 +247,10 @@ def candidate_model(
     engine = postgres.engine()
     start = start_step_figures()
     serving, serving_model = _serving(context, engine)
-    inputs = read_model_inputs(engine)
-    train = pipeline.training_half(inputs.interactions, holdout)
+    inputs = read_model_inputs(engine, columns=_TRAINING_COLUMNS)
+    # Only the training half stays in memory: every interaction is dropped before fitting.
+    inputs = replace(inputs, interactions=pipeline.training_half(inputs.interactions, holdout))
+    train = inputs.interactions
     if len(train) == 0:
         context.log.warning("core.user_track_interactions is empty: no candidate trained today")
         return dg.MaterializeResult(
@@ -394,8 +400,9 @@ def production_model_evaluation(
     engine = postgres.engine()
     start = start_step_figures()
     production, model = _serving(context, engine)
-    inputs = read_model_inputs(engine)
-    train = pipeline.training_half(inputs.interactions, holdout)
+    inputs = read_model_inputs(engine, columns=_PAIR_COLUMNS)
+    inputs = replace(inputs, interactions=pipeline.training_half(inputs.interactions, holdout))
+    train = inputs.interactions
     metrics = pipeline.evaluate_model(
         model,
         train,
@@ -453,7 +460,7 @@ def user_recommendations(
     engine = postgres.engine()
     start = start_step_figures()
     production, model = _serving(context, engine)
-    inputs = read_model_inputs(engine)
+    inputs = read_model_inputs(engine, columns=_PAIR_COLUMNS)
     tally = serving.Tally(config.k)
     batches = pipeline.recommendation_batches(
         model,
