@@ -1,15 +1,18 @@
 """Serialisation of a registry model to checksummed bytes.
 
-An ALS model's payload is an in-memory ``.npz`` (factors, id maps, JSON-encoded parameters); the
-fallback's is an ``.npz`` with its header only (it has nothing learned to store). Loading never
-unpickles anything, so a tampered registry row cannot execute code.
+An ALS model's payload is an ``.npz`` (factors, id maps, JSON-encoded parameters); the fallback's
+is an ``.npz`` with its header only (it has nothing learned to store). Loading never unpickles
+anything, so a tampered registry row cannot execute code. At 1M users the payload is ~250 MB: it
+is written to and read from a file object (a temporary file in the assets), so memory holds the
+model's arrays once, never the payload beside them.
 """
 
 import hashlib
 import io
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Final
+from typing import BinaryIO, Final
 
 import numpy as np
 
@@ -20,53 +23,87 @@ FALLBACK_FORMAT: Final = "moovitamix-genre-popularity-npz"
 ARTIFACT_VERSION: Final = 1
 
 
-@dataclass(frozen=True)
-class ModelArtifact:
-    """A serialised model and the sha256 hex digest of its bytes."""
+# Files are hashed and copied in slices of this size.
+CHUNK_BYTES: Final = 16 << 20
 
-    payload: bytes
+
+@dataclass(frozen=True, eq=False)
+class ModelArtifact:
+    """A serialised model: the file object holding its bytes, their size and sha256 hex digest."""
+
+    file: BinaryIO
     sha256: str
+    size_bytes: int
 
     @property
-    def size_bytes(self) -> int:
-        return len(self.payload)
+    def payload(self) -> bytes:
+        """The whole payload in memory (small models and tests only)."""
+        self.file.seek(0)
+        return self.file.read()
+
+    def chunks(self) -> Iterator[bytes]:
+        """The payload in slices of ``CHUNK_BYTES``, from its start."""
+        self.file.seek(0)
+        return iter(lambda: self.file.read(CHUNK_BYTES), b"")
 
 
 def checksum(payload: bytes) -> str:
     return hashlib.sha256(payload).hexdigest()
 
 
+def _file_checksum(file: BinaryIO) -> str:
+    file.seek(0)
+    digest = hashlib.sha256()
+    for chunk in iter(lambda: file.read(CHUNK_BYTES), b""):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _encode_json(value: dict) -> np.ndarray:
     return np.frombuffer(json.dumps(value, sort_keys=True).encode("utf-8"), dtype=np.uint8)
 
 
-def serialize_model(model: ServingModel) -> ModelArtifact:
-    """Serialise ``model`` to compressed ``.npz`` bytes with their sha256 checksum."""
-    buffer = io.BytesIO()
+def serialize_model(model: ServingModel, file: BinaryIO | None = None) -> ModelArtifact:
+    """Serialise ``model`` to ``.npz`` bytes in ``file`` (a new in-memory buffer when None).
+
+    Args:
+        model: The model to store.
+        file: An empty, seekable binary file object, e.g. a ``tempfile.TemporaryFile()``.
+
+    Returns:
+        The artifact over ``file``, with its size and sha256 checksum.
+    """
+    buffer = io.BytesIO() if file is None else file
     if isinstance(model, FallbackModel):
         header = {"format": FALLBACK_FORMAT, "version": ARTIFACT_VERSION, "name": model.name}
-        np.savez_compressed(buffer, header=_encode_json(header))
-        payload = buffer.getvalue()
-        return ModelArtifact(payload=payload, sha256=checksum(payload))
+        np.savez(buffer, header=_encode_json(header))
+        return _artifact(buffer)
     header = {"format": ARTIFACT_FORMAT, "version": ARTIFACT_VERSION}
-    np.savez_compressed(
+    # Stored, not deflated: float factors hardly compress, and zlib took seconds per 100 MB.
+    np.savez(
         buffer,
         header=_encode_json(header),
         params=_encode_json(model.params.as_dict()),
         user_ids=model.user_ids.astype(np.int64),
         item_ids=model.item_ids.astype(np.int64),
         user_factors=model.user_factors.astype(np.float32),
-        item_factors=model.item_factors.astype(np.float32),
+        item_factors=model.item_factors.astype(np.float32, copy=False),
     )
-    payload = buffer.getvalue()
-    return ModelArtifact(payload=payload, sha256=checksum(payload))
+    return _artifact(buffer)
 
 
-def deserialize_model(payload: bytes, expected_sha256: str | None = None) -> ServingModel:
-    """Rebuild a model from ``serialize_model`` bytes.
+def _artifact(file: BinaryIO) -> ModelArtifact:
+    size = file.seek(0, io.SEEK_END)
+    return ModelArtifact(file=file, sha256=_file_checksum(file), size_bytes=size)
+
+
+def deserialize_model(
+    payload: bytes | BinaryIO, expected_sha256: str | None = None
+) -> ServingModel:
+    """Rebuild a model from ``serialize_model`` bytes, or a seekable file object holding them.
 
     Args:
-        payload: The serialised bytes.
+        payload: The serialised bytes or a file of them (read from its start).
         expected_sha256: If given, the payload must hash to it.
 
     Returns:
@@ -75,9 +112,11 @@ def deserialize_model(payload: bytes, expected_sha256: str | None = None) -> Ser
     Raises:
         ValueError: On a checksum mismatch, an unknown format or inconsistent arrays.
     """
-    if expected_sha256 is not None and checksum(payload) != expected_sha256:
+    file = io.BytesIO(payload) if isinstance(payload, bytes) else payload
+    if expected_sha256 is not None and _file_checksum(file) != expected_sha256:
         raise ValueError("model artifact checksum mismatch: the payload is corrupt or replaced")
-    with np.load(io.BytesIO(payload), allow_pickle=False) as archive:
+    file.seek(0)
+    with np.load(file, allow_pickle=False) as archive:
         header = json.loads(archive["header"].tobytes().decode("utf-8"))
         if header.get("format") == FALLBACK_FORMAT and header.get("version") == ARTIFACT_VERSION:
             return FallbackModel(name=str(header.get("name", FallbackModel.name)))

@@ -298,24 +298,31 @@ def recommend_top_k(
     for start in range(0, len(user_ids), batch_size):
         stop = min(start + batch_size, len(user_ids))
         batch_exclude = exclude[start:stop] if exclude is not None else None
+        # Asking for k plus the batch's longest exclusion list and dropping the excluded tracks
+        # afterwards is cheaper than implicit's per-row filter (2.5x on a batch of 10,000 users).
+        extra = int(np.diff(batch_exclude.indptr).max()) if batch_exclude is not None else 0
+        wanted = min(k_eff + extra, model.n_items)
         # implicit parallelises the selection itself; threaded BLAS on top of it oversubscribes
         # the cores (measured about twice slower on 2 cores).
         with threadpool_limits(limits=1, user_api="blas"):
             ids, scores = topk(
                 model.item_factors,
                 model.user_factors[rows[start:stop]],
-                k_eff,
-                filter_query_items=batch_exclude,
+                wanted,
                 num_threads=num_threads,
             )
-        # Filtered items sort last, so the valid recommendations of a row are a prefix.
         valid = scores > _FILTERED_SCORE
-        batch_row, column = np.nonzero(valid)
+        if extra:
+            query_row = np.repeat(np.arange(stop - start), wanted)
+            excluded = np.asarray(batch_exclude[query_row, ids.ravel()]).reshape(ids.shape)
+            valid &= excluded == 0
+        rank = np.cumsum(valid, axis=1)
+        batch_row, column = np.nonzero(valid & (rank <= k_eff))
         end = filled + len(batch_row)
         out_users[filled:end] = user_ids[start:stop][batch_row]
         out_tracks[filled:end] = model.item_ids[ids[batch_row, column]]
         out_scores[filled:end] = scores[batch_row, column]
-        out_ranks[filled:end] = column + 1
+        out_ranks[filled:end] = rank[batch_row, column]
         filled = end
     return pd.DataFrame(
         {
@@ -329,18 +336,25 @@ def recommend_top_k(
     )
 
 
-def _first_k_allowed(
-    ordering: np.ndarray, exclude: sp.csr_matrix, n_items: int, k: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For each row of ``exclude``, the first ``k`` items of ``ordering`` the row does not exclude.
+def _prefix_length(exclude: sp.csr_matrix, n_items: int, k: int) -> int:
+    """Items of an ordering that always hold a row's first ``k`` allowed ones.
 
+    A row can skip at most its own excluded items, so the top k + max(nnz) items suffice.
+    """
+    row_nnz = np.diff(exclude.indptr)
+    return int(min(n_items, k + (row_nnz.max() if len(row_nnz) else 0)))
+
+
+def _first_k_allowed(
+    prefix: np.ndarray, exclude: sp.csr_matrix, n_items: int, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each row of ``exclude``, the first ``k`` items of ``prefix`` the row does not exclude.
+
+    ``prefix`` is the start of an ordering of the items, ``_prefix_length`` items long.
     Returns (row, item index, rank) arrays ordered by row then rank.
     """
     n_rows = exclude.shape[0]
-    row_nnz = np.diff(exclude.indptr)
-    # A row can skip at most its own excluded items, so the top k + max(nnz) items always suffice.
-    prefix_len = int(min(len(ordering), k + (row_nnz.max() if n_rows else 0)))
-    prefix = ordering[:prefix_len]
+    prefix_len = len(prefix)
     prefix_pos = np.full(n_items, -1, dtype=np.int64)
     prefix_pos[prefix] = np.arange(prefix_len)
     batch = max(1, _SELECTION_CELLS // max(prefix_len, 1))
@@ -377,10 +391,19 @@ def _exclusion(
     return user_ids, exclude
 
 
-def _listener_counts(interactions: pd.DataFrame, item_ids: np.ndarray) -> np.ndarray:
-    pairs = interactions[["user_id", "track_id"]].drop_duplicates()
-    index = lookup_indices(item_ids, pairs["track_id"].to_numpy(dtype=np.int64))
-    return np.bincount(index[index >= 0], minlength=len(item_ids)).astype(np.int64)
+def listener_counts(interactions: pd.DataFrame, item_ids: np.ndarray) -> np.ndarray:
+    """Distinct listeners of each of ``item_ids`` (sorted, unique) in ``interactions``."""
+    users = interactions["user_id"].to_numpy(dtype=np.int64)
+    items = lookup_indices(item_ids, interactions["track_id"].to_numpy(dtype=np.int64))
+    # Sorted by (user, item), a pair's repeats are neighbours: count each pair once, with no
+    # hash table of millions of pairs.
+    order = np.lexsort((items, users))
+    users, items = users[order], items[order]
+    del order
+    first = np.ones(len(items), dtype=bool)
+    first[1:] = (users[1:] != users[:-1]) | (items[1:] != items[:-1])
+    items = items[first & (items >= 0)]
+    return np.bincount(items, minlength=len(item_ids)).astype(np.int64)
 
 
 def _catalogue(interactions: pd.DataFrame, tracks: pd.DataFrame | None) -> np.ndarray:
@@ -402,7 +425,8 @@ class PopularityModel:
         self, user_ids: np.ndarray, exclude: sp.csr_matrix | None, k: int
     ) -> pd.DataFrame:
         user_ids, exclude = _exclusion(user_ids, exclude, len(self.item_ids))
-        rows, items, ranks = _first_k_allowed(self.ordering, exclude, len(self.item_ids), k)
+        prefix = self.ordering[: _prefix_length(exclude, len(self.item_ids), k)]
+        rows, items, ranks = _first_k_allowed(prefix, exclude, len(self.item_ids), k)
         return _frame(user_ids[rows], self.item_ids[items], self.listeners[items], ranks)
 
 
@@ -411,7 +435,7 @@ def fit_popularity(
 ) -> PopularityModel:
     """Rank the catalogue (interaction tracks plus ``tracks``) by number of distinct listeners."""
     item_ids = _catalogue(interactions, tracks)
-    listeners = _listener_counts(interactions, item_ids)
+    listeners = listener_counts(interactions, item_ids)
     # Stable sort on the negated count keeps ties in ascending track id order.
     ordering = np.argsort(-listeners, kind="stable")
     return PopularityModel(item_ids=item_ids, listeners=listeners, ordering=ordering)
@@ -422,29 +446,39 @@ class GenrePopularityModel:
     """Popularity within the user's favourite genre, filled up with global popularity.
 
     Users without a known favourite genre, or whose genre has no tracks, get global popularity.
+    Genres are codes into ``genres`` (-1: none), so the model holds one small integer per track
+    and per user rather than an ordering of the whole catalogue per genre.
     """
 
     item_ids: np.ndarray
     listeners: np.ndarray
     global_ordering: np.ndarray
-    genre_orderings: dict[str, np.ndarray]
+    genres: np.ndarray
+    item_genres: np.ndarray
     user_ids: np.ndarray
     user_genres: np.ndarray
+
+    def ordering_prefix(self, genre: int, length: int) -> np.ndarray:
+        """The first ``length`` items for a fan of ``genre``: its tracks, then the others."""
+        if genre < 0:
+            return self.global_ordering[:length]
+        in_genre = self.item_genres[self.global_ordering] == genre
+        head = self.global_ordering[in_genre][:length]
+        tail = self.global_ordering[~in_genre][: length - len(head)]
+        return np.concatenate([head, tail])
 
     def recommend(
         self, user_ids: np.ndarray, exclude: sp.csr_matrix | None, k: int
     ) -> pd.DataFrame:
         user_ids, exclude = _exclusion(user_ids, exclude, len(self.item_ids))
         position = lookup_indices(self.user_ids, user_ids)
-        genre = np.where(
-            position >= 0, self.user_genres[np.maximum(position, 0)].astype(object), None
-        )
-        genre_series = pd.Series(genre, dtype=object)
+        genre = np.where(position >= 0, self.user_genres[np.maximum(position, 0)], -1)
         parts = []
-        for value, members in genre_series.groupby(genre_series, dropna=False).indices.items():
-            key = value if isinstance(value, str) else None
-            ordering = self.genre_orderings.get(key, self.global_ordering)
-            rows, items, ranks = _first_k_allowed(ordering, exclude[members], len(self.item_ids), k)
+        for code in np.unique(genre):
+            members = np.flatnonzero(genre == code)
+            sub = exclude[members]
+            prefix = self.ordering_prefix(int(code), _prefix_length(sub, len(self.item_ids), k))
+            rows, items, ranks = _first_k_allowed(prefix, sub, len(self.item_ids), k)
             parts.append(
                 _frame(user_ids[members][rows], self.item_ids[items], self.listeners[items], ranks)
             )
@@ -460,22 +494,18 @@ def fit_genre_popularity(
     """Fit the genre baseline from ``tracks[id, genres]`` and ``users[id, favorite_genres]``."""
     base = fit_popularity(interactions, tracks)
     track_genres = tracks.drop_duplicates("id").set_index("id")["genres"]
-    item_genre = track_genres.reindex(base.item_ids).to_numpy(dtype=object)
-    ordered_genres = item_genre[base.ordering]
-    genre_orderings = {}
-    for genre in pd.unique(pd.Series(ordered_genres).dropna()):
-        in_genre = ordered_genres == genre
-        genre_orderings[str(genre)] = np.concatenate(
-            [base.ordering[in_genre], base.ordering[~in_genre]]
-        )
+    item_genres = pd.Categorical(track_genres.reindex(base.item_ids).astype(object))
     favourites = users.drop_duplicates("id").sort_values("id")
+    # A favourite genre no track has is coded -1: that user gets global popularity.
+    user_genres = item_genres.categories.get_indexer(favourites["favorite_genres"].astype(object))
     return GenrePopularityModel(
         item_ids=base.item_ids,
         listeners=base.listeners,
         global_ordering=base.ordering,
-        genre_orderings=genre_orderings,
+        genres=item_genres.categories.to_numpy(dtype=object),
+        item_genres=item_genres.codes.astype(np.int32),
         user_ids=favourites["id"].to_numpy(dtype=np.int64),
-        user_genres=favourites["favorite_genres"].to_numpy(dtype=object),
+        user_genres=user_genres.astype(np.int32),
     )
 
 

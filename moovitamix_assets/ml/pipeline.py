@@ -22,6 +22,7 @@ from moovitamix_assets.ml.models import (
     fit_genre_popularity,
     fit_popularity,
     known_items_matrix,
+    listener_counts,
     recommend_for_all_users,
     train_als,
 )
@@ -47,7 +48,7 @@ RECOMMENDATION_TABLE_COLUMNS: Final = (
 
 # Serving and evaluation score only the most-listened tracks, and evaluation a seeded sample of
 # the held-out users, so that both stay linear in the data (see candidate_pool).
-DEFAULT_CANDIDATE_POOL = 50_000
+DEFAULT_CANDIDATE_POOL = 20_000
 DEFAULT_EVALUATION_USERS = 20_000
 # Users recommended for at once: memory follows a batch (10 rows a user), not the user base.
 DEFAULT_BATCH_USERS = 100_000
@@ -257,13 +258,11 @@ def candidate_pool(model: AlsModel, interactions: pd.DataFrame, size: int) -> Al
     """
     if model.n_items <= size:
         return model
-    listeners = (
-        interactions.loc[interactions["track_id"].isin(model.item_ids)]
-        .groupby("track_id")["user_id"]
-        .nunique()
-    )
-    top = listeners.sort_values(ascending=False, kind="stable").index[:size]
-    return restrict_to_catalogue(model, top.to_numpy(dtype=np.int64))
+    listeners = listener_counts(interactions, model.item_ids)
+    # Most listeners first, ties by track id; tracks nobody listened to never enter the pool.
+    ranked = np.argsort(-listeners, kind="stable")[:size]
+    top = model.item_ids[ranked[listeners[ranked] > 0]]
+    return restrict_to_catalogue(model, top)
 
 
 def recommendation_batches(

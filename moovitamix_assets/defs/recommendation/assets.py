@@ -4,7 +4,9 @@ Thin wrappers: the data reads are in ``data.py``, the steps in ``pipeline.py`` (
 ``moovitamix_assets.ml`` package) and the registry SQL in ``registry.py``.
 """
 
+import tempfile
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -40,6 +42,9 @@ from moovitamix_assets.warehouse.database import PostgresResource
 _DEFAULTS = AlsParams()
 _GATE = GateSettings()
 _COMMON: dict[str, Any] = {"group_name": RECOMMENDATION_GROUP}
+# Interaction columns each step reads: training needs the weights, scoring only the pairs.
+_TRAINING_COLUMNS = ("user_id", "track_id", "weight")
+_PAIR_COLUMNS = ("user_id", "track_id")
 
 
 class HoldoutConfig(dg.Config):
@@ -243,8 +248,10 @@ def candidate_model(
     engine = postgres.engine()
     start = start_step_figures()
     serving, serving_model = _serving(context, engine)
-    inputs = read_model_inputs(engine)
-    train = pipeline.training_half(inputs.interactions, holdout)
+    inputs = read_model_inputs(engine, columns=_TRAINING_COLUMNS)
+    # Only the training half stays in memory: every interaction is dropped before fitting.
+    inputs = replace(inputs, interactions=pipeline.training_half(inputs.interactions, holdout))
+    train = inputs.interactions
     if len(train) == 0:
         context.log.warning("core.user_track_interactions is empty: no candidate trained today")
         return dg.MaterializeResult(
@@ -279,19 +286,21 @@ def candidate_model(
         serving.name,
         config.gate_settings(),
     )
-    artifact = serialize_model(result.model)
-    version = registry.register_candidate(
-        engine,
-        artifact,
-        trained_at=_now(),
-        run_id=context.run.run_id,
-        snapshot=inputs.snapshot,
-        parameters={**params.as_dict(), "k": config.k, "n_train": len(train)},
-        metrics=result.metrics_json(serving.version),
-        gate_passed=decision.promote,
-        gate_reason=decision.reason,
-        gate_figures=decision.figures,
-    )
+    # Through a temporary file: the ~250 MB payload at 1M users never sits beside the factors.
+    with tempfile.TemporaryFile() as file:
+        artifact = serialize_model(result.model, file)
+        version = registry.register_candidate(
+            engine,
+            artifact,
+            trained_at=_now(),
+            run_id=context.run.run_id,
+            snapshot=inputs.snapshot,
+            parameters={**params.as_dict(), "k": config.k, "n_train": len(train)},
+            metrics=result.metrics_json(serving.version),
+            gate_passed=decision.promote,
+            gate_reason=decision.reason,
+            gate_figures=decision.figures,
+        )
     context.log.info("registered candidate version %d: %s", version, decision.reason)
     return dg.MaterializeResult(
         metadata=finish_step_figures(
@@ -397,8 +406,9 @@ def production_model_evaluation(
     engine = postgres.engine()
     start = start_step_figures()
     production, model = _serving(context, engine)
-    inputs = read_model_inputs(engine)
-    train = pipeline.training_half(inputs.interactions, holdout)
+    inputs = read_model_inputs(engine, columns=_PAIR_COLUMNS)
+    inputs = replace(inputs, interactions=pipeline.training_half(inputs.interactions, holdout))
+    train = inputs.interactions
     metrics = pipeline.evaluate_model(
         model,
         train,
@@ -458,7 +468,7 @@ def user_recommendations(
     engine = postgres.engine()
     start = start_step_figures()
     production, model = _serving(context, engine)
-    inputs = read_model_inputs(engine)
+    inputs = read_model_inputs(engine, columns=_PAIR_COLUMNS)
     tally = serving.Tally(config.k)
     batches = pipeline.recommendation_batches(
         model,

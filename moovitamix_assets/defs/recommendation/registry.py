@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,7 +27,12 @@ from typing import Any, Final
 import sqlalchemy as sa
 
 from moovitamix_assets.constants import ML_SCHEMA
-from moovitamix_assets.ml.artifacts import ModelArtifact, deserialize_model, serialize_model
+from moovitamix_assets.ml.artifacts import (
+    CHUNK_BYTES,
+    ModelArtifact,
+    deserialize_model,
+    serialize_model,
+)
 from moovitamix_assets.ml.models import SOURCE_FALLBACK, FallbackModel, ServingModel
 from moovitamix_assets.warehouse.database import create_schema_sql, quote_ident
 
@@ -264,17 +270,15 @@ def load_model(engine: sa.Engine, version: int) -> ServingModel:
         ).first()
         if row is None:
             raise RegistryError(f"model version {version} is not in {ML_SCHEMA}.{REGISTRY_TABLE}")
-        lobject = conn.connection.driver_connection.lobject(int(row.artifact), "rb")
-        try:
-            chunks = list(iter(lambda: lobject.read(_LO_CHUNK), b""))
-        finally:
-            lobject.close()
-    # bytes, so that the BytesIO of deserialize_model shares it instead of copying it.
-    return deserialize_model(b"".join(chunks), expected_sha256=row.artifact_sha256)
-
-
-# Large objects move in slices of this size: memory stays at the model plus one slice.
-_LO_CHUNK = 16 << 20
+        # Through a temporary file: memory holds the loaded arrays, never the payload as well.
+        with tempfile.TemporaryFile() as file:
+            lobject = conn.connection.driver_connection.lobject(int(row.artifact), "rb")
+            try:
+                for chunk in iter(lambda: lobject.read(CHUNK_BYTES), b""):
+                    file.write(chunk)
+            finally:
+                lobject.close()
+            return deserialize_model(file, expected_sha256=row.artifact_sha256)
 
 
 def _finite(value: Any) -> Any:
@@ -317,8 +321,8 @@ def _insert(conn: sa.Connection, artifact: ModelArtifact, **row: Any) -> int:
     # In the row's transaction: a failed registration leaves no orphan object.
     lobject = conn.connection.driver_connection.lobject(0, "wb")
     try:
-        for start in range(0, len(artifact.payload), _LO_CHUNK):
-            lobject.write(artifact.payload[start : start + _LO_CHUNK])
+        for chunk in artifact.chunks():
+            lobject.write(chunk)
     finally:
         lobject.close()
     conn.execute(
