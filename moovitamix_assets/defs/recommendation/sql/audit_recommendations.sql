@@ -1,0 +1,40 @@
+-- Every audit of a recommendations table in one statement, one column per audit, each counting
+-- the offending rows or users (0 passes). The per-user figures are computed once and serve both
+-- the count audit and the repeat audit: at 1M users each read of the 10M rows costs seconds.
+-- {table} is a quoted ml table of serving.py; {users}, {tracks} and {interactions} are core's.
+WITH per_user AS MATERIALIZED (
+    SELECT user_id,
+           count(*) AS n,
+           count(DISTINCT track_id) AS tracks,
+           count(DISTINCT rank) AS ranks
+    FROM {table}
+    GROUP BY user_id
+),
+catalogue AS (SELECT count(*) AS n FROM {tracks} WHERE is_active),
+heard AS (
+    SELECT i.user_id, count(*) AS n
+    FROM {interactions} i JOIN {tracks} t ON t.id = i.track_id AND t.is_active
+    GROUP BY i.user_id
+),
+active AS (SELECT id FROM {users} WHERE is_active)
+SELECT
+    -- K each, fewer only for a user who heard every other active track; no inactive user.
+    (
+        SELECT count(*) FROM active a
+        LEFT JOIN per_user g ON g.user_id = a.id
+        LEFT JOIN heard h ON h.user_id = a.id
+        WHERE coalesce(g.n, 0)
+            <> least(:k, greatest((SELECT n FROM catalogue) - coalesce(h.n, 0), 0))
+    ) + (
+        SELECT count(*) FROM per_user g
+        WHERE NOT EXISTS (SELECT 1 FROM active a WHERE a.id = g.user_id)
+    ) AS exactly_k_per_active_user,
+    (
+        SELECT count(*) FROM {table} r JOIN {interactions} i USING (user_id, track_id)
+    ) AS none_already_listened,
+    (
+        SELECT count(*) FROM {table} r LEFT JOIN {tracks} t ON t.id = r.track_id
+        WHERE t.id IS NULL OR NOT t.is_active
+    ) AS only_active_tracks,
+    -- Rows beyond the first of a (user, track) or a (user, rank).
+    (SELECT coalesce(sum((n - tracks) + (n - ranks)), 0) FROM per_user) AS no_duplicates
