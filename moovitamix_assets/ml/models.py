@@ -458,6 +458,10 @@ class GenrePopularityModel:
     user_ids: np.ndarray
     user_genres: np.ndarray
 
+    def global_popularity(self) -> PopularityModel:
+        """Global popularity over the same counts (what fills up a genre's list)."""
+        return PopularityModel(self.item_ids, self.listeners, self.global_ordering)
+
     def ordering_prefix(self, genre: int, length: int) -> np.ndarray:
         """The first ``length`` items for a fan of ``genre``: its tracks, then the others."""
         if genre < 0:

@@ -17,12 +17,13 @@ from moovitamix_assets.ml.models import (
     AlsModel,
     AlsParams,
     FallbackModel,
+    GenrePopularityModel,
+    PopularityModel,
     Recommender,
     ServingModel,
     fit_genre_popularity,
-    fit_popularity,
     known_items_matrix,
-    listener_counts,
+    lookup_indices,
     recommend_for_all_users,
     train_als,
 )
@@ -88,16 +89,16 @@ def catalogue_size(tracks: pd.DataFrame, interactions: pd.DataFrame) -> int:
 
 
 def as_recommender(
-    model: ServingModel,
-    train: pd.DataFrame,
-    users: pd.DataFrame,
-    tracks: pd.DataFrame,
-    candidate_pool_size: int,
+    model: ServingModel, fallback: GenrePopularityModel, candidate_pool_size: int
 ) -> Recommender:
-    """What ``model`` recommends from: ALS over its candidate pool, or the refitted fallback."""
+    """What ``model`` recommends from: ALS over its candidate pool, or ``fallback`` itself.
+
+    ``fallback`` is the genre popularity fitted on the interactions the model is scored on: its
+    listener counts also rank the candidate pool, so they are counted once per step.
+    """
     if isinstance(model, FallbackModel):
-        return fit_genre_popularity(train, tracks, users)
-    return candidate_pool(model, train, candidate_pool_size)
+        return fallback
+    return candidate_pool(model, fallback, candidate_pool_size)
 
 
 @dataclass(frozen=True, eq=False)
@@ -143,10 +144,11 @@ def train_and_evaluate(
         per-user values on the same users.
     """
     model = train_als(train, params)
+    fallback = fit_genre_popularity(train, tracks, users)
     recommenders: dict[str, Recommender] = {
-        CANDIDATE: candidate_pool(model, train, candidate_pool_size),
-        SERVING: as_recommender(serving, train, users, tracks, candidate_pool_size),
-        POPULARITY: fit_popularity(train, tracks),
+        CANDIDATE: candidate_pool(model, fallback, candidate_pool_size),
+        SERVING: as_recommender(serving, fallback, candidate_pool_size),
+        POPULARITY: fallback.global_popularity(),
     }
     metrics = evaluate_on_holdout(
         recommenders,
@@ -173,9 +175,10 @@ def evaluate_model(
     seed: int = 0,
 ) -> dict[str, Metrics]:
     """Score ``model`` (``production``) and the fallback (``fallback``) on the same holdout."""
+    fallback = fit_genre_popularity(train, tracks, users)
     recommenders = {
-        PRODUCTION: as_recommender(model, train, users, tracks, candidate_pool_size),
-        FALLBACK: fit_genre_popularity(train, tracks, users),
+        PRODUCTION: as_recommender(model, fallback, candidate_pool_size),
+        FALLBACK: fallback,
     }
     return evaluate_on_holdout(
         recommenders,
@@ -249,16 +252,20 @@ def restrict_to_catalogue(model: AlsModel, track_ids: np.ndarray) -> AlsModel:
     )
 
 
-def candidate_pool(model: AlsModel, interactions: pd.DataFrame, size: int) -> AlsModel:
+def candidate_pool(
+    model: AlsModel, popularity: PopularityModel | GenrePopularityModel, size: int
+) -> AlsModel:
     """The same model scoring only its ``size`` most-listened tracks (the candidate pool).
 
     Scoring every user against every track grows with users x tracks; a pool of the most
     listened tracks keeps serving linear in users, and the tail it drops has too little listening
-    for ALS to rank it above the pool anyway.
+    for ALS to rank it above the pool anyway. ``popularity`` holds the distinct listeners of each
+    track, fitted on the same interactions.
     """
     if model.n_items <= size:
         return model
-    listeners = listener_counts(interactions, model.item_ids)
+    position = lookup_indices(popularity.item_ids, model.item_ids)
+    listeners = np.where(position >= 0, popularity.listeners[np.maximum(position, 0)], 0)
     # Most listeners first, ties by track id; tracks nobody listened to never enter the pool.
     ranked = np.argsort(-listeners, kind="stable")[:size]
     top = model.item_ids[ranked[listeners[ranked] > 0]]
@@ -309,7 +316,7 @@ def recommendation_batches(
     ranker = None
     if isinstance(model, AlsModel):
         ranker = candidate_pool(
-            restrict_to_catalogue(model, catalogue), active_listens, candidate_pool_size
+            restrict_to_catalogue(model, catalogue), cold_start, candidate_pool_size
         )
     del active_listens
     users = users.drop_duplicates("id").sort_values("id", ignore_index=True)

@@ -6,7 +6,13 @@ import numpy as np
 import pandas as pd
 
 from moovitamix_assets.ml import pipeline
-from moovitamix_assets.ml.models import AlsModel, AlsParams, FallbackModel, train_als
+from moovitamix_assets.ml.models import (
+    AlsModel,
+    AlsParams,
+    FallbackModel,
+    fit_popularity,
+    train_als,
+)
 
 NOW = datetime(2026, 11, 20, 2, tzinfo=timezone.utc)
 
@@ -88,15 +94,15 @@ def test_candidate_pool_keeps_the_most_listened_tracks() -> None:
         item_factors=np.array([[9.0], [2.0], [1.0]], dtype=np.float32),
     )
     listens = interactions([(1, 10), (1, 11), (2, 11), (3, 11), (2, 12), (3, 12)])
-    pooled = pipeline.candidate_pool(model, listens, size=2)
+    popularity = fit_popularity(listens)
+    pooled = pipeline.candidate_pool(model, popularity, size=2)
     assert pooled.item_ids.tolist() == [11, 12]
     assert pooled.recommend(np.array([1]), None, 1)["track_id"].tolist() == [11]
-    assert pipeline.candidate_pool(model, listens, size=3) is model
+    assert pipeline.candidate_pool(model, popularity, size=3) is model
 
 
 def test_evaluation_scores_the_same_seeded_sample_of_users_for_every_model() -> None:
     from moovitamix_assets.ml.evaluation import evaluate_on_holdout
-    from moovitamix_assets.ml.models import fit_popularity
 
     rng = np.random.default_rng(0)
     pairs = [(u, int(t)) for u in range(1, 201) for t in rng.choice(50, size=4, replace=False)]
