@@ -52,22 +52,28 @@ RECOMMENDATION_TABLE_COLUMNS: Final = (
 DEFAULT_CANDIDATE_POOL = 20_000
 DEFAULT_EVALUATION_USERS = 20_000
 # Users recommended for at once: memory follows a batch (10 rows a user), not the user base.
-DEFAULT_BATCH_USERS = 100_000
-
-
-def _pair_keys(frame: pd.DataFrame) -> np.ndarray:
-    # One complex number per pair keys it exactly (ids are exact in float64 up to 2**53) with no
-    # overflow risk, unlike user_id * n_tracks + track_id.
-    users = frame["user_id"].to_numpy(dtype=np.int64)
-    tracks = frame["track_id"].to_numpy(dtype=np.int64)
-    return users.astype(np.complex128) + 1j * tracks.astype(np.complex128)
+DEFAULT_BATCH_USERS = 50_000
 
 
 def training_half(interactions: pd.DataFrame, holdout: pd.DataFrame) -> pd.DataFrame:
     """The interactions minus the held-out (user, track) pairs: what models may learn from."""
     if len(holdout) == 0:
         return interactions
-    held = np.isin(_pair_keys(interactions), _pair_keys(holdout))
+    # Pairs keyed by their positions among the held-out users and tracks: int64 keys that cannot
+    # overflow (positions < 2**31 each), on only the pairs whose user and track are both held
+    # out. Complex128 keys of every pair took 380 MB more at 4.5M pairs.
+    held_users = np.unique(holdout["user_id"].to_numpy(dtype=np.int64))
+    held_tracks = np.unique(holdout["track_id"].to_numpy(dtype=np.int64))
+
+    def keys(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        user = lookup_indices(held_users, frame["user_id"].to_numpy(dtype=np.int64))
+        track = lookup_indices(held_tracks, frame["track_id"].to_numpy(dtype=np.int64))
+        both = (user >= 0) & (track >= 0)
+        return both, user[both] * len(held_tracks) + track[both]
+
+    candidates, candidate_keys = keys(interactions)
+    held = np.zeros(len(interactions), dtype=bool)
+    held[candidates] = np.isin(candidate_keys, keys(holdout)[1])
     return interactions.loc[~held].reset_index(drop=True)
 
 
