@@ -52,7 +52,7 @@ RECOMMENDATION_TABLE_COLUMNS: Final = (
 DEFAULT_CANDIDATE_POOL = 20_000
 DEFAULT_EVALUATION_USERS = 20_000
 # Users recommended for at once: memory follows a batch (10 rows a user), not the user base.
-DEFAULT_BATCH_USERS = 50_000
+DEFAULT_BATCH_USERS = 100_000
 
 
 def training_half(interactions: pd.DataFrame, holdout: pd.DataFrame) -> pd.DataFrame:
@@ -346,6 +346,7 @@ def recommendation_batches(
         else:
             recs = recommend_for_all_users(ranker, batch, tracks, history, k, cold_start=cold_start)
         yield _table_rows(recs, model_version, generated_at)
+        del recs, history  # before the next batch's, not after it
 
 
 def _table_rows(recs: pd.DataFrame, model_version: int, generated_at: datetime) -> pd.DataFrame:

@@ -481,7 +481,8 @@ def user_recommendations(
         candidate_pool_size=config.candidate_pool,
     )
     # Write, audit, publish: today's rows replace yesterday's only if every audit passes.
-    outcomes = serving.stage_and_publish(engine, (tally.count(b) for b in batches), config.k)
+    # map() keeps no batch alive while the next is computed (a generator's loop variable would).
+    outcomes = serving.stage_and_publish(engine, map(tally.count, batches), config.k)
     failed = [a for a in outcomes if not a.passed]
     if failed:
         raise dg.Failure(

@@ -206,6 +206,7 @@ def stage_and_publish(
                 _set_defaults(conn, constants)
             if constants is not None:
                 _copy(conn, recs, constants)
+            del recs  # or it lives on while the next batch is computed
         outcomes = audit_recommendations(conn, STAGING, k)
         if all(o.passed for o in outcomes):
             conn.execute(sa.text(f"DELETE FROM {PUBLISHED}"))
