@@ -46,6 +46,11 @@ def figure(value: float | None) -> dg.MetadataValue:
     return dg.MetadataValue.float(significant(float(value)))
 
 
+def percent(share: float | None) -> dg.MetadataValue:
+    """A relative figure in percent (a lift of 0.125 is 12.5), for ``*_pct`` metadata."""
+    return figure(None if share is None else 100 * share)
+
+
 def _plain(value: object) -> float | int | str | None:
     # Numbers stay numbers (the UI plots them); NaN, infinity and e.g. a Decimal become text.
     if isinstance(value, float) and math.isfinite(value):

@@ -74,7 +74,7 @@ def test_taste_structured_data_promotes_the_als_candidate(
     assert gate.passed, gate.description
     assert figures["gate_verdict"] == "significant", figures
     # The lift's whole confidence interval is above zero: not a chance win.
-    assert figures["gate_lift_low"] > 0, figures
+    assert figures["gate_lift_low_pct"] > 0, figures
     assert figures["gate_candidate"] > figures["gate_serving"], figures
 
     state = serving_state(warehouse)

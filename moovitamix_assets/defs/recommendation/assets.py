@@ -15,7 +15,7 @@ import pandas as pd
 import sqlalchemy as sa
 from pydantic import Field
 
-from moovitamix_assets.check_results import figure
+from moovitamix_assets.check_results import figure, percent
 from moovitamix_assets.constants import RECOMMENDATION_GROUP
 from moovitamix_assets.defs.core.assets import CORE_INTERACTIONS, CORE_TRACKS, CORE_USERS
 from moovitamix_assets.defs.recommendation import keys, registry, serving
@@ -150,11 +150,6 @@ class RecommendationsConfig(ScoringConfig):
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def _percent(share: float | None) -> dg.MetadataValue:
-    """A relative figure in percent (a lift of 0.125 is +12.5 %), for ``*_pct`` metadata."""
-    return figure(None if share is None else 100 * share)
 
 
 def metrics_metadata(metrics: dict[str, Metrics], k: int) -> dict[str, Any]:
@@ -443,9 +438,9 @@ def production_model_evaluation(
                 # Beside production_<metric>: the plot shows whether a dip is larger than the noise.
                 f"production_{label}_low": figure(summary.interval.low),
                 f"production_{label}_high": figure(summary.interval.high),
-                "lift_over_fallback_pct": _percent(summary.lift.lift),
-                "lift_over_fallback_low_pct": _percent(summary.lift.low),
-                "lift_over_fallback_high_pct": _percent(summary.lift.high),
+                "lift_over_fallback_pct": percent(summary.lift.lift),
+                "lift_over_fallback_low_pct": percent(summary.lift.low),
+                "lift_over_fallback_high_pct": percent(summary.lift.high),
                 "summary": dg.MetadataValue.text(summary.describe()),
             },
             start,

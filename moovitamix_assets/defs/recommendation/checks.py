@@ -18,7 +18,7 @@ import dagster as dg
 import sqlalchemy as sa
 
 from moovitamix_assets.alerts import Alert, AlertNotifier
-from moovitamix_assets.check_results import figure
+from moovitamix_assets.check_results import figure, percent
 from moovitamix_assets.defs.core.assets import INTERACTIONS_TABLE, core_table
 from moovitamix_assets.defs.recommendation import keys, registry, serving
 from moovitamix_assets.ml.evaluation import DEFAULT_K
@@ -37,6 +37,16 @@ def _figure(value: Any) -> dg.MetadataValue:
     return dg.MetadataValue.text(str(value))
 
 
+# The gate's relative figures, in percent as every ``*_pct`` figure (a lift of 0.125 is 12.5).
+_GATE_PERCENT = frozenset({"lift", "lift_low", "lift_high", "min_lift", "detectable_lift"})
+
+
+def _gate_figure(name: str, value: Any) -> tuple[str, dg.MetadataValue]:
+    if name in _GATE_PERCENT:
+        return f"gate_{name}_pct", percent(value)
+    return f"gate_{name}", _figure(value)
+
+
 def gate_result(entry: registry.RegistryEntry | None) -> dg.AssetCheckResult:
     """Turn a registry row's stored verdict into the check's result and metadata."""
     if entry is None:
@@ -53,7 +63,7 @@ def gate_result(entry: registry.RegistryEntry | None) -> dg.AssetCheckResult:
         # The alert sensor quotes observed against threshold.
         "observed": _figure(figures.get("lift_low")),
         "threshold": _figure(figures.get("min_lift")),
-        **{f"gate_{name}": _figure(value) for name, value in sorted(figures.items())},
+        **dict(_gate_figure(name, value) for name, value in sorted(figures.items())),
     }
     return dg.AssetCheckResult(
         passed=entry.gate_passed,
@@ -228,9 +238,7 @@ def evaluation_recorded(
             "metric_high": _figure(interval.get("high")),
             # In percent, as the evaluation asset reports them (+12.5 = 12.5 % better).
             **{
-                f"lift_over_fallback{suffix}_pct": figure(
-                    None if lift.get(name) is None else 100 * lift[name]
-                )
+                f"lift_over_fallback{suffix}_pct": percent(lift.get(name))
                 for name, suffix in (("lift", ""), ("low", "_low"), ("high", "_high"))
             },
         },

@@ -111,10 +111,15 @@ def test_on_taste_structured_standin_data_the_candidate_beats_the_fallback_and_s
     gate = gate_evaluation(result)
     assert gate.passed, gate.description
     assert "over genre_popularity v1: significant, candidate promoted" in gate.description
-    assert gate.metadata["gate_lift_low"].value > 0
-    assert {"gate_lift", "gate_lift_high", "gate_users", "gate_candidate_hits"} <= set(
-        gate.metadata
-    )
+    assert gate.metadata["gate_lift_low_pct"].value > 0
+    expected = {"gate_lift_pct", "gate_lift_high_pct", "gate_min_lift_pct", "gate_users"}
+    assert expected | {"gate_candidate_hits"} <= set(gate.metadata)
+    # Relative figures in percent, like every *_pct figure: the same lift the description gives.
+    figures = {k: gate.metadata[f"gate_{k}_pct"].value for k in ("lift", "lift_low", "lift_high")}
+    assert (
+        f"lift {figures['lift']:+.1f}% [{figures['lift_low']:+.1f}%, {figures['lift_high']:+.1f}%]"
+        in gate.description
+    ), (figures, gate.description)
     # The fallback was registered first (it served until now); the candidate replaced it.
     fallback = registry.list_entries(engine)[-1]
     assert fallback is not None and fallback.is_fallback and fallback.status == "retired"
