@@ -20,12 +20,12 @@ from moovitamix_assets.constants import (
     CORE_GROUP,
     CORE_SCHEMA,
     LISTEN_HISTORY_ENDPOINT,
-    RAW_SCHEMA,
     TRACKS_ENDPOINT,
     USERS_ENDPOINT,
 )
 from moovitamix_assets.contract import GENDERS, GENRES
 from moovitamix_assets.defs.ingestion.audits import AuditResult, assert_snapshot_publishable
+from moovitamix_assets.defs.ingestion.tables import RAW_KEYS
 from moovitamix_assets.freshness import DAILY_FRESHNESS
 from moovitamix_assets.partitions import daily_partitions
 from moovitamix_assets.step_figures import StepStart, finish_step_figures, start_step_figures
@@ -296,10 +296,6 @@ def interaction_figures(engine: sa.Engine) -> MergeResult:
     )
 
 
-RAW_USERS = dg.AssetKey([RAW_SCHEMA, USERS_ENDPOINT])
-RAW_TRACKS = dg.AssetKey([RAW_SCHEMA, TRACKS_ENDPOINT])
-RAW_LISTEN_HISTORY = dg.AssetKey([RAW_SCHEMA, LISTEN_HISTORY_ENDPOINT])
-
 _COMMON: Final = {
     "key_prefix": [CORE_SCHEMA],
     "group_name": CORE_GROUP,
@@ -328,7 +324,7 @@ def _materialization(
 
 @dg.asset(
     name=USERS_TABLE,
-    deps=[RAW_USERS],
+    deps=[RAW_KEYS[USERS_ENDPOINT]],
     metadata=columns.for_asset(CORE_USERS).definition_metadata(),
     **_COMMON,
 )
@@ -343,7 +339,7 @@ def core_users(
 
 @dg.asset(
     name=TRACKS_TABLE,
-    deps=[RAW_TRACKS],
+    deps=[RAW_KEYS[TRACKS_ENDPOINT]],
     metadata=columns.for_asset(CORE_TRACKS).definition_metadata(),
     **_COMMON,
 )
@@ -358,7 +354,7 @@ def core_tracks(
 
 @dg.asset(
     name=LISTEN_EVENTS_TABLE,
-    deps=[RAW_LISTEN_HISTORY, CORE_USERS, CORE_TRACKS],
+    deps=[RAW_KEYS[LISTEN_HISTORY_ENDPOINT], CORE_USERS, CORE_TRACKS],
     metadata=columns.for_asset(CORE_LISTEN_EVENTS).definition_metadata(),
     **_COMMON,
 )
