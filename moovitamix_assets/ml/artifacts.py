@@ -35,20 +35,10 @@ class ModelArtifact:
     sha256: str
     size_bytes: int
 
-    @property
-    def payload(self) -> bytes:
-        """The whole payload in memory (small models and tests only)."""
-        self.file.seek(0)
-        return self.file.read()
-
     def chunks(self) -> Iterator[bytes]:
         """The payload in slices of ``CHUNK_BYTES``, from its start."""
         self.file.seek(0)
         return iter(lambda: self.file.read(CHUNK_BYTES), b"")
-
-
-def checksum(payload: bytes) -> str:
-    return hashlib.sha256(payload).hexdigest()
 
 
 def _file_checksum(file: BinaryIO) -> str:

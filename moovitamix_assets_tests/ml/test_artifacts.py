@@ -1,18 +1,23 @@
+import hashlib
 import io
 import zipfile
 
 import numpy as np
 import pytest
 
-from moovitamix_assets.ml.artifacts import checksum, deserialize_model, serialize_model
+from moovitamix_assets.ml.artifacts import ModelArtifact, deserialize_model, serialize_model
+
+
+def payload_of(artifact: ModelArtifact) -> bytes:
+    return b"".join(artifact.chunks())
 
 
 def test_round_trip_restores_identical_model(structured) -> None:
     model = structured.als
     artifact = serialize_model(model)
-    assert artifact.sha256 == checksum(artifact.payload)
+    assert artifact.sha256 == hashlib.sha256(payload_of(artifact)).hexdigest()
     assert len(artifact.sha256) == 64
-    restored = deserialize_model(artifact.payload, expected_sha256=artifact.sha256)
+    restored = deserialize_model(payload_of(artifact), expected_sha256=artifact.sha256)
     assert restored.params == model.params
     np.testing.assert_array_equal(restored.user_ids, model.user_ids)
     np.testing.assert_array_equal(restored.item_ids, model.item_ids)
@@ -29,7 +34,7 @@ def test_serialisation_is_byte_stable(structured) -> None:
 
 
 def test_payload_is_a_plain_npz_without_pickled_objects(structured) -> None:
-    payload = serialize_model(structured.als).payload
+    payload = payload_of(serialize_model(structured.als))
     with zipfile.ZipFile(io.BytesIO(payload)) as archive:
         names = set(archive.namelist())
     assert names == {
@@ -46,7 +51,7 @@ def test_payload_is_a_plain_npz_without_pickled_objects(structured) -> None:
 
 def test_corrupt_payload_is_refused(structured) -> None:
     artifact = serialize_model(structured.als)
-    tampered = bytearray(artifact.payload)
+    tampered = bytearray(payload_of(artifact))
     tampered[len(tampered) // 2] ^= 0xFF
     with pytest.raises(ValueError, match="checksum mismatch"):
         deserialize_model(bytes(tampered), expected_sha256=artifact.sha256)

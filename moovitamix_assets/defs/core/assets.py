@@ -174,8 +174,7 @@ class MergeResult:
     audits: list[AuditResult] = field(default_factory=list)
 
     def metadata(self) -> dict[str, int | float]:
-        """Flat numeric metadata (``dagster/row_count`` is the table's rows) for a
-        MaterializeResult."""
+        """Flat numeric metadata for a MaterializeResult (``dagster/row_count``: the table's)."""
         return {
             **self.counts,
             "merge_s": round(self.seconds, 3),
