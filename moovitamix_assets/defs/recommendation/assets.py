@@ -19,7 +19,7 @@ from moovitamix_assets.check_results import figure, percent
 from moovitamix_assets.constants import RECOMMENDATION_GROUP
 from moovitamix_assets.defs.core.assets import CORE_INTERACTIONS, CORE_TRACKS, CORE_USERS
 from moovitamix_assets.defs.recommendation import keys, registry, serving
-from moovitamix_assets.defs.recommendation.data import read_model_inputs
+from moovitamix_assets.defs.recommendation.data import ModelInputs, read_model_inputs
 from moovitamix_assets.freshness import DAILY_FRESHNESS, WEEKLY_FRESHNESS
 from moovitamix_assets.ml import pipeline
 from moovitamix_assets.ml.artifacts import serialize_model
@@ -152,6 +152,15 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def _training_inputs(
+    engine: sa.Engine, holdout: pd.DataFrame, interaction_columns: tuple[str, ...]
+) -> ModelInputs:
+    """Core's inputs with the training half of the interactions only: the rest is dropped at once,
+    so every interaction never stays in memory beside the model."""
+    inputs = read_model_inputs(engine, columns=interaction_columns)
+    return replace(inputs, interactions=pipeline.training_half(inputs.interactions, holdout))
+
+
 def metrics_metadata(metrics: dict[str, Metrics], k: int) -> dict[str, Any]:
     """Numeric metadata ``<model>_<metric>`` (plotted over time in the UI) for every model."""
     metadata: dict[str, Any] = {}
@@ -243,9 +252,7 @@ def candidate_model(
     engine = postgres.engine()
     start = start_step_figures()
     serving, serving_model = _serving(context, engine)
-    inputs = read_model_inputs(engine, columns=_TRAINING_COLUMNS)
-    # Only the training half stays in memory: every interaction is dropped before fitting.
-    inputs = replace(inputs, interactions=pipeline.training_half(inputs.interactions, holdout))
+    inputs = _training_inputs(engine, holdout, _TRAINING_COLUMNS)
     train = inputs.interactions
     if len(train) == 0:
         context.log.warning("core.user_track_interactions is empty: no candidate trained today")
@@ -401,8 +408,7 @@ def production_model_evaluation(
     engine = postgres.engine()
     start = start_step_figures()
     production, model = _serving(context, engine)
-    inputs = read_model_inputs(engine, columns=_PAIR_COLUMNS)
-    inputs = replace(inputs, interactions=pipeline.training_half(inputs.interactions, holdout))
+    inputs = _training_inputs(engine, holdout, _PAIR_COLUMNS)
     train = inputs.interactions
     metrics = pipeline.evaluate_model(
         model,
