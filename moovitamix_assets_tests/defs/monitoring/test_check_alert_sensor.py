@@ -1,9 +1,11 @@
 """Check-failure alerts: real ephemeral-disk instance, real checks, real HTTP receiver."""
 
 import json
-import threading
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from dagster import (
@@ -25,6 +27,7 @@ from moovitamix_assets.defs.monitoring.sensors import (
     asset_check_failure_alert_sensor,
     observed_and_expected,
 )
+from moovitamix_assets_tests.defs.monitoring import slow_run
 from moovitamix_assets_tests.defs.monitoring import toy_definitions as toy
 from moovitamix_assets_tests.defs.monitoring.http_receiver import (
     RecordingHttpServer,
@@ -185,21 +188,9 @@ def test_runless_check_report_links_to_the_asset(
 
 
 def test_check_finishing_after_a_newer_one_is_still_alerted(
-    instance: DagsterInstance, receiver: RecordingHttpServer
+    instance: DagsterInstance, receiver: RecordingHttpServer, tmp_path: Path
 ) -> None:
     """Execution rows become final out of id order; the cursor must not skip the slow one."""
-    gate = threading.Event()
-
-    @asset
-    def slow() -> int:
-        """Waits for the test to let it finish."""
-        assert gate.wait(timeout=60)
-        return 0
-
-    @asset_check(asset=slow)
-    def slow_not_empty(slow: int) -> AssetCheckResult:
-        """Fails (ERROR)."""
-        return AssetCheckResult(passed=slow > 0, metadata={"observed": slow, "threshold": 1})
 
     @asset
     def fast() -> int:
@@ -211,7 +202,9 @@ def test_check_finishing_after_a_newer_one_is_still_alerted(
         """Fails (ERROR)."""
         return AssetCheckResult(passed=fast > 0, metadata={"observed": fast, "threshold": 1})
 
-    defs = Definitions(assets=[slow, fast], asset_checks=[slow_not_empty, fast_not_empty])
+    defs = Definitions(
+        assets=[slow_run.slow, fast], asset_checks=[slow_run.slow_not_empty, fast_not_empty]
+    )
     notifier = AlertNotifier(webhook_url=receiver.url, ui_base_url=UI)
 
     def local_tick(cursor: str | None) -> str | None:
@@ -224,24 +217,24 @@ def test_check_finishing_after_a_newer_one_is_still_alerted(
         return asset_check_failure_alert_sensor.evaluate_tick(context).cursor
 
     cursor = local_tick(None)
-    slow_run = threading.Thread(
-        target=materialize, args=([slow, slow_not_empty],), kwargs={"instance": instance}
-    )
-    slow_run.start()
+    gate = tmp_path / "gate"
+    # instance_for_test points $DAGSTER_HOME at this instance, which the child process inherits.
+    slow = subprocess.Popen([sys.executable, "-m", slow_run.__name__, str(gate)])
     try:
         slow_key = AssetCheckKey(AssetKey("slow"), "slow_not_empty")
-        deadline = 300
+        deadline = time.monotonic() + 120
         while not instance.event_log_storage.get_asset_check_execution_history(slow_key, limit=1):
-            deadline -= 1
-            assert deadline > 0, "the slow run never planned its check"
+            assert slow.poll() is None, "the slow run ended before planning its check"
+            assert time.monotonic() < deadline, "the slow run never planned its check"
             time.sleep(0.1)
 
         materialize([fast, fast_not_empty], instance=instance, raise_on_error=False)
         cursor = local_tick(cursor)
         assert ["fast_not_empty" in body["text"] for body in receiver.json_bodies()] == [True]
     finally:
-        gate.set()
-        slow_run.join(timeout=60)
+        gate.touch()
+        returncode = slow.wait(timeout=120)
+    assert returncode == 0  # the check fails, but a non-blocking check does not fail the run
 
     cursor = local_tick(cursor)
     local_tick(cursor)
