@@ -66,7 +66,7 @@ def judge(users: int, seed: int, structureless: bool) -> bool:
     split = time_based_split(interactions, holdout_per_user=1)
     params = AlsParams()
     result = train_and_evaluate(
-        split.train, split.test, user_frame, tracks, params, 10, FallbackModel()
+        split.train, split.test, user_frame, tracks, params, 10, FallbackModel
     )
     decision = decide_promotion(
         result.metrics[CANDIDATE],

@@ -189,8 +189,12 @@ def _serving(
 ) -> tuple[registry.RegistryEntry, ServingModel]:
     """What serves (registering the fallback on a first run) and its verified model."""
     entry = registry.serving_entry(engine, at=_now(), run_id=context.run.run_id)
+    return entry, _load(engine, entry)
+
+
+def _load(engine: sa.Engine, entry: registry.RegistryEntry) -> ServingModel:
     try:
-        return entry, registry.load_model(engine, entry.version)
+        return registry.load_model(engine, entry.version)
     except (ValueError, registry.RegistryError) as exc:
         raise dg.Failure(f"the production model {entry.name} cannot be loaded: {exc}") from exc
 
@@ -251,7 +255,7 @@ def candidate_model(
     """A newly trained ALS candidate, compared with what serves on the holdout, then registered."""
     engine = postgres.engine()
     start = start_step_figures()
-    serving, serving_model = _serving(context, engine)
+    serving = registry.serving_entry(engine, at=_now(), run_id=context.run.run_id)
     inputs = _training_inputs(engine, holdout, _TRAINING_COLUMNS)
     train = inputs.interactions
     if len(train) == 0:
@@ -278,7 +282,7 @@ def candidate_model(
         inputs.tracks,
         params,
         config.k,
-        serving_model,
+        lambda: _load(engine, serving),  # after the fit: see train_and_evaluate
         candidate_pool_size=config.candidate_pool,
         evaluation_users=config.evaluation_users,
     )
