@@ -23,13 +23,14 @@ from psycopg2 import errors, sql
 from moovitamix_assets.defs.core.assets import core_assets
 from moovitamix_assets.defs.ingestion.api import MoovitamixApiResource
 from moovitamix_assets.defs.ingestion.assets import raw_assets
+from moovitamix_assets.defs.recommendation import registry, serving
 from moovitamix_assets.partitions import utc_today
 from moovitamix_assets.warehouse.database import (
     PostgresResource,
     connect_psycopg2,
     dispose_engines,
 )
-from moovitamix_assets.warehouse.io_manager import PostgresPandasIOManager, write_frame
+from moovitamix_assets.warehouse.io_manager import PostgresPandasIOManager
 from moovitamix_assets_tests.security.pg_tools import (
     admin_execute,
     as_role,
@@ -237,13 +238,20 @@ def test_a_role_without_grants_cannot_even_connect(roles: Roles) -> None:
         drop_roles(roles.admin_url, outsider)
 
 
-def test_the_serving_role_reads_recommendations_only(roles: Roles) -> None:
-    # The platform writes ml.user_recommendations through the IO manager, as in production.
-    conn = connect_psycopg2(roles.platform_url)
+def publish(url: str, frame: pd.DataFrame) -> None:
+    """Publish ``frame`` as the platform role, as the daily run does once the audits passed."""
+    engine = sa.create_engine(url)
     try:
-        write_frame(conn, "ml", "user_recommendations", recommendations_frame())
+        registry.ensure_registry_schema(engine)
+        with engine.begin() as conn:
+            serving.stage(conn, [frame])
+            serving.publish_staging(conn)
     finally:
-        conn.close()
+        engine.dispose()
+
+
+def test_the_serving_role_reads_recommendations_only(roles: Roles) -> None:
+    publish(roles.platform_url, recommendations_frame())
     query(roles.platform_url, "CREATE TABLE core.users (id bigint)")
     # Before the table existed the script could not grant it; the second run does (idempotent).
     assert isinstance(
@@ -254,22 +262,20 @@ def test_the_serving_role_reads_recommendations_only(roles: Roles) -> None:
 
     rows = query(roles.serving_url, "SELECT user_id, track_id FROM ml.user_recommendations")
     assert sorted(rows) == [(1, 10), (1, 11), (2, 10)]
-    # The daily write replaces the rows in place: the grant survives it.
-    conn = connect_psycopg2(roles.platform_url)
-    try:
-        write_frame(conn, "ml", "user_recommendations", recommendations_frame().head(1))
-    finally:
-        conn.close()
+    # The next day's rows replace the served table behind the view: the grant survives it.
+    publish(roles.platform_url, recommendations_frame().head(1))
     assert query(roles.serving_url, "SELECT count(*) FROM ml.user_recommendations") == [(1,)]
 
-    # Read-only by default, and without write grants even in a read-write transaction.
-    insert = "INSERT INTO ml.user_recommendations (user_id) VALUES (3)"
-    assert isinstance(refused(roles.serving_url, insert), errors.ReadOnlySqlTransaction)
+    # Read-only by default, and without write grants even in a read-write transaction. (A write
+    # through the view meets its missing grant before the read-only check.)
+    sneaky = "CREATE TEMP TABLE sneaky (x int)"
+    assert isinstance(refused(roles.serving_url, sneaky), errors.ReadOnlySqlTransaction)
     for statement in (
-        insert,
+        "INSERT INTO ml.user_recommendations (user_id) VALUES (3)",
         "DELETE FROM ml.user_recommendations",
+        "INSERT INTO ml.user_recommendations_served (user_id) VALUES (3)",
         "CREATE TABLE ml.sneaky (x int)",
-        "CREATE TEMP TABLE sneaky (x int)",
+        sneaky,
     ):
         error = refused(roles.serving_url, statement, read_write=True)
         assert isinstance(error, errors.InsufficientPrivilege), statement

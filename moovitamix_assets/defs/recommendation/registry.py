@@ -34,11 +34,13 @@ from moovitamix_assets.ml.artifacts import (
     serialize_model,
 )
 from moovitamix_assets.ml.models import SOURCE_FALLBACK, FallbackModel, ServingModel
+from moovitamix_assets.ml.pipeline import RECOMMENDATION_TABLE_COLUMNS
 from moovitamix_assets.warehouse.database import create_schema_sql, quote_ident
 
 REGISTRY_TABLE: Final = "model_registry"
 EVALUATIONS_TABLE: Final = "model_evaluations"
-RECOMMENDATIONS_TABLE: Final = "user_recommendations"
+RECOMMENDATIONS_TABLE: Final = "user_recommendations"  # a view of SERVED_TABLE
+SERVED_TABLE: Final = "user_recommendations_served"
 
 STATUS_CANDIDATE: Final = "candidate"
 STATUS_PRODUCTION: Final = "production"
@@ -57,6 +59,9 @@ def ml_table(table: str) -> str:
 
 
 _REGISTRY = ml_table(REGISTRY_TABLE)
+_PUBLISHED = ml_table(RECOMMENDATIONS_TABLE)
+_SERVED = ml_table(SERVED_TABLE)
+_COLUMNS = ", ".join(RECOMMENDATION_TABLE_COLUMNS)
 _LOG = ml_table("model_registry_log")
 _EVALUATIONS = ml_table(EVALUATIONS_TABLE)
 _LOCK_SQL: Final = "SELECT pg_advisory_xact_lock(hashtext(:key))"
@@ -124,19 +129,44 @@ _DDL: Final = (
         PRIMARY KEY (version, evaluated_at)
     )
     """,
-    # Created here (not by the IO manager) for its primary key: serving reads by user, and the
-    # key proves "one row per user and rank" on every write.
+    # Serving reads the view ml.user_recommendations; its rows live in ml.user_recommendations_
+    # served, replaced whole each day by swapping in the staged table (serving.py): no 10M-row
+    # DELETE and INSERT, and the view keeps the readers' grants and views on it. Created here
+    # (not by the IO manager) for its primary key: serving reads by user, and the key proves
+    # "one row per user and rank" on every publication.
     f"""
-    CREATE TABLE IF NOT EXISTS {ml_table(RECOMMENDATIONS_TABLE)} (
-        user_id bigint NOT NULL,
-        track_id bigint NOT NULL,
-        score double precision NOT NULL,
-        rank bigint NOT NULL,
-        source text NOT NULL,
-        model_version bigint NOT NULL,
-        generated_at timestamptz NOT NULL,
-        PRIMARY KEY (user_id, rank)
-    )
+    DO $$
+    DECLARE grant_ record;
+    BEGIN
+        IF (SELECT relkind FROM pg_class WHERE oid = to_regclass('{_PUBLISHED}')) = 'r' THEN
+            -- Published before the view (a table of that name): its rows become the served ones.
+            ALTER TABLE {_PUBLISHED} RENAME TO {quote_ident(SERVED_TABLE)};
+            ALTER INDEX IF EXISTS {ml_table(RECOMMENDATIONS_TABLE + "_pkey")}
+                RENAME TO {quote_ident(SERVED_TABLE + "_pkey")};
+        END IF;
+        CREATE TABLE IF NOT EXISTS {_SERVED} (
+            user_id bigint NOT NULL,
+            track_id bigint NOT NULL,
+            score double precision NOT NULL,
+            rank bigint NOT NULL,
+            source text NOT NULL,
+            model_version bigint NOT NULL,
+            generated_at timestamptz NOT NULL,
+            PRIMARY KEY (user_id, rank)
+        );
+        IF to_regclass('{_PUBLISHED}') IS NULL THEN
+            CREATE VIEW {_PUBLISHED} AS SELECT {_COLUMNS} FROM {_SERVED};
+            -- Whoever could read the table (e.g. the serving role) reads the view.
+            FOR grant_ IN
+                SELECT a.privilege_type, a.grantee FROM pg_class c, aclexplode(c.relacl) a
+                WHERE c.oid = to_regclass('{_SERVED}') AND a.grantee <> c.relowner
+            LOOP
+                EXECUTE format('GRANT %s ON {_PUBLISHED} TO %s', grant_.privilege_type,
+                    CASE WHEN grant_.grantee = 0 THEN 'PUBLIC'
+                    ELSE quote_ident(pg_get_userbyid(grant_.grantee)) END);
+            END LOOP;
+        END IF;
+    END $$
     """,
 )
 

@@ -1,10 +1,10 @@
 """Write-audit-publish of the daily recommendations, and the audits their asset checks show.
 
 Today's rows are COPY'd into ``ml.user_recommendations_staging``, audited there against ``core``
-and only then replace the published ``ml.user_recommendations`` in the same transaction: rows
-that fail an audit never serve, and yesterday's keep serving. A failed day's rows stay in the
-staging table for inspection. The asset checks run the same audits on the published table.
-"""
+and only then, in the same transaction, become the served table behind the view
+``ml.user_recommendations``: rows that fail an audit never serve, and yesterday's keep serving.
+A failed day's rows stay in the staging table for inspection. The asset checks run the same
+audits on the published view."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ from moovitamix_assets.ml.pipeline import RECOMMENDATION_TABLE_COLUMNS
 STAGING_TABLE: Final = "user_recommendations_staging"
 PUBLISHED: Final = registry.ml_table(registry.RECOMMENDATIONS_TABLE)
 STAGING: Final = registry.ml_table(STAGING_TABLE)
+_SERVED: Final = registry.ml_table(registry.SERVED_TABLE)
 # Rows per COPY: the CSV text of one slice is what memory holds besides the batch's frame.
 _COPY_ROWS: Final = 200_000
 
@@ -184,8 +185,8 @@ def stage_and_publish(
 ) -> list[AuditOutcome]:
     """Stage ``batches`` of recommendations, audit them, and publish them if every audit passes.
 
-    One transaction under an advisory lock: concurrent runs serialise, and the published table
-    changes all at once or not at all. Each batch is COPY'd as it comes, so memory holds one.
+    One transaction under an advisory lock: concurrent runs serialise, and the published view
+    changes all at once or not at all.
 
     Returns:
         Every audit's outcome on the staged rows (published when all passed).
@@ -193,26 +194,41 @@ def stage_and_publish(
     registry.ensure_registry_schema(engine)
     with engine.begin() as conn:
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": PUBLISHED})
-        # No constraints on the staging copy: duplicates must reach the audit, not abort COPY.
-        # Unlogged: a scratch copy that a crash may lose writes no WAL for its 10M rows.
-        conn.execute(sa.text(f"DROP TABLE IF EXISTS {STAGING}"))
-        conn.execute(
-            sa.text(f"CREATE UNLOGGED TABLE {STAGING} (LIKE {PUBLISHED} INCLUDING DEFAULTS)")
-        )
-        constants: dict[str, object] | None = None
-        for recs in batches:
-            if constants is None and len(recs):
-                constants = _constants(recs)
-                _set_defaults(conn, constants)
-            if constants is not None:
-                _copy(conn, recs, constants)
-            del recs  # or it lives on while the next batch is computed
+        stage(conn, batches)
         outcomes = audit_recommendations(conn, STAGING, k)
         if all(o.passed for o in outcomes):
-            conn.execute(sa.text(f"DELETE FROM {PUBLISHED}"))
-            columns = ", ".join(RECOMMENDATION_TABLE_COLUMNS)
-            conn.execute(
-                sa.text(f"INSERT INTO {PUBLISHED} ({columns}) SELECT {columns} FROM {STAGING}")
-            )
-            conn.execute(sa.text(f"TRUNCATE {STAGING}"))
+            publish_staging(conn)
     return outcomes
+
+
+def stage(conn: sa.Connection, batches: Iterable[pd.DataFrame]) -> None:
+    """Replace the staging table's rows with ``batches``, each COPY'd as it comes."""
+    # No key on the staging table yet: duplicates must reach the audit, not abort COPY.
+    conn.execute(sa.text(f"DROP TABLE IF EXISTS {STAGING}"))
+    conn.execute(sa.text(f"CREATE TABLE {STAGING} (LIKE {_SERVED})"))
+    constants: dict[str, object] | None = None
+    for recs in batches:
+        if constants is None and len(recs):
+            constants = _constants(recs)
+            _set_defaults(conn, constants)
+        if constants is not None:
+            _copy(conn, recs, constants)
+        del recs  # or it lives on while the next batch is computed
+
+
+def publish_staging(conn: sa.Connection) -> None:
+    """Serve the staged rows: they become the served table, in the caller's transaction.
+
+    The view ``ml.user_recommendations`` is pointed at them, so its grants and whatever reads it
+    carry over; readers see yesterday's rows until the commit, then today's, never a mix.
+    """
+    # One sorted build of the key over rows already audited for duplicates.
+    conn.execute(sa.text(f"ALTER TABLE {STAGING} ADD PRIMARY KEY (user_id, rank)"))
+    for name in _CONSTANT_COLUMNS:  # the staging run's defaults are no business of the table
+        conn.execute(sa.text(f"ALTER TABLE {STAGING} ALTER COLUMN {name} DROP DEFAULT"))
+    columns = ", ".join(RECOMMENDATION_TABLE_COLUMNS)
+    conn.execute(sa.text(f"CREATE OR REPLACE VIEW {PUBLISHED} AS SELECT {columns} FROM {STAGING}"))
+    conn.execute(sa.text(f"DROP TABLE {_SERVED}"))
+    conn.execute(sa.text(f"ALTER TABLE {STAGING} RENAME TO {registry.SERVED_TABLE}"))
+    staging_key = registry.ml_table(f"{STAGING_TABLE}_pkey")
+    conn.execute(sa.text(f"ALTER INDEX {staging_key} RENAME TO {registry.SERVED_TABLE}_pkey"))

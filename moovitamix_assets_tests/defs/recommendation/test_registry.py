@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import uuid
 from datetime import datetime, timezone
 
 import numpy as np
@@ -228,3 +229,51 @@ def test_a_registry_from_before_the_fallback_gets_its_model_type_column(engine: 
     registry.ensure_registry_schema(engine)
     assert entry(engine, trained).model_type == "als"
     registry.ensure_registry_schema(engine)  # and again: nothing to do
+
+
+def test_a_published_table_becomes_the_served_table_behind_the_view(engine: sa.Engine) -> None:
+    """A database published by the release before the view: its rows and readers carry over."""
+    reader = f"mvx_reader_{uuid.uuid4().hex[:8]}"
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE SCHEMA IF NOT EXISTS ml"))
+        conn.execute(
+            sa.text(
+                "CREATE TABLE ml.user_recommendations (user_id bigint NOT NULL, track_id bigint "
+                "NOT NULL, score double precision NOT NULL, rank bigint NOT NULL, source text "
+                "NOT NULL, model_version bigint NOT NULL, generated_at timestamptz NOT NULL, "
+                "PRIMARY KEY (user_id, rank))"
+            )
+        )
+        conn.execute(
+            sa.text("INSERT INTO ml.user_recommendations VALUES (1, 10, 0.5, 1, 'als', 3, now())")
+        )
+        conn.execute(sa.text(f"CREATE ROLE {reader}"))
+        conn.execute(sa.text(f"GRANT SELECT ON ml.user_recommendations TO {reader}"))
+    try:
+        registry.ensure_registry_schema(engine)
+        registry.ensure_registry_schema(engine)  # idempotent once migrated
+        with engine.connect() as conn:
+            kinds = dict(
+                conn.execute(
+                    sa.text(
+                        "SELECT relname, relkind FROM pg_class WHERE relname LIKE "
+                        "'user_recommendations%' AND relnamespace = 'ml'::regnamespace"
+                    )
+                ).all()
+            )
+            rows = conn.execute(sa.text("SELECT user_id, track_id FROM ml.user_recommendations"))
+            readable = conn.execute(
+                sa.text("SELECT has_table_privilege(:r, 'ml.user_recommendations', 'SELECT')"),
+                {"r": reader},
+            ).scalar_one()
+        assert kinds == {
+            "user_recommendations": "v",
+            "user_recommendations_served": "r",
+            "user_recommendations_served_pkey": "i",
+        }
+        assert rows.all() == [(1, 10)]
+        assert readable
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"DROP OWNED BY {reader}"))
+            conn.execute(sa.text(f"DROP ROLE {reader}"))
