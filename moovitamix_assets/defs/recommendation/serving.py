@@ -34,6 +34,8 @@ STAGING_TABLE: Final = "user_recommendations_staging"
 PUBLISHED: Final = registry.ml_table(registry.RECOMMENDATIONS_TABLE)
 STAGING: Final = registry.ml_table(STAGING_TABLE)
 _SERVED: Final = registry.ml_table(registry.SERVED_TABLE)
+# How long the publication may wait for readers of yesterday's rows (see publish_staging).
+SWAP_LOCK_TIMEOUT_MS: Final = 10_000
 # Rows per COPY: the CSV text of one slice is what memory holds besides the batch's frame.
 _COPY_ROWS: Final = 200_000
 
@@ -227,6 +229,10 @@ def publish_staging(conn: sa.Connection) -> None:
     for name in _CONSTANT_COLUMNS:  # the staging run's defaults are no business of the table
         conn.execute(sa.text(f"ALTER TABLE {STAGING} ALTER COLUMN {name} DROP DEFAULT"))
     columns = ", ".join(RECOMMENDATION_TABLE_COLUMNS)
+    # The swap waits for the transactions still reading yesterday's rows, and serving reads queue
+    # behind it: a reader that does not finish (a long query) fails the publication instead of
+    # holding every serving read (yesterday's rows keep serving; run the asset again).
+    conn.execute(sa.text(f"SET LOCAL lock_timeout = {SWAP_LOCK_TIMEOUT_MS}"))
     conn.execute(sa.text(f"CREATE OR REPLACE VIEW {PUBLISHED} AS SELECT {columns} FROM {STAGING}"))
     conn.execute(sa.text(f"DROP TABLE {_SERVED}"))
     conn.execute(sa.text(f"ALTER TABLE {STAGING} RENAME TO {registry.SERVED_TABLE}"))
