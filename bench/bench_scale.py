@@ -109,7 +109,7 @@ def bench_size(records: int, env: dict[str, str], partition: str) -> list[dict]:
             rows.append(figures)
             status = "ok" if figures["success"] else "FAILED"
             print(
-                f"  {records:>9,}  {key[:48]:<48}{figures['wall_s']:>8.1f} s"
+                f"  {records:>9,}  {figures['key'][:48]:<48}{figures['wall_s']:>8.1f} s"
                 f"{figures['peak_rss_mb']:>9.0f} MB  {status}",
                 flush=True,
             )
