@@ -11,7 +11,6 @@ import secrets
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 import dagster as dg
 import pandas as pd
@@ -23,7 +22,6 @@ from psycopg2 import errors, sql
 from moovitamix_assets.defs.core.assets import core_assets
 from moovitamix_assets.defs.ingestion.api import MoovitamixApiResource
 from moovitamix_assets.defs.ingestion.assets import raw_assets
-from moovitamix_assets.defs.recommendation import registry, serving
 from moovitamix_assets.partitions import utc_today
 from moovitamix_assets.warehouse.database import (
     PostgresResource,
@@ -31,6 +29,7 @@ from moovitamix_assets.warehouse.database import (
     dispose_engines,
 )
 from moovitamix_assets.warehouse.io_manager import PostgresPandasIOManager
+from moovitamix_assets_tests.defs.recommendation.publishing import publish, recommendations
 from moovitamix_assets_tests.security.pg_tools import (
     admin_execute,
     as_role,
@@ -106,20 +105,6 @@ def materialize_daily(url: str, api_url: str) -> dg.ExecuteInProcessResult:
             "warehouse_io_manager": PostgresPandasIOManager(database=postgres),
         },
         partition_key=utc_today().isoformat(),
-    )
-
-
-def recommendations_frame() -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "user_id": [1, 1, 2],
-            "track_id": [10, 11, 10],
-            "score": [0.9, 0.5, 0.7],
-            "rank": [1, 2, 1],
-            "source": ["als", "als", "popularity"],
-            "model_version": [1, 1, 1],
-            "generated_at": [datetime(2026, 1, 1, tzinfo=timezone.utc)] * 3,
-        }
     )
 
 
@@ -238,20 +223,16 @@ def test_a_role_without_grants_cannot_even_connect(roles: Roles) -> None:
         drop_roles(roles.admin_url, outsider)
 
 
-def publish(url: str, frame: pd.DataFrame) -> None:
-    """Publish ``frame`` as the platform role, as the daily run does once the audits passed."""
+def publish_as(url: str, recs: pd.DataFrame) -> None:
     engine = sa.create_engine(url)
     try:
-        registry.ensure_registry_schema(engine)
-        with engine.begin() as conn:
-            serving.stage(conn, [frame])
-            serving.publish_staging(conn)
+        publish(engine, recs)
     finally:
         engine.dispose()
 
 
 def test_the_serving_role_reads_recommendations_only(roles: Roles) -> None:
-    publish(roles.platform_url, recommendations_frame())
+    publish_as(roles.platform_url, recommendations())
     query(roles.platform_url, "CREATE TABLE core.users (id bigint)")
     # Before the table existed the script could not grant it; the second run does (idempotent).
     assert isinstance(
@@ -263,7 +244,7 @@ def test_the_serving_role_reads_recommendations_only(roles: Roles) -> None:
     rows = query(roles.serving_url, "SELECT user_id, track_id FROM ml.user_recommendations")
     assert sorted(rows) == [(1, 10), (1, 11), (2, 10)]
     # The next day's rows replace the served table behind the view: the grant survives it.
-    publish(roles.platform_url, recommendations_frame().head(1))
+    publish_as(roles.platform_url, recommendations(2).head(1))
     assert query(roles.serving_url, "SELECT count(*) FROM ml.user_recommendations") == [(1,)]
 
     # Read-only by default, and without write grants even in a read-write transaction. (A write

@@ -1,40 +1,16 @@
 """Publishing the recommendations on a real PostgreSQL: today's table swapped in behind the view."""
 
-from datetime import datetime, timezone
-
-import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from moovitamix_assets.defs.recommendation import registry, serving
+from moovitamix_assets.defs.recommendation import serving
 from moovitamix_assets.warehouse.database import PostgresResource
+from moovitamix_assets_tests.defs.recommendation.publishing import publish, recommendations
 
 
 @pytest.fixture
 def engine(postgres_resource: PostgresResource) -> sa.Engine:
     return postgres_resource.engine()
-
-
-def recommendations(version: int) -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "user_id": [1, 1, 2],
-            "track_id": [10, 11, 10],
-            "score": [0.9, 0.5, 0.7],
-            "rank": [1, 2, 1],
-            "source": ["als", "als", "als"],
-            "model_version": [version] * 3,
-            "generated_at": [datetime(2026, 1, version, tzinfo=timezone.utc)] * 3,
-        }
-    )
-
-
-def publish(engine: sa.Engine, recs: pd.DataFrame) -> None:
-    """Stage and publish as the daily run does once the audits passed."""
-    registry.ensure_registry_schema(engine)
-    with engine.begin() as conn:
-        serving.stage(conn, [recs])
-        serving.publish_staging(conn)
 
 
 def served_versions(engine: sa.Engine) -> list[int]:
