@@ -6,7 +6,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from moovitamix_assets.ml.models import AlsModel, Recommender, recommend_excluding_history
+from moovitamix_assets.ml.models import (
+    AlsModel,
+    Recommender,
+    recommend_excluding_history,
+    unique_ids,
+)
 
 DEFAULT_K = 10
 METRIC_NAMES: tuple[str, ...] = (
@@ -165,7 +170,7 @@ def evaluate_on_holdout(
     scoring a user costs a pass over the catalogue, so evaluating every user of a large base
     would grow with users x tracks while the metrics settle after a few thousand users.
     """
-    test_users = np.unique(test["user_id"].to_numpy(dtype=np.int64))
+    test_users = unique_ids(test["user_id"].to_numpy(dtype=np.int64))
     if max_users is not None and len(test_users) > max_users:
         rng = np.random.default_rng(seed)
         test_users = np.sort(rng.choice(test_users, size=max_users, replace=False))

@@ -82,6 +82,15 @@ class Recommender(Protocol):
     ) -> pd.DataFrame: ...
 
 
+def unique_ids(ids: np.ndarray) -> np.ndarray:
+    """The distinct ids, sorted: ``np.unique``'s result.
+
+    pandas' hash table, then a sort of the distinct values only: numpy 2.4's ``np.unique`` took
+    2.2 s on 5.5M ids (a catalogue at 1M users) where this takes 0.13 s.
+    """
+    return np.sort(pd.unique(np.asarray(ids, dtype=np.int64)))
+
+
 def lookup_indices(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """Map ids to their positions in ``sorted_ids`` (sorted, unique), -1 where absent."""
     ids = np.asarray(ids, dtype=np.int64)
@@ -147,8 +156,9 @@ def build_interaction_matrix(interactions: pd.DataFrame, alpha: float) -> Intera
     """Build the CSR user x item matrix of confidences ``1 + alpha * weight``."""
     users = interactions["user_id"].to_numpy(dtype=np.int64)
     items = interactions["track_id"].to_numpy(dtype=np.int64)
-    user_ids, user_codes = np.unique(users, return_inverse=True)
-    item_ids, item_codes = np.unique(items, return_inverse=True)
+    # np.unique(..., return_inverse=True), at a quarter of its time on millions of pairs.
+    user_codes, user_ids = pd.factorize(users, sort=True)
+    item_codes, item_ids = pd.factorize(items, sort=True)
     confidence = (1.0 + alpha * interactions["weight"].to_numpy(dtype=np.float64)).astype(
         np.float32
     )
@@ -410,7 +420,7 @@ def _catalogue(interactions: pd.DataFrame, tracks: pd.DataFrame | None) -> np.nd
     ids = [interactions["track_id"].to_numpy(dtype=np.int64)]
     if tracks is not None:
         ids.append(tracks["id"].to_numpy(dtype=np.int64))
-    return np.unique(np.concatenate(ids))
+    return unique_ids(np.concatenate(ids))
 
 
 @dataclass(frozen=True, eq=False)
@@ -517,7 +527,7 @@ def recommend_excluding_history(
     recommender: Recommender, user_ids: np.ndarray, history: pd.DataFrame, k: int
 ) -> pd.DataFrame:
     """Recommend ``k`` tracks per user, never one of the user's tracks in ``history``."""
-    user_ids = np.unique(np.asarray(user_ids, dtype=np.int64))
+    user_ids = unique_ids(user_ids)
     exclude = known_items_matrix(history, user_ids, recommender.item_ids)
     return recommender.recommend(user_ids, exclude, k)
 
@@ -551,7 +561,7 @@ def recommend_for_all_users(
     """
     if cold_start is None:
         cold_start = fit_genre_popularity(interactions, tracks, users)
-    user_ids = np.unique(users["id"].to_numpy(dtype=np.int64))
+    user_ids = unique_ids(users["id"].to_numpy(dtype=np.int64))
     known = model.user_index(user_ids) >= 0
     als_users = user_ids[known]
     als_recs = recommend_top_k(
