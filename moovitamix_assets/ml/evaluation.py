@@ -9,6 +9,7 @@ import pandas as pd
 from moovitamix_assets.ml.models import (
     AlsModel,
     Recommender,
+    isin_ids,
     recommend_excluding_history,
     unique_ids,
 )
@@ -174,7 +175,7 @@ def evaluate_on_holdout(
     if max_users is not None and len(test_users) > max_users:
         rng = np.random.default_rng(seed)
         test_users = np.sort(rng.choice(test_users, size=max_users, replace=False))
-        test = test.loc[np.isin(test["user_id"].to_numpy(dtype=np.int64), test_users)]
+        test = test.loc[isin_ids(test["user_id"].to_numpy(), test_users)]
     results = {}
     for name, recommender in recommenders.items():
         users = test_users

@@ -92,13 +92,16 @@ def unique_ids(ids: np.ndarray) -> np.ndarray:
 
 
 def lookup_indices(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Map ids to their positions in ``sorted_ids`` (sorted, unique), -1 where absent."""
-    ids = np.asarray(ids, dtype=np.int64)
-    if len(sorted_ids) == 0:
-        return np.full(len(ids), -1, dtype=np.int64)
-    position = np.searchsorted(sorted_ids, ids)
-    clipped = np.minimum(position, len(sorted_ids) - 1)
-    return np.where(sorted_ids[clipped] == ids, clipped, -1).astype(np.int64)
+    """Map ids to their positions in ``sorted_ids`` (unique, sorted or not), -1 where absent."""
+    # pandas' hash table: 0.5 s for 5M ids into 1M where np.searchsorted took 1.2 s.
+    return pd.Index(sorted_ids, dtype=np.int64).get_indexer(np.asarray(ids, dtype=np.int64))
+
+
+def isin_ids(ids: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """``np.isin(ids, allowed)`` through pandas' hash table: 0.25 s where numpy took 1.5 s on
+    5M ids against 0.9M."""
+    ids = pd.Series(np.asarray(ids, dtype=np.int64), copy=False)
+    return ids.isin(np.asarray(allowed, dtype=np.int64)).to_numpy()
 
 
 @dataclass(frozen=True, eq=False)
@@ -178,15 +181,11 @@ def known_items_matrix(
     Columns follow ``item_ids`` (sorted, unique); interactions of other users or other tracks are
     ignored. ``user_ids`` need not be sorted but must be unique.
     """
-    user_ids = np.asarray(user_ids, dtype=np.int64)
-    user_order = np.argsort(user_ids, kind="stable")
-    sorted_users = user_ids[user_order]
-    row_pos = lookup_indices(sorted_users, interactions["user_id"].to_numpy(dtype=np.int64))
+    rows = lookup_indices(user_ids, interactions["user_id"].to_numpy(dtype=np.int64))
     col = lookup_indices(item_ids, interactions["track_id"].to_numpy(dtype=np.int64))
-    keep = (row_pos >= 0) & (col >= 0)
-    rows = user_order[row_pos[keep]]
+    keep = (rows >= 0) & (col >= 0)
     matrix = sp.csr_matrix(
-        (np.ones(int(keep.sum()), dtype=np.float32), (rows, col[keep])),
+        (np.ones(int(keep.sum()), dtype=np.float32), (rows[keep], col[keep])),
         shape=(len(user_ids), len(item_ids)),
     )
     matrix.sum_duplicates()
@@ -259,6 +258,30 @@ def _frame(user_ids: np.ndarray, track_ids: np.ndarray, scores: np.ndarray, rank
     )
 
 
+def _top_allowed(
+    model: AlsModel, rows: np.ndarray, exclude: sp.csr_matrix | None, k: int, num_threads: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each of ``rows``' top ``k`` model items that ``exclude`` allows: (row, item, score, rank)."""
+    # Asking for k plus the longest exclusion list and dropping the excluded tracks afterwards is
+    # cheaper than implicit's per-row filter (2.5x on a batch of 10,000 users).
+    extra = int(np.diff(exclude.indptr).max()) if exclude is not None else 0
+    wanted = min(k + extra, model.n_items)
+    # implicit parallelises the selection itself; threaded BLAS on top of it oversubscribes
+    # the cores (measured about twice slower on 2 cores).
+    with threadpool_limits(limits=1, user_api="blas"):
+        ids, scores = topk(
+            model.item_factors, model.user_factors[rows], wanted, num_threads=num_threads
+        )
+    valid = scores > _FILTERED_SCORE
+    if extra:
+        query_row = np.repeat(np.arange(len(rows)), wanted)
+        excluded = np.asarray(exclude[query_row, ids.ravel()]).reshape(ids.shape)
+        valid &= excluded == 0
+    rank = np.cumsum(valid, axis=1)
+    row, column = np.nonzero(valid & (rank <= k))
+    return row, ids[row, column], scores[row, column], rank[row, column]
+
+
 def recommend_top_k(
     model: AlsModel,
     user_ids: np.ndarray,
@@ -307,32 +330,28 @@ def recommend_top_k(
     filled = 0
     for start in range(0, len(user_ids), batch_size):
         stop = min(start + batch_size, len(user_ids))
-        batch_exclude = exclude[start:stop] if exclude is not None else None
-        # Asking for k plus the batch's longest exclusion list and dropping the excluded tracks
-        # afterwards is cheaper than implicit's per-row filter (2.5x on a batch of 10,000 users).
-        extra = int(np.diff(batch_exclude.indptr).max()) if batch_exclude is not None else 0
-        wanted = min(k_eff + extra, model.n_items)
-        # implicit parallelises the selection itself; threaded BLAS on top of it oversubscribes
-        # the cores (measured about twice slower on 2 cores).
-        with threadpool_limits(limits=1, user_api="blas"):
-            ids, scores = topk(
-                model.item_factors,
-                model.user_factors[rows[start:stop]],
-                wanted,
-                num_threads=num_threads,
-            )
-        valid = scores > _FILTERED_SCORE
-        if extra:
-            query_row = np.repeat(np.arange(stop - start), wanted)
-            excluded = np.asarray(batch_exclude[query_row, ids.ravel()]).reshape(ids.shape)
-            valid &= excluded == 0
-        rank = np.cumsum(valid, axis=1)
-        batch_row, column = np.nonzero(valid & (rank <= k_eff))
-        end = filled + len(batch_row)
-        out_users[filled:end] = user_ids[start:stop][batch_row]
-        out_tracks[filled:end] = model.item_ids[ids[batch_row, column]]
-        out_scores[filled:end] = scores[batch_row, column]
-        out_ranks[filled:end] = rank[batch_row, column]
+        groups = [np.arange(stop - start)]
+        if exclude is not None:
+            batch_exclude = exclude[start:stop]
+            # Every user of a call asks for as many more tracks as its longest history: the few
+            # longest histories get a call of their own. With one listener of 2,000 tracks per
+            # 5,000 users, 100,000 users took 47 s in one call per batch, 3 s so.
+            lengths = np.diff(batch_exclude.indptr)
+            long = lengths > np.percentile(lengths, 99)
+            groups = [np.flatnonzero(~long), np.flatnonzero(long)]
+        found = []
+        for members in groups:
+            if len(members):
+                sub = batch_exclude[members] if exclude is not None else None
+                row, *rest = _top_allowed(model, rows[start:stop][members], sub, k_eff, num_threads)
+                found.append((members[row], *rest))
+        row, item, score, rank = (np.concatenate(part) for part in zip(*found, strict=True))
+        order = np.lexsort((rank, row))
+        end = filled + len(order)
+        out_users[filled:end] = user_ids[start:stop][row[order]]
+        out_tracks[filled:end] = model.item_ids[item[order]]
+        out_scores[filled:end] = score[order]
+        out_ranks[filled:end] = rank[order]
         filled = end
     return pd.DataFrame(
         {
@@ -579,7 +598,7 @@ def recommend_for_all_users(
     # users being topped up matter.
     seen = pd.concat(
         [
-            frame.loc[np.isin(frame["user_id"].to_numpy(dtype=np.int64), needing_ids)]
+            frame.loc[isin_ids(frame["user_id"].to_numpy(), needing_ids)]
             for frame in (interactions[["user_id", "track_id"]], als_recs[["user_id", "track_id"]])
         ],
         ignore_index=True,

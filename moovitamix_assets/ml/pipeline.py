@@ -22,6 +22,7 @@ from moovitamix_assets.ml.models import (
     Recommender,
     ServingModel,
     fit_genre_popularity,
+    isin_ids,
     known_items_matrix,
     lookup_indices,
     recommend_for_all_users,
@@ -74,7 +75,7 @@ def training_half(interactions: pd.DataFrame, holdout: pd.DataFrame) -> pd.DataF
 
     candidates, candidate_keys = keys(interactions)
     held = np.zeros(len(interactions), dtype=bool)
-    held[candidates] = np.isin(candidate_keys, keys(holdout)[1])
+    held[candidates] = isin_ids(candidate_keys, keys(holdout)[1])
     return interactions.loc[~held].reset_index(drop=True)
 
 
@@ -249,7 +250,7 @@ def evaluation_summary(
 
 def restrict_to_catalogue(model: AlsModel, track_ids: np.ndarray) -> AlsModel:
     """The same model scoring only ``track_ids`` (tracks removed from the catalogue drop out)."""
-    keep = np.isin(model.item_ids, np.asarray(track_ids, dtype=np.int64))
+    keep = isin_ids(model.item_ids, track_ids)
     if keep.all():
         return model
     return AlsModel(
@@ -318,7 +319,7 @@ def recommendation_batches(
     # Popularity counts only listens of tracks still in the catalogue, so it never ranks a
     # removed track; the full interactions still serve as the exclusion list.
     active_listens = interactions.loc[
-        np.isin(interactions["track_id"].to_numpy(dtype=np.int64), catalogue),
+        isin_ids(interactions["track_id"].to_numpy(), catalogue),
         ["user_id", "track_id"],
     ]
     cold_start = fit_genre_popularity(active_listens, tracks, users)

@@ -147,6 +147,20 @@ def test_als_recommendations_exclude_history_and_are_exactly_k(structured) -> No
     pd.testing.assert_frame_equal(recs, one_batch)
 
 
+def test_als_top_k_is_the_best_scored_unheard_tracks_even_beside_a_long_history(structured):
+    model = structured.als
+    users = model.user_ids[:40]
+    exclude = known_items_matrix(structured.train, users, model.item_ids).tolil()
+    exclude[3, : model.n_items // 2] = 1  # one listener of half the catalogue in the batch
+    exclude = exclude.tocsr()
+    recs = recommend_top_k(model, users, exclude, K, batch_size=len(users))
+    scores = model.user_factors[model.user_index(users)] @ model.item_factors.T
+    scores[exclude.toarray() > 0] = -np.inf
+    best = np.argsort(-scores, axis=1, kind="stable")[:, :K]
+    expected = {int(u): model.item_ids[best[i]].tolist() for i, u in enumerate(users)}
+    assert _lists(recs) == expected
+
+
 def test_recommend_top_k_refuses_users_unknown_to_the_model(structured) -> None:
     with pytest.raises(ValueError, match="unknown to the model"):
         recommend_top_k(structured.als, np.array([-1]), None, K)
