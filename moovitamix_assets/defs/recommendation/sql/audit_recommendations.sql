@@ -10,24 +10,24 @@ WITH per_user AS MATERIALIZED (
     FROM {table}
     GROUP BY user_id
 ),
-catalogue AS (SELECT count(*) AS n FROM {tracks} WHERE is_active),
-heard AS (
-    SELECT i.user_id, count(*) AS n
-    FROM {interactions} i JOIN {tracks} t ON t.id = i.track_id AND t.is_active
-    GROUP BY i.user_id
+-- Active users against the users recommended, in one join: the few without K rows, and the
+-- recommended users who are not active. Only those few have their listening counted.
+off_k AS MATERIALIZED (
+    SELECT a.id, coalesce(g.n, 0) AS n
+    FROM (SELECT id FROM {users} WHERE is_active) a
+    FULL JOIN per_user g ON g.user_id = a.id
+    WHERE g.n IS DISTINCT FROM :k OR a.id IS NULL
 ),
-active AS (SELECT id FROM {users} WHERE is_active)
+catalogue AS (SELECT count(*) AS n FROM {tracks} WHERE is_active)
 SELECT
     -- K each, fewer only for a user who heard every other active track; no inactive user.
     (
-        SELECT count(*) FROM active a
-        LEFT JOIN per_user g ON g.user_id = a.id
-        LEFT JOIN heard h ON h.user_id = a.id
-        WHERE coalesce(g.n, 0)
-            <> least(:k, greatest((SELECT n FROM catalogue) - coalesce(h.n, 0), 0))
-    ) + (
-        SELECT count(*) FROM per_user g
-        WHERE NOT EXISTS (SELECT 1 FROM active a WHERE a.id = g.user_id)
+        SELECT count(*) FROM off_k o
+        WHERE o.id IS NULL OR o.n <> least(:k, greatest((SELECT n FROM catalogue) - (
+            SELECT count(*) FROM {interactions} i
+            JOIN {tracks} t ON t.id = i.track_id AND t.is_active
+            WHERE i.user_id = o.id
+        ), 0))
     ) AS exactly_k_per_active_user,
     (
         SELECT count(*) FROM {table} r JOIN {interactions} i USING (user_id, track_id)
