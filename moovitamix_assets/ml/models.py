@@ -7,6 +7,7 @@ recommended. ``known_items_matrix`` builds it from an interactions frame.
 """
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Final, Protocol
 
@@ -262,8 +263,8 @@ def _top_allowed(
     model: AlsModel, rows: np.ndarray, exclude: sp.csr_matrix | None, k: int, num_threads: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Each of ``rows``' top ``k`` model items that ``exclude`` allows: (row, item, score, rank)."""
-    # Asking for k plus the longest exclusion list and dropping the excluded tracks afterwards is
-    # cheaper than implicit's per-row filter (2.5x on a batch of 10,000 users).
+    # Asking for k plus the longest exclusion list (see _history_groups) and dropping the excluded
+    # tracks afterwards is cheaper than implicit's per-row filter (2.5x on 10,000 users).
     extra = int(np.diff(exclude.indptr).max()) if exclude is not None else 0
     wanted = min(k + extra, model.n_items)
     # implicit parallelises the selection itself; threaded BLAS on top of it oversubscribes
@@ -330,21 +331,16 @@ def recommend_top_k(
     filled = 0
     for start in range(0, len(user_ids), batch_size):
         stop = min(start + batch_size, len(user_ids))
-        groups = [np.arange(stop - start)]
-        if exclude is not None:
+        if exclude is None:
+            batch_exclude, groups = None, [np.arange(stop - start)]
+        else:
             batch_exclude = exclude[start:stop]
-            # Every user of a call asks for as many more tracks as its longest history: the few
-            # longest histories get a call of their own. With one listener of 2,000 tracks per
-            # 5,000 users, 100,000 users took 47 s in one call per batch, 3 s so.
-            lengths = np.diff(batch_exclude.indptr)
-            long = lengths > np.percentile(lengths, 99)
-            groups = [np.flatnonzero(~long), np.flatnonzero(long)]
+            groups = _history_groups(batch_exclude)
         found = []
         for members in groups:
-            if len(members):
-                sub = batch_exclude[members] if exclude is not None else None
-                row, *rest = _top_allowed(model, rows[start:stop][members], sub, k_eff, num_threads)
-                found.append((members[row], *rest))
+            sub = batch_exclude[members] if batch_exclude is not None else None
+            row, *rest = _top_allowed(model, rows[start:stop][members], sub, k_eff, num_threads)
+            found.append((members[row], *rest))
         row, item, score, rank = (np.concatenate(part) for part in zip(*found, strict=True))
         order = np.lexsort((rank, row))
         end = filled + len(order)
@@ -365,48 +361,55 @@ def recommend_top_k(
     )
 
 
-def _prefix_length(exclude: sp.csr_matrix, n_items: int, k: int) -> int:
-    """Items of an ordering that always hold a row's first ``k`` allowed ones.
+def _history_groups(exclude: sp.csr_matrix) -> list[np.ndarray]:
+    """The rows of ``exclude``: the 1% longest histories apart from the others.
 
-    A row can skip at most its own excluded items, so the top k + max(nnz) items suffice.
+    A selection asks each of its rows for k items plus its longest history, so one heavy
+    listener would make every row of a batch ask for thousands of items. With a listener of 2,000
+    tracks per 5,000 users, ALS scoring of 100,000 users took 47 s in one call, 3 s so.
     """
-    row_nnz = np.diff(exclude.indptr)
-    return int(min(n_items, k + (row_nnz.max() if len(row_nnz) else 0)))
+    lengths = np.diff(exclude.indptr)
+    if not len(lengths):
+        return []
+    long = lengths > np.percentile(lengths, 99)
+    return [rows for rows in (np.flatnonzero(~long), np.flatnonzero(long)) if len(rows)]
 
 
 def _first_k_allowed(
-    prefix: np.ndarray, exclude: sp.csr_matrix, n_items: int, k: int
+    prefix_of: Callable[[int], np.ndarray], exclude: sp.csr_matrix, n_items: int, k: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For each row of ``exclude``, the first ``k`` items of ``prefix`` the row does not exclude.
+    """For each row of ``exclude``, the first ``k`` items of an ordering the row does not exclude.
 
-    ``prefix`` is the start of an ordering of the items, ``_prefix_length`` items long.
-    Returns (row, item index, rank) arrays ordered by row then rank.
+    ``prefix_of(n)`` gives the ordering's first ``n`` items; a row can skip at most its own
+    excluded items, so k plus the longest history suffice. Returns (row, item index, rank) arrays
+    ordered by row then rank.
     """
-    n_rows = exclude.shape[0]
-    prefix_len = len(prefix)
-    prefix_pos = np.full(n_items, -1, dtype=np.int64)
-    prefix_pos[prefix] = np.arange(prefix_len)
-    batch = max(1, _SELECTION_CELLS // max(prefix_len, 1))
-
     out_rows, out_items, out_ranks = [], [], []
-    for start in range(0, n_rows, batch):
-        stop = min(start + batch, n_rows)
-        sub = exclude[start:stop]
-        mapped = prefix_pos[sub.indices]
-        sub_rows = np.repeat(np.arange(stop - start), np.diff(sub.indptr))
-        hit = mapped >= 0
-        allowed = np.ones((stop - start, prefix_len), dtype=bool)
-        allowed[sub_rows[hit], mapped[hit]] = False
-        rank = np.cumsum(allowed, axis=1, dtype=np.int32)
-        chosen = allowed & (rank <= k)
-        r, c = np.nonzero(chosen)
-        out_rows.append(r + start)
-        out_items.append(prefix[c])
-        out_ranks.append(rank[r, c])
+    for members in _history_groups(exclude):
+        group = exclude[members]
+        prefix = prefix_of(min(n_items, k + int(np.diff(group.indptr).max())))
+        prefix_len = len(prefix)
+        prefix_pos = np.full(n_items, -1, dtype=np.int64)
+        prefix_pos[prefix] = np.arange(prefix_len)
+        batch = max(1, _SELECTION_CELLS // max(prefix_len, 1))
+        for start in range(0, len(members), batch):
+            sub = group[start : start + batch]
+            mapped = prefix_pos[sub.indices]
+            sub_rows = np.repeat(np.arange(sub.shape[0]), np.diff(sub.indptr))
+            hit = mapped >= 0
+            allowed = np.ones((sub.shape[0], prefix_len), dtype=bool)
+            allowed[sub_rows[hit], mapped[hit]] = False
+            rank = np.cumsum(allowed, axis=1, dtype=np.int32)
+            r, c = np.nonzero(allowed & (rank <= k))
+            out_rows.append(members[r + start])
+            out_items.append(prefix[c])
+            out_ranks.append(rank[r, c])
     if not out_rows:
         empty = np.array([], dtype=np.int64)
         return empty, empty, empty
-    return np.concatenate(out_rows), np.concatenate(out_items), np.concatenate(out_ranks)
+    rows, items, ranks = (np.concatenate(a) for a in (out_rows, out_items, out_ranks))
+    order = np.lexsort((ranks, rows))
+    return rows[order], items[order], ranks[order]
 
 
 def _exclusion(
@@ -454,8 +457,9 @@ class PopularityModel:
         self, user_ids: np.ndarray, exclude: sp.csr_matrix | None, k: int
     ) -> pd.DataFrame:
         user_ids, exclude = _exclusion(user_ids, exclude, len(self.item_ids))
-        prefix = self.ordering[: _prefix_length(exclude, len(self.item_ids), k)]
-        rows, items, ranks = _first_k_allowed(prefix, exclude, len(self.item_ids), k)
+        rows, items, ranks = _first_k_allowed(
+            lambda n: self.ordering[:n], exclude, len(self.item_ids), k
+        )
         return _frame(user_ids[rows], self.item_ids[items], self.listeners[items], ranks)
 
 
@@ -509,9 +513,12 @@ class GenrePopularityModel:
         parts = []
         for code in np.unique(genre):
             members = np.flatnonzero(genre == code)
-            sub = exclude[members]
-            prefix = self.ordering_prefix(int(code), _prefix_length(sub, len(self.item_ids), k))
-            rows, items, ranks = _first_k_allowed(prefix, sub, len(self.item_ids), k)
+            rows, items, ranks = _first_k_allowed(
+                lambda n, code=int(code): self.ordering_prefix(code, n),
+                exclude[members],
+                len(self.item_ids),
+                k,
+            )
             parts.append(
                 _frame(user_ids[members][rows], self.item_ids[items], self.listeners[items], ranks)
             )

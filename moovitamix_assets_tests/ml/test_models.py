@@ -161,6 +161,26 @@ def test_als_top_k_is_the_best_scored_unheard_tracks_even_beside_a_long_history(
     assert _lists(recs) == expected
 
 
+def test_popularity_lists_are_the_first_unheard_tracks_even_beside_a_long_history(structured):
+    model = structured.genre_popularity
+    users = structured.data.users["id"].to_numpy()[:60]
+    exclude = known_items_matrix(structured.train, users, model.item_ids).tolil()
+    exclude[5, model.global_ordering[: len(model.item_ids) // 2]] = 1  # a heavy listener
+    exclude = exclude.tocsr()
+    position = lookup_indices(model.user_ids, users)
+    for recommender, ordering_of in (
+        (model.global_popularity(), lambda i: model.global_ordering),
+        (model, lambda i: model.ordering_prefix(int(model.user_genres[position[i]]), 10**9)),
+    ):
+        expected = {}
+        for i, user in enumerate(users):
+            heard = set(exclude[i].indices)
+            expected[int(user)] = [
+                int(model.item_ids[j]) for j in ordering_of(i) if j not in heard
+            ][:K]
+        assert _lists(recommender.recommend(users, exclude, K)) == expected
+
+
 def test_recommend_top_k_refuses_users_unknown_to_the_model(structured) -> None:
     with pytest.raises(ValueError, match="unknown to the model"):
         recommend_top_k(structured.als, np.array([-1]), None, K)
