@@ -92,10 +92,10 @@ def unique_ids(ids: np.ndarray) -> np.ndarray:
     return np.sort(pd.unique(np.asarray(ids, dtype=np.int64)))
 
 
-def lookup_indices(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Map ids to their positions in ``sorted_ids`` (unique, sorted or not), -1 where absent."""
+def lookup_indices(known_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Map ids to their positions in ``known_ids`` (unique, sorted or not), -1 where absent."""
     # pandas' hash table: 0.5 s for 5M ids into 1M where np.searchsorted took 1.2 s.
-    return pd.Index(sorted_ids, dtype=np.int64).get_indexer(np.asarray(ids, dtype=np.int64))
+    return pd.Index(known_ids, dtype=np.int64).get_indexer(np.asarray(ids, dtype=np.int64))
 
 
 def isin_ids(ids: np.ndarray, allowed: np.ndarray) -> np.ndarray:
