@@ -384,29 +384,31 @@ def _first_k_allowed(
     excluded items, so k plus the longest history suffice. Returns (row, item index, rank) arrays
     ordered by row then rank.
     """
+    lengths = np.diff(exclude.indptr)
+    if not len(lengths):
+        empty = np.array([], dtype=np.int64)
+        return empty, empty, empty
+    # One prefix for every group: a shorter history's prefix is the start of the longest's.
+    ordering = prefix_of(min(n_items, k + int(lengths.max())))
+    position = np.full(n_items, -1, dtype=np.int64)
+    position[ordering] = np.arange(len(ordering))
     out_rows, out_items, out_ranks = [], [], []
     for members in _history_groups(exclude):
         group = exclude[members]
-        prefix = prefix_of(min(n_items, k + int(np.diff(group.indptr).max())))
-        prefix_len = len(prefix)
-        prefix_pos = np.full(n_items, -1, dtype=np.int64)
-        prefix_pos[prefix] = np.arange(prefix_len)
+        prefix_len = min(len(ordering), k + int(lengths[members].max()))
         batch = max(1, _SELECTION_CELLS // max(prefix_len, 1))
         for start in range(0, len(members), batch):
             sub = group[start : start + batch]
-            mapped = prefix_pos[sub.indices]
+            mapped = position[sub.indices]
             sub_rows = np.repeat(np.arange(sub.shape[0]), np.diff(sub.indptr))
-            hit = mapped >= 0
+            hit = (mapped >= 0) & (mapped < prefix_len)
             allowed = np.ones((sub.shape[0], prefix_len), dtype=bool)
             allowed[sub_rows[hit], mapped[hit]] = False
             rank = np.cumsum(allowed, axis=1, dtype=np.int32)
             r, c = np.nonzero(allowed & (rank <= k))
             out_rows.append(members[r + start])
-            out_items.append(prefix[c])
+            out_items.append(ordering[c])
             out_ranks.append(rank[r, c])
-    if not out_rows:
-        empty = np.array([], dtype=np.int64)
-        return empty, empty, empty
     rows, items, ranks = (np.concatenate(a) for a in (out_rows, out_items, out_ranks))
     order = np.lexsort((ranks, rows))
     return rows[order], items[order], ranks[order]
