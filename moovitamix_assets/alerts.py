@@ -1,8 +1,7 @@
 """Alert delivery: one Slack-compatible webhook message per alert, or the log when none is set.
 
-The URL of a Slack incoming webhook *is* the credential (whoever knows it can post), so it never
-appears in a log line, an exception message or a tick: failures name the HTTP status or the
-exception class only.
+The webhook URL *is* the credential, so it never appears in a log line, an exception message or a
+tick: failures name the HTTP status or the exception class only.
 """
 
 import logging
@@ -17,8 +16,6 @@ from pydantic import Field
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-AlertKind = Literal["check_failed", "run_failed", "freshness_failed", "model_refused"]
-
 ALERT_WEBHOOK_URL_ENV: Final = "MOOVITAMIX_ALERT_WEBHOOK_URL"
 UI_URL_ENV: Final = "MOOVITAMIX_UI_URL"
 
@@ -29,19 +26,19 @@ _WARNING_KINDS: Final = frozenset({"freshness_failed", "model_refused"})
 _logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Alert:
-    """One alert, ready to be delivered: everything an on-call engineer needs in one message."""
+    """One alert: everything an on-call engineer needs in one message."""
 
-    kind: AlertKind
+    kind: Literal["check_failed", "run_failed", "freshness_failed", "model_refused"]
     title: str
-    asset_key: str | None
-    partition: str | None
-    observed: str | None
-    expected: str | None
-    run_id: str | None
     link: str
     dedupe_key: str
+    asset_key: str | None = None
+    partition: str | None = None
+    observed: str | None = None
+    expected: str | None = None
+    run_id: str | None = None
     details: str | None = None
 
     def facts(self) -> list[tuple[str, str]]:
@@ -63,8 +60,8 @@ def _cut(text: str, limit: int) -> str:
 
 
 def format_slack_message(alert: Alert) -> dict[str, Any]:
-    """The Slack-compatible JSON body of an alert: a plain ``text`` (what notifications and other
-    receivers show) and ``blocks`` (header, facts, details, link), cut to Slack's limits."""
+    """The Slack JSON body: a plain ``text`` (what notifications show) and ``blocks`` (header,
+    facts, details, link), cut to Slack's limits."""
     header = f"{_EMOJI.get(alert.kind, ':warning:')} {alert.title}"
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": _cut(header, 150), "emoji": True}}
@@ -112,18 +109,10 @@ class AlertNotifier(ConfigurableResource):
         return f"{self.ui_base_url.rstrip('/')}/assets/{path}"
 
     def send(self, alert: Alert, log: logging.Logger | None = None) -> bool:
-        """Deliver one alert, or write it to ``log`` when no webhook is set; never raises.
+        """Post one alert (True when accepted), or write it to ``log`` when no webhook is set.
 
-        A webhook that is down or answers an error is logged (without its URL) with the alert, and
-        the alert counts as handled: an alert storm against a broken webhook is worse than one
-        message that only reached the log.
-
-        Args:
-            alert: The alert to deliver.
-            log: Where to write (the sensor's ``context.log``); the module logger when None.
-
-        Returns:
-            True when the webhook accepted the message, False otherwise.
+        Never raises: a failed delivery is logged with the alert and counts as handled, since an
+        alert storm against a broken webhook is worse than one message that only reached the log.
         """
         log = log or _logger
         if not self.webhook_url:
@@ -142,8 +131,8 @@ class AlertNotifier(ConfigurableResource):
         )
         try:
             with requests.Session() as session:
-                session.mount("https://", HTTPAdapter(max_retries=retry))
-                session.mount("http://", HTTPAdapter(max_retries=retry))
+                session.mount("http://", adapter := HTTPAdapter(max_retries=retry))
+                session.mount("https://", adapter)
                 response = session.post(
                     self.webhook_url, json=format_slack_message(alert), timeout=self.timeout_seconds
                 )
@@ -166,8 +155,7 @@ class AlertNotifier(ConfigurableResource):
 
 
 def alert_notifier_from_env() -> AlertNotifier:
-    """The ``alert_notifier`` resource wired to MOOVITAMIX_ALERT_WEBHOOK_URL and MOOVITAMIX_UI_URL,
-    as EnvVars (never shown in the UI) only when set: an EnvVar naming an unset variable fails
-    every tick, whereas an unset webhook must mean "alerts go to the log"."""
+    """The ``alert_notifier`` resource, with EnvVars (never shown in the UI) only for variables that
+    are set: an EnvVar naming an unset variable fails every tick, an unset webhook means the log."""
     settings = {"webhook_url": ALERT_WEBHOOK_URL_ENV, "ui_base_url": UI_URL_ENV}
     return AlertNotifier(**{f: EnvVar(env) for f, env in settings.items() if os.environ.get(env)})

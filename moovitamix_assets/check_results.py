@@ -4,7 +4,7 @@ metadata the alert sensor quotes, so the UI, the alert and the log agree."""
 import math
 import warnings
 from collections.abc import Mapping
-from typing import Final, Literal, Protocol
+from typing import Literal, Protocol
 
 import dagster as dg
 
@@ -30,13 +30,10 @@ class CheckOutcome(Protocol):
     def description(self) -> str: ...
 
 
-# Rates, shares and metrics are estimates: more digits than this are noise on a plot or in an alert.
-SIGNIFICANT_DIGITS: Final = 4
-
-
-def significant(value: float, digits: int = SIGNIFICANT_DIGITS) -> float:
-    """``value`` rounded to ``digits`` significant digits (0.0123456 -> 0.01235)."""
-    return float(f"{value:.{digits}g}") if math.isfinite(value) else value
+def significant(value: float) -> float:
+    """``value`` to 4 significant digits (0.0123456 -> 0.01235): rates, shares and metrics are
+    estimates, more digits are noise on a plot or in an alert."""
+    return float(f"{value:.4g}") if math.isfinite(value) else value
 
 
 def figure(value: float | None) -> dg.MetadataValue:
@@ -78,11 +75,8 @@ def to_check_result(
 def daily_check_spec(
     name: str, asset_key: dg.AssetKey, *, blocking: bool, description: str
 ) -> dg.AssetCheckSpec:
-    """A check spec partitioned like the daily assets, so each day has its own verdict in the UI.
-
-    Partitioned check specs are a preview feature of Dagster 1.13: its warning is silenced here.
-    """
-    with warnings.catch_warnings():
+    """A check spec partitioned like the daily assets, so each day has its own verdict in the UI."""
+    with warnings.catch_warnings():  # partitioned check specs are a preview in Dagster 1.13
         warnings.simplefilter("ignore", dg.PreviewWarning)
         return dg.AssetCheckSpec(
             name,

@@ -1,8 +1,7 @@
 """`python -m moovitamix_assets.cli run|ui`: the README's one-command demo and the local UI.
 
-Both start what a fresh machine lacks (the embedded PostgreSQL unless MOOVITAMIX_DATABASE_URL is
-set, the API stand-in unless MOOVITAMIX_API_URL is set) and stop it when they end. Dagster's home
-is in the state folder, so the runs of `run` appear in the UI of `ui`.
+Both start what a fresh machine lacks (embedded PostgreSQL, API stand-in) and stop it when they
+end; Dagster's home is in the state folder, so the runs of `run` appear in the UI of `ui`.
 """
 
 from __future__ import annotations
@@ -98,11 +97,8 @@ def prepare_environment(state: Path) -> dict[str, str]:
 
 @contextmanager
 def platform(args: argparse.Namespace, state: Path) -> Iterator[dict[str, str]]:
-    """PostgreSQL and the API stand-in for the duration; the environment that points at them.
-
-    The embedded PostgreSQL is stopped on exit unless it was already running (e.g. a `make ui`);
-    the stand-in runs unless MOOVITAMIX_API_URL points elsewhere.
-    """
+    """PostgreSQL (stopped on exit unless already running) and the API stand-in (unless
+    MOOVITAMIX_API_URL is set) for the duration; the environment that points at them."""
     server = None if DATABASE_URL_ENV in os.environ else embedded_postgres_of(state)
     was_running = server is None or server.is_running()
     with ExitStack() as stack:
@@ -123,11 +119,10 @@ def platform(args: argparse.Namespace, state: Path) -> Iterator[dict[str, str]]:
         yield env
 
 
-def log_file_path(state: Path, kind: str, partition: str | None = None) -> Path:
-    """``<state dir>/logs/<kind>[-<partition>]-<UTC time>.log``, its folder created."""
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+def log_file_path(state: Path, name: str) -> Path:
+    """``<state dir>/logs/<name>-<UTC time>.log``, its folder created."""
     (state / "logs").mkdir(parents=True, exist_ok=True)
-    return state / "logs" / f"{'-'.join(p for p in (kind, partition, stamp) if p)}.log"
+    return state / "logs" / f"{name}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}.log"
 
 
 def first_line(text: str) -> str:
@@ -153,8 +148,7 @@ class Step:
     done: bool = False
 
     @property
-    def label(self) -> str:
-        """How the console names a step: by its assets."""
+    def label(self) -> str:  # how the console names a step: by its assets
         return ", ".join(self.assets)
 
 
@@ -233,11 +227,8 @@ class RunConsole:
 
 
 def run_job(job: dg.JobDefinition, instance: dg.DagsterInstance, key: str | None) -> RunConsole:
-    """Execute ``job`` in this process, printing each asset step as it finishes.
-
-    The job runs on the main thread, where Dagster's interrupt handling works; a second thread
-    reads the run's events back from the instance, so the console says what the UI will say.
-    """
+    """Execute ``job`` on the main thread (where Dagster's interrupt handling works) while a second
+    thread reads its events back from the instance, so the console says what the UI will say."""
     console = RunConsole(job.name)
     print(f"{job.name}{f' for {key}' if key else ''} (run {console.run_id[:8]})")
     finished = threading.Event()
@@ -296,8 +287,8 @@ def report_failure(job: dg.JobDefinition, console: RunConsole, log_path: Path) -
 
 
 def summarize(partition: str, candidate: dict[str, Any]) -> list[str]:
-    """What the platform holds after the run: raw rows and rejects per endpoint, the core tables,
-    the recommendations, the model that serves and the gate's verdict on today's candidate."""
+    """What the platform holds after the run: raw rows and rejects, core tables, recommendations,
+    the serving model and the gate's verdict on today's candidate."""
     engine = PostgresResource(database_url=os.environ.get(DATABASE_URL_ENV)).engine()
     core_counts = ", ".join(f"(SELECT count(*) FROM core.{t}) AS {t}" for t in CORE_TABLES)
     with engine.connect() as conn:
@@ -348,7 +339,7 @@ def log_to_file(log_path: Path) -> None:
 def run_command(args: argparse.Namespace, state: Path) -> int:
     """``cli run``: the day's ``daily_refresh``, then ``model_retraining``, then a summary."""
     partition = args.partition or utc_today().isoformat()
-    log_path = log_file_path(state, "run", partition)
+    log_path = log_file_path(state, f"run-{partition}")
     log_to_file(log_path)
     started = time.monotonic()
     with platform(args, state) as env:
@@ -377,7 +368,7 @@ def run_command(args: argparse.Namespace, state: Path) -> int:
     return 0
 
 
-def dagster_dev_command(host: str = DEFAULT_UI_HOST, port: int = 3000) -> list[str]:
+def dagster_dev_command(host: str, port: int) -> list[str]:
     """The ``dg dev`` command line of ``ui``: the UI has no login, so loopback unless asked."""
     return [DG, "dev", "-m", "moovitamix_assets.definitions", "-h", host, "-p", str(port)]
 

@@ -1,12 +1,8 @@
-"""The MooVitamix API contract: one typed model per endpoint, and the one validator of its records.
+"""The MooVitamix API contract (`API_CONTRACT.md`): one typed model per endpoint, one validator.
 
-The models mirror `API_CONTRACT.md` field for field, in contract order. Validation is deliberately
-narrow: a record is rejected only when a value cannot live in its typed column (a wrong JSON type,
-a missing field, a timestamp or duration that is not one, a list of something else than
-integers). Values that are well typed but odd (an unknown genre, a strange email, a repeated id,
-``updated_at`` before ``created_at``) are kept: the audits and the core layer count them, and
-dropping them here would hide them. Every field is required to be present; ``user_id`` and
-``items`` of a listen history may be ``null``.
+A record is rejected only when a value cannot live in its typed column (wrong JSON type, missing
+field, not a timestamp or duration, a list of non-integers). Odd but well-typed values (unknown
+genre, repeated id, ``updated_at`` before ``created_at``) are kept for the audits to count.
 """
 
 from __future__ import annotations
@@ -106,11 +102,7 @@ _PAGE_ADAPTERS: Final = {e: TypeAdapter(list[m]) for e, m in MODELS.items()}
 
 
 def fields_of(endpoint: str) -> tuple[str, ...]:
-    """The contract's field names of an endpoint, in contract order.
-
-    Raises:
-        ValueError: If the endpoint is not one of the contract's three.
-    """
+    """The contract's field names of an endpoint, in contract order (ValueError if unknown)."""
     if endpoint not in MODELS:
         raise ValueError(f"unknown MooVitamix endpoint {endpoint!r} (known: {', '.join(MODELS)})")
     return tuple(MODELS[endpoint].model_fields)
@@ -131,34 +123,18 @@ class Reject:
 
 @dataclass(slots=True)
 class ValidatedPage:
-    """A page's valid records (as sent, in page order), its rejects and its field drift.
-
-    ``extra_fields``/``missing_fields`` cover every record; ``loaded_`` ones the valid records
-    only, i.e. the drift of what is stored (a rejected record is accounted for in the rejects).
-    """
+    """A page's valid records (as sent, in order), its rejects and its field drift: of every
+    record, and the extra fields of the valid ones (a valid record misses no field)."""
 
     records: list[dict[str, Any]]
     rejects: list[Reject]
     extra_fields: set[str]
     missing_fields: set[str]
     loaded_extra_fields: set[str]
-    loaded_missing_fields: set[str]
 
 
 def validate_page(endpoint: str, page: int, items: list[Any]) -> ValidatedPage:
-    """Validate every record of a page; a bad record becomes a Reject, never a silent drop.
-
-    Args:
-        endpoint: ``users``, ``tracks`` or ``listen_history``.
-        page: The page number (recorded on rejects).
-        items: The page's ``items`` as decoded from JSON.
-
-    Returns:
-        The valid records (the dicts as sent), the rejects and the field drift.
-
-    Raises:
-        ValueError: If the endpoint is unknown.
-    """
+    """Validate every record of a page; a bad record becomes a Reject, never a silent drop."""
     expected = frozenset(fields_of(endpoint))
     bad: dict[int, list[tuple[str | None, str]]] = {}
     try:
@@ -169,54 +145,45 @@ def validate_page(endpoint: str, page: int, items: list[Any]) -> ValidatedPage:
             bad.setdefault(int(position), []).append(
                 (str(where[0]) if where else None, _reason(error))
             )
-    result = ValidatedPage([], [], set(), set(), set(), set())
+    result = ValidatedPage([], [], set(), set(), set())
     for position, item in enumerate(items):
         keys = item.keys() if isinstance(item, dict) else expected
-        extra = missing = _NONE
+        extra = _NONE
         if keys != expected:
-            extra, missing = keys - expected, expected - keys
+            extra = keys - expected
             result.extra_fields |= extra
-            result.missing_fields |= missing
+            result.missing_fields |= expected - keys
         errors = bad.get(position)
         if errors is None:
             result.records.append(item)
-            if extra or missing:
+            if extra:
                 result.loaded_extra_fields |= extra
-                result.loaded_missing_fields |= missing
             continue
         field, reason = errors[0]
         if len(errors) > 1:
             reason += f" (also invalid: {', '.join(str(f) for f, _ in errors[1:])})"
         key = item.get(KEY_FIELD[endpoint]) if isinstance(item, dict) else None
-        result.rejects.append(
-            Reject(
-                endpoint=endpoint,
-                page=page,
-                position=position,
-                record_key=None if key is None or isinstance(key, bool) else str(key),
-                field=field,
-                reason=reason,
-                record=json.dumps(item, ensure_ascii=False),
-            )
-        )
+        record_key = None if key is None or isinstance(key, bool) else str(key)
+        record = json.dumps(item, ensure_ascii=False)
+        result.rejects.append(Reject(endpoint, page, position, record_key, field, reason, record))
     return result
 
 
+_JSON_TYPES: Final = {
+    type(None): "null", bool: "boolean", int: "integer", float: "number", str: "string",
+    list: "array", dict: "object",
+}  # fmt: skip
+
+
 def _reason(error: Any) -> str:
+    """The failure as an operator reads it, naming the JSON type the service sent."""
+    value = error["input"]
     if error["type"] == "missing":
         return "required field is missing"
-    if error["input"] is None:
-        return "null where the contract requires a value"
-    if error["type"] == "model_type":
-        return f"record is not a JSON object (got {_json_type(error['input'])})"
-    shown = json.dumps(error["input"], ensure_ascii=False, default=str)
-    shown = shown if len(shown) <= 40 else shown[:37] + "..."
-    return f"{error['msg']} (got {_json_type(error['input'])} {shown})"
-
-
-def _json_type(value: object) -> str:
-    """The JSON type the service sent, which is what an operator reads in a reject."""
     if value is None:
-        return "null"
-    names = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array"}
-    return names.get(type(value), "object" if isinstance(value, dict) else type(value).__name__)
+        return "null where the contract requires a value"
+    got = _JSON_TYPES.get(type(value), type(value).__name__)
+    if error["type"] == "model_type":
+        return f"record is not a JSON object (got {got})"
+    shown = json.dumps(value, ensure_ascii=False, default=str)
+    return f"{error['msg']} (got {got} {shown if len(shown) <= 40 else shown[:37] + '...'})"

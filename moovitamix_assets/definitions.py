@@ -34,8 +34,7 @@ DEFAULT_API_URL = "http://127.0.0.1:8000"
 
 
 def env_or_default(name: str, default: str | None) -> dg.EnvVar | str | None:
-    """An ``EnvVar`` when the variable is set, else the embedded default: Dagster resolves it at
-    run time and shows its name, never its value (a URL with credentials), in the UI."""
+    """An ``EnvVar`` when set (the UI shows its name, never its value), else the default."""
     return dg.EnvVar(name) if name in os.environ else default
 
 

@@ -17,17 +17,10 @@ def utc_today() -> date:
 
 
 def first_day() -> str:
-    """The first daily partition: ``MOOVITAMIX_FIRST_DAY``, else the day of installation.
-
-    The API serves only its current state: a day before the first snapshot can never be filled.
-    Without the variable, the day recorded in ``<state dir>/first_day`` when the definitions
-    first loaded on this machine.
-
-    Raises:
-        ValueError: The variable is set but is not a ``YYYY-MM-DD`` date.
-    """
-    configured = os.environ.get(FIRST_DAY_ENV)
-    if configured:
+    """The first daily partition: ``MOOVITAMIX_FIRST_DAY``, else the day recorded in ``<state
+    dir>/first_day`` when the definitions first loaded here (a day before the first snapshot can
+    never be filled: the API serves only its current state)."""
+    if configured := os.environ.get(FIRST_DAY_ENV):
         try:
             return date.fromisoformat(configured).isoformat()
         except ValueError:
@@ -59,12 +52,8 @@ class SnapshotDateError(ValueError):
 
 
 def snapshot_date_for(partition_key: str, today: date | None = None) -> date:
-    """The date of a daily partition key, refusing dates the API cannot serve.
-
-    Raises:
-        SnapshotDateError: The date is more than one day old or in the future: storing today's
-            API state under it would be a lie.
-    """
+    """The date of a daily partition key; SnapshotDateError when older than yesterday or in the
+    future, as storing today's API state under it would be a lie."""
     snapshot = date.fromisoformat(partition_key)
     today = today or utc_today()
     age = (today - snapshot).days

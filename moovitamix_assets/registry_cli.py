@@ -1,8 +1,4 @@
-"""`python -m moovitamix_assets.registry_cli list|rollback --to-version N`: the model registry.
-
-A rollback puts a version that once served back in production in one transaction and retires the
-current one; the next daily run (or materializing ``ml/user_recommendations``) serves it.
-"""
+"""`python -m moovitamix_assets.registry_cli list|rollback --to-version N`: the model registry."""
 
 import argparse
 import sys
@@ -46,11 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     engine = PostgresResource(database_url=args.database_url).engine()
     if args.command == "list":
-        entries = registry.list_entries(engine)
-        if not entries:
-            sys.stdout.write("no model registered yet\n")
-        for entry in entries:
-            sys.stdout.write(_format_entry(entry) + "\n")
+        listing = "\n".join(map(_format_entry, registry.list_entries(engine)))
+        sys.stdout.write((listing or "no model registered yet") + "\n")
         return 0
 
     try:

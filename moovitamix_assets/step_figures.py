@@ -1,8 +1,5 @@
-"""Figures of one asset step, for the UI's plots and, when configured, a Prometheus Pushgateway.
-
-``finish_step_figures`` adds the process's CPU time, peak memory and the step's wall time to the
-materialization's metadata, then pushes its numbers to MOOVITAMIX_PROMETHEUS_PUSHGATEWAY_URL (off
-when unset)::
+"""Figures of one asset step (CPU time, peak memory, wall time) for the UI's plots and, when
+MOOVITAMIX_PROMETHEUS_PUSHGATEWAY_URL is set, a Prometheus Pushgateway::
 
     start = start_step_figures()
     ...  # the asset's work
@@ -75,21 +72,11 @@ def push_run_metrics(
     gateway_url: str | None = None,
     log: logging.Logger | None = None,
 ) -> bool:
-    """Push the finite numbers of some metadata as gauges to a Prometheus Pushgateway, if set.
+    """PUT the finite numbers of ``metadata`` as gauges to the Pushgateway; True when accepted.
 
-    The group (job plus ``grouping``) is replaced with PUT, so it holds the latest run's figures;
-    run ids are no label because the Pushgateway keeps every group forever. A failed push is
-    logged, never raised: metrics must not fail a materialization.
-
-    Args:
-        job: Pushgateway ``job`` label (the Dagster job name).
-        metadata: Materialization metadata (MetadataValue objects or plain values).
-        grouping: Further grouping labels, e.g. ``{"asset": "core/users"}``.
-        gateway_url: Pushgateway base URL; MOOVITAMIX_PROMETHEUS_PUSHGATEWAY_URL when None.
-        log: Where to report a failed push (the module logger when None).
-
-    Returns:
-        True when the Pushgateway accepted the push, False when disabled, empty or failed.
+    PUT replaces the group (job plus ``grouping``), so it holds the latest run's figures; run ids
+    are no label because the Pushgateway keeps every group forever. A failed push is logged, never
+    raised: metrics must not fail a materialization.
     """
     url = gateway_url or os.environ.get(PUSHGATEWAY_URL_ENV)
     gauges = {}
@@ -106,13 +93,12 @@ def push_run_metrics(
     )
     body = "".join(f"# TYPE {name} gauge\n{name} {gauges[name]!r}\n" for name in sorted(gauges))
     try:
-        response = requests.put(
+        requests.put(
             url.rstrip("/") + path,
             data=body.encode(),
             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
             timeout=PUSH_TIMEOUT_SECONDS,
-        )
-        response.raise_for_status()
+        ).raise_for_status()
     except requests.RequestException as exc:
         (log or _logger).warning("Pushgateway push of %s failed (%s)", path, type(exc).__name__)
         return False

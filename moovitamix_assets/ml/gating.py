@@ -1,9 +1,7 @@
 """Promotion gate of a candidate model and the triggers that ask for retraining.
 
-The gate compares the candidate with the model that serves today (a trained model, or the
-genre-aware popularity fallback) on the same held-out users, and promotes only when the lower
-bound of the lift's confidence interval clears the margin: a lift inside the noise is no reason
-to change what serves, nor is a loss inside the noise a reason to alarm anyone.
+The gate promotes only when the lower bound of the lift over what serves (on the same held-out
+users) clears the margin: a lift inside the noise is no reason to change what serves.
 """
 
 import math
@@ -64,27 +62,9 @@ class PromotionDecision:
 def decide_promotion(
     candidate: Metrics, serving: Metrics, serving_name: str, settings: GateSettings
 ) -> PromotionDecision:
-    """Promote when the candidate's lift over what serves is larger than the noise and the margin.
-
-    Args:
-        candidate: Metrics of the new model, with per-user values.
-        serving: Metrics of the serving model on the same held-out users.
-        serving_name: What serves, in words (``"genre_popularity v1"``).
-        settings: Metric, margin, confidence level and minimum evidence.
-
-    Returns:
-        The decision, with a verdict of ``significant`` (promote), ``not significant`` or ``not
-        enough evidence``.
-
-    Raises:
-        ValueError: The two models were not scored on the same users.
-    """
+    """Promote when the candidate's lift over ``serving_name`` clears the noise and the margin."""
     metric = settings.metric
-    if (
-        candidate.per_user is None
-        or serving.per_user is None
-        or not candidate.per_user.index.equals(serving.per_user.index)
-    ):
+    if not candidate.per_user.index.equals(serving.per_user.index):
         raise ValueError("candidate and serving model must be scored on the same held-out users")
     lift = paired_bootstrap_lift(
         candidate.per_user_values(metric),
@@ -122,8 +102,7 @@ def decide_promotion(
         verdict, promote = NOT_ENOUGH_EVIDENCE, False
     elif lift.lift is None:
         # What serves found no held-out listen at all, and the candidate found enough of them.
-        promote = True
-        verdict = SIGNIFICANT
+        verdict, promote = SIGNIFICANT, True
     else:
         promote = lift.low is not None and lift.low > settings.min_lift
         verdict = SIGNIFICANT if promote else NOT_SIGNIFICANT
@@ -149,24 +128,22 @@ def growth_trigger(
         raise ValueError(f"threshold_share must be > 0, got {threshold_share}")
     if snapshot_interactions <= 0:
         fired = current_interactions > 0
-        state = "fired" if fired else "not fired"
-        return fired, (f"{state}: no interactions at the last training, {current_interactions} now")
-    growth = (current_interactions - snapshot_interactions) / snapshot_interactions
-    fired = growth >= threshold_share
-    comparison = ">=" if fired else "<"
-    return fired, (
-        f"{'fired' if fired else 'not fired'}: interactions grew {growth:+.1%} "
-        f"({snapshot_interactions} -> {current_interactions}), {comparison} the "
-        f"{threshold_share:.0%} threshold"
-    )
+        detail = f"no interactions at the last training, {current_interactions} now"
+    else:
+        growth = (current_interactions - snapshot_interactions) / snapshot_interactions
+        fired = growth >= threshold_share
+        detail = (
+            f"interactions grew {growth:+.1%} ({snapshot_interactions} -> {current_interactions}),"
+            f" {'>=' if fired else '<'} the {threshold_share:.0%} threshold"
+        )
+    return fired, f"{'fired' if fired else 'not fired'}: {detail}"
 
 
 def decay_trigger(production: Interval, threshold: float) -> tuple[bool, str]:
     """Fire when the production metric is below ``threshold`` beyond its confidence interval."""
     fired = production.high < threshold
-    comparison = "<" if fired else ">="
     return fired, (
         f"{'fired' if fired else 'not fired'}: production metric {production.mean:.4f} "
-        f"[{production.low:.4f}, {production.high:.4f}], upper bound {comparison} threshold "
-        f"{threshold:.4f}"
+        f"[{production.low:.4f}, {production.high:.4f}], upper bound {'<' if fired else '>='} "
+        f"threshold {threshold:.4f}"
     )

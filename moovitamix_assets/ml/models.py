@@ -1,15 +1,13 @@
 """ALS collaborative filtering, popularity baselines and the recommendation entry points.
 
-Every recommender answers ``recommend(user_ids, exclude, k)`` with a frame
-``[user_id, track_id, score, rank]`` where ``exclude`` is a CSR matrix with one row per requested
-user and one column per item of the recommender (``item_ids``): non-zero cells are never
-recommended. ``known_items_matrix`` builds it from an interactions frame.
+Every recommender answers ``recommend(user_ids, exclude, k)`` with ``[user_id, track_id, score,
+rank]``; ``exclude`` (``known_items_matrix``) is a CSR matrix, a row per user and a column per
+``item_ids``, whose non-zero cells are never recommended.
 """
 
 import logging
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Final, Protocol
+from typing import Final
 
 import numpy as np
 import pandas as pd
@@ -35,10 +33,9 @@ SOURCE_ALS: Final = "als"
 SOURCE_COLD_START: Final = "cold_start"
 SOURCE_FALLBACK: Final = "genre_popularity"
 
-DEFAULT_BATCH_SIZE: Final = 10_000
 # implicit marks filtered items with the lowest float32 instead of dropping them.
 _FILTERED_SCORE: Final = float(np.finfo(np.float32).min)
-# Cells of the work matrices of the popularity selection per batch (~5 bytes each).
+# Cells of the work matrices of the popularity selection per batch (~6 bytes each).
 _SELECTION_CELLS: Final = 10_000_000
 
 
@@ -46,10 +43,8 @@ _SELECTION_CELLS: Final = 10_000_000
 class AlsParams:
     """Hyper-parameters of the ALS model.
 
-    Defaults tuned with bench/bench_recommendations.py (100k users, 50k tracks, 5M interactions):
-    precision@10 was flat from 24 to 64 factors and from 6 to 10 sweeps, so the cheapest setting
-    that keeps training plus top-10 for every user well inside a minute on 2 cores wins; a low
-    alpha ranked slightly better (NDCG) than 10 or 40.
+    Defaults from bench/bench_recommendations.py: precision@10 was flat from 24 to 64 factors and
+    6 to 10 sweeps, so the cheapest setting wins; alpha 2 ranked slightly better than 10 or 40.
     """
 
     factors: int = 32
@@ -59,36 +54,21 @@ class AlsParams:
     random_state: int = 42
 
     def __post_init__(self) -> None:
-        if self.factors < 1:
-            raise ValueError(f"factors must be >= 1, got {self.factors}")
-        if self.regularization < 0:
-            raise ValueError(f"regularization must be >= 0, got {self.regularization}")
-        if self.alpha <= 0:
-            raise ValueError(f"alpha must be > 0, got {self.alpha}")
-        if self.iterations < 1:
-            raise ValueError(f"iterations must be >= 1, got {self.iterations}")
+        for name, valid, rule in (
+            ("factors", self.factors >= 1, ">= 1"),
+            ("regularization", self.regularization >= 0, ">= 0"),
+            ("alpha", self.alpha > 0, "> 0"),
+            ("iterations", self.iterations >= 1, ">= 1"),
+        ):
+            if not valid:
+                raise ValueError(f"{name} must be {rule}, got {getattr(self, name)}")
 
     def as_dict(self) -> dict[str, int | float]:
         return asdict(self)
 
 
-class Recommender(Protocol):
-    """What evaluation and serving need from a model."""
-
-    @property
-    def item_ids(self) -> np.ndarray: ...
-
-    def recommend(
-        self, user_ids: np.ndarray, exclude: sp.csr_matrix | None, k: int
-    ) -> pd.DataFrame: ...
-
-
 def unique_ids(ids: np.ndarray) -> np.ndarray:
-    """The distinct ids, sorted: ``np.unique``'s result.
-
-    pandas' hash table, then a sort of the distinct values only: numpy 2.4's ``np.unique`` took
-    2.2 s on 5.5M ids (a catalogue at 1M users) where this takes 0.13 s.
-    """
+    """``np.unique(ids)`` through pandas' hash table: 0.13 s where numpy took 2.2 s on 5.5M ids."""
     return np.sort(pd.unique(np.asarray(ids, dtype=np.int64)))
 
 
@@ -99,8 +79,7 @@ def lookup_indices(known_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
 
 
 def isin_ids(ids: np.ndarray, allowed: np.ndarray) -> np.ndarray:
-    """``np.isin(ids, allowed)`` through pandas' hash table: 0.25 s where numpy took 1.5 s on
-    5M ids against 0.9M."""
+    """``np.isin(ids, allowed)`` through pandas' hash table: 0.25 s where numpy took 1.5 s."""
     ids = pd.Series(np.asarray(ids, dtype=np.int64), copy=False)
     return ids.isin(np.asarray(allowed, dtype=np.int64)).to_numpy()
 
@@ -114,10 +93,6 @@ class AlsModel:
     item_ids: np.ndarray
     user_factors: np.ndarray
     item_factors: np.ndarray
-
-    @property
-    def n_users(self) -> int:
-        return len(self.user_ids)
 
     @property
     def n_items(self) -> int:
@@ -134,11 +109,7 @@ class AlsModel:
 
 @dataclass(frozen=True)
 class FallbackModel:
-    """The genre-aware popularity fallback as a model of the registry.
-
-    It has no learned parameters: whenever it serves or is evaluated it is fitted again on that
-    day's listening (``fit_genre_popularity``), so it stays as current as the data.
-    """
+    """The genre-aware popularity fallback in the registry: refitted on the day's listening."""
 
     name: str = SOURCE_FALLBACK
 
@@ -166,47 +137,28 @@ def build_interaction_matrix(interactions: pd.DataFrame, alpha: float) -> Intera
     confidence = (1.0 + alpha * interactions["weight"].to_numpy(dtype=np.float64)).astype(
         np.float32
     )
+    # Built from (row, column) pairs, scipy sums the cells of duplicated (user, track) rows.
     matrix = sp.csr_matrix(
         (confidence, (user_codes, item_codes)), shape=(len(user_ids), len(item_ids))
     )
-    # Duplicated (user, track) rows would otherwise stay as separate entries.
-    matrix.sum_duplicates()
     return InteractionMatrix(matrix=matrix, user_ids=user_ids, item_ids=item_ids)
 
 
 def known_items_matrix(
     interactions: pd.DataFrame, user_ids: np.ndarray, item_ids: np.ndarray
 ) -> sp.csr_matrix:
-    """Return a 0/1 CSR matrix: row i marks the tracks of ``interactions`` user ``user_ids[i]``.
-
-    Columns follow ``item_ids`` (sorted, unique); interactions of other users or other tracks are
-    ignored. ``user_ids`` need not be sorted but must be unique.
-    """
+    """0/1 CSR matrix: row i marks user ``user_ids[i]``'s tracks (columns: ``item_ids``; unique)."""
     rows = lookup_indices(user_ids, interactions["user_id"].to_numpy(dtype=np.int64))
     col = lookup_indices(item_ids, interactions["track_id"].to_numpy(dtype=np.int64))
     keep = (rows >= 0) & (col >= 0)
-    matrix = sp.csr_matrix(
+    return sp.csr_matrix(
         (np.ones(int(keep.sum()), dtype=np.float32), (rows[keep], col[keep])),
         shape=(len(user_ids), len(item_ids)),
     )
-    matrix.sum_duplicates()
-    return matrix
 
 
 def train_als(interactions: pd.DataFrame, params: AlsParams, *, num_threads: int = 0) -> AlsModel:
-    """Fit implicit's CPU ALS (conjugate gradient) on the interactions.
-
-    Args:
-        interactions: Frame following the interactions contract (at least one row).
-        params: Hyper-parameters; ``random_state`` makes the factors reproducible.
-        num_threads: Threads of implicit's solver; 0 means one per core.
-
-    Returns:
-        The model with float32 factors and sorted user and item id arrays.
-
-    Raises:
-        ValueError: If there are no interactions.
-    """
+    """Fit implicit's CPU ALS on the interactions (``num_threads`` 0: one per core)."""
     if len(interactions) == 0:
         raise ValueError("cannot train ALS on an empty interactions frame")
     data = build_interaction_matrix(interactions, params.alpha)
@@ -225,10 +177,7 @@ def train_als(interactions: pd.DataFrame, params: AlsParams, *, num_threads: int
         )
         als.fit(data.matrix, show_progress=False)
     log.info(
-        "Trained ALS on %d users x %d tracks (%d interactions)",
-        data.matrix.shape[0],
-        data.matrix.shape[1],
-        data.matrix.nnz,
+        "Trained ALS on %s users x tracks (%d interactions)", data.matrix.shape, data.matrix.nnz
     )
     return AlsModel(
         params=params,
@@ -239,33 +188,39 @@ def train_als(interactions: pd.DataFrame, params: AlsParams, *, num_threads: int
     )
 
 
-def _check_exclude(exclude: sp.csr_matrix | None, n_rows: int, n_items: int) -> None:
-    if exclude is not None and exclude.shape != (n_rows, n_items):
+def _exclusion(
+    user_ids: np.ndarray, exclude: sp.csr_matrix | None, n_items: int
+) -> tuple[np.ndarray, sp.csr_matrix]:
+    """The user ids as int64 and the exclusion matrix, checked (an empty one for None)."""
+    user_ids = np.asarray(user_ids, dtype=np.int64)
+    if exclude is None:
+        return user_ids, sp.csr_matrix((len(user_ids), n_items), dtype=np.float32)
+    if exclude.shape != (len(user_ids), n_items):
         raise ValueError(
-            f"exclude must have shape ({n_rows}, {n_items}) (one row per user, one column per"
-            f" item of the model), got {exclude.shape}"
+            f"exclude must have shape ({len(user_ids)}, {n_items}) (one row per user, one column"
+            f" per item of the model), got {exclude.shape}"
         )
+    return user_ids, exclude
 
 
-def _frame(user_ids: np.ndarray, track_ids: np.ndarray, scores: np.ndarray, ranks: np.ndarray):
-    return pd.DataFrame(
-        {
-            "user_id": np.asarray(user_ids, dtype=np.int64),
-            "track_id": np.asarray(track_ids, dtype=np.int64),
-            "score": np.asarray(scores, dtype=np.float64),
-            "rank": np.asarray(ranks, dtype=np.int64),
-        },
-        columns=list(RECOMMENDATION_COLUMNS),
-    )
+_DTYPES: Final = dict(
+    zip(RECOMMENDATION_COLUMNS, (np.int64, np.int64, np.float64, np.int64), strict=True)
+)
+
+
+def _frame(*columns: np.ndarray) -> pd.DataFrame:
+    """``[user_id, track_id, score, rank]`` from the four columns, copied only to cast them."""
+    pairs = zip(_DTYPES.items(), columns, strict=True)
+    return pd.DataFrame({name: np.asarray(v, dtype=t) for (name, t), v in pairs}, copy=False)
 
 
 def _top_allowed(
-    model: AlsModel, rows: np.ndarray, exclude: sp.csr_matrix | None, k: int, num_threads: int
+    model: AlsModel, rows: np.ndarray, exclude: sp.csr_matrix, k: int, num_threads: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Each of ``rows``' top ``k`` model items that ``exclude`` allows: (row, item, score, rank)."""
     # Asking for k plus the longest exclusion list (see _history_groups) and dropping the excluded
     # tracks afterwards is cheaper than implicit's per-row filter (2.5x on 10,000 users).
-    extra = int(np.diff(exclude.indptr).max()) if exclude is not None else 0
+    extra = int(np.diff(exclude.indptr).max())
     wanted = min(k + extra, model.n_items)
     # implicit parallelises the selection itself; threaded BLAS on top of it oversubscribes
     # the cores (measured about twice slower on 2 cores).
@@ -289,140 +244,71 @@ def recommend_top_k(
     exclude: sp.csr_matrix | None,
     k: int,
     *,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int = 10_000,
     num_threads: int = 0,
 ) -> pd.DataFrame:
-    """Top-k tracks by ALS score for users known to the model, in batches of users.
+    """Top-k allowed tracks by ALS score for users known to the model, ordered by user and rank.
 
-    Args:
-        model: The trained model.
-        user_ids: Unique user ids, all known to the model.
-        exclude: CSR matrix (one row per user of ``user_ids``, one column per model item) of
-            tracks never to recommend, typically the users' listening history; None for none.
-        k: Recommendations per user; fewer only when fewer tracks remain after exclusion.
-        batch_size: Users scored per batch (bounds memory).
-        num_threads: Threads of implicit's top-k selection; 0 means one per core.
-
-    Returns:
-        A frame ``[user_id, track_id, score, rank]`` ordered by user then rank (1 = best).
-
-    Raises:
-        ValueError: If a user is unknown to the model or ``exclude`` has the wrong shape.
+    A user gets fewer than ``k`` only when ``exclude`` leaves fewer of the model's tracks.
     """
-    user_ids = np.asarray(user_ids, dtype=np.int64)
+    user_ids, exclude = _exclusion(user_ids, exclude, model.n_items)
     rows = model.user_index(user_ids)
     if (rows < 0).any():
         raise ValueError(
             f"{int((rows < 0).sum())} users are unknown to the model (cold start): "
             "use recommend_for_all_users"
         )
-    _check_exclude(exclude, len(user_ids), model.n_items)
-    k_eff = min(k, model.n_items)
-    if len(user_ids) == 0 or k_eff <= 0:
-        return _frame([], [], [], [])
-
+    k = min(k, model.n_items)
     # Filled batch by batch into arrays sized for the whole result: concatenating per-batch frames
     # would hold every recommendation twice (10M rows at 1M users).
-    capacity = len(user_ids) * k_eff
-    out_users = np.empty(capacity, dtype=np.int64)
-    out_tracks = np.empty(capacity, dtype=np.int64)
-    out_scores = np.empty(capacity, dtype=np.float64)
-    out_ranks = np.empty(capacity, dtype=np.int64)
+    out = [np.empty(len(user_ids) * k, dtype=t) for t in _DTYPES.values()]
     filled = 0
     for start in range(0, len(user_ids), batch_size):
-        stop = min(start + batch_size, len(user_ids))
-        if exclude is None:
-            batch_exclude, groups = None, [np.arange(stop - start)]
-        else:
-            batch_exclude = exclude[start:stop]
-            groups = _history_groups(batch_exclude)
+        batch = exclude[start : start + batch_size]
         found = []
-        for members in groups:
-            sub = batch_exclude[members] if batch_exclude is not None else None
-            row, *rest = _top_allowed(model, rows[start:stop][members], sub, k_eff, num_threads)
-            found.append((members[row], *rest))
+        for members in _history_groups(batch):
+            row, *rest = _top_allowed(model, rows[start + members], batch[members], k, num_threads)
+            found.append((start + members[row], *rest))
         row, item, score, rank = (np.concatenate(part) for part in zip(*found, strict=True))
         order = np.lexsort((rank, row))
-        end = filled + len(order)
-        out_users[filled:end] = user_ids[start:stop][row[order]]
-        out_tracks[filled:end] = model.item_ids[item[order]]
-        out_scores[filled:end] = score[order]
-        out_ranks[filled:end] = rank[order]
-        filled = end
-    return pd.DataFrame(
-        {
-            "user_id": out_users[:filled],
-            "track_id": out_tracks[:filled],
-            "score": out_scores[:filled],
-            "rank": out_ranks[:filled],
-        },
-        columns=list(RECOMMENDATION_COLUMNS),
-        copy=False,
-    )
+        found = (user_ids[row[order]], model.item_ids[item[order]], score[order], rank[order])
+        for target, values in zip(out, found, strict=True):
+            target[filled : filled + len(order)] = values
+        filled += len(order)
+    return _frame(*(values[:filled] for values in out))
 
 
 def _history_groups(exclude: sp.csr_matrix) -> list[np.ndarray]:
-    """The rows of ``exclude``: the 1% longest histories apart from the others.
+    """The rows of ``exclude`` (at least one), the 1% longest histories apart from the others.
 
-    A selection asks each of its rows for k items plus its longest history, so one heavy
-    listener would make every row of a batch ask for thousands of items. With a listener of 2,000
-    tracks per 5,000 users, ALS scoring of 100,000 users took 47 s in one call, 3 s so.
+    A selection asks each row for k items plus its longest history: one heavy listener made ALS
+    scoring of 100,000 users take 47 s in one call, 3 s so.
     """
     lengths = np.diff(exclude.indptr)
-    if not len(lengths):
-        return []
     long = lengths > np.percentile(lengths, 99)
     return [rows for rows in (np.flatnonzero(~long), np.flatnonzero(long)) if len(rows)]
 
 
 def _first_k_allowed(
-    prefix_of: Callable[[int], np.ndarray], exclude: sp.csr_matrix, n_items: int, k: int
+    ordering: np.ndarray, exclude: sp.csr_matrix, k: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For each row of ``exclude``, the first ``k`` items of an ordering the row does not exclude.
-
-    ``prefix_of(n)`` gives the ordering's first ``n`` items; a row can skip at most its own
-    excluded items, so k plus the longest history suffice. Returns (row, item index, rank) arrays
-    ordered by row then rank.
-    """
+    """Each row's first ``k`` items of ``ordering`` it allows: (row, item, rank) by row and rank."""
     lengths = np.diff(exclude.indptr)
-    if not len(lengths):
-        empty = np.array([], dtype=np.int64)
-        return empty, empty, empty
-    # One prefix for every group: a shorter history's prefix is the start of the longest's.
-    ordering = prefix_of(min(n_items, k + int(lengths.max())))
-    position = np.full(n_items, -1, dtype=np.int64)
-    position[ordering] = np.arange(len(ordering))
-    out_rows, out_items, out_ranks = [], [], []
+    found = []
     for members in _history_groups(exclude):
-        group = exclude[members]
-        prefix_len = min(len(ordering), k + int(lengths[members].max()))
-        batch = max(1, _SELECTION_CELLS // max(prefix_len, 1))
+        # A row skips at most its own history: k plus the group's longest history suffice.
+        prefix = ordering[: k + int(lengths[members].max())]
+        # The group's histories over the prefix, column j being the ordering's j-th item.
+        heard = exclude[members][:, prefix].astype(bool)
+        batch = max(1, _SELECTION_CELLS // max(1, len(prefix)))
         for start in range(0, len(members), batch):
-            sub = group[start : start + batch]
-            mapped = position[sub.indices]
-            sub_rows = np.repeat(np.arange(sub.shape[0]), np.diff(sub.indptr))
-            hit = (mapped >= 0) & (mapped < prefix_len)
-            allowed = np.ones((sub.shape[0], prefix_len), dtype=bool)
-            allowed[sub_rows[hit], mapped[hit]] = False
+            allowed = ~heard[start : start + batch].toarray()
             rank = np.cumsum(allowed, axis=1, dtype=np.int32)
             r, c = np.nonzero(allowed & (rank <= k))
-            out_rows.append(members[r + start])
-            out_items.append(ordering[c])
-            out_ranks.append(rank[r, c])
-    rows, items, ranks = (np.concatenate(a) for a in (out_rows, out_items, out_ranks))
+            found.append((members[r + start], prefix[c], rank[r, c]))
+    rows, items, ranks = (np.concatenate(part) for part in zip(*found, strict=True))
     order = np.lexsort((ranks, rows))
     return rows[order], items[order], ranks[order]
-
-
-def _exclusion(
-    user_ids: np.ndarray, exclude: sp.csr_matrix | None, n_items: int
-) -> tuple[np.ndarray, sp.csr_matrix]:
-    """The user ids as int64 and the exclusion matrix, checked (an empty one for None)."""
-    user_ids = np.asarray(user_ids, dtype=np.int64)
-    _check_exclude(exclude, len(user_ids), n_items)
-    if exclude is None:
-        exclude = sp.csr_matrix((len(user_ids), n_items), dtype=np.float32)
-    return user_ids, exclude
 
 
 def listener_counts(interactions: pd.DataFrame, item_ids: np.ndarray) -> np.ndarray:
@@ -440,13 +326,6 @@ def listener_counts(interactions: pd.DataFrame, item_ids: np.ndarray) -> np.ndar
     return np.bincount(items, minlength=len(item_ids)).astype(np.int64)
 
 
-def _catalogue(interactions: pd.DataFrame, tracks: pd.DataFrame | None) -> np.ndarray:
-    ids = [interactions["track_id"].to_numpy(dtype=np.int64)]
-    if tracks is not None:
-        ids.append(tracks["id"].to_numpy(dtype=np.int64))
-    return unique_ids(np.concatenate(ids))
-
-
 @dataclass(frozen=True, eq=False)
 class PopularityModel:
     """Global popularity: tracks ranked by distinct listeners (ties by track id)."""
@@ -455,21 +334,39 @@ class PopularityModel:
     listeners: np.ndarray
     ordering: np.ndarray
 
+    def genre_of(self, user_ids: np.ndarray) -> np.ndarray:
+        """Each user's favourite genre code: -1 (none) for global popularity."""
+        return np.full(len(user_ids), -1)
+
+    def genre_ordering(self, genre: int) -> np.ndarray:
+        """The items in the order a fan of ``genre`` is offered them."""
+        return self.ordering
+
     def recommend(
         self, user_ids: np.ndarray, exclude: sp.csr_matrix | None, k: int
     ) -> pd.DataFrame:
         user_ids, exclude = _exclusion(user_ids, exclude, len(self.item_ids))
-        rows, items, ranks = _first_k_allowed(
-            lambda n: self.ordering[:n], exclude, len(self.item_ids), k
-        )
-        return _frame(user_ids[rows], self.item_ids[items], self.listeners[items], ranks)
+        genre = self.genre_of(user_ids)
+        parts = [_frame([], [], [], [])]
+        for code in np.unique(genre):
+            members = np.flatnonzero(genre == code)
+            ordering = self.genre_ordering(int(code))
+            rows, items, ranks = _first_k_allowed(ordering, exclude[members], k)
+            parts.append(
+                _frame(user_ids[members][rows], self.item_ids[items], self.listeners[items], ranks)
+            )
+        recs = pd.concat(parts, ignore_index=True)
+        return recs.sort_values(["user_id", "rank"], kind="stable", ignore_index=True)
 
 
 def fit_popularity(
     interactions: pd.DataFrame, tracks: pd.DataFrame | None = None
 ) -> PopularityModel:
     """Rank the catalogue (interaction tracks plus ``tracks``) by number of distinct listeners."""
-    item_ids = _catalogue(interactions, tracks)
+    ids = [interactions["track_id"].to_numpy(dtype=np.int64)]
+    if tracks is not None:
+        ids.append(tracks["id"].to_numpy(dtype=np.int64))
+    item_ids = unique_ids(np.concatenate(ids))
     listeners = listener_counts(interactions, item_ids)
     # Stable sort on the negated count keeps ties in ascending track id order.
     ordering = np.argsort(-listeners, kind="stable")
@@ -477,57 +374,31 @@ def fit_popularity(
 
 
 @dataclass(frozen=True, eq=False)
-class GenrePopularityModel:
+class GenrePopularityModel(PopularityModel):
     """Popularity within the user's favourite genre, filled up with global popularity.
 
-    Users without a known favourite genre, or whose genre has no tracks, get global popularity.
-    Genres are codes into ``genres`` (-1: none), so the model holds one small integer per track
-    and per user rather than an ordering of the whole catalogue per genre.
+    Genres are codes (-1: none, so global popularity): one small integer per track and per user
+    rather than an ordering of the whole catalogue per genre.
     """
 
-    item_ids: np.ndarray
-    listeners: np.ndarray
-    global_ordering: np.ndarray
-    genres: np.ndarray
     item_genres: np.ndarray
     user_ids: np.ndarray
     user_genres: np.ndarray
 
     def global_popularity(self) -> PopularityModel:
         """Global popularity over the same counts (what fills up a genre's list)."""
-        return PopularityModel(self.item_ids, self.listeners, self.global_ordering)
+        return PopularityModel(self.item_ids, self.listeners, self.ordering)
 
-    def ordering_prefix(self, genre: int, length: int) -> np.ndarray:
-        """The first ``length`` items for a fan of ``genre``: its tracks, then the others."""
-        if genre < 0:
-            return self.global_ordering[:length]
-        in_genre = self.item_genres[self.global_ordering] == genre
-        head = self.global_ordering[in_genre][:length]
-        tail = self.global_ordering[~in_genre][: length - len(head)]
-        return np.concatenate([head, tail])
-
-    def recommend(
-        self, user_ids: np.ndarray, exclude: sp.csr_matrix | None, k: int
-    ) -> pd.DataFrame:
-        user_ids, exclude = _exclusion(user_ids, exclude, len(self.item_ids))
+    def genre_of(self, user_ids: np.ndarray) -> np.ndarray:
         position = lookup_indices(self.user_ids, user_ids)
-        genre = np.where(position >= 0, self.user_genres[np.maximum(position, 0)], -1)
-        parts = []
-        for code in np.unique(genre):
-            members = np.flatnonzero(genre == code)
-            rows, items, ranks = _first_k_allowed(
-                lambda n, code=int(code): self.ordering_prefix(code, n),
-                exclude[members],
-                len(self.item_ids),
-                k,
-            )
-            parts.append(
-                _frame(user_ids[members][rows], self.item_ids[items], self.listeners[items], ranks)
-            )
-        if not parts:
-            return _frame([], [], [], [])
-        recs = pd.concat(parts, ignore_index=True)
-        return recs.sort_values(["user_id", "rank"], kind="stable", ignore_index=True)
+        return np.where(position >= 0, self.user_genres[np.maximum(position, 0)], -1)
+
+    def genre_ordering(self, genre: int) -> np.ndarray:
+        """The genre's tracks, then the others."""
+        if genre < 0:
+            return self.ordering
+        in_genre = self.item_genres[self.ordering] == genre
+        return np.concatenate([self.ordering[in_genre], self.ordering[~in_genre]])
 
 
 def fit_genre_popularity(
@@ -541,14 +412,15 @@ def fit_genre_popularity(
     # A favourite genre no track has is coded -1: that user gets global popularity.
     user_genres = item_genres.categories.get_indexer(favourites["favorite_genres"].astype(object))
     return GenrePopularityModel(
-        item_ids=base.item_ids,
-        listeners=base.listeners,
-        global_ordering=base.ordering,
-        genres=item_genres.categories.to_numpy(dtype=object),
+        **vars(base),
         item_genres=item_genres.codes.astype(np.int32),
         user_ids=favourites["id"].to_numpy(dtype=np.int64),
         user_genres=user_genres.astype(np.int32),
     )
+
+
+# What evaluation and serving score: each has ``item_ids`` and ``recommend``.
+Recommender = AlsModel | PopularityModel
 
 
 def recommend_excluding_history(
@@ -569,23 +441,10 @@ def recommend_for_all_users(
     *,
     cold_start: GenrePopularityModel | None = None,
 ) -> pd.DataFrame:
-    """Exactly ``k`` new tracks for every user of ``users`` (fewer only if the catalogue runs out).
+    """Exactly ``k`` tracks outside ``interactions`` for every user (fewer if the catalogue ends).
 
-    Users known to the model get ALS recommendations (``source='als'``); users unknown to it get
-    genre-aware popularity (``source='cold_start'``), which also tops up any ALS user left short
-    (a user who has heard almost every track the model knows). No user is ever recommended a
-    track from their ``interactions``.
-
-    Args:
-        model: The trained ALS model.
-        users: Frame with ``id`` and ``favorite_genres``.
-        tracks: Frame with ``id`` and ``genres`` (the catalogue).
-        interactions: All known interactions (the exclusion list and popularity source).
-        k: Recommendations per user.
-        cold_start: A fitted genre-popularity model; fitted from the inputs when None.
-
-    Returns:
-        A frame ``[user_id, track_id, score, rank, source]`` ordered by user then rank.
+    Users known to the model get ALS (``source='als'``), the others genre-aware popularity
+    (``cold_start``), which also tops up an ALS user left short; ordered by user then rank.
     """
     if cold_start is None:
         cold_start = fit_genre_popularity(interactions, tracks, users)
@@ -603,33 +462,20 @@ def recommend_for_all_users(
         # The common case at scale: no copy of millions of rows (already ordered by user, rank).
         return als_recs
     needing_ids = needing.index.to_numpy(dtype=np.int64)
-    # Already-recommended ALS tracks join the history so the top-up never repeats them; only the
-    # users being topped up matter.
-    seen = pd.concat(
-        [
-            frame.loc[isin_ids(frame["user_id"].to_numpy(), needing_ids)]
-            for frame in (interactions[["user_id", "track_id"]], als_recs[["user_id", "track_id"]])
-        ],
-        ignore_index=True,
-    )
-    fill = cold_start.recommend(
-        needing_ids, known_items_matrix(seen, needing_ids, cold_start.item_ids), k
-    )
+
+    # Already-recommended ALS tracks join the history so the top-up never repeats them.
+    def heard(frame: pd.DataFrame) -> sp.csr_matrix:
+        return known_items_matrix(frame, needing_ids, cold_start.item_ids)
+
+    fill = cold_start.recommend(needing_ids, heard(interactions) + heard(als_recs), k)
     have = needing.reindex(fill["user_id"]).to_numpy()
     fill["rank"] = fill["rank"].to_numpy() + have
-    fill = fill[fill["rank"].to_numpy() <= k].copy()
-    fill["source"] = SOURCE_COLD_START
-    fill_parts = [fill]
+    fill = fill[fill["rank"].to_numpy() <= k].assign(source=SOURCE_COLD_START)
 
     # Interleave the top-ups column by column: a concatenated then sorted frame would hold every
     # recommendation three times at once (30M rows at 1M users).
-    parts = [als_recs, *fill_parts]
-    users_all = np.concatenate([p["user_id"].to_numpy() for p in parts])
-    ranks_all = np.concatenate([p["rank"].to_numpy() for p in parts])
-    order = np.lexsort((ranks_all, users_all))
-    del users_all, ranks_all
-    columns = {}
-    for name in (*RECOMMENDATION_COLUMNS, "source"):
-        columns[name] = np.concatenate([p[name].to_numpy() for p in parts])[order]
-    del parts, als_recs, fill_parts
-    return pd.DataFrame(columns, copy=False)
+    def column(name: str) -> np.ndarray:
+        return np.concatenate([als_recs[name].to_numpy(), fill[name].to_numpy()])
+
+    order = np.lexsort((column("rank"), column("user_id")))
+    return pd.DataFrame({name: column(name)[order] for name in als_recs.columns}, copy=False)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any, Final
 
 import numpy as np
 import pandas as pd
 
-from moovitamix_assets.ml import INTERACTION_COLUMNS
+from moovitamix_assets.ml import INTERACTION_COLUMNS, RECOMMENDATION_COLUMNS
 from moovitamix_assets.ml.evaluation import Metrics, evaluate_on_holdout
 from moovitamix_assets.ml.models import (
     SOURCE_FALLBACK,
@@ -39,10 +39,7 @@ FALLBACK: Final = "fallback"
 # Global popularity: a reference figure only, never served.
 POPULARITY: Final = "popularity"
 RECOMMENDATION_TABLE_COLUMNS: Final = (
-    "user_id",
-    "track_id",
-    "score",
-    "rank",
+    *RECOMMENDATION_COLUMNS,
     "source",
     "model_version",
     "generated_at",
@@ -81,19 +78,8 @@ def training_half(interactions: pd.DataFrame, holdout: pd.DataFrame) -> pd.DataF
 
 def holdout_frame(test: pd.DataFrame) -> pd.DataFrame:
     """The held-out pairs with the interaction columns, in a stable order for storage."""
-    return (
-        test[list(INTERACTION_COLUMNS)]
-        .sort_values(["user_id", "track_id"], kind="stable")
-        .reset_index(drop=True)
-    )
-
-
-def catalogue_size(tracks: pd.DataFrame, interactions: pd.DataFrame) -> int:
-    """Tracks that could be recommended: the catalogue plus any track listened to."""
-    ids = np.concatenate(
-        [tracks["id"].to_numpy(dtype=np.int64), interactions["track_id"].to_numpy(dtype=np.int64)]
-    )
-    return max(1, len(pd.unique(ids)))
+    columns = list(INTERACTION_COLUMNS)
+    return test[columns].sort_values(["user_id", "track_id"], kind="stable", ignore_index=True)
 
 
 def as_recommender(
@@ -101,8 +87,8 @@ def as_recommender(
 ) -> Recommender:
     """What ``model`` recommends from: ALS over its candidate pool, or ``fallback`` itself.
 
-    ``fallback`` is the genre popularity fitted on the interactions the model is scored on: its
-    listener counts also rank the candidate pool, so they are counted once per step.
+    ``fallback`` (fitted on the scored interactions, over the catalogue plus any listened track)
+    also ranks the pool and gives the catalogue size, so listeners are counted once per step.
     """
     if isinstance(model, FallbackModel):
         return fallback
@@ -117,9 +103,10 @@ class CandidateResult:
     metrics: dict[str, Metrics]
 
     def metrics_json(self, serving_version: int) -> dict[str, Any]:
-        document: dict[str, Any] = {name: m.as_dict() for name, m in self.metrics.items()}
-        document["serving_version"] = serving_version
-        return document
+        return {
+            **{n: m.as_dict() for n, m in self.metrics.items()},
+            "serving_version": serving_version,
+        }
 
 
 def train_and_evaluate(
@@ -134,28 +121,15 @@ def train_and_evaluate(
     candidate_pool_size: int = DEFAULT_CANDIDATE_POOL,
     evaluation_users: int = DEFAULT_EVALUATION_USERS,
 ) -> CandidateResult:
-    """Train ALS on ``train`` and score it, what serves and global popularity on ``test``.
+    """Train ALS on ``train``; score it, what serves and global popularity on ``test``.
 
-    Args:
-        train: Training interactions.
-        test: Held-out interactions (each user's most recent listens).
-        users: Users ``[id, favorite_genres]`` (for the genre fallback).
-        tracks: Catalogue ``[id, genres]``.
-        params: ALS hyper-parameters (seeded).
-        k: Metric cut-off.
-        load_serving: Loads the model serving today (a trained one or the fallback). It is
-            called after the fit: a serving ALS model's factors (~190 MB at 1M users) and the
-            fit's buffers are never in memory together.
-        candidate_pool_size: Tracks the ALS models rank (the most listened), as when serving.
-        evaluation_users: Held-out users scored (a seeded sample when there are more).
-
-    Returns:
-        The model and metrics keyed ``candidate``, ``serving`` and ``popularity``, each with
-        per-user values on the same users.
+    ``load_serving`` is called after the fit: a serving ALS model's factors (~190 MB at 1M users)
+    and the fit's buffers are never in memory together. The pool size and the sampled users are
+    as when serving and evaluating.
     """
     model = train_als(train, params)
     fallback = fit_genre_popularity(train, tracks, users)
-    recommenders: dict[str, Recommender] = {
+    recommenders = {
         CANDIDATE: candidate_pool(model, fallback, candidate_pool_size),
         SERVING: as_recommender(load_serving(), fallback, candidate_pool_size),
         POPULARITY: fallback.global_popularity(),
@@ -164,7 +138,7 @@ def train_and_evaluate(
         recommenders,
         train,
         test,
-        catalogue_size(tracks, train),
+        max(1, len(fallback.item_ids)),
         k,
         max_users=evaluation_users,
         seed=params.random_state,
@@ -194,7 +168,7 @@ def evaluate_model(
         recommenders,
         train,
         test,
-        catalogue_size(tracks, train),
+        max(1, len(fallback.item_ids)),
         k,
         max_users=evaluation_users,
         seed=seed,
@@ -212,13 +186,7 @@ class EvaluationSummary:
     def as_dict(self) -> dict[str, Any]:
         """The figures ``ml.model_evaluations.metrics`` keeps (the decay trigger reads them)."""
         return {
-            "interval": {
-                "metric": self.metric,
-                "mean": self.interval.mean,
-                "low": self.interval.low,
-                "high": self.interval.high,
-                "confidence": self.interval.confidence,
-            },
+            "interval": {"metric": self.metric, **asdict(self.interval)},
             "lift_over_fallback": {
                 "lift": self.lift.lift,
                 "low": self.lift.low,
@@ -253,24 +221,14 @@ def restrict_to_catalogue(model: AlsModel, track_ids: np.ndarray) -> AlsModel:
     keep = isin_ids(model.item_ids, track_ids)
     if keep.all():
         return model
-    return AlsModel(
-        params=model.params,
-        user_ids=model.user_ids,
-        item_ids=model.item_ids[keep],
-        user_factors=model.user_factors,
-        item_factors=np.ascontiguousarray(model.item_factors[keep]),
-    )
+    return replace(model, item_ids=model.item_ids[keep], item_factors=model.item_factors[keep])
 
 
-def candidate_pool(
-    model: AlsModel, popularity: PopularityModel | GenrePopularityModel, size: int
-) -> AlsModel:
-    """The same model scoring only its ``size`` most-listened tracks (the candidate pool).
+def candidate_pool(model: AlsModel, popularity: PopularityModel, size: int) -> AlsModel:
+    """The same model scoring only its ``size`` most-listened tracks (by ``popularity``).
 
-    Scoring every user against every track grows with users x tracks; a pool of the most
-    listened tracks keeps serving linear in users, and the tail it drops has too little listening
-    for ALS to rank it above the pool anyway. ``popularity`` holds the distinct listeners of each
-    track, fitted on the same interactions.
+    This keeps serving linear in users; the tail it drops has too little listening for ALS to rank
+    it above the pool anyway.
     """
     if model.n_items <= size:
         return model
@@ -294,28 +252,13 @@ def recommendation_batches(
     candidate_pool_size: int = DEFAULT_CANDIDATE_POOL,
     batch_users: int = DEFAULT_BATCH_USERS,
 ) -> Iterator[pd.DataFrame]:
-    """Exactly ``k`` unheard, active tracks for every user of ``users``, a batch of users at a time.
+    """Exactly ``k`` unheard tracks of ``tracks`` for every user, a batch of users per frame.
 
-    Users known to an ALS ``model`` get its ranking, the others genre-aware popularity
-    (``cold_start``); the fallback model gives everyone genre-aware popularity. Listened tracks
-    are never recommended, and neither are tracks outside ``tracks`` (the active catalogue).
-    Memory follows one batch of users, not the user base: the caller writes each batch away.
-
-    Args:
-        model: The production model (ALS or the fallback).
-        model_version: Its registry version, written on every row.
-        users: Active users ``[id, favorite_genres]``.
-        tracks: Active catalogue ``[id, genres]``.
-        interactions: Every known interaction (the exclusion list and popularity source).
-        k: Recommendations per user.
-        generated_at: Timestamp written on every row (UTC).
-        candidate_pool_size: Tracks the model ranks (the most listened of the catalogue).
-        batch_users: Users per yielded frame.
-
-    Yields:
-        Frames with ``RECOMMENDATION_TABLE_COLUMNS``, ordered by user then rank.
+    ALS ranks the users ``model`` knows, genre-aware popularity the others (or everyone, for the
+    fallback). Memory follows one batch of users: the caller writes each batch away.
     """
     catalogue = tracks["id"].to_numpy(dtype=np.int64)
+    stamp = pd.DatetimeIndex([pd.Timestamp(generated_at).tz_convert("UTC")])
     # Popularity counts only listens of tracks still in the catalogue, so it never ranks a
     # removed track; the full interactions still serve as the exclusion list.
     active_listens = interactions.loc[
@@ -337,10 +280,8 @@ def recommendation_batches(
     for start in range(0, len(users), batch_users):
         batch = users.iloc[start : start + batch_users]
         ids = batch["id"].to_numpy(dtype=np.int64)
-        lo, hi = (
-            np.searchsorted(listener, [ids[0], ids[-1]], side="left")[0],
-            np.searchsorted(listener, ids[-1], side="right"),
-        )
+        lo = np.searchsorted(listener, ids[0])
+        hi = np.searchsorted(listener, ids[-1], side="right")
         history = interactions.iloc[order[lo:hi]][["user_id", "track_id"]]
         if ranker is None:
             recs = cold_start.recommend(
@@ -349,19 +290,8 @@ def recommendation_batches(
             recs["source"] = SOURCE_FALLBACK
         else:
             recs = recommend_for_all_users(ranker, batch, tracks, history, k, cold_start=cold_start)
-        yield _table_rows(recs, model_version, generated_at)
+        # The table's columns, without a copy of the frame.
+        recs["model_version"] = np.full(len(recs), model_version, dtype=np.int64)
+        recs["generated_at"] = stamp.repeat(len(recs))
+        yield recs[list(RECOMMENDATION_TABLE_COLUMNS)]
         del recs, history  # before the next batch's, not after it
-
-
-def _table_rows(recs: pd.DataFrame, model_version: int, generated_at: datetime) -> pd.DataFrame:
-    """The recommendations with the table's columns, built without copying the frame."""
-    n = len(recs)
-    columns = {name: recs[name].to_numpy() for name in ("user_id", "track_id", "score", "rank")}
-    columns["source"] = recs["source"].to_numpy()
-    columns["model_version"] = np.full(n, model_version, dtype=np.int64)
-    columns["generated_at"] = pd.DatetimeIndex(
-        [pd.Timestamp(generated_at).tz_convert("UTC")]
-    ).repeat(n)
-    return pd.DataFrame(
-        {name: columns.pop(name) for name in RECOMMENDATION_TABLE_COLUMNS}, copy=False
-    )

@@ -12,9 +12,15 @@ class TrainTestSplit:
 
     train: pd.DataFrame
     test: pd.DataFrame
-    n_train: int
-    n_test: int
     n_users_held_out: int
+
+    @property
+    def n_train(self) -> int:
+        return len(self.train)
+
+    @property
+    def n_test(self) -> int:
+        return len(self.test)
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -31,20 +37,9 @@ def time_based_split(
 ) -> TrainTestSplit:
     """Hold out each user's most recent interactions (largest ``last_position``) as the test set.
 
-    Only users with at least two interactions are split, and every split user keeps at least one
-    training interaction, so every held-out user is known to a model trained on ``train``.
-
-    Args:
-        interactions: Frame following the interactions contract.
-        holdout_per_user: Number of most recent interactions held out per eligible user.
-        holdout_fraction: If given, hold out ``max(1, floor(fraction * n))`` of a user's ``n``
-            interactions instead of a fixed number.
-
-    Returns:
-        The train and test frames (same columns as the input) and their counts.
-
-    Raises:
-        ValueError: If the holdout size is not positive or the fraction is outside (0, 1).
+    ``holdout_fraction`` holds out ``max(1, floor(fraction * n))`` of a user's n interactions
+    instead of ``holdout_per_user``. Every user keeps a training interaction (users with one are
+    not split), so every held-out user is known to a model trained on ``train``.
     """
     if holdout_fraction is None and holdout_per_user < 1:
         raise ValueError(f"holdout_per_user must be >= 1, got {holdout_per_user}")
@@ -53,9 +48,7 @@ def time_based_split(
 
     if len(interactions) == 0:
         empty = interactions.iloc[0:0].reset_index(drop=True)
-        return TrainTestSplit(
-            train=empty, test=empty.copy(), n_train=0, n_test=0, n_users_held_out=0
-        )
+        return TrainTestSplit(train=empty, test=empty.copy(), n_users_held_out=0)
 
     # Ordering by (user, recency desc, track) makes the split deterministic even on ties; rows
     # are taken once through this order rather than sorting a full copy of the frame first.
@@ -80,12 +73,8 @@ def time_based_split(
     held_per_user = np.minimum(wanted, sizes - 1)
     is_test = recency_rank < np.repeat(held_per_user, sizes)
 
-    train = interactions.take(order[~is_test]).reset_index(drop=True)
-    test = interactions.take(order[is_test]).reset_index(drop=True)
     return TrainTestSplit(
-        train=train,
-        test=test,
-        n_train=len(train),
-        n_test=len(test),
+        train=interactions.take(order[~is_test]).reset_index(drop=True),
+        test=interactions.take(order[is_test]).reset_index(drop=True),
         n_users_held_out=int(np.count_nonzero(held_per_user)),
     )

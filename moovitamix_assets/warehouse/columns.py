@@ -50,15 +50,12 @@ class Table:
         """Column name -> PostgreSQL type, in stored order."""
         return {c.name: c.type for c in self.columns}
 
-    def schema(self) -> dg.TableSchema:
-        """The table's Dagster schema, every column with its description."""
-        return dg.TableSchema([dg.TableColumn(c.name, c.type, c.description) for c in self.columns])
-
     def definition_metadata(self) -> dict[str, dg.MetadataValue]:
-        """``dagster/table_name`` and ``dagster/column_schema`` for an asset's definition."""
+        """``dagster/table_name`` and ``dagster/column_schema`` (with descriptions) of an asset."""
+        columns = [dg.TableColumn(c.name, c.type, c.description) for c in self.columns]
         return {
             TABLE_NAME_KEY: dg.MetadataValue.text(self.name),
-            COLUMN_SCHEMA_KEY: dg.MetadataValue.table_schema(self.schema()),
+            COLUMN_SCHEMA_KEY: dg.MetadataValue.table_schema(dg.TableSchema(columns)),
         }
 
     def lineage(self, upstream: Collection[dg.AssetKey]) -> dg.TableColumnLineage:
@@ -99,24 +96,16 @@ def tables() -> dict[str, Table]:
 
 
 def table(name: str) -> Table:
-    """One table by ``schema.table``.
-
-    Raises:
-        KeyError: ``columns.yaml`` does not describe it.
-    """
+    """One table by ``schema.table`` (KeyError if ``columns.yaml`` does not describe it)."""
     return tables()[name]
 
 
 def for_asset(key: dg.AssetKey) -> Table:
-    """The table an asset writes.
-
-    Raises:
-        KeyError: ``columns.yaml`` names no table for that asset.
-    """
-    found = [t for t in tables().values() if key in t.assets]
-    if not found:
-        raise KeyError(f"columns.yaml describes no table of asset {key.to_user_string()}")
-    return found[0]
+    """The table an asset writes (KeyError if ``columns.yaml`` names none)."""
+    for found in tables().values():
+        if key in found.assets:
+            return found
+    raise KeyError(f"columns.yaml describes no table of asset {key.to_user_string()}")
 
 
 def lineage_metadata(context: dg.AssetExecutionContext, key: dg.AssetKey) -> dict[str, object]:

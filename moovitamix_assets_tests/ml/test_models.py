@@ -165,12 +165,12 @@ def test_popularity_lists_are_the_first_unheard_tracks_even_beside_a_long_histor
     model = structured.genre_popularity
     users = structured.data.users["id"].to_numpy()[:60]
     exclude = known_items_matrix(structured.train, users, model.item_ids).tolil()
-    exclude[5, model.global_ordering[: len(model.item_ids) // 2]] = 1  # a heavy listener
+    exclude[5, model.ordering[: len(model.item_ids) // 2]] = 1  # a heavy listener
     exclude = exclude.tocsr()
     position = lookup_indices(model.user_ids, users)
     for recommender, ordering_of in (
-        (model.global_popularity(), lambda i: model.global_ordering),
-        (model, lambda i: model.ordering_prefix(int(model.user_genres[position[i]]), 10**9)),
+        (model.global_popularity(), lambda i: model.ordering),
+        (model, lambda i: model.genre_ordering(int(model.user_genres[position[i]]))),
     ):
         expected = {}
         for i, user in enumerate(users):

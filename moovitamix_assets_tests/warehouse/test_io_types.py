@@ -1,4 +1,4 @@
-"""Type inference and COPY rendering, then a round trip of the edge values through PostgreSQL."""
+"""Type inference and CSV rendering, then a round trip of the edge values through PostgreSQL."""
 
 import datetime as dt
 from typing import Any
@@ -11,7 +11,7 @@ from moovitamix_assets.warehouse.database import connect_psycopg2
 from moovitamix_assets.warehouse.io_manager import (
     SchemaMismatchError,
     column_types,
-    copy_text,
+    copy_csv,
     infer_pg_type,
     read_frame,
     write_frame,
@@ -58,15 +58,17 @@ def test_all_null_column_adopts_the_existing_type_and_floats_do_not_fit_bigint()
         column_types(frame[["b"]], {"b": "bigint"}, "raw.t")
 
 
-def test_copy_text_escapes_and_nulls() -> None:
+def test_copy_csv_quotes_every_text_and_leaves_nulls_bare() -> None:
     frame = pd.DataFrame(
         {
-            "t": pd.Series(["a\tb", None, "c\\d\r\n"], dtype="str"),
-            "l": [[1, 2], [np.int64(3), None], None],
+            "t": pd.Series(["a\tb", None, 'c\\d"\r\n', ""], dtype="str"),
+            "l": [[1, 2], [np.int64(3), None], None, ['x"y']],
         }
     )
-    rendered = copy_text(frame, {"t": "text", "l": "bigint[]"}).decode()
-    assert rendered == "a\\tb\t{1,2}\n\\N\t{3,NULL}\nc\\\\d\\r\\n\t\\N\n"
+    rendered = copy_csv(frame, {"t": "text", "l": "bigint[]"}).decode()
+    # An empty text is quoted, a NULL is not: COPY's CSV tells them apart that way.
+    expected = '"a\tb","{1,2}"\n,"{3,NULL}"\n"c\\d""\r\n",\n"","{""x\\""y""}"\n'
+    assert rendered == expected
 
 
 def test_edge_values_round_trip(pg_url: str) -> None:

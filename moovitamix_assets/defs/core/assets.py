@@ -1,13 +1,12 @@
 """Core layer: the current state of users, tracks and listening, merged from the raw snapshots.
 
-Partition D of a core asset means "merge raw snapshot D". Each merge runs the SQL scripts of
-``sql/`` in one transaction, after an advisory lock on its table (concurrent runs serialise)
-and the blocking raw audits of its snapshot (write-audit-publish: a failed audit raises before
-anything is written). Merging is monotone and order-independent: re-merging a day is a no-op and
-back-filling an older day gives the same state (docs/data-model.md).
+Partition D of a core asset merges raw snapshot D: the ``sql/`` scripts in one transaction, after
+the table's advisory lock and the blocking raw audits of D (write-audit-publish). Re-merging a day
+is a no-op and back-filling an older day gives the same state (docs/data-model.md).
 """
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -28,7 +27,7 @@ from moovitamix_assets.defs.ingestion.audits import AuditResult, assert_snapshot
 from moovitamix_assets.defs.ingestion.tables import RAW_KEYS
 from moovitamix_assets.freshness import DAILY_FRESHNESS
 from moovitamix_assets.partitions import daily_partitions
-from moovitamix_assets.step_figures import StepStart, finish_step_figures, start_step_figures
+from moovitamix_assets.step_figures import finish_step_figures, start_step_figures
 from moovitamix_assets.warehouse import columns
 from moovitamix_assets.warehouse.database import (
     PostgresResource,
@@ -39,46 +38,17 @@ from moovitamix_assets.warehouse.database import (
 USERS_TABLE: Final = "users"
 TRACKS_TABLE: Final = "tracks"
 LISTEN_EVENTS_TABLE: Final = "listen_events"
-# The rows of the listen_events view (see sql/schema.sql).
-LISTEN_PAIRS_TABLE: Final = "listen_pairs"
-# Each user's record in the newest merged listening snapshot (only changed users are compared).
-LISTEN_HISTORIES_TABLE: Final = "listen_histories"
 INTERACTIONS_TABLE: Final = "user_track_interactions"
 MERGE_LOG_TABLE: Final = "merge_log"
-# The value columns of the id-keyed tables, as the raw records carry them (merge_entity.sql).
-USERS_COLUMNS: Final = (
-    "first_name",
-    "last_name",
-    "email",
-    "gender",
-    "favorite_genres",
-    "created_at",
-    "updated_at",
-)
-TRACKS_COLUMNS: Final = (
-    "name",
-    "artist",
-    "songwriters",
-    "duration",
-    "duration_seconds",
-    "genres",
-    "album",
-    "created_at",
-    "updated_at",
-)
+CORE_TABLES: Final = (USERS_TABLE, TRACKS_TABLE, LISTEN_EVENTS_TABLE, INTERACTIONS_TABLE)
 
 CORE_USERS = dg.AssetKey([CORE_SCHEMA, USERS_TABLE])
 CORE_TRACKS = dg.AssetKey([CORE_SCHEMA, TRACKS_TABLE])
 CORE_LISTEN_EVENTS = dg.AssetKey([CORE_SCHEMA, LISTEN_EVENTS_TABLE])
 CORE_INTERACTIONS = dg.AssetKey([CORE_SCHEMA, INTERACTIONS_TABLE])
 
-# Where the rows of a view live.
-STORAGE_TABLES: Final = {
-    LISTEN_EVENTS_TABLE: LISTEN_PAIRS_TABLE,
-    INTERACTIONS_TABLE: LISTEN_PAIRS_TABLE,
-}
-
-SQL_DIR: Final = Path(__file__).parent / "sql"
+# Where the rows of a view live (sql/schema.sql).
+STORAGE_TABLES: Final = {LISTEN_EVENTS_TABLE: "listen_pairs", INTERACTIONS_TABLE: "listen_pairs"}
 # The merges' hash joins hold a whole snapshot (~500,000 pairs): with the 4 MB default they spill.
 MERGE_WORK_MEM: Final = "64MB"
 # A merge that inserted more than this share of its table refreshes the planner's statistics
@@ -92,13 +62,12 @@ def core_table(table: str) -> str:
 
 
 def load_sql(name: str, table: str = "", columns: tuple[str, ...] = ()) -> sa.TextClause:
-    """The statements of ``sql/<name>.sql`` as one text clause (psycopg2 runs them in order).
+    """``sql/<name>.sql`` as one text clause (psycopg2 runs its statements in order).
 
     ``{table}`` becomes ``core.<table>``; ``{columns}``, ``{s.columns}`` and ``{t.columns}`` the
-    quoted column list, bare and qualified by the aliases ``s`` and ``t``. Identifiers only (from
-    this module's constants): values are always bound parameters.
+    quoted column list, bare and qualified. Identifiers only: values are always bound parameters.
     """
-    text = (SQL_DIR / f"{name}.sql").read_text()
+    text = (Path(__file__).parent / "sql" / f"{name}.sql").read_text()
     if table:
         text = text.replace("{table}", core_table(table))
     for alias in ("", "s.", "t."):
@@ -107,9 +76,14 @@ def load_sql(name: str, table: str = "", columns: tuple[str, ...] = ()) -> sa.Te
     return sa.text(text)
 
 
-def _run_sql(conn: sa.Connection, sql: sa.TextClause, **params: Any) -> dict[str, Any]:
-    """Run a script; return the row its last statement selects."""
-    return dict(conn.execute(sql, params).mappings().one())
+def newest_merged(conn: sa.Connection, table: str) -> date | None:
+    """The newest snapshot merged into a core table (None before the first merge)."""
+    return conn.execute(
+        sa.text(
+            f"SELECT max(snapshot_date) FROM {core_table(MERGE_LOG_TABLE)} WHERE table_name = :t"
+        ),
+        {"t": table},
+    ).scalar_one()
 
 
 def _lock(conn: sa.Connection, key: str) -> None:
@@ -121,31 +95,16 @@ def _lock(conn: sa.Connection, key: str) -> None:
 def ensure_core_schema(engine: sa.Engine) -> None:
     """Create the core schema and tables when missing; migrate the previous representation.
 
-    Touches nothing when every table is there (CREATE ... IF NOT EXISTS still locks a table, and
-    would wait for a running merge). Serialised by an advisory lock: two first runs creating the
-    same table at once would fail on the catalogue's unique index.
-
-    Args:
-        engine: Engine of the warehouse database.
+    Touches nothing when every table is there (CREATE ... IF NOT EXISTS would wait for a running
+    merge's lock). Under an advisory lock: two first runs would collide in the catalogue.
     """
-    relations = (
-        USERS_TABLE,
-        TRACKS_TABLE,
-        LISTEN_PAIRS_TABLE,
-        LISTEN_HISTORIES_TABLE,
-        MERGE_LOG_TABLE,
-        LISTEN_EVENTS_TABLE,
-        INTERACTIONS_TABLE,
-    )
+    relations = (*CORE_TABLES, "listen_pairs", "listen_histories", MERGE_LOG_TABLE)
     # Only the previous representation has core.interactions_state.
     check = sa.text(
         "SELECT bool_and(to_regclass(n) IS NOT NULL), to_regclass(:previous) IS NOT NULL"
         " FROM unnest(CAST(:names AS text[])) n"
     )
-    names = {
-        "names": [f"{CORE_SCHEMA}.{r}" for r in relations],
-        "previous": f"{CORE_SCHEMA}.interactions_state",
-    }
+    names = {"names": [f"core.{r}" for r in relations], "previous": "core.interactions_state"}
     with engine.begin() as conn:
         ready, previous = conn.execute(check, names).one()
         if ready and not previous:
@@ -173,119 +132,91 @@ class MergeResult:
     seconds: float
     audits: list[AuditResult] = field(default_factory=list)
 
-    def metadata(self) -> dict[str, int | float]:
-        """Flat numeric metadata for a MaterializeResult (``dagster/row_count``: the table's)."""
-        return {
-            **self.counts,
-            "merge_s": round(self.seconds, 3),
-            "dagster/row_count": self.rows_total,
-        }
+
+# Each merged table's raw endpoint and scripts (the last one returns the counts).
+_SOURCES: Final = {
+    USERS_TABLE: (USERS_ENDPOINT, "stage_users", "merge_entity"),
+    TRACKS_TABLE: (TRACKS_ENDPOINT, "stage_tracks", "merge_entity"),
+    LISTEN_EVENTS_TABLE: (LISTEN_HISTORY_ENDPOINT, "merge_listen_events"),
+}
 
 
-def _merge(
-    engine: sa.Engine,
-    table: str,
-    endpoint: str,
-    snapshot_date: date,
-    scripts: tuple[sa.TextClause, ...],
-    before_bulk_load: sa.TextClause | None = None,
-    **params: Any,
-) -> MergeResult:
-    """Merge one raw snapshot into ``core.<table>`` with ``scripts`` (the last one counts).
+def _merge(engine: sa.Engine, table: str, snapshot_date: date, **params: Any) -> MergeResult:
+    """Merge one raw snapshot into ``core.<table>``.
 
-    ``before_bulk_load`` runs first when the table is empty (indexes cheaper built afterwards);
-    ``schema.sql`` then recreates what it dropped.
+    Raises:
+        SnapshotAuditError: The snapshot failed a blocking audit; core is unchanged.
     """
     started = time.perf_counter()
+    endpoint, *scripts = _SOURCES[table]
     ensure_core_schema(engine)
+    # The value columns of an id-keyed table, as the raw records carry them (merge_entity.sql).
+    history = {"id", "first_seen", "last_seen", "is_active"}
+    value_columns = tuple(
+        c.name
+        for c in columns.for_asset(dg.AssetKey([CORE_SCHEMA, table])).columns
+        if c.name not in history
+    )
     with engine.begin() as conn:
         _lock(conn, table)
         audits = assert_snapshot_publishable(conn, endpoint, snapshot_date)
-        newest = conn.execute(
-            sa.text(
-                f"SELECT max(snapshot_date) FROM {core_table(MERGE_LOG_TABLE)} "
-                "WHERE table_name = :t"
-            ),
-            {"t": table},
-        ).scalar_one()
+        newest = newest_merged(conn, table)
         is_newest = newest is None or snapshot_date >= newest
         params.update(day=snapshot_date, newest=newest, is_newest=is_newest)
         storage = core_table(STORAGE_TABLES.get(table, table))
+        # Into an empty core.listen_pairs the by-track index is cheaper built afterwards.
         bulk_load = (
-            before_bulk_load is not None
+            table == LISTEN_EVENTS_TABLE
             and conn.execute(sa.text(f"SELECT NOT EXISTS (SELECT 1 FROM {storage})")).scalar_one()
         )
         if bulk_load:
-            conn.execute(before_bulk_load)
+            conn.execute(load_sql("drop_track_index"))
         for script in scripts[:-1]:
-            conn.execute(script, params)
-        counts = _run_sql(conn, scripts[-1], **params)
+            conn.execute(load_sql(script), params)
+        counts = conn.execute(load_sql(scripts[-1], table, value_columns), params).mappings().one()
         conn.execute(load_sql("log_merge"), {"table_name": table, "day": snapshot_date})
         if bulk_load:
             conn.execute(load_sql("schema"))  # IF NOT EXISTS: builds only what was dropped
         if counts["inserted"] > _BULK_LOAD_SHARE * counts["rows_total"]:
             conn.execute(sa.text(f"ANALYZE {storage}"))
-    rows_total = int(counts.pop("rows_total"))
+    figures = {k: int(v) for k, v in counts.items()}
     return MergeResult(
         table=table,
         snapshot_date=snapshot_date,
-        counts={**{k: int(v) for k, v in counts.items()}, "is_newest_snapshot": int(is_newest)},
-        rows_total=rows_total,
+        rows_total=figures.pop("rows_total"),
+        counts={**figures, "is_newest_snapshot": int(is_newest)},
         seconds=time.perf_counter() - started,
         audits=audits,
     )
 
 
 def merge_users(engine: sa.Engine, snapshot_date: date) -> MergeResult:
-    """Merge the raw users snapshot of one day into ``core.users`` (one transaction).
-
-    Raises:
-        SnapshotAuditError: The snapshot failed a blocking audit; core is unchanged.
-    """
-    scripts = (load_sql("stage_users"), load_sql("merge_entity", USERS_TABLE, USERS_COLUMNS))
-    vocabularies = {"genders": sorted(GENDERS), "genres": sorted(GENRES)}
-    return _merge(engine, USERS_TABLE, USERS_ENDPOINT, snapshot_date, scripts, **vocabularies)
+    """Merge the raw users snapshot of one day into ``core.users`` (one transaction)."""
+    return _merge(
+        engine, USERS_TABLE, snapshot_date, genders=sorted(GENDERS), genres=sorted(GENRES)
+    )
 
 
 def merge_tracks(engine: sa.Engine, snapshot_date: date) -> MergeResult:
-    """Merge the raw tracks snapshot of one day into ``core.tracks`` (one transaction).
-
-    Raises:
-        SnapshotAuditError: The snapshot failed a blocking audit; core is unchanged.
-    """
-    scripts = (load_sql("stage_tracks"), load_sql("merge_entity", TRACKS_TABLE, TRACKS_COLUMNS))
-    return _merge(engine, TRACKS_TABLE, TRACKS_ENDPOINT, snapshot_date, scripts)
+    """Merge the raw tracks snapshot of one day into ``core.tracks`` (one transaction)."""
+    return _merge(engine, TRACKS_TABLE, snapshot_date)
 
 
 def merge_listen_events(engine: sa.Engine, snapshot_date: date) -> MergeResult:
     """Normalize one day's raw listen_history into ``core.listen_events`` (one transaction).
 
     Merge users and tracks of the same day first: the orphan flags are computed against them.
-
-    Raises:
-        SnapshotAuditError: The snapshot failed a blocking audit; core is unchanged.
     """
-    scripts = (load_sql("merge_listen_events"),)
-    return _merge(
-        engine,
-        LISTEN_EVENTS_TABLE,
-        LISTEN_HISTORY_ENDPOINT,
-        snapshot_date,
-        scripts,
-        before_bulk_load=load_sql("drop_track_index"),
-    )
+    return _merge(engine, LISTEN_EVENTS_TABLE, snapshot_date)
 
 
 def interaction_figures(engine: sa.Engine) -> MergeResult:
-    """Count ``core.user_track_interactions``, the view of the current listening the models read.
-
-    Returns:
-        Its figures (``snapshot_date`` is the newest merged listening day).
-    """
+    """Count ``core.user_track_interactions``, the view of the current listening the models read
+    (``snapshot_date``: the newest merged listening day)."""
     started = time.perf_counter()
     ensure_core_schema(engine)
     with engine.connect() as conn:
-        counts = _run_sql(conn, load_sql("interactions_figures"))
+        counts = dict(conn.execute(load_sql("interactions_figures")).mappings().one())
     return MergeResult(
         table=INTERACTIONS_TABLE,
         snapshot_date=counts.pop("as_of"),
@@ -295,90 +226,71 @@ def interaction_figures(engine: sa.Engine) -> MergeResult:
     )
 
 
-_COMMON: Final = {
-    "key_prefix": [CORE_SCHEMA],
-    "group_name": CORE_GROUP,
-    "kinds": {"postgres"},
-    "partitions_def": daily_partitions,
-    "freshness_policy": DAILY_FRESHNESS,
-}
+def _core_asset(
+    key: dg.AssetKey,
+    deps: list[dg.AssetKey],
+    description: str,
+    run: Callable[[sa.Engine, date], MergeResult],
+) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=key,
+        deps=deps,
+        description=description,
+        metadata=columns.for_asset(key).definition_metadata(),
+        group_name=CORE_GROUP,
+        kinds={"postgres"},
+        partitions_def=daily_partitions,
+        freshness_policy=DAILY_FRESHNESS,
+    )
+    def _asset(
+        context: dg.AssetExecutionContext, postgres: PostgresResource
+    ) -> dg.MaterializeResult:
+        start = start_step_figures()
+        result = run(postgres.engine(), date.fromisoformat(context.partition_key))
+        warnings = [a for a in result.audits if not a.passed]
+        for audit in warnings:
+            context.log.warning(
+                f"raw audit {audit.name} of {audit.endpoint} {audit.snapshot_date} "
+                f"({audit.severity}, not blocking): {audit.description}"
+            )
+        metadata: dict[str, object] = {
+            **result.counts,
+            "merge_s": round(result.seconds, 3),
+            "dagster/row_count": result.rows_total,  # the table's
+            **columns.lineage_metadata(context, context.asset_key),
+        }
+        if result.snapshot_date is not None:
+            metadata["snapshot_date"] = dg.MetadataValue.text(result.snapshot_date.isoformat())
+        metadata["raw_audit_warnings"] = len(warnings)
+        return dg.MaterializeResult(metadata=finish_step_figures(context, metadata, start))
+
+    return _asset
 
 
-def _materialization(
-    context: dg.AssetExecutionContext, result: MergeResult, start: StepStart
-) -> dg.MaterializeResult:
-    warnings = [a for a in result.audits if not a.passed]
-    for audit in warnings:
-        context.log.warning(
-            f"raw audit {audit.name} of {audit.endpoint} {audit.snapshot_date} ({audit.severity}, "
-            f"not blocking): {audit.description}"
-        )
-    metadata: dict[str, object] = dict(result.metadata())
-    metadata |= columns.lineage_metadata(context, context.asset_key)
-    if result.snapshot_date is not None:
-        metadata["snapshot_date"] = dg.MetadataValue.text(result.snapshot_date.isoformat())
-    metadata["raw_audit_warnings"] = len(warnings)
-    return dg.MaterializeResult(metadata=finish_step_figures(context, metadata, start))
-
-
-@dg.asset(
-    name=USERS_TABLE,
-    deps=[RAW_KEYS[USERS_ENDPOINT]],
-    metadata=columns.for_asset(CORE_USERS).definition_metadata(),
-    **_COMMON,
+core_users = _core_asset(
+    CORE_USERS,
+    [RAW_KEYS[USERS_ENDPOINT]],
+    "Current state of every user ever seen: one row per id, merged from the raw snapshot.",
+    merge_users,
 )
-def core_users(
-    context: dg.AssetExecutionContext, postgres: PostgresResource
-) -> dg.MaterializeResult:
-    """Current state of every user ever seen: one row per id, merged from the raw snapshot."""
-    start = start_step_figures()
-    result = merge_users(postgres.engine(), date.fromisoformat(context.partition_key))
-    return _materialization(context, result, start)
-
-
-@dg.asset(
-    name=TRACKS_TABLE,
-    deps=[RAW_KEYS[TRACKS_ENDPOINT]],
-    metadata=columns.for_asset(CORE_TRACKS).definition_metadata(),
-    **_COMMON,
+core_tracks = _core_asset(
+    CORE_TRACKS,
+    [RAW_KEYS[TRACKS_ENDPOINT]],
+    "Current state of every track ever seen: one row per id, merged from the raw snapshot.",
+    merge_tracks,
 )
-def core_tracks(
-    context: dg.AssetExecutionContext, postgres: PostgresResource
-) -> dg.MaterializeResult:
-    """Current state of every track ever seen: one row per id, merged from the raw snapshot."""
-    start = start_step_figures()
-    result = merge_tracks(postgres.engine(), date.fromisoformat(context.partition_key))
-    return _materialization(context, result, start)
-
-
-@dg.asset(
-    name=LISTEN_EVENTS_TABLE,
-    deps=[RAW_KEYS[LISTEN_HISTORY_ENDPOINT], CORE_USERS, CORE_TRACKS],
-    metadata=columns.for_asset(CORE_LISTEN_EVENTS).definition_metadata(),
-    **_COMMON,
+core_listen_events = _core_asset(
+    CORE_LISTEN_EVENTS,
+    [RAW_KEYS[LISTEN_HISTORY_ENDPOINT], CORE_USERS, CORE_TRACKS],
+    "Listening normalized to one row per (user, track) pair, orphans kept and flagged.",
+    merge_listen_events,
 )
-def core_listen_events(
-    context: dg.AssetExecutionContext, postgres: PostgresResource
-) -> dg.MaterializeResult:
-    """Listening normalized to one row per (user, track) pair, orphans kept and flagged."""
-    start = start_step_figures()
-    result = merge_listen_events(postgres.engine(), date.fromisoformat(context.partition_key))
-    return _materialization(context, result, start)
-
-
-@dg.asset(
-    name=INTERACTIONS_TABLE,
+core_user_track_interactions = _core_asset(
+    CORE_INTERACTIONS,
     # The view reads core.tracks too (track_active), so its column lineage can name it.
-    deps=[CORE_LISTEN_EVENTS, CORE_TRACKS],
-    metadata=columns.for_asset(CORE_INTERACTIONS).definition_metadata(),
-    **_COMMON,
+    [CORE_LISTEN_EVENTS, CORE_TRACKS],
+    "Weighted (user, track) interactions of the current listening state: the models' input.",
+    lambda engine, _day: interaction_figures(engine),
 )
-def core_user_track_interactions(
-    context: dg.AssetExecutionContext, postgres: PostgresResource
-) -> dg.MaterializeResult:
-    """Weighted (user, track) interactions of the current listening state: the models' input."""
-    start = start_step_figures()
-    return _materialization(context, interaction_figures(postgres.engine()), start)
-
 
 core_assets = [core_users, core_tracks, core_listen_events, core_user_track_interactions]

@@ -1,12 +1,11 @@
 """Client of the MooVitamix API: every page of an endpoint, in page order, read consistently.
 
-The service has no cursor, no filter and no ETag (see the API contract): every read is a full read
-of its current state. Page 1 gives ``total`` and ``pages``; the other pages are fetched by a small
-thread pool and handed on in page order. The read stops after ``pages`` pages, or at an empty page
-met before that (the data shrank under us: the completeness audit compares rows with ``total``);
-more than ``max_pages`` pages is an error, never a silent truncation. A page whose ``total`` or
-``pages`` differs from page 1's means the data changed mid-read: a mix of two states would lose or
-repeat records, so the endpoint stops, loudly, and nothing of it is stored.
+The service has no cursor, filter or ETag: every read is a full read. Page 1 gives ``total`` and
+``pages``; the others are fetched by a small thread pool and handed on in page order. The read
+stops after ``pages`` pages, or at an early empty page (the data shrank: the completeness audit
+compares rows with ``total``); more than ``max_pages`` is an error, never a silent truncation. A
+page whose ``total`` or ``pages`` differs from page 1's means the data changed mid-read: a mix of
+two states would lose or repeat records, so the endpoint stops, loudly, and nothing is stored.
 """
 
 import json
@@ -16,8 +15,10 @@ import os
 import threading
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
+from itertools import islice
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -53,6 +54,13 @@ _RANGES: Final[dict[str, tuple[int, int | None]]] = {
     "max_retries": (0, None),
     "retry_after_max": (0, None),
 }
+# A failed request's cause (after its retries), most specific first: NewConnectionError is a
+# ConnectTimeoutError.
+_CAUSES: Final = (
+    (ReadTimeoutError, "read timed out"),
+    (NewConnectionError, "cannot connect (connection refused, unknown host or host unreachable)"),
+    (ConnectTimeoutError, "connection timed out"),
+)
 
 
 class ApiError(Exception):
@@ -100,12 +108,11 @@ def describe(exc: requests.RequestException) -> str:
     cause: BaseException = exc.args[0] if exc.args and isinstance(exc.args[0], Exception) else exc
     if isinstance(cause, MaxRetryError) and cause.reason is not None:
         cause = cause.reason
-    if isinstance(cause, ReadTimeoutError) or isinstance(exc, requests.ReadTimeout):
+    if isinstance(exc, requests.ReadTimeout):
         return "read timed out"
-    if isinstance(cause, NewConnectionError):  # a ConnectTimeoutError subclass: test it first
-        return "cannot connect (connection refused, unknown host or host unreachable)"
-    if isinstance(cause, ConnectTimeoutError):
-        return "connection timed out"
+    for kind, text in _CAUSES:
+        if isinstance(cause, kind):
+            return text
     if isinstance(cause, ResponseError):
         return str(cause)  # "too many 503 error responses"
     if isinstance(cause, ProtocolError):
@@ -114,14 +121,8 @@ def describe(exc: requests.RequestException) -> str:
 
 
 def parse_page(endpoint: str, number: int, body: bytes, size: int) -> tuple[list[Any], int, int]:
-    """Decode a body and check it is the contract's page object of that number and size.
-
-    Returns:
-        The items, ``total`` and ``pages``.
-
-    Raises:
-        ApiPageError: Not JSON, not an object, missing or mistyped fields, another page or size.
-    """
+    """The items, ``total`` and ``pages`` of a body that must be the contract's page object of
+    that number and size (ApiPageError otherwise)."""
     try:
         payload = json.loads(body)
     except ValueError as exc:
@@ -197,11 +198,14 @@ class MoovitamixApiResource(dg.ConfigurableResource):
     @classmethod
     def _in_range(cls, raw: Any, handler: ValidatorFunctionWrapHandler, info: Any) -> int:
         value = handler(raw)
-        # dagster's EnvVar.int placeholder is an int subclass valued 0 until resolved at setup,
-        # where check_settings() checks the real value.
-        if isinstance(raw, int) and type(raw) not in (int, bool):
-            return value
-        return _check_range(info.field_name, value)
+        # dagster's EnvVar.int placeholder, an int subclass valued 0, passes here: dagster builds
+        # the resource again from the resolved values at setup, and this check runs then.
+        low, high = _RANGES[info.field_name]
+        placeholder = isinstance(raw, int) and type(raw) not in (int, bool)
+        if not placeholder and (value < low or (high is not None and value > high)):
+            bound = f"between {low} and {high}" if high is not None else f">= {low}"
+            raise ValueError(f"{info.field_name} must be {bound}, got {value}")
+        return value
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         """Check the settings and that the base URL serves the API, before any step starts."""
@@ -216,13 +220,7 @@ class MoovitamixApiResource(dg.ConfigurableResource):
             self._session = None
 
     def check_settings(self) -> None:
-        """Validate every setting (values from ``EnvVar`` are only known at setup).
-
-        Raises:
-            ValueError: Naming the setting that is out of range, or a base URL that is not http(s).
-        """
-        for name in _RANGES:
-            _check_range(name, getattr(self, name))
+        """Check the base URL, maybe an ``EnvVar`` known only at setup (ValueError, URL masked)."""
         parts = urlsplit(self.base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(
@@ -246,12 +244,11 @@ class MoovitamixApiResource(dg.ConfigurableResource):
                 adapter = HTTPAdapter(
                     pool_connections=1, pool_maxsize=self.max_concurrency, max_retries=retry
                 )
-                session = requests.Session()
-                session.mount("http://", adapter)
-                session.mount("https://", adapter)
+                self._session = requests.Session()
+                self._session.mount("http://", adapter)
+                self._session.mount("https://", adapter)
                 # Proxies and REQUESTS_CA_BUNDLE are read by requests; SSL_CERT_FILE as well here.
-                session.verify = os.environ.get("SSL_CERT_FILE") or True
-                self._session = session
+                self._session.verify = os.environ.get("SSL_CERT_FILE") or True
             return self._session
 
     def _get(self, path: str, params: dict[str, int] | None = None) -> requests.Response:
@@ -262,56 +259,38 @@ class MoovitamixApiResource(dg.ConfigurableResource):
         )
 
     def check_service(self) -> None:
-        """Check, with the schema and no data request, that the base URL serves the API.
-
-        Reads ``/openapi.json`` (part of the contract) with the page reads' retries and checks
-        it lists the three endpoints: a wrong or unreachable ``MOOVITAMIX_API_URL`` fails the run
-        at setup, named, instead of in the step after its retries.
-
-        Raises:
-            ApiUnavailableError: Naming MOOVITAMIX_API_URL.
-        """
+        """Check with ``/openapi.json`` (no data request, the reads' retries) that the base URL
+        serves the three endpoints: a wrong or unreachable URL fails at setup, naming
+        MOOVITAMIX_API_URL (ApiUnavailableError), not in the step after its retries."""
         where = f"{redact_url(self.base_url)} (from {API_URL_ENV_VAR})"
         try:
             response = self._get(OPENAPI_PATH)
         except requests.RequestException as exc:
-            raise ApiUnavailableError(
-                OPENAPI_PATH, None, f"API unreachable at {where}: {describe(exc)}"
-            ) from None
+            reason = f"API unreachable at {where}: {describe(exc)}"
+            raise ApiUnavailableError(OPENAPI_PATH, None, reason) from None
         if response.status_code != 200:
-            raise ApiUnavailableError(
-                OPENAPI_PATH,
-                None,
-                f"API at {where} answered HTTP {response.status_code} to /{OPENAPI_PATH}",
-            )
+            reason = f"API at {where} answered HTTP {response.status_code} to /{OPENAPI_PATH}"
+            raise ApiUnavailableError(OPENAPI_PATH, None, reason)
         try:
             paths = response.json().get("paths") or {}
         except (ValueError, AttributeError):
             paths = {}
         if missing := [f"/{e}" for e in ENDPOINTS if f"/{e}" not in paths]:
-            raise ApiUnavailableError(
-                OPENAPI_PATH,
-                None,
+            reason = (
                 f"{where} does not serve the MooVitamix API: its /{OPENAPI_PATH} lists no "
-                f"{', '.join(missing)}",
+                f"{', '.join(missing)}"
             )
+            raise ApiUnavailableError(OPENAPI_PATH, None, reason)
 
     def fetch_page(self, endpoint: str, number: int) -> ApiPage:
-        """GET one page (with retries) and decode it.
-
-        Raises:
-            ApiError: The request failed after its retries, or answered an error status.
-            ApiPageError: The body is not a contract page.
-        """
-        params = {"page": number, "size": self.page_size}
+        """GET one page (with retries) and decode it; ApiError names the endpoint and page."""
         try:
-            response = self._get(endpoint, params)
+            response = self._get(endpoint, {"page": number, "size": self.page_size})
         except requests.RequestException as exc:
             raise ApiError(endpoint, number, describe(exc)) from None
         if response.status_code != 200:
-            raise ApiError(
-                endpoint, number, f"HTTP {response.status_code}: {response.text[:200]!r}"
-            )
+            reason = f"HTTP {response.status_code}: {response.text[:200]!r}"
+            raise ApiError(endpoint, number, reason)
         body = response.content
         items, total, pages = parse_page(endpoint, number, body, self.page_size)
         history = getattr(response.raw, "retries", None)
@@ -319,17 +298,10 @@ class MoovitamixApiResource(dg.ConfigurableResource):
         return ApiPage(number, items, total, pages, retries, len(body))
 
     def read_pages(self, endpoint: str, log: logging.Logger | None = None) -> Iterator[ApiPage]:
-        """Every page of an endpoint, in page order (see the module docstring for the stops).
+        """Every page of an endpoint, in page order, with the stops of the module docstring.
 
-        Args:
-            endpoint: ``users``, ``tracks`` or ``listen_history``.
-            log: Where to warn about an early empty page (e.g. ``context.log``).
-
-        Raises:
-            ValueError: An unknown endpoint (before any request).
-            ApiError: A page could not be fetched, or the endpoint has more than ``max_pages``.
-            ApiPageError: A response was not a contract page.
-            ApiDriftError: ``total`` or ``pages`` changed during the read.
+        ``log`` (e.g. ``context.log``) gets the warning of an early empty page. An unknown
+        endpoint is a ValueError before any request; the rest are ApiError (and subclasses).
         """
         fields_of(endpoint)
         log = log or logger
@@ -355,16 +327,15 @@ class MoovitamixApiResource(dg.ConfigurableResource):
         if first.pages and not first.items:
             log.warning(f"MooVitamix {endpoint}: page 1 is empty; stopping (total {first.total})")
             return
-        ahead = _AHEAD_PER_WORKER * self.max_concurrency
         with ThreadPoolExecutor(self.max_concurrency, f"moovitamix-{endpoint}") as pool:
-            pending: deque[Future[ApiPage]] = deque()
-            following = 2
+            # A bounded window of pages in flight, refilled as the reader takes one.
+            submit = partial(pool.submit, self.fetch_page, endpoint)
+            numbers = iter(range(2, first.pages + 1))
+            pending = deque(map(submit, islice(numbers, _AHEAD_PER_WORKER * self.max_concurrency)))
             try:
-                while pending or following <= first.pages:
-                    while following <= first.pages and len(pending) < ahead:
-                        pending.append(pool.submit(self.fetch_page, endpoint, following))
-                        following += 1
+                while pending:
                     page = pending.popleft().result()
+                    pending.extend(map(submit, islice(numbers, 1)))
                     if (page.total, page.pages) != (first.total, first.pages):
                         raise ApiDriftError(
                             endpoint,
@@ -384,11 +355,3 @@ class MoovitamixApiResource(dg.ConfigurableResource):
             finally:
                 for future in pending:  # the read ended early: fetch nothing more
                     future.cancel()
-
-
-def _check_range(name: str, value: int) -> int:
-    low, high = _RANGES[name]
-    if value < low or (high is not None and value > high):
-        bound = f"between {low} and {high}" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be {bound}, got {value}")
-    return value

@@ -1,6 +1,6 @@
 """Raw layer: one daily snapshot of each MooVitamix API endpoint, stored as the API served it."""
 
-import logging
+import dataclasses
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,7 +25,6 @@ from moovitamix_assets.defs.ingestion.tables import (
     MANIFEST_TABLE,
     RAW_COLUMNS,
     RAW_KEYS,
-    REJECT_COLUMNS,
     REJECTS_TABLE,
     ensure_bookkeeping_tables,
 )
@@ -38,6 +37,8 @@ from moovitamix_assets.warehouse.io_manager import FrameStream, Sidecar
 
 # Valid records per chunk handed to the IO manager: memory holds a chunk, not an endpoint.
 CHUNK_RECORDS: Final = 5_000
+_DRIFT: Final = ("extra_fields", "missing_fields", "loaded_extra_fields")
+_REJECT_FIELDS: Final = [f.name for f in dataclasses.fields(Reject)]
 
 DESCRIPTIONS: Final[dict[str, str]] = {
     USERS_ENDPOINT: "Daily snapshot of every MooVitamix user account, as the API served it.",
@@ -75,95 +76,26 @@ class EndpointRead:
     bytes: int = 0
     rows: int = 0
     rejects: list[Reject] = field(default_factory=list)
-    # Fields outside the contract / contract fields absent, in any record and in stored ones.
+    # Field drift, as in ValidatedPage: of any record, and the extra fields of the stored ones.
     extra_fields: set[str] = field(default_factory=set)
     missing_fields: set[str] = field(default_factory=set)
     loaded_extra_fields: set[str] = field(default_factory=set)
-    loaded_missing_fields: set[str] = field(default_factory=set)
     started: float = field(default_factory=time.perf_counter)
 
-    def metadata(self) -> dict[str, dg.MetadataValue]:
+    def metadata(self) -> dict[str, int | float | str]:
         """Numeric figures of the read, for the UI's plots."""
         return {
-            "api_total": dg.MetadataValue.int(self.total),
-            "rows_valid": dg.MetadataValue.int(self.rows),
-            "rejected_records": dg.MetadataValue.int(len(self.rejects)),
-            "pages": dg.MetadataValue.int(self.pages),
-            "requests": dg.MetadataValue.int(self.requests),
-            "retries": dg.MetadataValue.int(self.retries),
-            "api_s": dg.MetadataValue.float(round(time.perf_counter() - self.started, 3)),
-            "api_mb": dg.MetadataValue.float(round(self.bytes / 2**20, 3)),
-            "extra_fields": dg.MetadataValue.text(", ".join(sorted(self.extra_fields)) or "none"),
-            "missing_fields": dg.MetadataValue.text(
-                ", ".join(sorted(self.missing_fields)) or "none"
-            ),
+            "api_total": self.total,
+            "rows_valid": self.rows,
+            "rejected_records": len(self.rejects),
+            "pages": self.pages,
+            "requests": self.requests,
+            "retries": self.retries,
+            "api_s": round(time.perf_counter() - self.started, 3),
+            "api_mb": round(self.bytes / 2**20, 3),
+            "extra_fields": ", ".join(sorted(self.extra_fields)) or "none",
+            "missing_fields": ", ".join(sorted(self.missing_fields)) or "none",
         }
-
-
-def snapshot_chunks(
-    api: MoovitamixApiResource, read: EndpointRead, snapshot: date, log: logging.Logger
-) -> Iterator[pd.DataFrame]:
-    """Read every page of an endpoint and yield its valid records as raw-table chunks.
-
-    Records stay as the API sent them (timestamps as their ISO text, which PostgreSQL parses
-    into ``timestamptz`` in the COPY); rejects and field drift are kept on ``read``.
-    """
-    columns = fields_of(read.endpoint)
-    records: list[dict[str, Any]] = []
-    for page in api.read_pages(read.endpoint, log):
-        read.total, read.pages = page.total, page.pages
-        read.requests, read.retries = read.requests + 1, read.retries + page.retries
-        read.bytes += page.bytes
-        checked = validate_page(read.endpoint, page.number, page.items)
-        records += checked.records
-        read.rejects += checked.rejects
-        read.extra_fields |= checked.extra_fields
-        read.missing_fields |= checked.missing_fields
-        read.loaded_extra_fields |= checked.loaded_extra_fields
-        read.loaded_missing_fields |= checked.loaded_missing_fields
-        if len(records) >= CHUNK_RECORDS:
-            yield _chunk(records, columns, snapshot)
-            read.rows, records = read.rows + len(records), []
-    if records:
-        yield _chunk(records, columns, snapshot)
-        read.rows += len(records)
-
-
-def _chunk(records: list[dict[str, Any]], columns: tuple[str, ...], day: date) -> pd.DataFrame:
-    data = {SNAPSHOT_DATE_COLUMN: [day] * len(records)}
-    data |= {name: [record[name] for record in records] for name in columns}
-    return pd.DataFrame({name: pd.Series(values, dtype=object) for name, values in data.items()})
-
-
-def bookkeeping(read: EndpointRead, snapshot: date, run_id: str) -> list[Sidecar]:
-    """The manifest row and the rejects of one read, replaced with the raw rows.
-
-    The manifest's drift is that of the stored rows: a record rejected for a missing field is in
-    ``raw.rejects``, judged by the reject-rate audit, not a schema change.
-    """
-    manifest = {
-        "endpoint": read.endpoint,
-        SNAPSHOT_DATE_COLUMN: snapshot,
-        "api_total": read.total,
-        "pages": read.pages,
-        "rows_valid": read.rows,
-        "rows_rejected": len(read.rejects),
-        "extra_fields": sorted(read.loaded_extra_fields),
-        "missing_fields": sorted(read.loaded_missing_fields),
-        "run_id": run_id,
-    }
-    rejects = {
-        name: pd.Series(
-            [snapshot if name == SNAPSHOT_DATE_COLUMN else getattr(r, name) for r in read.rejects],
-            dtype=object,
-        )
-        for name in REJECT_COLUMNS
-    }
-    match = {"endpoint": read.endpoint}
-    return [
-        Sidecar(RAW_SCHEMA, MANIFEST_TABLE, pd.DataFrame([manifest]), match),
-        Sidecar(RAW_SCHEMA, REJECTS_TABLE, pd.DataFrame(rejects), match),
-    ]
 
 
 def snapshot_stream(
@@ -174,6 +106,31 @@ def snapshot_stream(
 ) -> FrameStream:
     """One endpoint's raw partition as a stream: its chunks, then its manifest row and rejects."""
     read, start, key = EndpointRead(endpoint), start_step_figures(), RAW_KEYS[endpoint]
+    fields = fields_of(endpoint)
+
+    def frame(records: list[dict[str, Any]]) -> pd.DataFrame:
+        # The records as sent: PostgreSQL parses the timestamps' text in the COPY.
+        read.rows += len(records)
+        chunk = pd.DataFrame(records, columns=fields, dtype=object)
+        chunk.insert(0, SNAPSHOT_DATE_COLUMN, snapshot)
+        return chunk
+
+    def chunks() -> Iterator[pd.DataFrame]:
+        records: list[dict[str, Any]] = []
+        for page in api.read_pages(endpoint, context.log):
+            read.total, read.pages = page.total, page.pages
+            read.requests, read.retries = read.requests + 1, read.retries + page.retries
+            read.bytes += page.bytes
+            checked = validate_page(endpoint, page.number, page.items)
+            records += checked.records
+            read.rejects += checked.rejects
+            for drift in _DRIFT:
+                getattr(read, drift).update(getattr(checked, drift))
+            if len(records) >= CHUNK_RECORDS:
+                yield frame(records)
+                records = []
+        if records:
+            yield frame(records)
 
     def finish() -> tuple[list[Sidecar], dict[str, Any]]:
         if read.rejects:
@@ -189,11 +146,29 @@ def snapshot_stream(
                 f"{sorted(read.extra_fields)}, contract fields missing "
                 f"{sorted(read.missing_fields)}"
             )
-        metadata = finish_step_figures(context, read.metadata(), start, asset_key=key)
-        return bookkeeping(read, snapshot, context.run.run_id), metadata
+        # The manifest's drift is the stored rows' (none misses a field): a record rejected for a
+        # missing field is judged by the reject-rate audit, not as a schema change.
+        manifest = {
+            "endpoint": endpoint,
+            SNAPSHOT_DATE_COLUMN: snapshot,
+            "api_total": read.total,
+            "pages": read.pages,
+            "rows_valid": read.rows,
+            "rows_rejected": len(read.rejects),
+            "extra_fields": sorted(read.loaded_extra_fields),
+            "missing_fields": [],
+            "run_id": context.run.run_id,
+        }
+        rejects = pd.DataFrame(read.rejects, columns=_REJECT_FIELDS, dtype=object)
+        rejects.insert(1, SNAPSHOT_DATE_COLUMN, snapshot)
+        match = {"endpoint": endpoint}
+        sidecars = [
+            Sidecar(RAW_SCHEMA, MANIFEST_TABLE, pd.DataFrame([manifest]), match),
+            Sidecar(RAW_SCHEMA, REJECTS_TABLE, rejects, match),
+        ]
+        return sidecars, finish_step_figures(context, read.metadata(), start, asset_key=key)
 
-    chunks = snapshot_chunks(api, read, snapshot, context.log)
-    return FrameStream(RAW_COLUMNS[endpoint], chunks, finish)
+    return FrameStream(RAW_COLUMNS[endpoint], chunks(), finish)
 
 
 @dg.multi_asset(

@@ -1,11 +1,9 @@
 """Audits of one stored raw snapshot (endpoint, day): the "audit" step of write-audit-publish.
 
-Each audit is a function of a SQLAlchemy connection that returns an :class:`AuditResult`. The core
-merge calls :func:`assert_snapshot_publishable` inside its own transaction before touching
-``core``, so a snapshot that fails a blocking audit never reaches ``core``, whether the merge runs
-in the daily job or alone for an old partition; the raw asset checks wrap the same functions.
-Blocking audits have severity ``ERROR``; the volume audit is a ``WARN``: a catalogue that grows or
-shrinks a lot is worth a look, not a reason to stop the day.
+The core merge calls :func:`assert_snapshot_publishable` in its own transaction, so a snapshot
+failing a blocking (ERROR) audit never reaches ``core``, in the daily job or alone; the raw asset
+checks run the same functions, and each audit's docstring is its check's description. The volume
+audit only warns: a catalogue that grows or shrinks a lot is worth a look, not a stop.
 """
 
 from __future__ import annotations
@@ -30,12 +28,12 @@ from moovitamix_assets.defs.ingestion.tables import EXPECTED_COLUMNS, MANIFEST_T
 Severity = Literal["ERROR", "WARN"]
 
 # Share of the API's records the raw layer may reject before the snapshot is unusable.
-DEFAULT_MAX_REJECT_RATE: Final = 0.01
+MAX_REJECT_RATE: Final = 0.01
 # Share of rows repeating another row's key. A few duplicates are data the API really serves (the
 # merge resolves them deterministically); many mean a torn read (pages shifted while data changed).
-DEFAULT_MAX_DUPLICATE_RATE: Final = 0.01
+MAX_DUPLICATE_RATE: Final = 0.01
 # Day-over-day change of the stored row count that deserves a look.
-DEFAULT_MAX_VOLUME_CHANGE: Final = 0.5
+MAX_VOLUME_CHANGE: Final = 0.5
 # Columns that must never be null in a stored snapshot (the key, or the record's timestamps).
 REQUIRED_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
     USERS_ENDPOINT: ("id",),
@@ -102,10 +100,9 @@ def _manifest(conn: sa.Connection, endpoint: str, day: date) -> Any:
 
 def stored_rows(conn: sa.Connection, endpoint: str, day: date) -> int:
     """Rows of one day in a raw table (0 when the table does not exist)."""
-    table = _table(endpoint)
     if not _exists(conn, endpoint):
         return 0
-    query = sa.text(f"SELECT count(*) FROM {table} WHERE {_DAY}")
+    query = sa.text(f"SELECT count(*) FROM {_table(endpoint)} WHERE {_DAY}")
     return conn.execute(query, {"day": day}).scalar_one()
 
 
@@ -115,15 +112,10 @@ def _missing_table(name: str, endpoint: str, day: date, threshold: Any, **kw: An
 
 
 def audit_completeness(conn: sa.Connection, endpoint: str, day: date) -> AuditResult:
-    """Every record the API announced is stored or rejected, and the stored count is the read's.
-
-    A record the contract cannot type is kept in ``raw.rejects``, so the API's ``total`` is
-    compared with stored + rejected; the reject audit judges how many were rejected. A snapshot
-    without a manifest row was not written by a complete read.
-    """
+    """Rows stored plus rows rejected equal the API's announced total for the day (ERROR)."""
+    # The stored count must also be the read's own; no manifest row: no complete read.
     stored = stored_rows(conn, endpoint, day)
-    manifest = _manifest(conn, endpoint, day)
-    if manifest is None:
+    if (manifest := _manifest(conn, endpoint, day)) is None:
         text = f"no manifest row for {endpoint} on {day}: the read did not finish"
         return AuditResult("completeness", endpoint, day, False, stored, None, text)
     accounted = stored + manifest.rows_rejected
@@ -139,18 +131,10 @@ def audit_completeness(conn: sa.Connection, endpoint: str, day: date) -> AuditRe
     )
 
 
-def audit_unique_keys(
-    conn: sa.Connection,
-    endpoint: str,
-    day: date,
-    max_duplicate_rate: float = DEFAULT_MAX_DUPLICATE_RATE,
-) -> AuditResult:
-    """Rows repeating another row's key (``id``; non-null ``user_id`` for listen_history) are rare.
-
-    A duplicate the API really serves is resolved by the merge (latest ``updated_at`` wins); a
-    duplicate rate above the threshold means pages overlapped during the read.
-    """
-    table, key, max_rate = _table(endpoint), KEY_FIELD[endpoint], max_duplicate_rate
+def audit_unique_keys(conn: sa.Connection, endpoint: str, day: date) -> AuditResult:
+    """At most 1% of the day's rows repeat another row's id (ERROR: pages overlapped)."""
+    # The key is user_id for listen_history, where nulls are not duplicates of each other.
+    table, key, max_rate = _table(endpoint), KEY_FIELD[endpoint], MAX_DUPLICATE_RATE
     if not _exists(conn, endpoint):
         return _missing_table("unique_keys", endpoint, day, max_rate)
     keyed, distinct = conn.execute(
@@ -167,26 +151,21 @@ def audit_unique_keys(
 
 
 def audit_required_fields(conn: sa.Connection, endpoint: str, day: date) -> AuditResult:
-    """The columns the merge keys or orders by are never null."""
+    """Keys and the timestamps the merge orders by are never null (ERROR)."""
     table, columns = _table(endpoint), REQUIRED_COLUMNS[endpoint]
     if not _exists(conn, endpoint):
         return _missing_table("required_fields", endpoint, day, 0)
     counts = ", ".join(f'count(*) FILTER (WHERE "{c}" IS NULL)' for c in columns)
     row = conn.execute(sa.text(f"SELECT {counts} FROM {table} WHERE {_DAY}"), {"day": day}).one()
-    nulls = dict(zip(columns, map(int, row), strict=True))
-    detail = ", ".join(f"{c}: {n}" for c, n in nulls.items())
-    total = sum(nulls.values())
+    detail = ", ".join(f"{c}: {n}" for c, n in zip(columns, row, strict=True))
     text = f"null values in required columns ({detail})"
-    return AuditResult("required_fields", endpoint, day, total == 0, total, 0, text)
+    return AuditResult("required_fields", endpoint, day, sum(row) == 0, sum(row), 0, text)
 
 
 def audit_schema_drift(conn: sa.Connection, endpoint: str, day: date) -> AuditResult:
-    """The API served exactly the contract's fields and the raw table has the expected columns."""
-    _table(endpoint)
-    expected = EXPECTED_COLUMNS[endpoint]
-    problems: list[str] = []
-    manifest = _manifest(conn, endpoint, day)
-    if manifest is None:
+    """The API served exactly the contract's fields; the table has the expected types (ERROR)."""
+    expected, problems = EXPECTED_COLUMNS[endpoint], []
+    if (manifest := _manifest(conn, endpoint, day)) is None:
         problems.append("no manifest row (the read did not finish)")
     else:
         if manifest.extra_fields:
@@ -217,17 +196,10 @@ def audit_schema_drift(conn: sa.Connection, endpoint: str, day: date) -> AuditRe
     return AuditResult("schema_drift", endpoint, day, not problems, len(problems), 0, text)
 
 
-def audit_reject_rate(
-    conn: sa.Connection,
-    endpoint: str,
-    day: date,
-    max_reject_rate: float = DEFAULT_MAX_REJECT_RATE,
-) -> AuditResult:
-    """The share of API records the raw layer rejected is at most the threshold."""
-    _table(endpoint)
-    max_rate = max_reject_rate
-    manifest = _manifest(conn, endpoint, day)
-    if manifest is None:
+def audit_reject_rate(conn: sa.Connection, endpoint: str, day: date) -> AuditResult:
+    """At most 1% of the API's records failed validation and went to raw.rejects (ERROR)."""
+    max_rate = MAX_REJECT_RATE
+    if (manifest := _manifest(conn, endpoint, day)) is None:
         text = f"no manifest row for {endpoint} on {day}: the read did not finish"
         return AuditResult("reject_rate", endpoint, day, False, None, max_rate, text)
     rate = manifest.rows_rejected / manifest.api_total if manifest.api_total else 0.0
@@ -240,11 +212,9 @@ def audit_reject_rate(
     )
 
 
-def audit_volume_change(
-    conn: sa.Connection, endpoint: str, day: date, max_change: float = DEFAULT_MAX_VOLUME_CHANGE
-) -> AuditResult:
-    """The stored row count is within ±max_change of the previous stored day's (a warning)."""
-    table = _table(endpoint)
+def audit_volume_change(conn: sa.Connection, endpoint: str, day: date) -> AuditResult:
+    """Stored rows within ±50% of the previous stored day (WARN: worth a look, never blocks)."""
+    table, max_change = _table(endpoint), MAX_VOLUME_CHANGE
     if not _exists(conn, endpoint):
         return _missing_table("volume_change", endpoint, day, max_change, severity="WARN")
     # The previous *stored* day: a missed day compares with the last one that exists.
@@ -281,7 +251,7 @@ AUDITS: Final[tuple[Callable[[sa.Connection, str, date], AuditResult], ...]] = (
 
 
 def audit_snapshot(conn: sa.Connection, endpoint: str, snapshot_date: date) -> list[AuditResult]:
-    """Run every audit of one raw snapshot, with the default thresholds."""
+    """Run every audit of one raw snapshot."""
     _table(endpoint)
     return [audit(conn, endpoint, snapshot_date) for audit in AUDITS]
 
@@ -289,19 +259,8 @@ def audit_snapshot(conn: sa.Connection, endpoint: str, snapshot_date: date) -> l
 def assert_snapshot_publishable(
     conn: sa.Connection, endpoint: str, snapshot_date: date
 ) -> list[AuditResult]:
-    """Run the audits and raise when a blocking one fails.
-
-    Args:
-        conn: A connection (normally inside the merge's transaction).
-        endpoint: ``users``, ``tracks`` or ``listen_history``.
-        snapshot_date: The snapshot's day.
-
-    Returns:
-        Every audit result (warnings included) when none of the blocking ones failed.
-
-    Raises:
-        SnapshotAuditError: A blocking audit failed; names the audit, endpoint and date.
-    """
+    """Every audit result of a snapshot (warnings included), or SnapshotAuditError naming the
+    failed blocking audits, the endpoint and the date; run inside the merge's transaction."""
     results = audit_snapshot(conn, endpoint, snapshot_date)
     if failures := [r for r in results if r.blocking and not r.passed]:
         raise SnapshotAuditError(endpoint, snapshot_date, failures)

@@ -1,8 +1,7 @@
-"""Asset checks of the raw snapshots: the audits of ``audits`` shown and enforced in Dagster.
+"""Asset checks of the raw snapshots: each audit of ``audits`` as a check of the run's partition.
 
-Each audit becomes one check, evaluated for the run's partition right after the snapshot is
-stored. The ERROR ones are blocking: when one fails, the core assets are not started in the run
-(and were they run alone, the merge would refuse the snapshot by itself).
+The ERROR ones are blocking: when one fails, the run does not start the core assets (and a merge
+run alone refuses the snapshot by itself).
 """
 
 from collections.abc import Callable, Iterator
@@ -23,7 +22,7 @@ from moovitamix_assets.warehouse.database import PostgresResource
 
 @dataclass(frozen=True)
 class RawCheck:
-    """One audit as an asset check."""
+    """One audit as an asset check: named after it, described by its docstring."""
 
     name: str
     audit: Callable[[sa.Connection, str, date], AuditResult]
@@ -32,43 +31,16 @@ class RawCheck:
 
 
 # ``blocking`` mirrors each audit's severity (ERROR blocks); a test keeps the two in step.
-RAW_CHECKS: Final[tuple[RawCheck, ...]] = (
-    RawCheck(
-        "completeness",
-        audits.audit_completeness,
-        True,
-        "Rows stored plus rows rejected equal the API's announced total for the day (ERROR).",
-    ),
-    RawCheck(
-        "unique_keys",
-        audits.audit_unique_keys,
-        True,
-        "At most 1% of the day's rows repeat another row's id (ERROR: pages overlapped).",
-    ),
-    RawCheck(
-        "required_fields",
-        audits.audit_required_fields,
-        True,
-        "Keys and the timestamps the merge orders by are never null (ERROR).",
-    ),
-    RawCheck(
-        "schema_drift",
-        audits.audit_schema_drift,
-        True,
-        "The API served exactly the contract's fields; the table has the expected types (ERROR).",
-    ),
-    RawCheck(
-        "reject_rate",
-        audits.audit_reject_rate,
-        True,
-        "At most 1% of the API's records failed validation and went to raw.rejects (ERROR).",
-    ),
-    RawCheck(
-        "volume_change",
-        audits.audit_volume_change,
-        False,
-        "Stored rows within ±50% of the previous stored day (WARN: worth a look, never blocks).",
-    ),
+RAW_CHECKS: Final[tuple[RawCheck, ...]] = tuple(
+    RawCheck(audit.__name__.removeprefix("audit_"), audit, blocking, audit.__doc__ or "")
+    for audit, blocking in (
+        (audits.audit_completeness, True),
+        (audits.audit_unique_keys, True),
+        (audits.audit_required_fields, True),
+        (audits.audit_schema_drift, True),
+        (audits.audit_reject_rate, True),
+        (audits.audit_volume_change, False),
+    )
 )
 
 

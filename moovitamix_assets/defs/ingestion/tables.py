@@ -1,10 +1,8 @@
-"""The raw schema's tables: one snapshot table per endpoint, the manifest and the rejects.
+"""The raw schema's tables: a snapshot table per endpoint, the manifest and the rejects.
 
-`raw.snapshot_manifest` keeps, per (endpoint, snapshot date), the API's own ``total`` and the
-read's figures: the completeness audit compares the stored rows with that total, and an operator
-can see what a past day looked like without the run's logs. `raw.rejects` keeps every record that
-failed validation, with its page, position, field and reason, so nothing the API sent is dropped
-silently. Both are replaced in the transaction that replaces the day's raw rows.
+``raw.snapshot_manifest`` keeps, per (endpoint, day), the API's ``total`` and the read's figures,
+for the completeness audit and the operator; ``raw.rejects`` every record that failed validation.
+Both are replaced in the transaction that replaces the day's raw rows.
 """
 
 from __future__ import annotations
@@ -14,11 +12,7 @@ from typing import Final
 import dagster as dg
 import sqlalchemy as sa
 
-from moovitamix_assets.constants import (
-    ENDPOINTS,
-    RAW_SCHEMA,
-    SNAPSHOT_DATE_COLUMN,
-)
+from moovitamix_assets.constants import ENDPOINTS, RAW_SCHEMA, SNAPSHOT_DATE_COLUMN
 from moovitamix_assets.warehouse import columns
 from moovitamix_assets.warehouse.database import create_schema_sql
 
@@ -45,16 +39,6 @@ EXPECTED_COLUMNS: Final[dict[str, dict[str, str]]] = {
     for endpoint, columns in RAW_COLUMNS.items()
 }
 
-REJECT_COLUMNS: Final = (
-    "endpoint",
-    SNAPSHOT_DATE_COLUMN,
-    "page",
-    "position",
-    "record_key",
-    "field",
-    "reason",
-    "record",
-)
 _DDL: Final = (
     f"""
     CREATE TABLE IF NOT EXISTS {RAW_SCHEMA}.{MANIFEST_TABLE} (

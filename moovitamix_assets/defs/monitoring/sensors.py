@@ -1,13 +1,11 @@
 """Alert sensors: one message per failed ERROR check, failed run and asset turning stale.
 
-Each sensor keeps its progress in its cursor, so a re-evaluation or a daemon restart never sends
-an alert twice, and a first tick starts from now instead of replaying the history. A failed
-delivery is logged with the alert and counts as sent (see `AlertNotifier.send`). The sensors read
-the instance, not the definitions, so they cover every asset and check without naming any.
+Each keeps its progress in its cursor, so a re-evaluation or a daemon restart never alerts twice
+and a first tick starts from now. They read the instance, so they cover every asset and check.
 """
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, Final
 
@@ -28,9 +26,17 @@ from dagster import (
 from moovitamix_assets.alerts import Alert, AlertNotifier
 
 PARTITION_TAG: Final = "dagster/partition"
-# Sensors are cheap (a few indexed queries); a minute is the delay an operator accepts.
-INTERVAL_SECONDS: Final = 60
 _PAGE_SIZE: Final = 200
+
+
+def _alert_sensor(decorator: Callable[..., Any], description: str) -> Callable[..., Any]:
+    """``decorator`` (``sensor``, ``run_failure_sensor``) named after the function, running by
+    default, at most every minute: sensors are cheap, a minute is the delay an operator accepts."""
+    return decorator(
+        description=description,
+        minimum_interval_seconds=60,
+        default_status=DefaultSensorStatus.RUNNING,
+    )
 
 
 def _short(value: Any, limit: int = 80) -> str:
@@ -40,19 +46,13 @@ def _short(value: Any, limit: int = 80) -> str:
 
 
 def observed_and_expected(metadata: Mapping[str, Any]) -> tuple[str | None, str | None]:
-    """The `observed` and `expected` (else `threshold`) values of a check's metadata.
-
-    Without either key the observed side summarises the whole metadata and expected is None.
-    """
+    """A check's `observed` and `expected` (else `threshold`); without either, a summary."""
     observed = metadata.get("observed")
     expected = metadata.get("expected", metadata.get("threshold"))
     if observed is None and expected is None:
         summary = ", ".join(f"{key}={_short(value, 60)}" for key, value in metadata.items())
         return (_short(summary, 300) if summary else None), None
-    return (
-        None if observed is None else _short(observed),
-        None if expected is None else _short(expected),
-    )
+    return tuple(None if v is None else _short(v) for v in (observed, expected))
 
 
 def run_error_summary(step_failures: Sequence[Any], failure_message: str | None) -> str:
@@ -60,8 +60,7 @@ def run_error_summary(step_failures: Sequence[Any], failure_message: str | None)
     parts = []
     for event in step_failures:
         error = event.step_failure_data.error
-        # Dagster wraps user code errors ("Error occurred while executing op ..."): the
-        # innermost cause says what went wrong, and its message starts with the class name.
+        # Dagster wraps user code errors: the innermost cause says what went wrong.
         while error is not None and error.cause is not None:
             error = error.cause
         if error is not None:
@@ -79,20 +78,15 @@ def _format_age(seconds: float) -> str:
     return f"{hours}h {minutes}m" if hours else f"{minutes}m {secs}s"
 
 
-@sensor(
-    name="asset_check_failure_alert_sensor",
-    description="One alert per failed asset check of ERROR severity.",
-    minimum_interval_seconds=INTERVAL_SECONDS,
-    default_status=DefaultSensorStatus.RUNNING,
-)
+@_alert_sensor(sensor, "One alert per failed asset check of ERROR severity.")
 def asset_check_failure_alert_sensor(
     context: SensorEvaluationContext, alert_notifier: AlertNotifier
 ) -> SkipReason:
-    # The asset_check_executions index exists in every event-log storage (cross-run queries on
-    # check events by storage id are impossible in the run-sharded SQLite one) and carries each
-    # evaluation's partition and run. A row is created PLANNED and updated in place when the
-    # check is evaluated, so rows do not become final in id order: the cursor is a watermark
-    # below which every row is final, plus the ids above it already alerted.
+    # The asset_check_executions index exists in every event-log storage (the run-sharded SQLite
+    # one cannot query check events across runs) and carries each evaluation's partition and run.
+    # A row is created PLANNED and updated in place when evaluated, so rows do not become final
+    # in id order: the cursor is a watermark below which every row is final, plus the ids above
+    # it already alerted.
     if context.repository_def is None:
         return SkipReason("No code location definitions: nothing to monitor.")
     check_keys = list(context.repository_def.asset_graph.asset_check_keys)
@@ -118,17 +112,16 @@ def asset_check_failure_alert_sensor(
     records = context.instance.get_run_records(RunsFilter(run_ids=run_ids)) if run_ids else []
     runs = {record.dagster_run.run_id: record.dagster_run for record in records}
 
-    alerted = 0
-    for row in sorted(rows, key=lambda r: r.id):
-        evaluation = row.evaluation
-        if (
-            row.status.value != "FAILED"
-            or row.id in sent
-            or evaluation is None
-            or evaluation.severity != AssetCheckSeverity.ERROR
-        ):
-            continue
-        run, key = runs.get(row.run_id), row.key.asset_key
+    failed = [
+        row
+        for row in sorted(rows, key=lambda r: r.id)
+        if row.status.value == "FAILED"
+        and row.id not in sent
+        and row.evaluation is not None
+        and row.evaluation.severity == AssetCheckSeverity.ERROR
+    ]
+    for row in failed:
+        evaluation, run, key = row.evaluation, runs.get(row.run_id), row.key.asset_key
         asset = key.to_user_string()
         partition = row.partition or evaluation.partition or (run and run.tags.get(PARTITION_TAG))
         where = f"{asset} [{partition}]" if partition else asset
@@ -150,7 +143,6 @@ def asset_check_failure_alert_sensor(
             context.log,
         )
         sent.add(row.id)
-        alerted += 1
 
     # A row still PLANNED holds the watermark only while its run may still evaluate the check;
     # a run that is over (or deleted) never will.
@@ -165,15 +157,10 @@ def asset_check_failure_alert_sensor(
     watermark = max(watermark, min(open_ids) - 1 if open_ids else max_seen)
     sent_above = sorted(i for i in sent if i > watermark)
     context.update_cursor(json.dumps({"watermark": watermark, "sent": sent_above}))
-    return SkipReason(f"{alerted} check alert(s) sent; {len(rows)} execution(s) examined.")
+    return SkipReason(f"{len(failed)} check alert(s) sent; {len(rows)} execution(s) examined.")
 
 
-@run_failure_sensor(
-    name="run_failure_alert_sensor",
-    description="One alert per failed run of this code location.",
-    minimum_interval_seconds=INTERVAL_SECONDS,
-    default_status=DefaultSensorStatus.RUNNING,
-)
+@_alert_sensor(run_failure_sensor, "One alert per failed run of this code location.")
 def run_failure_alert_sensor(
     context: RunFailureSensorContext, alert_notifier: AlertNotifier
 ) -> None:
@@ -204,12 +191,7 @@ def run_failure_alert_sensor(
     )
 
 
-@sensor(
-    name="freshness_failure_alert_sensor",
-    description="One alert each time an asset's freshness policy turns to FAIL.",
-    minimum_interval_seconds=INTERVAL_SECONDS,
-    default_status=DefaultSensorStatus.RUNNING,
-)
+@_alert_sensor(sensor, "One alert each time an asset's freshness policy turns to FAIL.")
 def freshness_failure_alert_sensor(
     context: SensorEvaluationContext, alert_notifier: AlertNotifier
 ) -> SkipReason:
@@ -256,7 +238,6 @@ def freshness_failure_alert_sensor(
                 partition=last.asset_materialization.partition if last else None,
                 observed=observed,
                 expected=expected,
-                run_id=None,
                 link=alert_notifier.asset_url(key),
                 dedupe_key=f"freshness_failed:{asset}:{record.storage_id}",
             ),

@@ -1,7 +1,7 @@
 """Recommendation layer assets: holdout, candidate training, gated promotion, daily serving.
 
-Thin wrappers: the data reads are in ``data.py``, the steps in ``pipeline.py`` (over the pure
-``moovitamix_assets.ml`` package) and the registry SQL in ``registry.py``.
+Thin wrappers over ``data.py`` (reads), ``moovitamix_assets.ml.pipeline`` (steps) and
+``registry.py`` (the registry's SQL).
 """
 
 import tempfile
@@ -35,13 +35,12 @@ from moovitamix_assets.ml.models import (
     ServingModel,
 )
 from moovitamix_assets.ml.split import time_based_split
-from moovitamix_assets.step_figures import finish_step_figures, start_step_figures
+from moovitamix_assets.step_figures import StepStart, finish_step_figures, start_step_figures
 from moovitamix_assets.warehouse import columns
 from moovitamix_assets.warehouse.database import PostgresResource
 
 _DEFAULTS = AlsParams()
 _GATE = GateSettings()
-_COMMON: dict[str, Any] = {"group_name": RECOMMENDATION_GROUP}
 # Interaction columns each step reads: training needs the weights, scoring only the pairs.
 _TRAINING_COLUMNS = ("user_id", "track_id", "weight")
 _PAIR_COLUMNS = ("user_id", "track_id")
@@ -67,12 +66,19 @@ class ScoringConfig(dg.Config):
 
 
 class EvaluatedScoringConfig(ScoringConfig):
-    """How much of the catalogue the model ranks, and for how many held-out users."""
+    """How much of the catalogue the model ranks, for how many held-out users, and how sure."""
 
     evaluation_users: int = Field(
         default=pipeline.DEFAULT_EVALUATION_USERS,
         ge=1,
         description="Held-out users scored by the evaluation (a seeded sample beyond that).",
+    )
+    k: int = Field(default=DEFAULT_K, ge=1, description="Cut-off of the evaluation metrics (@k).")
+    confidence: float = Field(
+        default=_GATE.confidence,
+        gt=0,
+        lt=1,
+        description="Two-sided confidence level of the intervals (bootstrap over held-out users).",
     )
 
 
@@ -86,7 +92,6 @@ class CandidateModelConfig(EvaluatedScoringConfig):
     alpha: float = Field(default=_DEFAULTS.alpha, gt=0, description=ALPHA_DESCRIPTION)
     iterations: int = Field(default=_DEFAULTS.iterations, ge=1, description=ITERATIONS_DESCRIPTION)
     random_state: int = Field(default=_DEFAULTS.random_state, description=RANDOM_STATE_DESCRIPTION)
-    k: int = Field(default=DEFAULT_K, ge=1, description="Cut-off of the evaluation metrics (@k).")
     gate_metric: str = Field(
         default=_GATE.metric,
         description=f"Metric the promotion gate compares, one of {', '.join(PER_USER_COLUMNS)}.",
@@ -97,12 +102,6 @@ class CandidateModelConfig(EvaluatedScoringConfig):
         description="Margin the lower confidence bound of the candidate's relative lift over "
         "the serving model must clear (0 = significantly better; 0.05 = at least +5 %).",
     )
-    confidence: float = Field(
-        default=_GATE.confidence,
-        gt=0,
-        lt=1,
-        description="Two-sided confidence level of the lift's interval (paired bootstrap).",
-    )
     min_hits: int = Field(
         default=_GATE.min_hits,
         ge=0,
@@ -111,13 +110,7 @@ class CandidateModelConfig(EvaluatedScoringConfig):
     )
 
     def als_params(self) -> AlsParams:
-        return AlsParams(
-            factors=self.factors,
-            regularization=self.regularization,
-            alpha=self.alpha,
-            iterations=self.iterations,
-            random_state=self.random_state,
-        )
+        return AlsParams(**self.model_dump(include=set(AlsParams.__dataclass_fields__)))
 
     def gate_settings(self) -> GateSettings:
         return GateSettings(
@@ -132,13 +125,9 @@ class CandidateModelConfig(EvaluatedScoringConfig):
 class EvaluationConfig(EvaluatedScoringConfig):
     """Cut-off and size of the daily evaluation."""
 
-    k: int = Field(default=DEFAULT_K, ge=1, description="Cut-off of the evaluation metrics (@k).")
     metric: str = Field(
         default=_GATE.metric,
         description="Metric given a confidence interval and a lift over the fallback.",
-    )
-    confidence: float = Field(
-        default=_GATE.confidence, gt=0, lt=1, description="Two-sided confidence level."
     )
 
 
@@ -168,20 +157,38 @@ def metrics_metadata(metrics: dict[str, Metrics], k: int) -> dict[str, Any]:
         for name in METRIC_NAMES:
             label = name.replace("_at_k", f"_at_{k}")
             metadata[f"{model}_{label}"] = figure(float(getattr(values, name)))
-        metadata[f"{model}_users_evaluated"] = dg.MetadataValue.int(values.n_users_evaluated)
-        metadata[f"{model}_hits"] = dg.MetadataValue.int(values.hits)
+        metadata[f"{model}_users_evaluated"] = values.n_users_evaluated
+        metadata[f"{model}_hits"] = values.hits
     return metadata
 
 
-def _snapshot_metadata(snapshot: registry.DataSnapshot) -> dict[str, Any]:
-    return {
-        "data_interactions": dg.MetadataValue.int(snapshot.interactions),
-        "data_users": dg.MetadataValue.int(snapshot.users),
-        "data_tracks": dg.MetadataValue.int(snapshot.tracks),
-        "data_snapshot_date": dg.MetadataValue.text(
-            snapshot.snapshot_date.isoformat() if snapshot.snapshot_date else "none"
-        ),
-    }
+def _day(snapshot: registry.DataSnapshot) -> str:
+    return snapshot.snapshot_date.isoformat() if snapshot.snapshot_date else "none"
+
+
+def _result(
+    context: dg.AssetExecutionContext,
+    start: StepStart,
+    rows: int,
+    snapshot: registry.DataSnapshot,
+    **metadata: Any,
+) -> dg.MaterializeResult:
+    """The step's result: its rows, column lineage, ``metadata``, data snapshot and step figures."""
+    return dg.MaterializeResult(
+        metadata=finish_step_figures(
+            context,
+            {
+                "dagster/row_count": rows,
+                **columns.lineage_metadata(context, context.asset_key),
+                **metadata,
+                "data_interactions": snapshot.interactions,
+                "data_users": snapshot.users,
+                "data_tracks": snapshot.tracks,
+                "data_snapshot_date": _day(snapshot),
+            },
+            start,
+        )
+    )
 
 
 def _serving(
@@ -206,7 +213,7 @@ def _load(engine: sa.Engine, entry: registry.RegistryEntry) -> ServingModel:
     kinds={"python", "postgres"},
     freshness_policy=DAILY_FRESHNESS,
     metadata=columns.for_asset(keys.EVALUATION_HOLDOUT).definition_metadata(),
-    **_COMMON,
+    group_name=RECOMMENDATION_GROUP,
 )
 def evaluation_holdout(
     context: dg.AssetExecutionContext, config: HoldoutConfig, postgres: PostgresResource
@@ -215,25 +222,21 @@ def evaluation_holdout(
     start = start_step_figures()
     inputs = read_model_inputs(postgres.engine(), with_users_and_tracks=False)
     split = time_based_split(inputs.interactions, holdout_per_user=config.holdout_per_user)
-    holdout = pipeline.holdout_frame(split.test)
     context.log.info(
         "held out %d of %d interactions (%d users)",
         split.n_test,
         len(inputs.interactions),
         split.n_users_held_out,
     )
+    metadata = {
+        **split.as_dict(),
+        "data_interactions": inputs.snapshot.interactions,
+        "data_snapshot_date": _day(inputs.snapshot),
+        **columns.lineage_metadata(context, keys.EVALUATION_HOLDOUT),
+    }
     return dg.Output(
-        holdout,
-        metadata=finish_step_figures(
-            context,
-            {
-                **{name: dg.MetadataValue.int(value) for name, value in split.as_dict().items()},
-                "data_interactions": dg.MetadataValue.int(inputs.snapshot.interactions),
-                "data_snapshot_date": _snapshot_metadata(inputs.snapshot)["data_snapshot_date"],
-                **columns.lineage_metadata(context, keys.EVALUATION_HOLDOUT),
-            },
-            start,
-        ),
+        pipeline.holdout_frame(split.test),
+        metadata=finish_step_figures(context, metadata, start),
     )
 
 
@@ -244,7 +247,7 @@ def evaluation_holdout(
     kinds={"python", "postgres"},
     freshness_policy=WEEKLY_FRESHNESS,
     metadata=columns.for_asset(keys.CANDIDATE_MODEL).definition_metadata(),
-    **_COMMON,
+    group_name=RECOMMENDATION_GROUP,
 )
 def candidate_model(
     context: dg.AssetExecutionContext,
@@ -260,17 +263,9 @@ def candidate_model(
     train = inputs.interactions
     if len(train) == 0:
         context.log.warning("core.user_track_interactions is empty: no candidate trained today")
-        return dg.MaterializeResult(
-            metadata=finish_step_figures(
-                context,
-                {
-                    "dagster/row_count": registry.table_rows(engine, registry.REGISTRY_TABLE),
-                    "trained": dg.MetadataValue.bool(False),
-                    "serving_model": dg.MetadataValue.text(serving.name),
-                    **_snapshot_metadata(inputs.snapshot),
-                },
-                start,
-            )
+        rows = registry.table_rows(engine, registry.REGISTRY_TABLE)
+        return _result(
+            context, start, rows, inputs.snapshot, trained=False, serving_model=serving.name
         )
     read_s = time.perf_counter() - start.wall
 
@@ -308,29 +303,24 @@ def candidate_model(
             gate_figures=decision.figures,
         )
     context.log.info("registered candidate version %d: %s", version, decision.reason)
-    return dg.MaterializeResult(
-        metadata=finish_step_figures(
-            context,
-            {
-                "dagster/row_count": registry.table_rows(engine, registry.REGISTRY_TABLE),
-                **columns.lineage_metadata(context, keys.CANDIDATE_MODEL),
-                "trained": dg.MetadataValue.bool(True),
-                "model_version": dg.MetadataValue.int(version),
-                "serving_model": dg.MetadataValue.text(serving.name),
-                "gate_passed": dg.MetadataValue.bool(decision.promote),
-                "gate_verdict": dg.MetadataValue.text(decision.verdict),
-                "gate_reason": dg.MetadataValue.text(decision.reason),
-                "parameters": dg.MetadataValue.json(params.as_dict()),
-                "n_train": dg.MetadataValue.int(len(train)),
-                "n_test": dg.MetadataValue.int(len(holdout)),
-                **_snapshot_metadata(inputs.snapshot),
-                **metrics_metadata(result.metrics, config.k),
-                "artifact_sha256": dg.MetadataValue.text(artifact.sha256),
-                "artifact_mb": figure(artifact.size_bytes / 2**20),
-                "read_s": dg.MetadataValue.float(round(read_s, 3)),
-            },
-            start,
-        )
+    return _result(
+        context,
+        start,
+        registry.table_rows(engine, registry.REGISTRY_TABLE),
+        inputs.snapshot,
+        trained=True,
+        model_version=version,
+        serving_model=serving.name,
+        gate_passed=decision.promote,
+        gate_verdict=decision.verdict,
+        gate_reason=decision.reason,
+        parameters=params.as_dict(),
+        n_train=len(train),
+        n_test=len(holdout),
+        **metrics_metadata(result.metrics, config.k),
+        artifact_sha256=artifact.sha256,
+        artifact_mb=figure(artifact.size_bytes / 2**20),
+        read_s=round(read_s, 3),
     )
 
 
@@ -340,7 +330,7 @@ def candidate_model(
     kinds={"postgres"},
     freshness_policy=WEEKLY_FRESHNESS,
     metadata=columns.for_asset(keys.PRODUCTION_MODEL).definition_metadata(),
-    **_COMMON,
+    group_name=RECOMMENDATION_GROUP,
 )
 def production_model(
     context: dg.AssetExecutionContext, postgres: PostgresResource
@@ -349,47 +339,32 @@ def production_model(
     start = start_step_figures()
     engine = postgres.engine()
     before = registry.serving_entry(engine, at=_now(), run_id=context.run.run_id)
-    candidate = registry.entry_for_run(engine, context.run.run_id) or (
-        registry.latest_trained_entry(engine)
-    )
-    promoted = False
-    if candidate is not None and candidate.status == registry.STATUS_CANDIDATE:
-        if candidate.gate_passed:
-            try:
-                registry.promote(engine, candidate.version)
-            except registry.RegistryError as exc:
-                raise dg.Failure(str(exc)) from exc
-            promoted = True
-            context.log.info("%s replaces %s in production", candidate.name, before.name)
-        else:
-            context.log.warning(
-                "%s keeps serving: %s was refused (%s)",
-                before.name,
-                candidate.name,
-                candidate.gate_reason,
-            )
-    serving = registry.serving_entry(engine, at=_now(), run_id=context.run.run_id)
-    return dg.MaterializeResult(
-        metadata=finish_step_figures(
-            context,
-            {
-                "dagster/row_count": registry.table_rows(engine, registry.REGISTRY_TABLE),
-                **columns.lineage_metadata(context, keys.PRODUCTION_MODEL),
-                "model_version": dg.MetadataValue.int(serving.version),
-                "model_type": dg.MetadataValue.text(serving.model_type),
-                "promoted": dg.MetadataValue.bool(promoted),
-                "previous_version": dg.MetadataValue.int(before.version),
-                "candidate_version": dg.MetadataValue.int(candidate.version if candidate else 0),
-                "gate_reason": dg.MetadataValue.text(
-                    candidate.gate_reason if candidate else "no candidate trained yet"
-                ),
-                "serving_since": dg.MetadataValue.text(
-                    serving.promoted_at.isoformat() if serving.promoted_at else "unknown"
-                ),
-                **_snapshot_metadata(serving.snapshot),
-            },
-            start,
+    candidate = registry.latest_trained_entry(engine, context.run.run_id)
+    fresh = candidate is not None and candidate.status == registry.STATUS_CANDIDATE
+    promoted = fresh and candidate.gate_passed
+    if promoted:
+        registry.promote(engine, candidate.version)
+        context.log.info("%s replaces %s in production", candidate.name, before.name)
+    elif fresh:
+        context.log.warning(
+            "%s keeps serving: %s was refused (%s)",
+            before.name,
+            candidate.name,
+            candidate.gate_reason,
         )
+    serving = registry.serving_entry(engine, at=_now(), run_id=context.run.run_id)
+    return _result(
+        context,
+        start,
+        registry.table_rows(engine, registry.REGISTRY_TABLE),
+        serving.snapshot,
+        model_version=serving.version,
+        model_type=serving.model_type,
+        promoted=promoted,
+        previous_version=before.version,
+        candidate_version=candidate.version if candidate else 0,
+        gate_reason=candidate.gate_reason if candidate else "no candidate trained yet",
+        serving_since=serving.promoted_at.isoformat() if serving.promoted_at else "unknown",
     )
 
 
@@ -400,7 +375,7 @@ def production_model(
     kinds={"python", "postgres"},
     freshness_policy=DAILY_FRESHNESS,
     metadata=columns.for_asset(keys.PRODUCTION_MODEL_EVALUATION).definition_metadata(),
-    **_COMMON,
+    group_name=RECOMMENDATION_GROUP,
 )
 def production_model_evaluation(
     context: dg.AssetExecutionContext,
@@ -413,10 +388,9 @@ def production_model_evaluation(
     start = start_step_figures()
     production, model = _serving(context, engine)
     inputs = _training_inputs(engine, holdout, _PAIR_COLUMNS)
-    train = inputs.interactions
     metrics = pipeline.evaluate_model(
         model,
-        train,
+        inputs.interactions,
         holdout,
         inputs.users,
         inputs.tracks,
@@ -435,26 +409,23 @@ def production_model_evaluation(
     )
     context.log.info("%s on today's holdout: %s", production.name, summary.describe())
     label = config.metric.replace("_at_k", f"_at_{config.k}")
-    return dg.MaterializeResult(
-        metadata=finish_step_figures(
-            context,
-            {
-                "dagster/row_count": registry.table_rows(engine, registry.EVALUATIONS_TABLE),
-                **columns.lineage_metadata(context, keys.PRODUCTION_MODEL_EVALUATION),
-                "model_version": dg.MetadataValue.int(production.version),
-                "model_type": dg.MetadataValue.text(production.model_type),
-                **_snapshot_metadata(inputs.snapshot),
-                **metrics_metadata(metrics, config.k),
-                # Beside production_<metric>: the plot shows whether a dip is larger than the noise.
-                f"production_{label}_low": figure(summary.interval.low),
-                f"production_{label}_high": figure(summary.interval.high),
-                "lift_over_fallback_pct": percent(summary.lift.lift),
-                "lift_over_fallback_low_pct": percent(summary.lift.low),
-                "lift_over_fallback_high_pct": percent(summary.lift.high),
-                "summary": dg.MetadataValue.text(summary.describe()),
-            },
-            start,
-        )
+    return _result(
+        context,
+        start,
+        registry.table_rows(engine, registry.EVALUATIONS_TABLE),
+        inputs.snapshot,
+        model_version=production.version,
+        model_type=production.model_type,
+        **metrics_metadata(metrics, config.k),
+        # Beside production_<metric>: the plot shows whether a dip is larger than the noise.
+        **{
+            f"production_{label}_low": figure(summary.interval.low),
+            f"production_{label}_high": figure(summary.interval.high),
+        },
+        lift_over_fallback_pct=percent(summary.lift.lift),
+        lift_over_fallback_low_pct=percent(summary.lift.low),
+        lift_over_fallback_high_pct=percent(summary.lift.high),
+        summary=summary.describe(),
     )
 
 
@@ -464,7 +435,7 @@ def production_model_evaluation(
     kinds={"python", "postgres"},
     freshness_policy=DAILY_FRESHNESS,
     metadata=columns.for_asset(keys.USER_RECOMMENDATIONS).definition_metadata(),
-    **_COMMON,
+    group_name=RECOMMENDATION_GROUP,
 )
 def user_recommendations(
     context: dg.AssetExecutionContext, config: RecommendationsConfig, postgres: PostgresResource
@@ -495,29 +466,22 @@ def user_recommendations(
             "still serve; today's are in ml.user_recommendations_staging): "
             + "; ".join(a.description for a in failed)
         )
-    return dg.MaterializeResult(
-        metadata=finish_step_figures(
-            context,
-            {
-                "dagster/row_count": dg.MetadataValue.int(tally.rows),
-                **columns.lineage_metadata(context, keys.USER_RECOMMENDATIONS),
-                "model_version": dg.MetadataValue.int(production.version),
-                "model_type": dg.MetadataValue.text(production.model_type),
-                "k": dg.MetadataValue.int(config.k),
-                "users": dg.MetadataValue.int(tally.users),
-                "active_users": dg.MetadataValue.int(len(inputs.users)),
-                "users_short_of_k": dg.MetadataValue.int(tally.users_short_of_k),
-                "cold_start_users": dg.MetadataValue.int(tally.cold_start_users),
-                "distinct_tracks": dg.MetadataValue.int(len(tally.tracks)),
-                "rows_by_source": dg.MetadataValue.json(dict(tally.rows_by_source)),
-                # The audits ran on exactly these rows: the checks report them, not run them again.
-                serving.AUDITS_METADATA_KEY: dg.MetadataValue.json(
-                    {o.name: o.offending for o in outcomes}
-                ),
-                **_snapshot_metadata(inputs.snapshot),
-            },
-            start,
-        ),
+    return _result(
+        context,
+        start,
+        tally.rows,
+        inputs.snapshot,
+        model_version=production.version,
+        model_type=production.model_type,
+        k=config.k,
+        users=tally.users,
+        active_users=len(inputs.users),
+        users_short_of_k=tally.users_short_of_k,
+        cold_start_users=tally.cold_start_users,
+        distinct_tracks=len(tally.tracks),
+        rows_by_source=dict(tally.rows_by_source),
+        # The audits ran on exactly these rows: the checks report them, not run them again.
+        **{serving.AUDITS_METADATA_KEY: {o.name: o.offending for o in outcomes}},
     )
 
 

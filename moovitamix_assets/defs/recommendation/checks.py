@@ -1,15 +1,7 @@
 """Asset checks of the recommendation layer: one or more on every ``ml/*`` asset.
 
-Severities follow what a data scientist would do with the answer:
-
-* ``promotion_gate`` (WARN): a refused candidate is news, not a failure. What serves keeps
-  serving, today's recommendations are still written, and one alert says why.
-* ``holdout_not_empty`` (WARN): without held-out listens nothing can be judged, but serving goes on.
-* ``holdout_disjoint_from_training`` (ERROR, blocking): a leaky holdout makes every verdict a lie.
-* ``production_artifact_loads`` (ERROR, blocking): a corrupt model must not serve.
-* ``evaluation_recorded`` (WARN): today's evaluation, with its lift over the fallback, is on file.
-* the four recommendation audits (ERROR, blocking): the same audits already stopped bad rows
-  before publication (``serving.stage_and_publish``); here they show on the served table.
+A refused candidate, an empty holdout or a missing evaluation is news (WARN: what serves keeps
+serving); a leaky holdout, a corrupt model or bad recommendations must not serve (ERROR, blocking).
 """
 
 from typing import Any
@@ -25,52 +17,18 @@ from moovitamix_assets.ml.evaluation import DEFAULT_K
 from moovitamix_assets.warehouse.database import PostgresResource
 
 _HOLDOUT = registry.ml_table("evaluation_holdout")
+# The gate's relative figures, in percent as every ``*_pct`` figure (a lift of 0.125 is 12.5).
+_GATE_PERCENT = frozenset({"lift", "lift_low", "lift_high", "min_lift", "detectable_lift"})
+_ERROR = dg.AssetCheckSeverity.ERROR
+_WARN = dg.AssetCheckSeverity.WARN
 
 
 def _figure(value: Any) -> dg.MetadataValue:
-    if isinstance(value, bool) or value is None:
-        return dg.MetadataValue.text(str(value))
-    if isinstance(value, int):
-        return dg.MetadataValue.int(value)
     if isinstance(value, float):
         return figure(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return dg.MetadataValue.int(value)
     return dg.MetadataValue.text(str(value))
-
-
-# The gate's relative figures, in percent as every ``*_pct`` figure (a lift of 0.125 is 12.5).
-_GATE_PERCENT = frozenset({"lift", "lift_low", "lift_high", "min_lift", "detectable_lift"})
-
-
-def _gate_figure(name: str, value: Any) -> tuple[str, dg.MetadataValue]:
-    if name in _GATE_PERCENT:
-        return f"gate_{name}_pct", percent(value)
-    return f"gate_{name}", _figure(value)
-
-
-def gate_result(entry: registry.RegistryEntry | None) -> dg.AssetCheckResult:
-    """Turn a registry row's stored verdict into the check's result and metadata."""
-    if entry is None:
-        return dg.AssetCheckResult(
-            passed=False,
-            severity=dg.AssetCheckSeverity.WARN,
-            description="no candidate was trained (no interactions yet): what serves stays",
-            metadata={"reason": dg.MetadataValue.text("no candidate registered")},
-        )
-    figures = entry.gate_figures
-    metadata: dict[str, Any] = {
-        "reason": dg.MetadataValue.text(entry.gate_reason),
-        "candidate_version": dg.MetadataValue.int(entry.version),
-        # The alert sensor quotes observed against threshold.
-        "observed": _figure(figures.get("lift_low")),
-        "threshold": _figure(figures.get("min_lift")),
-        **dict(_gate_figure(name, value) for name, value in sorted(figures.items())),
-    }
-    return dg.AssetCheckResult(
-        passed=entry.gate_passed,
-        severity=dg.AssetCheckSeverity.WARN,
-        description=entry.gate_reason,
-        metadata=metadata,
-    )
 
 
 @dg.asset_check(
@@ -87,22 +45,26 @@ def promotion_gate(
     postgres: PostgresResource,
     alert_notifier: AlertNotifier,
 ) -> dg.AssetCheckResult:
-    engine = postgres.engine()
     # The candidate of this run; a check run on its own judges the newest candidate.
-    entry = registry.entry_for_run(engine, context.run.run_id) or registry.latest_trained_entry(
-        engine
-    )
-    result = gate_result(entry)
-    if entry is not None and not entry.gate_passed:
+    entry = registry.latest_trained_entry(postgres.engine(), context.run.run_id)
+    if entry is None:
+        return dg.AssetCheckResult(
+            passed=False,
+            severity=_WARN,
+            description="no candidate was trained (no interactions yet): what serves stays",
+            metadata={"reason": "no candidate registered"},
+        )
+    figures = entry.gate_figures
+    if not entry.gate_passed:
         alert_notifier.send(
             Alert(
                 kind="model_refused",
                 title=f"Candidate model {entry.name} refused: "
-                f"{entry.gate_figures.get('verdict', 'not promoted')}",
+                f"{figures.get('verdict', 'not promoted')}",
                 asset_key=keys.CANDIDATE_MODEL.to_user_string(),
                 partition=None,
-                observed=str(entry.gate_figures.get("lift_low")),
-                expected=f"lift lower bound > {entry.gate_figures.get('min_lift')}",
+                observed=str(figures.get("lift_low")),
+                expected=f"lift lower bound > {figures.get('min_lift')}",
                 run_id=context.run.run_id,
                 link=alert_notifier.asset_url(keys.CANDIDATE_MODEL),
                 dedupe_key=f"model_refused:v{entry.version}",
@@ -110,7 +72,21 @@ def promotion_gate(
             ),
             context.log,
         )
-    return result
+    gate = {f"gate_{n}": _figure(v) for n, v in sorted(figures.items()) if n not in _GATE_PERCENT}
+    gate |= {f"gate_{n}_pct": percent(v) for n, v in sorted(figures.items()) if n in _GATE_PERCENT}
+    return dg.AssetCheckResult(
+        passed=entry.gate_passed,
+        severity=_WARN,
+        description=entry.gate_reason,
+        metadata={
+            "reason": entry.gate_reason,
+            "candidate_version": entry.version,
+            # The alert sensor quotes observed against threshold.
+            "observed": _figure(figures.get("lift_low")),
+            "threshold": _figure(figures.get("min_lift")),
+            **gate,
+        },
+    )
 
 
 @dg.asset_check(
@@ -125,9 +101,9 @@ def holdout_not_empty(postgres: PostgresResource) -> dg.AssetCheckResult:
         ).one()
     return dg.AssetCheckResult(
         passed=rows > 0,
-        severity=dg.AssetCheckSeverity.WARN,
+        severity=_WARN,
         description=f"{rows} held-out listens of {users} users",
-        metadata={"observed": dg.MetadataValue.int(rows), "users": dg.MetadataValue.int(users)},
+        metadata={"observed": rows, "users": users},
     )
 
 
@@ -163,15 +139,12 @@ def holdout_disjoint_from_training(postgres: PostgresResource) -> dg.AssetCheckR
     offending = duplicated + unknown + untrainable
     return dg.AssetCheckResult(
         passed=offending == 0,
-        severity=dg.AssetCheckSeverity.ERROR,
+        severity=_ERROR,
         description=(
             f"{duplicated} duplicated held-out pairs, {unknown} not in the interactions, "
             f"{untrainable} held-out users left with nothing to train on"
         ),
-        metadata={
-            "observed": dg.MetadataValue.int(offending),
-            "threshold": dg.MetadataValue.int(0),
-        },
+        metadata={"observed": offending, "threshold": 0},
     )
 
 
@@ -184,24 +157,17 @@ def holdout_disjoint_from_training(postgres: PostgresResource) -> dg.AssetCheckR
 def production_artifact_loads(postgres: PostgresResource) -> dg.AssetCheckResult:
     engine = postgres.engine()
     entry = registry.production_entry(engine)
-    if entry is None:
-        return dg.AssetCheckResult(
-            passed=False,
-            severity=dg.AssetCheckSeverity.ERROR,
-            description="no production model is registered",
-        )
     try:
+        if entry is None:
+            raise registry.RegistryError("no production model is registered")
         registry.load_model(engine, entry.version)
     except (ValueError, registry.RegistryError) as exc:
-        return dg.AssetCheckResult(
-            passed=False,
-            severity=dg.AssetCheckSeverity.ERROR,
-            description=f"{entry.name} cannot be loaded: {exc}",
-        )
+        problem = f"{entry.name} cannot be loaded: {exc}" if entry else str(exc)
+        return dg.AssetCheckResult(passed=False, severity=_ERROR, description=problem)
     return dg.AssetCheckResult(
         passed=True,
         description=f"{entry.name} loads ({entry.artifact_bytes} bytes, sha256 verified)",
-        metadata={"model_version": dg.MetadataValue.int(entry.version)},
+        metadata={"model_version": entry.version},
     )
 
 
@@ -210,32 +176,28 @@ def production_artifact_loads(postgres: PostgresResource) -> dg.AssetCheckResult
     name="evaluation_recorded",
     description="Today's evaluation of the serving model is on file with its lift over fallback.",
 )
-def evaluation_recorded(
-    context: dg.AssetCheckExecutionContext, postgres: PostgresResource
-) -> dg.AssetCheckResult:
+def evaluation_recorded(postgres: PostgresResource) -> dg.AssetCheckResult:
     engine = postgres.engine()
     entry = registry.production_entry(engine)
     evaluation = registry.latest_evaluation(engine, entry.version) if entry else None
-    if evaluation is None:
+    if entry is None or evaluation is None:
         return dg.AssetCheckResult(
             passed=False,
-            severity=dg.AssetCheckSeverity.WARN,
+            severity=_WARN,
             description="no evaluation of the serving model is recorded",
         )
     lift = evaluation.metrics.get("lift_over_fallback") or {}
     interval = evaluation.metrics.get("interval") or {}
     return dg.AssetCheckResult(
         passed="lift" in lift,
-        severity=dg.AssetCheckSeverity.WARN,
+        severity=_WARN,
         description=(
-            f"{entry.name if entry else '?'} evaluated at {evaluation.evaluated_at:%Y-%m-%d %H:%M} "
-            f"UTC on {lift.get('users', 0)} users"
+            f"{entry.name} evaluated at {evaluation.evaluated_at:%Y-%m-%d %H:%M} UTC on "
+            f"{lift.get('users', 0)} users"
         ),
         metadata={
-            "model_version": dg.MetadataValue.int(evaluation.version),
-            "metric_mean": _figure(interval.get("mean")),
-            "metric_low": _figure(interval.get("low")),
-            "metric_high": _figure(interval.get("high")),
+            "model_version": evaluation.version,
+            **{f"metric_{name}": _figure(interval.get(name)) for name in ("mean", "low", "high")},
             # In percent, as the evaluation asset reports them (+12.5 = 12.5 % better).
             **{
                 f"lift_over_fallback{suffix}_pct": percent(lift.get(name))
@@ -245,36 +207,32 @@ def evaluation_recorded(
     )
 
 
-_AUDIT_DESCRIPTIONS = {
-    "exactly_k_per_active_user": "Every active user has exactly K recommendations (fewer only "
-    "when they heard every other active track), and nobody else has any.",
-    "none_already_listened": "No user is recommended a track they already listened to.",
-    "only_active_tracks": "Every recommended track is in the active catalogue.",
-    "no_duplicates": "No track twice for a user and no rank twice.",
-}
-
-
 @dg.multi_asset_check(
     specs=[
         dg.AssetCheckSpec(
-            name=audit.name,
-            asset=keys.USER_RECOMMENDATIONS,
-            blocking=True,
-            description=_AUDIT_DESCRIPTIONS[audit.name],
+            name=name, asset=keys.USER_RECOMMENDATIONS, blocking=True, description=description
         )
-        for audit in serving.AUDITS
+        for name, (description, _) in serving.AUDITS.items()
     ],
     can_subset=True,
 )
 def recommendation_audits(
     context: dg.AssetCheckExecutionContext, postgres: PostgresResource
 ) -> Any:
-    """The publication audits of ``serving``: as they ran on the rows this run published, or
-    run again on the served table when the check runs on its own."""
-    outcomes, k = _audited_in_this_run(context)
-    if outcomes is None:
-        k = _served_k(postgres.engine())
-        with postgres.engine().connect() as conn:
+    """The publication audits as they ran on the rows this run published (running them again
+    over millions of rows would only double the step's time), else run on the served table."""
+    event = context.instance.get_latest_materialization_event(keys.USER_RECOMMENDATIONS)
+    metadata = event.asset_materialization.metadata if event and event.asset_materialization else {}
+    if event and event.run_id == context.run.run_id and serving.AUDITS_METADATA_KEY in metadata:
+        k = int(metadata["k"].value)
+        outcomes = serving.outcomes(metadata[serving.AUDITS_METADATA_KEY].value)
+    else:
+        engine = postgres.engine()
+        registry.ensure_registry_schema(engine)
+        with engine.connect() as conn:
+            # K of the served table: its deepest rank, or the default when empty.
+            deepest = conn.execute(sa.text(f"SELECT max(rank) FROM {serving.PUBLISHED}")).scalar()
+            k = int(deepest) if deepest else DEFAULT_K
             outcomes = serving.audit_recommendations(conn, serving.PUBLISHED, k)
     selected = {key.name for key in context.selected_asset_check_keys}
     for outcome in outcomes:
@@ -282,41 +240,10 @@ def recommendation_audits(
             yield dg.AssetCheckResult(
                 check_name=outcome.name,
                 passed=outcome.passed,
-                severity=dg.AssetCheckSeverity.ERROR,
+                severity=_ERROR,
                 description=outcome.description,
-                metadata={
-                    "observed": dg.MetadataValue.int(outcome.offending),
-                    "threshold": dg.MetadataValue.int(0),
-                    "k": dg.MetadataValue.int(k),
-                },
+                metadata={"observed": outcome.offending, "threshold": 0, "k": k},
             )
-
-
-def _audited_in_this_run(
-    context: dg.AssetCheckExecutionContext,
-) -> tuple[list[serving.AuditOutcome] | None, int]:
-    """The audits the asset ran in this run, in the transaction that published the rows.
-
-    They were run on exactly the rows that serve now, so running them again over millions of
-    rows would only double the step's time.
-    """
-    event = context.instance.get_latest_materialization_event(keys.USER_RECOMMENDATIONS)
-    if event is None or event.run_id != context.run.run_id or event.asset_materialization is None:
-        return None, DEFAULT_K
-    metadata = event.asset_materialization.metadata
-    audits = metadata.get(serving.AUDITS_METADATA_KEY)
-    if audits is None:
-        return None, DEFAULT_K
-    offending: dict[str, int] = audits.value
-    return serving.outcomes(offending), int(metadata["k"].value)
-
-
-def _served_k(engine: sa.Engine) -> int:
-    """K of the served table: its deepest rank (the configured K), or the default when empty."""
-    registry.ensure_registry_schema(engine)
-    with engine.connect() as conn:
-        deepest = conn.execute(sa.text(f"SELECT max(rank) FROM {serving.PUBLISHED}")).scalar()
-    return int(deepest) if deepest else DEFAULT_K
 
 
 recommendation_checks = [

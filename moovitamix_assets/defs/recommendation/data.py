@@ -1,9 +1,8 @@
 """Read the model layer's inputs from the core tables: only the needed columns, through COPY.
 
-At 5M interactions a row-by-row fetch builds millions of Python tuples (seconds and hundreds of MB);
-``COPY (SELECT ...) TO STDOUT`` streams CSV into a temporary file that pandas' C parser reads
-straight into typed columns. Every read of one call happens in one REPEATABLE READ transaction, so
-the interactions, users, tracks and counts describe the same committed state of ``core``.
+``COPY (SELECT ...) TO STDOUT`` streams CSV that pandas' C parser reads straight into typed columns
+(a row-by-row fetch of 5M interactions builds millions of tuples); one REPEATABLE READ transaction
+makes the interactions, users, tracks and counts one committed state of ``core``.
 """
 
 from __future__ import annotations
@@ -54,81 +53,50 @@ def _copy_frame(cursor: Any, query: str, dtypes: dict[str, Any]) -> pd.DataFrame
         return pd.read_csv(buffer, dtype=dtypes, keep_default_na=False, na_values=[""])
 
 
-def _read(
-    conn: sa.Connection, *, columns: Sequence[str], with_users_and_tracks: bool
-) -> ModelInputs:
-    cursor = conn.connection.driver_connection.cursor()
-    interactions = _copy_frame(
-        cursor,
-        f"SELECT {', '.join(columns)} FROM {core_table(INTERACTIONS_TABLE)}",
-        {name: _INTERACTION_DTYPES[name] for name in columns},
-    )
-    users = pd.DataFrame({"id": np.array([], dtype=np.int64), "favorite_genres": []})
-    tracks = pd.DataFrame({"id": np.array([], dtype=np.int64), "genres": []})
-    if with_users_and_tracks:
-        users = _copy_frame(
-            cursor,
-            f"SELECT id, favorite_genres FROM {core_table(USERS_TABLE)} WHERE is_active",
-            # A few genres repeated a million times: categories, not a million strings.
-            {"id": np.int64, "favorite_genres": "category"},
-        )
-        tracks = _copy_frame(
-            cursor,
-            f"SELECT id, genres FROM {core_table(TRACKS_TABLE)} WHERE is_active",
-            {"id": np.int64, "genres": "category"},
-        )
-    # Interactions are the active pairs of the newest merged listening snapshot: their newest
-    # last_seen is that snapshot's date.
-    snapshot_date = conn.execute(
-        sa.text(f"SELECT max(last_seen) FROM {core_table(INTERACTIONS_TABLE)}")
-    ).scalar()
-    snapshot = DataSnapshot(
-        interactions=len(interactions),
-        users=len(users),
-        tracks=len(tracks),
-        snapshot_date=snapshot_date,
-    )
-    return ModelInputs(interactions=interactions, users=users, tracks=tracks, snapshot=snapshot)
-
-
 def read_model_inputs(
     engine: sa.Engine,
     *,
     columns: Sequence[str] = INTERACTION_COLUMNS,
     with_users_and_tracks: bool = True,
 ) -> ModelInputs:
-    """Read the interactions (and active users and tracks) of ``core`` in one snapshot.
-
-    Args:
-        engine: Engine of the warehouse database.
-        columns: Interaction columns to read (each step reads only what it uses: at 5M
-            interactions every column is tens of MB).
-        with_users_and_tracks: Also read ``core.users``/``core.tracks`` (active rows only).
-
-    Returns:
-        Interactions in the model layer's contract, users ``[id, favorite_genres]``, tracks
-        ``[id, genres]`` and the data snapshot they form.
-
-    Raises:
-        sqlalchemy.exc.ProgrammingError: The core tables do not exist (materialize core first).
-    """
+    """The interactions (only ``columns``: at 5M rows each is tens of MB) and, when asked, the
+    active users ``[id, favorite_genres]`` and tracks ``[id, genres]`` of ``core``."""
     with engine.connect().execution_options(
         isolation_level="REPEATABLE READ", postgresql_readonly=True
     ) as conn:
-        try:
-            return _read(conn, columns=columns, with_users_and_tracks=with_users_and_tracks)
-        finally:
-            conn.rollback()
+        cursor = conn.connection.driver_connection.cursor()
+        interactions = _copy_frame(
+            cursor,
+            f"SELECT {', '.join(columns)} FROM {core_table(INTERACTIONS_TABLE)}",
+            {name: _INTERACTION_DTYPES[name] for name in columns},
+        )
+        users = pd.DataFrame({"id": np.array([], dtype=np.int64), "favorite_genres": []})
+        tracks = pd.DataFrame({"id": np.array([], dtype=np.int64), "genres": []})
+        if with_users_and_tracks:
+            users = _copy_frame(
+                cursor,
+                f"SELECT id, favorite_genres FROM {core_table(USERS_TABLE)} WHERE is_active",
+                # A few genres repeated a million times: categories, not a million strings.
+                {"id": np.int64, "favorite_genres": "category"},
+            )
+            tracks = _copy_frame(
+                cursor,
+                f"SELECT id, genres FROM {core_table(TRACKS_TABLE)} WHERE is_active",
+                {"id": np.int64, "genres": "category"},
+            )
+        # Interactions are the active pairs of the newest merged listening snapshot: their newest
+        # last_seen is that snapshot's date.
+        snapshot_date = conn.execute(
+            sa.text(f"SELECT max(last_seen) FROM {core_table(INTERACTIONS_TABLE)}")
+        ).scalar()
+    snapshot = DataSnapshot(len(interactions), len(users), len(tracks), snapshot_date)
+    return ModelInputs(interactions, users, tracks, snapshot)
 
 
 def count_interactions(engine: sa.Engine) -> int | None:
     """Rows of ``core.user_track_interactions``, or None when the table does not exist yet."""
+    table = core_table(INTERACTIONS_TABLE)
     with engine.connect() as conn:
-        exists = conn.execute(
-            sa.text("SELECT to_regclass(:name)"), {"name": f"core.{INTERACTIONS_TABLE}"}
-        ).scalar()
-        if exists is None:
+        if conn.execute(sa.text("SELECT to_regclass(:t)"), {"t": table}).scalar() is None:
             return None
-        return int(
-            conn.execute(sa.text(f"SELECT count(*) FROM {core_table(INTERACTIONS_TABLE)}")).scalar()
-        )
+        return conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one()

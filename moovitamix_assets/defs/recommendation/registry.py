@@ -1,16 +1,9 @@
 """The model registry in PostgreSQL: one row per registered model, its status and its artifact.
 
-Each row of ``ml.model_registry`` keeps the serialised model in a large object (``artifact`` is
-its oid) beside its metadata: the warehouse is the one backed-up store the platform has, a row
-and its model are written in one transaction so they never disagree, and a rollback only flips
-statuses. A large object rather than ``bytea`` because a model grows with the users (~250 MB at
-1M) and a ``bytea`` parameter travels as hex text built whole in memory on both sides.
-
-Exactly one row is ``production`` (a partial unique index refuses a second): the genre-aware
-popularity fallback is a registered model too, promoted the first time anything asks what
-serves, so "no model yet" does not exist and a rollback can return to it.
-``ml.model_registry_log`` records every promotion, refusal and rollback; ``ml.model_evaluations``
-the daily evaluations the decay trigger reads.
+Each model is a large object in the warehouse (a ``bytea`` parameter travels as hex built whole in
+memory, and a model reaches ~250 MB at 1M users) written in its row's transaction, so the two
+never disagree. Exactly one row is ``production``; the popularity fallback is a registered model
+too, so "no model yet" does not exist and a rollback can return to it.
 """
 
 from __future__ import annotations
@@ -45,7 +38,6 @@ SERVED_TABLE: Final = "user_recommendations_served"
 STATUS_CANDIDATE: Final = "candidate"
 STATUS_PRODUCTION: Final = "production"
 STATUS_RETIRED: Final = "retired"
-STATUSES: Final = (STATUS_CANDIDATE, STATUS_PRODUCTION, STATUS_RETIRED)
 MODEL_TYPE_ALS: Final = "als"
 MODEL_TYPE_FALLBACK: Final = SOURCE_FALLBACK
 FALLBACK_REASON: Final = (
@@ -129,11 +121,9 @@ _DDL: Final = (
         PRIMARY KEY (version, evaluated_at)
     )
     """,
-    # Serving reads the view ml.user_recommendations; its rows live in ml.user_recommendations_
-    # served, replaced whole each day by swapping in the staged table (serving.py): no 10M-row
-    # DELETE and INSERT, and the view keeps the readers' grants and views on it. Created here
-    # (not by the IO manager) for its primary key: serving reads by user, and the key proves
-    # "one row per user and rank" on every publication.
+    # Serving reads the view ml.user_recommendations over ml.user_recommendations_served, which
+    # each publication swaps whole (serving.py: no 10M-row DELETE, the view keeps its grants).
+    # Created here for its primary key: serving reads by user, one row per user and rank.
     f"""
     DO $$
     DECLARE grant_ record;
@@ -201,8 +191,6 @@ class RegistryEntry:
     gate_reason: str
     gate_figures: dict[str, Any] = field(default_factory=dict)
     promoted_at: datetime | None = None
-    retired_at: datetime | None = None
-    artifact_sha256: str = ""
     artifact_bytes: int = 0
 
     @property
@@ -212,9 +200,8 @@ class RegistryEntry:
     @property
     def state(self) -> str:
         """The status, with a candidate its gate refused shown as ``refused``."""
-        if self.status == STATUS_CANDIDATE and not self.gate_passed:
-            return "refused"
-        return self.status
+        refused = self.status == STATUS_CANDIDATE and not self.gate_passed
+        return "refused" if refused else self.status
 
     @property
     def name(self) -> str:
@@ -237,62 +224,51 @@ class Evaluation:
     metrics: dict[str, Any]
 
 
-_SNAPSHOT_COLUMNS: Final = ("data_interactions", "data_users", "data_tracks", "data_snapshot_date")
-
-
 def ensure_registry_schema(engine: sa.Engine) -> None:
-    """Create the ``ml`` schema and its tables; idempotent, and serialised by an advisory lock
-    so that two first runs do not race on the catalogue."""
+    """Create the ``ml`` tables; idempotent, under an advisory lock so first runs do not race."""
     with engine.begin() as conn:
         conn.execute(sa.text(_LOCK_SQL), {"key": "ml.ddl"})
         for ddl in _DDL:
             conn.execute(sa.text(ddl))
 
 
-def _select(engine: sa.Engine, where: str = "true", **params: Any) -> list[RegistryEntry]:
-    """Registry rows matching ``where``, newest first; none before the registry exists."""
+def _rows(conn: sa.Connection, table: str, sql: str, params: dict[str, Any]) -> list[sa.Row]:
+    """The rows of ``sql`` over ``table``; none before the table exists."""
+    if conn.execute(sa.text("SELECT to_regclass(:t)"), {"t": table}).scalar() is None:
+        return []
+    return list(conn.execute(sa.text(sql), params))
+
+
+def list_entries(engine: sa.Engine, where: str = "true", **params: Any) -> list[RegistryEntry]:
+    """Registered models (those matching ``where``), newest first."""
+    sql = f"SELECT * FROM {_REGISTRY} WHERE {where} ORDER BY version DESC"
     with engine.connect() as conn:
-        if conn.execute(sa.text("SELECT to_regclass(:t)"), {"t": _REGISTRY}).scalar() is None:
-            return []
-        rows = conn.execute(
-            sa.text(f"SELECT * FROM {_REGISTRY} WHERE {where} ORDER BY version DESC"), params
-        ).mappings()
-        entries = []
-        for row in rows:
-            values = {k: v for k, v in row.items() if k in RegistryEntry.__dataclass_fields__}
-            snapshot = DataSnapshot(*(row[column] for column in _SNAPSHOT_COLUMNS))
-            entries.append(RegistryEntry(**values, snapshot=snapshot))
-    return entries
+        rows = _rows(conn, _REGISTRY, sql, params)
+    fields = RegistryEntry.__dataclass_fields__
+    return [
+        RegistryEntry(
+            **{k: v for k, v in row._mapping.items() if k in fields},
+            snapshot=DataSnapshot(
+                row.data_interactions, row.data_users, row.data_tracks, row.data_snapshot_date
+            ),
+        )
+        for row in rows
+    ]
 
 
 def production_entry(engine: sa.Engine) -> RegistryEntry | None:
     """The production model's row, or None before anything was registered."""
-    return next(iter(_select(engine, "status = :s", s=STATUS_PRODUCTION)), None)
+    return next(iter(list_entries(engine, "status = :s", s=STATUS_PRODUCTION)), None)
 
 
-def entry_for_run(engine: sa.Engine, run_id: str) -> RegistryEntry | None:
-    """The newest trained model registered by the Dagster run ``run_id``, or None."""
-    where = "run_id = :run_id AND model_type = :t"
-    return next(iter(_select(engine, where, run_id=run_id, t=MODEL_TYPE_ALS)), None)
-
-
-def latest_trained_entry(engine: sa.Engine) -> RegistryEntry | None:
-    """The newest trained model (promoted or refused), or None: the last training attempt."""
-    return next(iter(_select(engine, "model_type = :t", t=MODEL_TYPE_ALS)), None)
-
-
-def list_entries(engine: sa.Engine) -> list[RegistryEntry]:
-    """Every registered model, newest first."""
-    return _select(engine)
+def latest_trained_entry(engine: sa.Engine, run_id: str | None = None) -> RegistryEntry | None:
+    """The newest trained model (promoted or refused): the one run ``run_id`` registered if any."""
+    entries = list_entries(engine, "model_type = :t", t=MODEL_TYPE_ALS)
+    return next((e for e in entries if run_id and e.run_id == run_id), next(iter(entries), None))
 
 
 def load_model(engine: sa.Engine, version: int) -> ServingModel:
-    """Load and checksum-verify the artifact of ``version``.
-
-    Raises:
-        RegistryError: The version does not exist.
-        ValueError: The stored bytes do not match their sha256.
-    """
+    """Load the artifact of ``version``; ValueError when its bytes do not match their sha256."""
     with engine.connect() as conn:
         row = conn.execute(
             sa.text(f"SELECT artifact, artifact_sha256 FROM {_REGISTRY} WHERE version = :v"),
@@ -311,17 +287,15 @@ def load_model(engine: sa.Engine, version: int) -> ServingModel:
             return deserialize_model(file, expected_sha256=row.artifact_sha256)
 
 
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    return value
-
-
-def _json(value: dict[str, Any]) -> str:
+def _json(value: Any) -> str:
     """JSON for a jsonb column: PostgreSQL's JSON has no NaN nor infinity, so those are null."""
-    return json.dumps(_finite(value), sort_keys=True, allow_nan=False)
+
+    def finite(item: Any) -> Any:
+        if isinstance(item, dict):
+            return {key: finite(v) for key, v in item.items()}
+        return None if isinstance(item, float) and not math.isfinite(item) else item
+
+    return json.dumps(finite(value), sort_keys=True, allow_nan=False)
 
 
 def _log(conn: sa.Connection, version: int, action: str, detail: str) -> None:
@@ -341,10 +315,8 @@ def _locked(engine: sa.Engine) -> Iterator[sa.Connection]:
 
 
 def _insert(conn: sa.Connection, artifact: ModelArtifact, **row: Any) -> int:
-    """Insert one registry row under the caller's lock; return its new version.
-
-    ``row`` holds ``status``, ``model_type`` and the arguments of :func:`register_candidate`.
-    """
+    """Insert one registry row (``status``, ``model_type`` and the arguments of
+    :func:`register_candidate`) under the caller's lock; return its new version."""
     version = int(
         conn.execute(sa.text(f"SELECT coalesce(max(version), 0) + 1 FROM {_REGISTRY}")).scalar()
     )
@@ -373,12 +345,9 @@ def _insert(conn: sa.Connection, artifact: ModelArtifact, **row: Any) -> int:
         ),
         {
             **row,
-            "version": version,
-            "interactions": row["snapshot"].interactions,
-            "users": row["snapshot"].users,
-            "tracks": row["snapshot"].tracks,
-            "snapshot_date": row["snapshot"].snapshot_date,
+            **vars(row["snapshot"]),
             **{k: _json(row[k]) for k in ("parameters", "metrics", "gate_figures")},
+            "version": version,
             "artifact": int(lobject.oid),
             "sha256": artifact.sha256,
             "size": artifact.size_bytes,
@@ -400,12 +369,8 @@ def register_candidate(
     gate_reason: str,
     gate_figures: dict[str, Any],
 ) -> int:
-    """Register a trained model as a candidate (artifact included) and return its version.
-
-    ``metrics`` holds its evaluation and the baselines' on one holdout; the ``gate_*`` arguments
-    the promotion gate's verdict, in words and figures. A candidate its gate refused stays
-    registered, shown as ``refused``.
-    """
+    """Register a trained model (artifact included) and return its version; a candidate its gate
+    refused stays registered, shown as ``refused``."""
     with _locked(engine) as conn:
         version = _insert(
             conn,
@@ -426,10 +391,10 @@ def register_candidate(
 
 
 def serving_entry(engine: sa.Engine, *, at: datetime, run_id: str | None = None) -> RegistryEntry:
-    """The production model's row; the fallback is registered and promoted when none serves.
+    """The production model's row; the fallback is registered, and promoted when nothing serves.
 
-    Also registers the fallback (retired) beside an older registry's trained production model,
-    so a rollback can always return to it. Idempotent and safe against concurrent first runs.
+    Beside an older registry's trained production model the fallback is registered retired, so
+    a rollback can always return to it.
     """
     with _locked(engine) as conn:
         production = conn.execute(
@@ -458,8 +423,8 @@ def serving_entry(engine: sa.Engine, *, at: datetime, run_id: str | None = None)
             if production is None:
                 _log(conn, fallback, "promoted", "nothing served yet")
         elif production is None:
-            _make_production(conn, int(fallback))
-            _log(conn, int(fallback), "promoted", "nothing served: the fallback serves again")
+            _make_production(conn, fallback)
+            _log(conn, fallback, "promoted", "nothing served: the fallback serves again")
     entry = production_entry(engine)
     assert entry is not None, "the transaction above leaves a production row"
     return entry
@@ -493,14 +458,8 @@ def _lock_row(conn: sa.Connection, version: int, action: str) -> sa.Row:
 
 
 def promote(engine: sa.Engine, version: int) -> int | None:
-    """Make the candidate ``version`` the production model, retiring the current one.
-
-    Idempotent: promoting the production model again changes nothing and returns None.
-    Returns the previous production version.
-
-    Raises:
-        RegistryError: Unknown version, a retired version, or a candidate refused by the gate.
-    """
+    """Make the candidate ``version`` serve, retiring the production model; return the latter's
+    version (None when ``version`` already serves). Retired or refused versions are refused."""
     with _locked(engine) as conn:
         row = _lock_row(conn, version, "promote")
         if row.status == STATUS_PRODUCTION:
@@ -520,12 +479,7 @@ def promote(engine: sa.Engine, version: int) -> int | None:
 
 
 def rollback(engine: sa.Engine, to_version: int) -> int | None:
-    """Serve again a model that once served (or the fallback); return the version it replaces.
-
-    Raises:
-        RegistryError: Unknown version, already in production, or never promoted (a candidate
-            the gate refused is not a rollback target).
-    """
+    """Serve again a model that once served (or the fallback); return the version it replaces."""
     with _locked(engine) as conn:
         row = _lock_row(conn, to_version, "roll back to")
         if row.status == STATUS_PRODUCTION:
@@ -573,16 +527,9 @@ def record_evaluation(
 
 def latest_evaluation(engine: sa.Engine, version: int) -> Evaluation | None:
     """The newest daily evaluation of ``version``, or None."""
+    sql = f"SELECT * FROM {_EVALUATIONS} WHERE version = :v ORDER BY evaluated_at DESC LIMIT 1"
     with engine.connect() as conn:
-        if conn.execute(sa.text("SELECT to_regclass(:t)"), {"t": _EVALUATIONS}).scalar() is None:
-            return None
-        row = conn.execute(
-            sa.text(
-                f"SELECT * FROM {_EVALUATIONS} WHERE version = :v "
-                "ORDER BY evaluated_at DESC LIMIT 1"
-            ),
-            {"v": version},
-        ).first()
+        row = next(iter(_rows(conn, _EVALUATIONS, sql, {"v": version})), None)
     if row is None:
         return None
     snapshot = DataSnapshot(row.data_interactions, 0, 0, row.data_snapshot_date)
@@ -590,11 +537,6 @@ def latest_evaluation(engine: sa.Engine, version: int) -> Evaluation | None:
 
 
 def table_rows(engine: sa.Engine, table: str) -> int:
-    """Rows of one ``ml`` table (the registry, its evaluations): its assets' ``dagster/row_count``.
-
-    Raises:
-        KeyError: ``table`` is not a table of this module.
-    """
-    quoted = {t: ml_table(t) for t in (REGISTRY_TABLE, EVALUATIONS_TABLE)}[table]
+    """Rows of one ``ml`` table: its asset's ``dagster/row_count``."""
     with engine.connect() as conn:
-        return int(conn.execute(sa.text(f"SELECT count(*) FROM {quoted}")).scalar_one())
+        return conn.execute(sa.text(f"SELECT count(*) FROM {ml_table(table)}")).scalar_one()

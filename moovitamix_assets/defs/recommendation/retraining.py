@@ -1,21 +1,10 @@
 """The retraining sensor: ask for a new candidate when the data grew or the model decayed.
 
-Two conditions, read from ``ml.model_registry`` and ``ml.model_evaluations``:
-
-* growth: ``core.user_track_interactions`` has grown by at least ``growth_share`` since the last
-  training attempt, promoted or refused (``ml.gating.growth_trigger``); before any attempt, any
-  interaction is growth (the first candidate is trained without waiting for the week). After a
-  refusal the trigger re-arms from the refused candidate's data: retraining comes back once there
-  is enough new listening to change the verdict, never on every tick and never never;
-* decay: the production model's latest daily evaluation is under a threshold beyond its
-  confidence interval (``ml.gating.decay_trigger``: the interval's upper bound is below
-  ``min_metric`` when set, else below its own metric at training reduced by
-  ``max_relative_decay``).
-
-Each condition fires once per key (``growth:c5`` = growth since attempt 5, ``decay:v3`` = decay
-of production version 3): the key is the run key, so the daemon never launches it twice, and it
-is kept in the cursor. No request is made while a retraining run is queued or in progress, and
-the job's tag is limited to one run at a time by the instance (``deploy/dagster.yaml``).
+Growth: interactions grew by ``growth_share`` since the last training attempt, promoted or refused
+(any interaction before the first), so a refusal re-arms the trigger from the refused candidate's
+data. Decay: the production model's latest evaluation interval lies under ``min_metric``, else
+under its metric at training less ``max_relative_decay``. Each condition fires once per key
+(``growth:c5``, ``decay:v3``: the run key, kept in the cursor), never while a retraining runs.
 """
 
 import json
@@ -59,6 +48,12 @@ DEFAULT_DECAY_METRIC: Final = "precision_at_k"
 DEFAULT_INTERVAL_SECONDS: Final = 15 * 60
 # Fired keys remembered in the cursor; older ones belong to long-replaced versions.
 _CURSOR_KEYS: Final = 100
+_ACTIVE_STATUSES: Final = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
 
 GROWTH_SHARE_ENV: Final = "MOOVITAMIX_RETRAIN_GROWTH_SHARE"
 MAX_DECAY_ENV: Final = "MOOVITAMIX_RETRAIN_MAX_DECAY"
@@ -94,16 +89,10 @@ def _production_interval(evaluation: registry.Evaluation, metric: str) -> Interv
     """The evaluation's interval of ``metric``; a point (no interval recorded) is its own bounds."""
     interval = evaluation.metrics.get("interval") or {}
     if interval.get("metric") == metric and interval.get("high") is not None:
-        return Interval(
-            float(interval["mean"]),
-            float(interval["low"]),
-            float(interval["high"]),
-            float(interval.get("confidence", 0.95)),
-        )
+        bounds = (float(interval[name]) for name in ("mean", "low", "high"))
+        return Interval(*bounds, float(interval.get("confidence", 0.95)))
     observed = (evaluation.metrics.get("production") or {}).get(metric)
-    if observed is None:
-        return None
-    return Interval(float(observed), float(observed), float(observed), 0.0)
+    return None if observed is None else Interval(*[float(observed)] * 3, 0.0)
 
 
 def evaluate_triggers(
@@ -114,20 +103,8 @@ def evaluate_triggers(
     thresholds: RetrainingThresholds,
     not_fired: list[str] | None = None,
 ) -> list[Trigger]:
-    """The retraining conditions that hold now (pure: the sensor feeds it what it read).
-
-    Args:
-        production: The production model's registry row, or None.
-        last_attempt: The newest trained model, promoted or refused, or None.
-        current_interactions: Rows of ``core.user_track_interactions`` (None: no table yet).
-        latest_evaluation: The production model's newest daily evaluation, or None.
-        thresholds: Growth and decay thresholds.
-        not_fired: When given, receives why each condition did not fire (the sensor's skip
-            reason).
-
-    Returns:
-        The fired triggers (possibly empty), growth first.
-    """
+    """The retraining conditions that hold now, growth first (pure: the sensor feeds it what it
+    read); ``not_fired`` receives why the others did not fire (the sensor's skip reason)."""
     notes = not_fired if not_fired is not None else []
     if current_interactions is None:
         notes.append("core.user_track_interactions does not exist yet")
@@ -162,45 +139,12 @@ def evaluate_triggers(
     return fired
 
 
-_ACTIVE_STATUSES: Final = [
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-]
-
-
-def _retraining_in_progress(instance: dg.DagsterInstance) -> str | None:
-    """The id of a queued or running retraining run, if any."""
-    records = instance.get_run_records(
-        dg.RunsFilter(job_name=RETRAINING_JOB_NAME, statuses=_ACTIVE_STATUSES), limit=1
-    )
-    return records[0].dagster_run.run_id if records else None
-
-
-def _fired_keys(cursor: str | None) -> list[str]:
-    if not cursor:
-        return []
-    try:
-        keys = json.loads(cursor).get("fired", [])
-    except (ValueError, AttributeError):
-        return []
-    return [str(k) for k in keys]
-
-
 def build_retraining_sensor(
     thresholds: RetrainingThresholds | None = None,
     minimum_interval_seconds: int = DEFAULT_INTERVAL_SECONDS,
 ) -> dg.SensorDefinition:
-    """Build the retraining sensor (running by default) on the ``model_retraining`` job.
-
-    Args:
-        thresholds: Growth and decay thresholds (defaults: +20 % interactions, -25 % metric).
-        minimum_interval_seconds: Seconds between evaluations (each runs a ``count(*)``).
-
-    Returns:
-        The sensor definition; it needs the ``postgres`` resource.
-    """
+    """The retraining sensor (running by default) on the ``model_retraining`` job; each
+    evaluation runs a ``count(*)`` of the interactions."""
     limits = thresholds or RetrainingThresholds()
 
     @dg.sensor(
@@ -217,9 +161,12 @@ def build_retraining_sensor(
     def retraining_sensor(
         context: dg.SensorEvaluationContext, postgres: PostgresResource
     ) -> dg.SensorResult | dg.SkipReason:
-        running = _retraining_in_progress(context.instance)
-        if running is not None:
-            return dg.SkipReason(f"retraining run {running} is queued or in progress")
+        active = context.instance.get_run_records(
+            dg.RunsFilter(job_name=RETRAINING_JOB_NAME, statuses=_ACTIVE_STATUSES), limit=1
+        )
+        if active:
+            run_id = active[0].dagster_run.run_id
+            return dg.SkipReason(f"retraining run {run_id} is queued or in progress")
         engine = postgres.engine()
         production = registry.production_entry(engine)
         latest = registry.latest_evaluation(engine, production.version) if production else None
@@ -232,7 +179,10 @@ def build_retraining_sensor(
             limits,
             not_fired,
         )
-        already = _fired_keys(context.cursor)
+        try:
+            already = [str(k) for k in json.loads(context.cursor or "{}").get("fired", [])]
+        except (ValueError, AttributeError):
+            already = []
         new = [t for t in fired if t.key not in already]
         if not new:
             if fired:
@@ -257,11 +207,7 @@ def build_retraining_sensor(
 
 
 def thresholds_from_env(environ: Mapping[str, str] | None = None) -> RetrainingThresholds:
-    """Thresholds from ``MOOVITAMIX_RETRAIN_*`` variables, defaults for the unset ones.
-
-    Raises:
-        ValueError: A variable is set but not a number, or out of range.
-    """
+    """Thresholds from ``MOOVITAMIX_RETRAIN_*`` variables (ValueError when malformed)."""
     env = os.environ if environ is None else environ
     min_metric = env.get(MIN_METRIC_ENV)
     return RetrainingThresholds(
@@ -274,10 +220,8 @@ def thresholds_from_env(environ: Mapping[str, str] | None = None) -> RetrainingT
 def build_weekly_retraining_schedule(
     cron: str = DEFAULT_WEEKLY_RETRAINING_CRON,
 ) -> dg.ScheduleDefinition:
-    """Build the weekly retraining schedule (UTC, Mondays 04:00 by default), running by default.
-
-    04:00 leaves the 02:00 daily run time to finish, so the candidate learns from that day's core.
-    """
+    """The weekly retraining schedule, running by default: 04:00 UTC on Mondays leaves the 02:00
+    daily run time to finish, so the candidate learns from that day's core."""
 
     @dg.schedule(
         name="weekly_retraining_schedule",

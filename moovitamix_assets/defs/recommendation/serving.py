@@ -1,10 +1,10 @@
 """Write-audit-publish of the daily recommendations, and the audits their asset checks show.
 
 Today's rows are COPY'd into ``ml.user_recommendations_staging``, audited there against ``core``
-and only then, in the same transaction, become the served table behind the view
-``ml.user_recommendations``: rows that fail an audit never serve, and yesterday's keep serving.
-A failed day's rows stay in the staging table for inspection. The asset checks run the same
-audits on the published view."""
+and, in the same transaction, become the served table behind the view ``ml.user_recommendations``
+only if every audit passes: yesterday's keep serving otherwise, and the staged rows stay for
+inspection.
+"""
 
 from __future__ import annotations
 
@@ -39,17 +39,30 @@ SWAP_LOCK_TIMEOUT_MS: Final = 10_000
 # Rows per COPY: the CSV text of one slice is what memory holds besides the batch's frame.
 _COPY_ROWS: Final = 200_000
 
-_USERS = core_table(USERS_TABLE)
-_TRACKS = core_table(TRACKS_TABLE)
-_INTERACTIONS = core_table(INTERACTIONS_TABLE)
-
-
-@dataclass(frozen=True)
-class RecommendationAudit:
-    """One audit of a recommendations table: a column of ``sql/audit_recommendations.sql``."""
-
-    name: str
-    description: str
+# Each audit, a column of sql/audit_recommendations.sql: (its check's description, what offends).
+AUDITS: Final = {
+    "exactly_k_per_active_user": (
+        "Every active user has exactly K recommendations (fewer only when they heard every other "
+        "active track), and nobody else has any.",
+        "active users without exactly K recommendations (fewer only when they heard every other "
+        "active track), or users recommended who are not active",
+    ),
+    "none_already_listened": (
+        "No user is recommended a track they already listened to.",
+        "recommendations of a track the user already listened to",
+    ),
+    "only_active_tracks": (
+        "Every recommended track is in the active catalogue.",
+        "recommendations of a track unknown to core.tracks or no longer active",
+    ),
+    "no_duplicates": (
+        "No track twice for a user and no rank twice.",
+        "recommendations repeating a track or a rank already given to the same user",
+    ),
+}
+_AUDIT_SQL: Final = (Path(__file__).parent / "sql" / "audit_recommendations.sql").read_text()
+# The asset's metadata key holding each audit's offending count on the rows it published.
+AUDITS_METADATA_KEY: Final = "audit_offending"
 
 
 @dataclass(frozen=True)
@@ -65,49 +78,24 @@ class AuditOutcome:
         return self.offending == 0
 
 
-AUDITS: Final[tuple[RecommendationAudit, ...]] = (
-    RecommendationAudit(
-        "exactly_k_per_active_user",
-        "active users without exactly K recommendations (fewer only when they heard every other "
-        "active track), or users recommended who are not active",
-    ),
-    RecommendationAudit(
-        "none_already_listened", "recommendations of a track the user already listened to"
-    ),
-    RecommendationAudit(
-        "only_active_tracks",
-        "recommendations of a track unknown to core.tracks or no longer active",
-    ),
-    RecommendationAudit(
-        "no_duplicates",
-        "recommendations repeating a track or a rank already given to the same user",
-    ),
-)
-_AUDIT_SQL: Final = (Path(__file__).parent / "sql" / "audit_recommendations.sql").read_text()
-
-
-# The asset's metadata key holding each audit's offending count on the rows it published.
-AUDITS_METADATA_KEY: Final = "audit_offending"
-
-
 def outcomes(offending: dict[str, int]) -> list[AuditOutcome]:
     """The outcomes of every audit from their offending counts."""
-    results = []
-    for audit in AUDITS:
-        count = int(offending[audit.name])
-        description = (
-            f"{audit.name}: no {audit.description}"
-            if count == 0
-            else f"{audit.name}: {count} {audit.description}"
-        )
-        results.append(AuditOutcome(audit.name, count, description))
-    return results
+    counts = {name: int(offending[name]) for name in AUDITS}
+    return [
+        AuditOutcome(name, n, f"{name}: {n or 'no'} {AUDITS[name][1]}")
+        for name, n in counts.items()
+    ]
 
 
 def audit_recommendations(conn: sa.Connection, table: str, k: int) -> list[AuditOutcome]:
     """Run every audit on ``table`` (a quoted ``ml`` table name of this module), in one query."""
     # The names are this module's and core's constants, never user input.
-    query = _AUDIT_SQL.format(table=table, users=_USERS, tracks=_TRACKS, interactions=_INTERACTIONS)
+    query = _AUDIT_SQL.format(
+        table=table,
+        users=core_table(USERS_TABLE),
+        tracks=core_table(TRACKS_TABLE),
+        interactions=core_table(INTERACTIONS_TABLE),
+    )
     return outcomes(dict(conn.execute(sa.text(query), {"k": k}).mappings().one()))
 
 
@@ -145,53 +133,13 @@ _VARYING_COLUMNS: Final = tuple(
 )
 
 
-def _constants(recs: pd.DataFrame) -> dict[str, object]:
-    """The run's value of each constant column (checked constant over ``recs``)."""
-    values: dict[str, object] = {}
-    for name in _CONSTANT_COLUMNS:
-        column = recs[name]
-        first = column.iloc[0]
-        if not (column == first).all():
-            raise ValueError(f"{name} differs between today's recommendations: one run, one value")
-        values[name] = first.to_pydatetime() if isinstance(first, pd.Timestamp) else int(first)
-    return values
-
-
-def _copy(conn: sa.Connection, recs: pd.DataFrame, constants: dict[str, object]) -> None:
-    if not len(recs):
-        return
-    if _constants(recs) != constants:
-        raise ValueError("model_version or generated_at differs between batches of one run")
-    # pyarrow renders the CSV in C++: pandas' to_csv took 17 s of 10M rows at 1M users, this 3 s.
-    # A slice at a time, so memory holds one slice's text, not the batch's.
-    table = pa.Table.from_pandas(recs[list(_VARYING_COLUMNS)], preserve_index=False)
-    cursor = conn.connection.driver_connection.cursor()
-    copy = f"COPY {STAGING} ({', '.join(_VARYING_COLUMNS)}) FROM STDIN WITH (FORMAT csv)"
-    for start in range(0, len(table), _COPY_ROWS):
-        buffer = pa.BufferOutputStream()
-        pa_csv.write_csv(
-            table.slice(start, _COPY_ROWS), buffer, pa_csv.WriteOptions(include_header=False)
-        )
-        cursor.copy_expert(copy, pa.BufferReader(buffer.getvalue()))
-
-
-def _set_defaults(conn: sa.Connection, constants: dict[str, object]) -> None:
-    cursor = conn.connection.driver_connection.cursor()
-    for name, value in constants.items():
-        # DDL takes no server-side parameters: psycopg2 quotes the value as a literal.
-        cursor.execute(f"ALTER TABLE {STAGING} ALTER COLUMN {name} SET DEFAULT %s", (value,))
-
-
 def stage_and_publish(
     engine: sa.Engine, batches: Iterable[pd.DataFrame], k: int
 ) -> list[AuditOutcome]:
-    """Stage ``batches`` of recommendations, audit them, and publish them if every audit passes.
+    """Stage ``batches``, audit them and publish them if every audit passes; every outcome.
 
     One transaction under an advisory lock: concurrent runs serialise, and the published view
     changes all at once or not at all.
-
-    Returns:
-        Every audit's outcome on the staged rows (published when all passed).
     """
     registry.ensure_registry_schema(engine)
     with engine.begin() as conn:
@@ -208,14 +156,31 @@ def stage(conn: sa.Connection, batches: Iterable[pd.DataFrame]) -> None:
     # No key on the staging table yet: duplicates must reach the audit, not abort COPY.
     conn.execute(sa.text(f"DROP TABLE IF EXISTS {STAGING}"))
     conn.execute(sa.text(f"CREATE TABLE {STAGING} (LIKE {_SERVED})"))
-    constants: dict[str, object] | None = None
+    cursor = conn.connection.driver_connection.cursor()
+    copy = f"COPY {STAGING} ({', '.join(_VARYING_COLUMNS)}) FROM STDIN WITH (FORMAT csv)"
+    defaults_set = False
     for recs in batches:
-        if constants is None and len(recs):
-            constants = _constants(recs)
-            _set_defaults(conn, constants)
-        if constants is not None:
-            _copy(conn, recs, constants)
-        del recs  # or it lives on while the next batch is computed
+        if not len(recs):
+            continue
+        if not defaults_set:  # one version and one time per run (pipeline.recommendation_batches)
+            first = recs.iloc[0]
+            # DDL takes no server-side parameters: psycopg2 quotes the values as literals.
+            cursor.execute(
+                f"ALTER TABLE {STAGING} ALTER COLUMN model_version SET DEFAULT %s, "
+                "ALTER COLUMN generated_at SET DEFAULT %s",
+                (int(first["model_version"]), pd.Timestamp(first["generated_at"]).to_pydatetime()),
+            )
+            defaults_set = True
+        # pyarrow renders the CSV in C++: pandas' to_csv took 17 s of 10M rows at 1M users, this
+        # 3 s. A slice at a time, so memory holds one slice's text, not the batch's.
+        table = pa.Table.from_pandas(recs[list(_VARYING_COLUMNS)], preserve_index=False)
+        for start in range(0, len(table), _COPY_ROWS):
+            buffer = pa.BufferOutputStream()
+            pa_csv.write_csv(
+                table.slice(start, _COPY_ROWS), buffer, pa_csv.WriteOptions(include_header=False)
+            )
+            cursor.copy_expert(copy, pa.BufferReader(buffer.getvalue()))
+        del recs, table  # or they live on while the next batch is computed
 
 
 def publish_staging(conn: sa.Connection) -> None:
@@ -224,10 +189,14 @@ def publish_staging(conn: sa.Connection) -> None:
     The view ``ml.user_recommendations`` is pointed at them, so its grants and whatever reads it
     carry over; readers see yesterday's rows until the commit, then today's, never a mix.
     """
-    # One sorted build of the key over rows already audited for duplicates.
-    conn.execute(sa.text(f"ALTER TABLE {STAGING} ADD PRIMARY KEY (user_id, rank)"))
-    for name in _CONSTANT_COLUMNS:  # the staging run's defaults are no business of the table
-        conn.execute(sa.text(f"ALTER TABLE {STAGING} ALTER COLUMN {name} DROP DEFAULT"))
+    # One sorted build of the key over rows already audited for duplicates; the staging run's
+    # defaults are no business of the served table.
+    conn.execute(
+        sa.text(
+            f"ALTER TABLE {STAGING} ADD PRIMARY KEY (user_id, rank), "
+            "ALTER COLUMN model_version DROP DEFAULT, ALTER COLUMN generated_at DROP DEFAULT"
+        )
+    )
     columns = ", ".join(RECOMMENDATION_TABLE_COLUMNS)
     # The swap waits for the transactions still reading yesterday's rows, and serving reads queue
     # behind it: a reader that does not finish (a long query) fails the publication instead of

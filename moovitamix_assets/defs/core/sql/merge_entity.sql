@@ -1,13 +1,14 @@
--- Merge entity_stage (one record per id of the raw snapshot of :day, from stage_<table>.sql)
--- into {table}, whose value columns are {columns}. :is_newest: no newer snapshot was merged
--- before, so this one decides is_active. Ends with the counts (taken before the writes) and the
--- table's totals. The rules (docs/data-model.md): values come from the snapshot at last_seen (an
--- older one never overwrites them), first_seen and last_seen only widen, only the newest
--- snapshot marks rows (in)active, and a row that would not change is not written, so
--- re-merging a day writes nothing.
+-- Merge entity_stage (one record per id of the snapshot of :day, from stage_<table>.sql) into
+-- {table}, value columns {columns}; :is_newest: no newer snapshot was merged, so this one decides
+-- is_active. The rules (docs/data-model.md): values come from the snapshot at last_seen,
+-- first_seen and last_seen only widen, and an unchanged row is not written (re-merges are no-ops).
 
 CREATE TEMP TABLE entity_changes ON COMMIT DROP AS
-SELECT count(*) FILTER (WHERE t.id IS NULL) AS inserted,
+SELECT count(*) AS snapshot_ids,
+       count(*) FILTER (WHERE s.updated_at < s.created_at) AS timestamps_out_of_order,
+       count(*) FILTER (WHERE s.updated_at > (CAST(:day AS date) + 1)::timestamptz)
+           AS future_timestamps,
+       count(*) FILTER (WHERE t.id IS NULL) AS inserted,
        count(*) FILTER (
            WHERE :day >= t.last_seen AND ROW({s.columns}) IS DISTINCT FROM ROW({t.columns})
        ) AS updated,
@@ -40,7 +41,7 @@ WITH gone AS (
 )
 UPDATE entity_changes SET inactivated = (SELECT count(*) FROM gone);
 
-SELECT c.*, x.*, c.raw_rows - c.snapshot_ids AS duplicates_resolved, t.rows_total, t.active_rows
+SELECT c.*, x.*, c.raw_rows - x.snapshot_ids AS duplicates_resolved, t.rows_total, t.active_rows
 FROM entity_counts c, entity_changes x,
      (SELECT count(*) AS rows_total, count(*) FILTER (WHERE is_active) AS active_rows
       FROM {table}) t

@@ -1,8 +1,6 @@
--- Normalize the raw listen_history snapshot of :day into core.listen_pairs (the rows of the
--- core.listen_events view): one row per (user, track) pair, merged with the rules of
--- merge_entity.sql. :newest is the newest snapshot merged before (NULL at first): an active
--- pair's last_seen. Run after the users and tracks merges of the same day: the orphan flags are
--- computed against them.
+-- Normalize the raw listen_history of :day into core.listen_pairs (the core.listen_events view's
+-- rows), one row per (user, track), with the rules of merge_entity.sql. :newest is the newest
+-- snapshot merged before (NULL at first): an active pair's last_seen.
 
 -- One history per user: the latest updated_at wins, then the longer list (the API's lists only
 -- grow), then the list itself, so the winner never depends on the raw rows' order.
@@ -13,11 +11,9 @@ WHERE snapshot_date = :day AND user_id IS NOT NULL
 ORDER BY user_id, updated_at DESC NULLS LAST, created_at DESC NULLS LAST,
          cardinality(items) DESC NULLS LAST, items DESC NULLS LAST;
 
--- The users whose pairs this merge must compare. core.listen_histories holds each user's record
--- in the newest merged snapshot, and a user's active pairs are exactly that record's pairs: a
--- newer (or the same) snapshot serving the same record leaves them as they are, so only users
--- with a new, changed or vanished record are compared (about a fifth of them a day). An older
--- snapshot may widen first_seen of any of its pairs: all its users are compared.
+-- The users whose pairs this merge compares: a user's active pairs are exactly those of the
+-- record in core.listen_histories, so the newest snapshot compares only new, changed or vanished
+-- records (about a fifth a day). An older snapshot may widen any first_seen: all its users.
 CREATE TEMP TABLE changed_users ON COMMIT DROP AS
 SELECT coalesce(h.user_id, o.user_id) AS user_id
 FROM history_stage h
@@ -27,11 +23,9 @@ WHERE (NOT :is_newest AND h.user_id IS NOT NULL)
                       IS DISTINCT FROM ROW(o.items, o.source_created_at, o.source_updated_at));
 ANALYZE changed_users;
 
--- A track listed several times is one pair: its play count is the number of occurrences, its
--- position (1-based) the last one, i.e. the most recent listen. Users and tracks are never
--- deleted from core, so an id found there stays known. Each staged pair is joined with its stored
--- row once (a full join: the stored pairs the newest snapshot no longer holds are gone), and
--- what the merge does with it is decided here.
+-- A track listed several times is one pair: play count = occurrences, position (1-based) = the
+-- last, most recent one. Each staged pair meets its stored row once (full join: stored pairs the
+-- newest snapshot no longer holds are gone) and what the merge does with it is decided here.
 CREATE TEMP TABLE listen_changes ON COMMIT DROP AS
 SELECT coalesce(s.user_id, t.user_id) AS user_id, coalesce(s.track_id, t.track_id) AS track_id,
        s.position, s.play_count, s.weight, s.list_length, s.source_created_at,
@@ -98,16 +92,14 @@ FROM (
     FROM listen_changes
 ) p;
 
--- Only the pairs that change are written: new ones, changed values, dates widened by an older
--- snapshot, pairs coming back or gone. A re-merged day writes nothing.
+-- Only the pairs that change are written: a re-merged day writes nothing.
 DELETE FROM listen_changes
 WHERE NOT (gone OR is_new OR values_changed OR reactivated OR dates_changed);
 ANALYZE listen_changes (user_id, track_id);
 
 MERGE INTO core.listen_pairs t
 USING listen_changes s ON t.user_id = s.user_id AND t.track_id = s.track_id
--- A pair the newest snapshot no longer holds keeps the values it was last seen with, and gets
--- the date it was last seen: the newest snapshot before this one.
+-- A pair the newest snapshot no longer holds keeps its values; last seen: the newest before it.
 WHEN MATCHED AND s.gone THEN
     UPDATE SET is_active = false, last_seen = CAST(:newest AS date)
 WHEN MATCHED AND s.values_changed THEN
@@ -135,8 +127,8 @@ FROM history_stage h
 JOIN changed_users c ON c.user_id = h.user_id
 WHERE :is_newest;
 
--- A late or back-filled snapshot of users or tracks may list an orphan's id: re-check the
--- orphans only (partial index).
+-- A late or back-filled users or tracks snapshot may list an orphan's id: re-check orphans only
+-- (partial index). Users and tracks are never deleted, so a known id stays known.
 WITH resolved AS (
     UPDATE core.listen_pairs t
     SET user_known = t.user_known OR EXISTS (SELECT 1 FROM core.users u WHERE u.id = t.user_id),
@@ -151,15 +143,7 @@ WITH resolved AS (
 UPDATE listen_counts SET references_resolved = (SELECT count(*) FROM resolved);
 
 -- The newest snapshot's pairs are the active ones (most were not staged): count them there.
-SELECT c.*,
-       CASE WHEN :is_newest THEN t.active_rows ELSE c.staged_pairs END AS snapshot_pairs,
-       c.list_entries - CASE WHEN :is_newest THEN t.active_rows ELSE c.staged_pairs END
-           AS repeated_entries,
-       CASE WHEN :is_newest THEN t.active_orphan_user_rows ELSE c.staged_orphan_user_pairs END
-           AS orphan_user_pairs,
-       CASE WHEN :is_newest THEN t.active_orphan_track_rows ELSE c.staged_orphan_track_pairs END
-           AS orphan_track_pairs,
-       t.*
+SELECT c.*, s.*, c.list_entries - s.snapshot_pairs AS repeated_entries, t.*
 FROM listen_counts c, (
     SELECT count(*) AS rows_total,
            count(*) FILTER (WHERE is_active) AS active_rows,
@@ -168,4 +152,9 @@ FROM listen_counts c, (
            count(*) FILTER (WHERE is_active AND NOT user_known) AS active_orphan_user_rows,
            count(*) FILTER (WHERE is_active AND NOT track_known) AS active_orphan_track_rows
     FROM core.listen_pairs
-) t
+) t, LATERAL (
+    SELECT t.active_rows, t.active_orphan_user_rows, t.active_orphan_track_rows WHERE :is_newest
+    UNION ALL
+    SELECT c.staged_pairs, c.staged_orphan_user_pairs, c.staged_orphan_track_pairs
+    WHERE NOT :is_newest
+) s (snapshot_pairs, orphan_user_pairs, orphan_track_pairs)

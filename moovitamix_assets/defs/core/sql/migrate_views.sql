@@ -1,7 +1,6 @@
--- A database built by the previous representation (incremental bookkeeping tables behind the
--- core.listen_events and core.user_track_interactions views): keep the listening rows aside and
--- drop the views and their storage; schema.sql then creates the new ones and
--- restore_migrated.sql puts the rows back. One transaction.
+-- The previous representation (bookkeeping tables behind the views): keep the listening rows
+-- aside and drop the views and their storage; schema.sql creates the new ones, then
+-- restore_migrated.sql puts the rows back, all in one transaction.
 CREATE TEMP TABLE listen_events_migrated ON COMMIT DROP AS
 SELECT * FROM core.listen_events;
 DROP VIEW core.user_track_interactions, core.listen_events;

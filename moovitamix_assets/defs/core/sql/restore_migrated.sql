@@ -11,7 +11,7 @@ SELECT user_id, track_id, position, play_count,
 FROM listen_events_migrated;
 ANALYZE core.listen_pairs;
 
--- Each user with active pairs gets a placeholder record that no snapshot serves: the next merge
+-- A placeholder record no snapshot serves for each user with active pairs: the next merge
 -- compares all of them once.
 INSERT INTO core.listen_histories (user_id, source_updated_at)
 SELECT DISTINCT user_id, '-infinity'::timestamptz FROM core.listen_pairs WHERE is_active

@@ -1,8 +1,6 @@
--- The core schema: current state of users, tracks and listening, and the models' input.
--- Listening references users and tracks by checked flags (user_known, track_known), not foreign
--- keys: the API serves listens of tracks it has removed, and those pairs are kept and flagged.
--- The schema itself is created first (resources.database.create_schema_sql: a least-privilege
--- role owns it but may not create schemas).
+-- The core tables (the schema is created first: see database.create_schema_sql). Listening
+-- references users and tracks by checked flags (user_known, track_known), not foreign keys: the
+-- API serves listens of tracks it has removed, and those pairs are kept and flagged.
 
 -- A daily merge moves last_seen on nearly every row: free space on each page lets PostgreSQL
 -- write the new version beside the old one without touching an index (a HOT update).
@@ -33,17 +31,15 @@ CREATE TABLE IF NOT EXISTS core.tracks (
     first_seen date NOT NULL, last_seen date NOT NULL, is_active boolean NOT NULL
 ) WITH (fillfactor = 50);
 
--- The rows of the core.listen_events view (below). A pair in the newest merged snapshot
--- (is_active) is last seen that day by definition: the view says so, and the merge does not
--- rewrite every active pair every day just to move a date. Its stored last_seen is the last
--- snapshot that wrote it; a pair leaving the newest snapshot gets its true last_seen.
+-- The rows of the core.listen_events view (below). An active pair is last seen on the newest
+-- merged day by definition: the view says so, rather than the merge rewriting every active pair
+-- daily. The stored last_seen is the last snapshot that wrote it (true once inactive).
 CREATE TABLE IF NOT EXISTS core.listen_pairs (
     user_id bigint NOT NULL,
     track_id bigint NOT NULL,
     position integer NOT NULL,
     play_count integer NOT NULL,
-    -- The pair's implicit-feedback confidence (see the interactions view below), computed by
-    -- the merge with the values it comes from.
+    -- The implicit-feedback confidence (see the interactions view), computed by the merge.
     weight double precision NOT NULL,
     list_length integer,
     source_created_at timestamptz,
@@ -91,12 +87,10 @@ SELECT p.user_id, p.track_id, p.position, p.play_count, p.list_length,
        p.is_active, p.user_known, p.track_known, p.weight
 FROM core.listen_pairs p;
 
--- The models' input: the active pairs whose user and track are known (orphans have no catalogue
--- entry to recommend or to explain). A view, so a day's merge of core.listen_events publishes it
--- in the same transaction and no pair is written twice.
--- weight = damped play count x recency (merge_listen_events.sql): ln keeps a track played ten
--- times from outweighing ten tracks played once; recency runs from 0.5 (first track of the list)
--- to 1.0 (the last one).
+-- The models' input: the active pairs whose user and track are known (an orphan has no catalogue
+-- entry). A view: a day's listening merge publishes it in the same transaction, no pair written
+-- twice. weight = damped play count x recency (merge_listen_events.sql): ln keeps a track played
+-- ten times from outweighing ten played once; recency runs from 0.5 (first listed) to 1.0 (last).
 CREATE OR REPLACE VIEW core.user_track_interactions AS
 SELECT e.user_id, e.track_id, e.play_count, e.weight, e.position AS last_position,
        e.list_length, e.first_seen, e.last_seen, k.is_active AS track_active

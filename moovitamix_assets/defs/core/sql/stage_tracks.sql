@@ -17,10 +17,6 @@ ANALYZE entity_stage (id);
 
 CREATE TEMP TABLE entity_counts ON COMMIT DROP AS
 SELECT (SELECT count(*) FROM raw.tracks WHERE snapshot_date = :day) AS raw_rows,
-       count(*) AS snapshot_ids,
-       count(*) FILTER (WHERE s.updated_at < s.created_at) AS timestamps_out_of_order,
-       count(*) FILTER (WHERE s.updated_at > (CAST(:day AS date) + 1)::timestamptz)
-           AS future_timestamps,
        count(*) FILTER (WHERE s.duration = '00:00') AS zero_duration,
        count(*) FILTER (WHERE s.duration_seconds IS NULL) AS malformed_duration
 FROM entity_stage s

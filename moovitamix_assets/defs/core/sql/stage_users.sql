@@ -1,9 +1,6 @@
--- Stage the raw users snapshot of :day for merge_entity.sql (entity_stage: one record per id)
--- and count its odd records (entity_counts): they are loaded as served, never filtered, and the
--- checks judge the counts.
-
--- One record per id: the latest updated_at wins, then created_at, then the values themselves, so
--- the winner never depends on the physical order of the raw rows.
+-- Stage the raw users snapshot of :day for merge_entity.sql: entity_stage, one record per id (the
+-- latest updated_at wins, then created_at, then the values: the raw rows' order never decides),
+-- and entity_counts, its odd records (loaded as served, never filtered: the checks judge them).
 CREATE TEMP TABLE entity_stage ON COMMIT DROP AS
 SELECT DISTINCT ON (id)
        id, first_name, last_name, email, gender, favorite_genres, created_at, updated_at
@@ -15,15 +12,11 @@ ANALYZE entity_stage (id);
 
 CREATE TEMP TABLE entity_counts ON COMMIT DROP AS
 SELECT (SELECT count(*) FROM raw.users WHERE snapshot_date = :day) AS raw_rows,
-       count(*) AS snapshot_ids,
        -- E-mails (case-insensitive) that another id of the same snapshot also uses.
        count(*) FILTER (
            WHERE lower(s.email) IN (
                SELECT lower(email) FROM entity_stage GROUP BY lower(email) HAVING count(*) > 1)
        ) AS duplicate_emails,
-       count(*) FILTER (WHERE s.updated_at < s.created_at) AS timestamps_out_of_order,
-       count(*) FILTER (WHERE s.updated_at > (CAST(:day AS date) + 1)::timestamptz)
-           AS future_timestamps,
        count(*) FILTER (WHERE s.gender IS NULL OR NOT (s.gender = ANY (:genders)))
            AS unknown_gender,
        count(*) FILTER (

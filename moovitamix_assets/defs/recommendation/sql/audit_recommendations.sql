@@ -1,7 +1,6 @@
--- Every audit of a recommendations table in one statement, one column per audit, each counting
--- the offending rows or users (0 passes). The per-user figures are computed once and serve both
--- the count audit and the repeat audit: at 1M users each read of the 10M rows costs seconds.
--- {table} is a quoted ml table of serving.py; {users}, {tracks} and {interactions} are core's.
+-- Every audit of {table} (serving.py) in one statement: one column per audit, counting the
+-- offending rows or users (0 passes). The per-user figures serve both the count and the repeat
+-- audit: at 1M users each read of the 10M rows costs seconds.
 WITH per_user AS MATERIALIZED (
     SELECT user_id,
            count(*) AS n,
