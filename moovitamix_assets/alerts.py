@@ -43,16 +43,15 @@ class Alert:
 
     def facts(self) -> list[tuple[str, str]]:
         """The labelled facts that are known, in reading order."""
-        labels = ("Asset", "Partition", "Observed", "Expected", "Run")
         values = (self.asset_key, self.partition, self.observed, self.expected, self.run_id)
+        labels = ("Asset", "Partition", "Observed", "Expected", "Run")
         return [(label, value) for label, value in zip(labels, values, strict=True) if value]
 
     def text(self) -> str:
         """Plain-text rendering (the Slack fallback text and the log line)."""
-        lines = [self.title, *(f"{label}: {value}" for label, value in self.facts())]
-        if self.details:
-            lines.append(f"Details: {self.details}")
-        return "\n".join([*lines, f"Link: {self.link}"])
+        details = [f"Details: {self.details}"] if self.details else []
+        facts = [f"{label}: {value}" for label, value in self.facts()]
+        return "\n".join([self.title, *facts, *details, f"Link: {self.link}"])
 
 
 def _cut(text: str, limit: int) -> str:
@@ -81,39 +80,24 @@ class AlertNotifier(ConfigurableResource):
     """Delivers alerts to a Slack-compatible incoming webhook, or to the log when none is set."""
 
     webhook_url: str | None = Field(
-        default=None,
-        description=(
-            "Slack-compatible incoming webhook (MOOVITAMIX_ALERT_WEBHOOK_URL). A secret: never "
-            "logged. Unset: alerts go to the sensor log only."
-        ),
+        default=None, description="Slack-compatible webhook, a secret; unset: the sensor log."
     )
     ui_base_url: str = Field(
-        default="http://127.0.0.1:3000",
-        description="Base URL of the Dagster UI used in alert links (MOOVITAMIX_UI_URL).",
+        default="http://127.0.0.1:3000", description="Base URL of the Dagster UI for alert links."
     )
-    timeout_seconds: float = Field(
-        default=10.0, description="Connect and read timeout of one webhook call, in seconds."
-    )
-    max_retries: int = Field(
-        default=2,
-        description="Retries on connection errors, 429 and 5xx answers (Retry-After honoured).",
-    )
+    timeout_seconds: float = Field(default=10.0, description="Timeout of one webhook call, in s.")
+    max_retries: int = Field(default=2, description="Retries on connection errors, 429 and 5xx.")
 
     def run_url(self, run_id: str) -> str:
-        """Link to a run's page in the Dagster UI."""
         return f"{self.ui_base_url.rstrip('/')}/runs/{quote(run_id, safe='')}"
 
     def asset_url(self, asset_key: AssetKey) -> str:
-        """Link to an asset's page in the Dagster UI (one path segment per key component)."""
         path = "/".join(quote(part, safe="") for part in asset_key.path)
         return f"{self.ui_base_url.rstrip('/')}/assets/{path}"
 
     def send(self, alert: Alert, log: logging.Logger | None = None) -> bool:
-        """Post one alert (True when accepted), or write it to ``log`` when no webhook is set.
-
-        Never raises: a failed delivery is logged with the alert and counts as handled, since an
-        alert storm against a broken webhook is worse than one message that only reached the log.
-        """
+        """Post one alert (True when accepted), else log it. Never raises: a failed delivery is
+        logged with the alert and counts as handled (better than a storm against a broken hook)."""
         log = log or _logger
         if not self.webhook_url:
             level = logging.WARNING if alert.kind in _WARNING_KINDS else logging.ERROR
@@ -139,16 +123,9 @@ class AlertNotifier(ConfigurableResource):
                 response.raise_for_status()
         except requests.RequestException as exc:
             # The exception's own text names the URL, the secret: never log it.
-            if exc.response is not None:
-                problem = f"answered HTTP {exc.response.status_code}"
-            else:
-                problem = f"unreachable ({type(exc).__name__})"
-            log.error(
-                "Alert webhook %s for %s; alert follows\n%s",
-                problem,
-                alert.dedupe_key,
-                alert.text(),
-            )
+            status = getattr(exc.response, "status_code", None)
+            problem = f"answered HTTP {status}" if status else f"unreachable ({type(exc).__name__})"
+            log.error("Alert webhook %s for %s:\n%s", problem, alert.dedupe_key, alert.text())
             return False
         log.info("Alert %s delivered to the webhook", alert.dedupe_key)
         return True

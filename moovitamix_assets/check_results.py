@@ -4,30 +4,13 @@ metadata the alert sensor quotes, so the UI, the alert and the log agree."""
 import math
 import warnings
 from collections.abc import Mapping
-from typing import Literal, Protocol
+from typing import Any, Literal
 
 import dagster as dg
 
 from moovitamix_assets.partitions import daily_partitions
 
 Severity = Literal["ERROR", "WARN"]
-
-
-class CheckOutcome(Protocol):
-    """What every audit function returns; read-only properties, so frozen dataclasses match."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def passed(self) -> bool: ...
-    @property
-    def observed(self) -> float | int | str | None: ...
-    @property
-    def threshold(self) -> float | int | str | None: ...
-    @property
-    def severity(self) -> Severity: ...
-    @property
-    def description(self) -> str: ...
 
 
 def significant(value: float) -> float:
@@ -57,10 +40,11 @@ def _plain(value: object) -> float | int | str | None:
 
 def to_check_result(
     asset_key: dg.AssetKey,
-    outcome: CheckOutcome,
+    outcome: Any,
     extra: Mapping[str, float | int | str | None] | None = None,
 ) -> dg.AssetCheckResult:
-    """The check result of one audit outcome (its name is the check's), with ``extra`` metadata."""
+    """The check result of an audit's outcome (an object with ``name``, ``passed``, ``observed``,
+    ``threshold``, ``severity`` and ``description``; its name is the check's), plus ``extra``."""
     metadata = {"observed": outcome.observed, "threshold": outcome.threshold, **(extra or {})}
     return dg.AssetCheckResult(
         asset_key=asset_key,

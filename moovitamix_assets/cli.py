@@ -28,6 +28,7 @@ import sqlalchemy as sa
 
 from moovitamix_api.config import DEFAULT_TASTE, TASTE_ENV, TASTES
 from moovitamix_assets.constants import RAW_SCHEMA, SNAPSHOT_DATE_COLUMN
+from moovitamix_assets.defs.core.assets import CORE_TABLES
 from moovitamix_assets.defs.ingestion.schedule import daily_refresh_job
 from moovitamix_assets.defs.recommendation.retraining import RETRAINING_JOB_NAME
 from moovitamix_assets.partitions import utc_today
@@ -43,9 +44,8 @@ DEFAULT_UI_HOST = "127.0.0.1"
 # `make run` calls .venv/bin/python without activating the virtualenv: its commands are not on PATH.
 DAGSTER = str(Path(sys.executable).with_name("dagster"))
 DG = str(Path(sys.executable).with_name("dg"))
-# Dagster's console logger stays silent; `run` reads the events back from the instance instead.
+# Dagster's console logger stays silent; `run` listens to the instance's events instead.
 QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
-CORE_TABLES = ("users", "tracks", "listen_events", "user_track_interactions")
 # Without a terminal (CI, `| tee`) the progress of a long step is a line this often at most.
 PLAIN_PROGRESS_SECONDS = 30.0
 # After forwarding Ctrl-C or SIGTERM, `dg dev` gets this long to stop its children itself.
@@ -120,14 +120,8 @@ def platform(args: argparse.Namespace, state: Path) -> Iterator[dict[str, str]]:
 
 
 def log_file_path(state: Path, name: str) -> Path:
-    """``<state dir>/logs/<name>-<UTC time>.log``, its folder created."""
     (state / "logs").mkdir(parents=True, exist_ok=True)
     return state / "logs" / f"{name}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}.log"
-
-
-def first_line(text: str) -> str:
-    """The first non-blank line of ``text``, stripped."""
-    return next((line.strip() for line in text.splitlines() if line.strip()), text.strip())
 
 
 def error_headline(error: Any) -> str:
@@ -135,7 +129,7 @@ def error_headline(error: Any) -> str:
     cause = error
     while cause is not None and cause.cls_name.startswith("Dagster"):
         cause = cause.cause or cause.context
-    return first_line((cause or error).message)
+    return (cause or error).message.strip().split("\n")[0].strip()
 
 
 @dataclass
@@ -148,7 +142,7 @@ class Step:
     done: bool = False
 
     @property
-    def label(self) -> str:  # how the console names a step: by its assets
+    def label(self) -> str:
         return ", ".join(self.assets)
 
 
@@ -176,11 +170,7 @@ class RunConsole:
             message += "\n" + error.to_string()
             self.error = self.error or error_headline(error)
         kind = event.event_type_value if event else "LOG"
-        args = (self.job_name, entry.step_key or "-", kind, message)
-        record = EVENTS.makeRecord(EVENTS.name, entry.level, "", 0, "%s %s %s %s", args, None)
-        # When it happened, not when it was read back.
-        record.created, record.msecs = entry.timestamp, entry.timestamp % 1 * 1000
-        EVENTS.handle(record)
+        EVENTS.log(entry.level, "%s %s %s %s", self.job_name, entry.step_key or "-", kind, message)
         if event is None or entry.step_key is None:
             return
         step = self.steps.setdefault(entry.step_key, Step())
@@ -208,10 +198,11 @@ class RunConsole:
 
     def tick(self) -> None:
         """Show the running step and its time: in place on a terminal, else every 30 s."""
-        running = [s for s in self.steps.values() if s.started and not s.done and s.assets]
+        steps = list(self.steps.values())  # a copy: the run adds steps meanwhile
+        running = [s for s in steps if s.started and not s.done and s.assets]
         if running:
             text = f"running {running[0].label}… {time.time() - running[0].started:.0f} s"
-        elif not any(s.started for s in self.steps.values()):
+        elif not any(s.started for s in steps):
             text = f"starting {self.job_name}… {time.time() - self.created:.0f} s"
         else:
             return
@@ -227,28 +218,18 @@ class RunConsole:
 
 
 def run_job(job: dg.JobDefinition, instance: dg.DagsterInstance, key: str | None) -> RunConsole:
-    """Execute ``job`` on the main thread (where Dagster's interrupt handling works) while a second
-    thread reads its events back from the instance, so the console says what the UI will say."""
+    """Execute ``job`` on the main thread (where Dagster's interrupt handling works); the console
+    gets each event as the instance stores it, so it says what the UI will say."""
     console = RunConsole(job.name)
     print(f"{job.name}{f' for {key}' if key else ''} (run {console.run_id[:8]})")
+    instance.add_event_listener(console.run_id, console.handle)
     finished = threading.Event()
 
-    def follow() -> None:
-        cursor = None
-        while True:
-            done = finished.is_set()  # read before the last page, so no event is missed
-            page = instance.get_records_for_run(console.run_id, cursor=cursor, limit=1000)
-            for record in page.records:
-                console.handle(record.event_log_entry)
-            cursor = page.cursor
-            if not page.has_more:
-                if done:
-                    return
-                console.tick()
-                finished.wait(0.25)
+    def show_progress() -> None:
+        while not finished.wait(0.25):
+            console.tick()
 
-    follower = threading.Thread(target=follow, daemon=True)
-    follower.start()
+    threading.Thread(target=show_progress, daemon=True).start()
     try:
         console.success = job.execute_in_process(
             run_config=QUIET_RUN_CONFIG,
@@ -264,10 +245,9 @@ def run_job(job: dg.JobDefinition, instance: dg.DagsterInstance, key: str | None
         raise KeyboardInterrupt from None
     except Exception as exc:  # reported with the log path, not as a traceback
         logger.exception("%s could not run", job.name)
-        console.error = first_line(f"{type(exc).__name__}: {exc}")
+        console.error = f"{type(exc).__name__}: {exc}".split("\n")[0]
     finally:
         finished.set()
-        follower.join(timeout=10)
     return console
 
 
@@ -290,7 +270,7 @@ def summarize(partition: str, candidate: dict[str, Any]) -> list[str]:
     """What the platform holds after the run: raw rows and rejects, core tables, recommendations,
     the serving model and the gate's verdict on today's candidate."""
     engine = PostgresResource(database_url=os.environ.get(DATABASE_URL_ENV)).engine()
-    core_counts = ", ".join(f"(SELECT count(*) FROM core.{t}) AS {t}" for t in CORE_TABLES)
+    core_counts = "".join(f"(SELECT count(*) FROM core.{t}), " for t in CORE_TABLES)
     with engine.connect() as conn:
         manifest = conn.execute(
             sa.text(
@@ -299,11 +279,10 @@ def summarize(partition: str, candidate: dict[str, Any]) -> list[str]:
             ),
             {"d": partition},
         ).all()
-        core = conn.execute(sa.text(f"SELECT {core_counts}")).one()
-        served = conn.execute(
+        *core, served, users, model = conn.execute(
             sa.text(
-                "SELECT count(*), count(DISTINCT user_id), (SELECT model_type || ' v' || version"
-                " FROM ml.model_registry WHERE status = 'production')"
+                f"SELECT {core_counts}count(*), count(DISTINCT user_id), (SELECT model_type"
+                " || ' v' || version FROM ml.model_registry WHERE status = 'production')"
                 " FROM ml.user_recommendations"
             )
         ).one()
@@ -311,10 +290,11 @@ def summarize(partition: str, candidate: dict[str, Any]) -> list[str]:
     for endpoint, rows, total, rejects in manifest:
         name = f"{RAW_SCHEMA}.{endpoint}"
         lines.append(f"  {name:<20}{rows:>9,} rows  api total {total:>9,}  rejects {rejects:,}")
-    lines.append("  core: " + " · ".join(f"{t} {n:,}" for t, n in core._mapping.items()))
     lines.append(
-        f"  recommendations: {served[0]:,} rows for {served[1]:,} users,"
-        f" served by {served[2] or 'no model'}"
+        "  core: " + " · ".join(f"{t} {n:,}" for t, n in zip(CORE_TABLES, core, strict=True))
+    )
+    lines.append(
+        f"  recommendations: {served:,} rows for {users:,} users, served by {model or 'no model'}"
     )
     if candidate.get("trained"):
         # The reason ends "candidate promoted" or "candidate refused"; its figures are in the UI.
@@ -325,8 +305,11 @@ def summarize(partition: str, candidate: dict[str, Any]) -> list[str]:
     return lines
 
 
-def log_to_file(log_path: Path) -> None:
-    """Send every log record and warning of this process to ``log_path`` only, UTC timestamps."""
+def run_command(args: argparse.Namespace, state: Path) -> int:
+    """``cli run``: the day's ``daily_refresh``, then ``model_retraining``, then a summary."""
+    partition = args.partition or utc_today().isoformat()
+    log_path = log_file_path(state, f"run-{partition}")
+    # Every log record and warning of this process to the file only, UTC timestamps.
     handler = logging.FileHandler(log_path, encoding="utf-8")
     fmt = "%(asctime)s.%(msecs)03dZ %(levelname)-8s %(name)s %(message)s"
     handler.setFormatter(logging.Formatter(fmt, "%Y-%m-%dT%H:%M:%S"))
@@ -334,13 +317,6 @@ def log_to_file(log_path: Path) -> None:
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
     logging.captureWarnings(True)
     EVENTS.setLevel(logging.DEBUG)  # Dagster's DEBUG events belong in the full log
-
-
-def run_command(args: argparse.Namespace, state: Path) -> int:
-    """``cli run``: the day's ``daily_refresh``, then ``model_retraining``, then a summary."""
-    partition = args.partition or utc_today().isoformat()
-    log_path = log_file_path(state, f"run-{partition}")
-    log_to_file(log_path)
     started = time.monotonic()
     with platform(args, state) as env:
         os.environ.update(env)  # the definitions read the variables when imported
@@ -421,7 +397,6 @@ def ui_command(args: argparse.Namespace, state: Path) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line of ``python -m moovitamix_assets.cli``."""
     parser = argparse.ArgumentParser(prog="python -m moovitamix_assets.cli")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="refresh one day and retrain the model, then summarize")
@@ -446,7 +421,6 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse the command line and run ``run`` or ``ui``; the process's exit code."""
     args = build_parser().parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, and Ctrl-C works even when a non-interactive shell started
     # this command with SIGINT ignored: what the command started is stopped either way.

@@ -8,9 +8,9 @@ genre, repeated id, ``updated_at`` before ``created_at``) are kept for the audit
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, NamedTuple
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -91,12 +91,8 @@ MODELS: Final[dict[str, type[_Record]]] = {
     TRACKS_ENDPOINT: Track,
     LISTEN_HISTORY_ENDPOINT: ListenHistory,
 }
-# The field that identifies a record (listen_history has no id of its own).
-KEY_FIELD: Final[dict[str, str]] = {
-    USERS_ENDPOINT: "id",
-    TRACKS_ENDPOINT: "id",
-    LISTEN_HISTORY_ENDPOINT: "user_id",
-}
+# The field that identifies a record, each model's first (listen_history has no id of its own).
+KEY_FIELD: Final[dict[str, str]] = {e: next(iter(m.model_fields)) for e, m in MODELS.items()}
 _NONE: Final[frozenset[str]] = frozenset()
 _PAGE_ADAPTERS: Final = {e: TypeAdapter(list[m]) for e, m in MODELS.items()}
 
@@ -108,8 +104,7 @@ def fields_of(endpoint: str) -> tuple[str, ...]:
     return tuple(MODELS[endpoint].model_fields)
 
 
-@dataclass(frozen=True, slots=True)
-class Reject:
+class Reject(NamedTuple):
     """One record that cannot be loaded: where it was, which field failed and why."""
 
     endpoint: str
@@ -121,20 +116,23 @@ class Reject:
     record: str
 
 
-@dataclass(slots=True)
+@dataclass
 class ValidatedPage:
-    """A page's valid records (as sent, in order), its rejects and its field drift: of every
-    record, and the extra fields of the valid ones (a valid record misses no field)."""
+    """Valid records (as sent, in order), rejects and field drift: of every record, and the extra
+    fields of the valid ones (a valid record misses no field). Accumulates over pages."""
 
-    records: list[dict[str, Any]]
-    rejects: list[Reject]
-    extra_fields: set[str]
-    missing_fields: set[str]
-    loaded_extra_fields: set[str]
+    records: list[dict[str, Any]] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+    extra_fields: set[str] = field(default_factory=set)
+    missing_fields: set[str] = field(default_factory=set)
+    loaded_extra_fields: set[str] = field(default_factory=set)
 
 
-def validate_page(endpoint: str, page: int, items: list[Any]) -> ValidatedPage:
-    """Validate every record of a page; a bad record becomes a Reject, never a silent drop."""
+def validate_page(
+    endpoint: str, page: int, items: list[Any], into: ValidatedPage | None = None
+) -> ValidatedPage:
+    """Validate every record of a page into ``into`` (or a new ValidatedPage); a bad record
+    becomes a Reject, never a silent drop."""
     expected = frozenset(fields_of(endpoint))
     bad: dict[int, list[tuple[str | None, str]]] = {}
     try:
@@ -145,7 +143,7 @@ def validate_page(endpoint: str, page: int, items: list[Any]) -> ValidatedPage:
             bad.setdefault(int(position), []).append(
                 (str(where[0]) if where else None, _reason(error))
             )
-    result = ValidatedPage([], [], set(), set(), set())
+    result = ValidatedPage() if into is None else into
     for position, item in enumerate(items):
         keys = item.keys() if isinstance(item, dict) else expected
         extra = _NONE
@@ -159,31 +157,27 @@ def validate_page(endpoint: str, page: int, items: list[Any]) -> ValidatedPage:
             if extra:
                 result.loaded_extra_fields |= extra
             continue
-        field, reason = errors[0]
+        field_name, reason = errors[0]
         if len(errors) > 1:
             reason += f" (also invalid: {', '.join(str(f) for f, _ in errors[1:])})"
         key = item.get(KEY_FIELD[endpoint]) if isinstance(item, dict) else None
         record_key = None if key is None or isinstance(key, bool) else str(key)
         record = json.dumps(item, ensure_ascii=False)
-        result.rejects.append(Reject(endpoint, page, position, record_key, field, reason, record))
+        result.rejects.append(
+            Reject(endpoint, page, position, record_key, field_name, reason, record)
+        )
     return result
 
 
-_JSON_TYPES: Final = {
-    type(None): "null", bool: "boolean", int: "integer", float: "number", str: "string",
-    list: "array", dict: "object",
-}  # fmt: skip
-
-
 def _reason(error: Any) -> str:
-    """The failure as an operator reads it, naming the JSON type the service sent."""
+    """The failure as an operator reads it, with the value the service sent as JSON."""
     value = error["input"]
     if error["type"] == "missing":
         return "required field is missing"
     if value is None:
         return "null where the contract requires a value"
-    got = _JSON_TYPES.get(type(value), type(value).__name__)
-    if error["type"] == "model_type":
-        return f"record is not a JSON object (got {got})"
     shown = json.dumps(value, ensure_ascii=False, default=str)
-    return f"{error['msg']} (got {got} {shown if len(shown) <= 40 else shown[:37] + '...'})"
+    shown = shown if len(shown) <= 40 else shown[:37] + "..."
+    if error["type"] == "model_type":
+        return f"record is not a JSON object (got {shown})"
+    return f"{error['msg']} (got {shown})"

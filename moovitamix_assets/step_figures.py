@@ -60,25 +60,17 @@ def finish_step_figures(
         "step_s": round(time.perf_counter() - start.wall, 3),
     }
     asset = (asset_key or context.asset_key).to_user_string()
-    push_run_metrics(context.job_name, figures, {"asset": asset}, log=context.log)
+    push_run_metrics(context.job_name, figures, {"asset": asset}, context.log)
     return figures
 
 
 def push_run_metrics(
-    job: str,
-    metadata: Mapping[str, Any],
-    grouping: Mapping[str, str] | None = None,
-    *,
-    gateway_url: str | None = None,
-    log: logging.Logger | None = None,
+    job: str, metadata: Mapping[str, Any], grouping: Mapping[str, str], log: Any = _logger
 ) -> bool:
     """PUT the finite numbers of ``metadata`` as gauges to the Pushgateway; True when accepted.
-
-    PUT replaces the group (job plus ``grouping``), so it holds the latest run's figures; run ids
-    are no label because the Pushgateway keeps every group forever. A failed push is logged, never
-    raised: metrics must not fail a materialization.
-    """
-    url = gateway_url or os.environ.get(PUSHGATEWAY_URL_ENV)
+    PUT replaces the group (job + ``grouping``): no run id label, the gateway keeps groups forever.
+    A failed push is logged, never raised: metrics must not fail a materialization."""
+    url = os.environ.get(PUSHGATEWAY_URL_ENV)
     gauges = {}
     for key, value in metadata.items():
         value = getattr(value, "value", value)
@@ -89,7 +81,7 @@ def push_run_metrics(
     # Label values go base64-encoded: asset keys hold slashes a URL path segment cannot.
     path = f"/metrics/job/{job}" + "".join(
         f"/{name}@base64/{base64.urlsafe_b64encode(value.encode()).decode()}"
-        for name, value in (grouping or {}).items()
+        for name, value in grouping.items()
     )
     body = "".join(f"# TYPE {name} gauge\n{name} {gauges[name]!r}\n" for name in sorted(gauges))
     try:
@@ -100,6 +92,6 @@ def push_run_metrics(
             timeout=PUSH_TIMEOUT_SECONDS,
         ).raise_for_status()
     except requests.RequestException as exc:
-        (log or _logger).warning("Pushgateway push of %s failed (%s)", path, type(exc).__name__)
+        log.warning("Pushgateway push of %s failed (%s)", path, type(exc).__name__)
         return False
     return True

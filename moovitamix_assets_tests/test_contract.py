@@ -109,4 +109,4 @@ def test_several_bad_fields_are_named_once_and_a_non_object_is_rejected() -> Non
     first, second = page.rejects
     assert first.field == "id" and "(also invalid: album)" in first.reason
     assert (second.field, second.record_key) == (None, None)
-    assert "not a JSON object (got array)" in second.reason
+    assert 'not a JSON object (got ["not", "a record"])' in second.reason

@@ -78,7 +78,10 @@ def test_peak_memory_is_the_high_water_mark_in_mib() -> None:
     assert figures["peak_rss_mb"] >= figures["current_rss_mb"] - 1 >= 64
 
 
-def test_push_sends_finite_numbers_in_the_exposition_format(gateway: RecordingHttpServer) -> None:
+def test_push_sends_finite_numbers_in_the_exposition_format(
+    gateway: RecordingHttpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(PUSHGATEWAY_URL_ENV, gateway.url)
     metadata = {
         "dagster/row_count": dg.MetadataValue.int(1000),
         "cpu_s": 1.25,
@@ -87,7 +90,7 @@ def test_push_sends_finite_numbers_in_the_exposition_format(gateway: RecordingHt
         "ratio": float("nan"),
     }
 
-    assert push_run_metrics("daily", metadata, {"asset": "raw/users"}, gateway_url=gateway.url)
+    assert push_run_metrics("daily", metadata, {"asset": "raw/users"})
 
     (request,) = gateway.requests
     encoded = base64.urlsafe_b64encode(b"raw/users").decode()
@@ -116,4 +119,4 @@ def test_a_dead_gateway_never_fails_the_step(monkeypatch: pytest.MonkeyPatch) ->
         assert result.success and len(broken.requests) == 1
 
     monkeypatch.setenv(PUSHGATEWAY_URL_ENV, closed_port_url())
-    assert push_run_metrics("daily", {"cpu_s": 1.0}) is False
+    assert push_run_metrics("daily", {"cpu_s": 1.0}, {}) is False

@@ -7,9 +7,7 @@ a model at 1M users goes through a file object, so memory never holds it beside 
 import hashlib
 import io
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import BinaryIO, Final
+from typing import BinaryIO, Final, NamedTuple
 
 import numpy as np
 
@@ -22,18 +20,12 @@ ARTIFACT_VERSION: Final = 1
 CHUNK_BYTES: Final = 16 << 20
 
 
-@dataclass(frozen=True, eq=False)
-class ModelArtifact:
+class ModelArtifact(NamedTuple):
     """A serialised model: the file object holding its bytes, their size and sha256 hex digest."""
 
     file: BinaryIO
     sha256: str
     size_bytes: int
-
-    def chunks(self) -> Iterator[bytes]:
-        """The payload in slices of ``CHUNK_BYTES``, from its start."""
-        self.file.seek(0)
-        return iter(lambda: self.file.read(CHUNK_BYTES), b"")
 
 
 def _json(value: dict) -> np.ndarray:
@@ -58,7 +50,7 @@ def serialize_model(model: ServingModel, file: BinaryIO | None = None) -> ModelA
             item_factors=model.item_factors.astype(np.float32, copy=False),
         )
     size = file.seek(0, io.SEEK_END)
-    return ModelArtifact(file=file, sha256=_sha256(file), size_bytes=size)
+    return ModelArtifact(file, _sha256(file), size)
 
 
 def _sha256(file: BinaryIO) -> str:

@@ -39,12 +39,7 @@ class Metrics:
     per_user: pd.DataFrame = field(compare=False, repr=False)
 
     def as_dict(self) -> dict[str, float | int]:
-        return {
-            "k": self.k,
-            **{name: float(getattr(self, name)) for name in METRIC_NAMES},
-            "n_users_evaluated": self.n_users_evaluated,
-            "hits": self.hits,
-        }
+        return {name: value for name, value in vars(self).items() if name != "per_user"}
 
     def per_user_values(self, metric: str) -> np.ndarray:
         """Each evaluated user's ``metric`` (a ``PER_USER_COLUMNS`` name), in user id order."""
@@ -107,7 +102,6 @@ def evaluate_on_holdout(
     test: pd.DataFrame,
     catalogue_size: int,
     k: int = DEFAULT_K,
-    *,
     max_users: int | None = None,
     seed: int = 0,
 ) -> dict[str, Metrics]:

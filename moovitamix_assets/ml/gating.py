@@ -1,18 +1,14 @@
-"""Promotion gate of a candidate model and the triggers that ask for retraining.
-
-The gate promotes only when the lower bound of the lift over what serves (on the same held-out
-users) clears the margin: a lift inside the noise is no reason to change what serves.
-"""
+"""Promotion gate: promote a candidate only when the lower bound of its lift over what serves
+(on the same held-out users) clears the margin; a lift inside the noise changes nothing."""
 
 import math
-from dataclasses import dataclass, field
-from typing import Final
+from dataclasses import dataclass
+from typing import Final, NamedTuple
 
 from moovitamix_assets.ml.evaluation import PER_USER_COLUMNS, Metrics
 from moovitamix_assets.ml.significance import (
     DEFAULT_CONFIDENCE,
     DEFAULT_RESAMPLES,
-    Interval,
     detectable_lift,
     paired_bootstrap_lift,
 )
@@ -21,42 +17,33 @@ SIGNIFICANT: Final = "significant"
 NOT_SIGNIFICANT: Final = "not significant"
 NOT_ENOUGH_EVIDENCE: Final = "not enough evidence"
 
-DEFAULT_MIN_LIFT: Final = 0.0
-# Fewer held-out listens found than this, by both models together, decide nothing.
-DEFAULT_MIN_HITS: Final = 30
-
 
 @dataclass(frozen=True)
 class GateSettings:
     """How sure the gate must be before it replaces what serves."""
 
     metric: str = "precision_at_k"
-    min_lift: float = DEFAULT_MIN_LIFT
+    min_lift: float = 0.0
     confidence: float = DEFAULT_CONFIDENCE
-    min_hits: int = DEFAULT_MIN_HITS
+    # Fewer held-out listens found than this, by both models together, decide nothing.
+    min_hits: int = 30
     resamples: int = DEFAULT_RESAMPLES
     seed: int = 0
 
     def __post_init__(self) -> None:
+        # The other settings come through CandidateModelConfig, whose fields bound them.
         if self.metric not in PER_USER_COLUMNS:
             names = ", ".join(PER_USER_COLUMNS)
             raise ValueError(f"unknown gate metric {self.metric!r}; expected one of {names}")
-        if self.min_lift < 0:
-            raise ValueError(f"min_lift must be >= 0, got {self.min_lift}")
-        if not 0 < self.confidence < 1:
-            raise ValueError(f"confidence must be in (0, 1), got {self.confidence}")
-        if self.min_hits < 0:
-            raise ValueError(f"min_hits must be >= 0, got {self.min_hits}")
 
 
-@dataclass(frozen=True)
-class PromotionDecision:
+class PromotionDecision(NamedTuple):
     """Whether to promote the candidate, the verdict in words, and the figures behind it."""
 
     promote: bool
     verdict: str
     reason: str
-    figures: dict[str, float | int | str | None] = field(default_factory=dict)
+    figures: dict[str, float | int | str | None]
 
 
 def decide_promotion(
@@ -117,33 +104,4 @@ def decide_promotion(
     reason = (
         f"lift {lift.describe()} over {serving_name}: {verdict}{margin}, {outcome} ({evidence})"
     )
-    return PromotionDecision(promote=promote, verdict=verdict, reason=reason, figures=figures)
-
-
-def growth_trigger(
-    current_interactions: int, snapshot_interactions: int, threshold_share: float
-) -> tuple[bool, str]:
-    """Fire when interactions grew by at least ``threshold_share`` since the model's snapshot."""
-    if threshold_share <= 0:
-        raise ValueError(f"threshold_share must be > 0, got {threshold_share}")
-    if snapshot_interactions <= 0:
-        fired = current_interactions > 0
-        detail = f"no interactions at the last training, {current_interactions} now"
-    else:
-        growth = (current_interactions - snapshot_interactions) / snapshot_interactions
-        fired = growth >= threshold_share
-        detail = (
-            f"interactions grew {growth:+.1%} ({snapshot_interactions} -> {current_interactions}),"
-            f" {'>=' if fired else '<'} the {threshold_share:.0%} threshold"
-        )
-    return fired, f"{'fired' if fired else 'not fired'}: {detail}"
-
-
-def decay_trigger(production: Interval, threshold: float) -> tuple[bool, str]:
-    """Fire when the production metric is below ``threshold`` beyond its confidence interval."""
-    fired = production.high < threshold
-    return fired, (
-        f"{'fired' if fired else 'not fired'}: production metric {production.mean:.4f} "
-        f"[{production.low:.4f}, {production.high:.4f}], upper bound {'<' if fired else '>='} "
-        f"threshold {threshold:.4f}"
-    )
+    return PromotionDecision(promote, verdict, reason, figures)

@@ -17,14 +17,13 @@ from moovitamix_assets.ml.models import (
     AlsModel,
     AlsParams,
     FallbackModel,
-    GenrePopularityModel,
     PopularityModel,
     Recommender,
     ServingModel,
     fit_genre_popularity,
     isin_ids,
-    known_items_matrix,
     lookup_indices,
+    recommend_excluding_history,
     recommend_for_all_users,
     train_als,
     unique_ids,
@@ -82,19 +81,6 @@ def holdout_frame(test: pd.DataFrame) -> pd.DataFrame:
     return test[columns].sort_values(["user_id", "track_id"], kind="stable", ignore_index=True)
 
 
-def as_recommender(
-    model: ServingModel, fallback: GenrePopularityModel, candidate_pool_size: int
-) -> Recommender:
-    """What ``model`` recommends from: ALS over its candidate pool, or ``fallback`` itself.
-
-    ``fallback`` (fitted on the scored interactions, over the catalogue plus any listened track)
-    also ranks the pool and gives the catalogue size, so listeners are counted once per step.
-    """
-    if isinstance(model, FallbackModel):
-        return fallback
-    return candidate_pool(model, fallback, candidate_pool_size)
-
-
 @dataclass(frozen=True, eq=False)
 class CandidateResult:
     """A trained candidate and every recommender's metrics on the same held-out pairs."""
@@ -124,24 +110,18 @@ def train_and_evaluate(
     """Train ALS on ``train``; score it, what serves and global popularity on ``test``.
 
     ``load_serving`` is called after the fit: a serving ALS model's factors (~190 MB at 1M users)
-    and the fit's buffers are never in memory together. The pool size and the sampled users are
-    as when serving and evaluating.
+    and the fit's buffers are never in memory together.
     """
     model = train_als(train, params)
     fallback = fit_genre_popularity(train, tracks, users)
     recommenders = {
         CANDIDATE: candidate_pool(model, fallback, candidate_pool_size),
-        SERVING: as_recommender(load_serving(), fallback, candidate_pool_size),
+        SERVING: candidate_pool(load_serving(), fallback, candidate_pool_size),
         POPULARITY: fallback.global_popularity(),
     }
+    catalogue_size = max(1, len(fallback.item_ids))
     metrics = evaluate_on_holdout(
-        recommenders,
-        train,
-        test,
-        max(1, len(fallback.item_ids)),
-        k,
-        max_users=evaluation_users,
-        seed=params.random_state,
+        recommenders, train, test, catalogue_size, k, evaluation_users, params.random_state
     )
     return CandidateResult(model=model, metrics=metrics)
 
@@ -156,23 +136,19 @@ def evaluate_model(
     *,
     candidate_pool_size: int = DEFAULT_CANDIDATE_POOL,
     evaluation_users: int = DEFAULT_EVALUATION_USERS,
-    seed: int = 0,
 ) -> dict[str, Metrics]:
-    """Score ``model`` (``production``) and the fallback (``fallback``) on the same holdout."""
+    """Score ``model`` (``production``) and the fallback (``fallback``) on the same holdout.
+
+    The fallback (over the catalogue plus any listened track) also ranks the candidate pool and
+    gives the catalogue size, so listeners are counted once per step.
+    """
     fallback = fit_genre_popularity(train, tracks, users)
     recommenders = {
-        PRODUCTION: as_recommender(model, fallback, candidate_pool_size),
+        PRODUCTION: candidate_pool(model, fallback, candidate_pool_size),
         FALLBACK: fallback,
     }
-    return evaluate_on_holdout(
-        recommenders,
-        train,
-        test,
-        max(1, len(fallback.item_ids)),
-        k,
-        max_users=evaluation_users,
-        seed=seed,
-    )
+    catalogue_size = max(1, len(fallback.item_ids))
+    return evaluate_on_holdout(recommenders, train, test, catalogue_size, k, evaluation_users)
 
 
 @dataclass(frozen=True)
@@ -204,15 +180,15 @@ class EvaluationSummary:
 
 
 def evaluation_summary(
-    metrics: dict[str, Metrics], metric: str, confidence: float, *, seed: int = 0
+    metrics: dict[str, Metrics], metric: str, confidence: float
 ) -> EvaluationSummary:
     """Error bars of ``evaluate_model``'s result: the production metric and its lift."""
     production = metrics[PRODUCTION].per_user_values(metric)
     fallback = metrics[FALLBACK].per_user_values(metric)
     return EvaluationSummary(
         metric=metric,
-        interval=bootstrap_mean(production, confidence=confidence, seed=seed),
-        lift=paired_bootstrap_lift(production, fallback, confidence=confidence, seed=seed),
+        interval=bootstrap_mean(production, confidence=confidence),
+        lift=paired_bootstrap_lift(production, fallback, confidence=confidence),
     )
 
 
@@ -224,20 +200,20 @@ def restrict_to_catalogue(model: AlsModel, track_ids: np.ndarray) -> AlsModel:
     return replace(model, item_ids=model.item_ids[keep], item_factors=model.item_factors[keep])
 
 
-def candidate_pool(model: AlsModel, popularity: PopularityModel, size: int) -> AlsModel:
-    """The same model scoring only its ``size`` most-listened tracks (by ``popularity``).
+def candidate_pool(model: ServingModel, popularity: PopularityModel, size: int) -> Recommender:
+    """What ``model`` recommends from: ALS scoring only its ``size`` most-listened tracks (by
+    ``popularity``), or ``popularity`` itself for the fallback.
 
     This keeps serving linear in users; the tail it drops has too little listening for ALS to rank
     it above the pool anyway.
     """
+    if isinstance(model, FallbackModel):
+        return popularity
     if model.n_items <= size:
         return model
-    position = lookup_indices(popularity.item_ids, model.item_ids)
-    listeners = np.where(position >= 0, popularity.listeners[np.maximum(position, 0)], 0)
     # Most listeners first, ties by track id; tracks nobody listened to never enter the pool.
-    ranked = np.argsort(-listeners, kind="stable")[:size]
-    top = model.item_ids[ranked[listeners[ranked] > 0]]
-    return restrict_to_catalogue(model, top)
+    listened = popularity.item_ids[popularity.ordering[: np.count_nonzero(popularity.listeners)]]
+    return restrict_to_catalogue(model, listened[isin_ids(listened, model.item_ids)][:size])
 
 
 def recommendation_batches(
@@ -261,17 +237,13 @@ def recommendation_batches(
     stamp = pd.DatetimeIndex([pd.Timestamp(generated_at).tz_convert("UTC")])
     # Popularity counts only listens of tracks still in the catalogue, so it never ranks a
     # removed track; the full interactions still serve as the exclusion list.
-    active_listens = interactions.loc[
-        isin_ids(interactions["track_id"].to_numpy(), catalogue),
-        ["user_id", "track_id"],
-    ]
-    cold_start = fit_genre_popularity(active_listens, tracks, users)
-    ranker = None
+    active = isin_ids(interactions["track_id"].to_numpy(), catalogue)
+    cold_start = fit_genre_popularity(
+        interactions.loc[active, ["user_id", "track_id"]], tracks, users
+    )
     if isinstance(model, AlsModel):
-        ranker = candidate_pool(
-            restrict_to_catalogue(model, catalogue), cold_start, candidate_pool_size
-        )
-    del active_listens
+        model = restrict_to_catalogue(model, catalogue)
+    ranker = candidate_pool(model, cold_start, candidate_pool_size)
     users = users.drop_duplicates("id").sort_values("id", ignore_index=True)
     # Histories sorted by user, so a batch's history is a slice rather than a scan of all.
     listener = interactions["user_id"].to_numpy(dtype=np.int64)
@@ -280,13 +252,10 @@ def recommendation_batches(
     for start in range(0, len(users), batch_users):
         batch = users.iloc[start : start + batch_users]
         ids = batch["id"].to_numpy(dtype=np.int64)
-        lo = np.searchsorted(listener, ids[0])
-        hi = np.searchsorted(listener, ids[-1], side="right")
+        lo, hi = np.searchsorted(listener, [ids[0], ids[-1] + 1])
         history = interactions.iloc[order[lo:hi]][["user_id", "track_id"]]
-        if ranker is None:
-            recs = cold_start.recommend(
-                ids, known_items_matrix(history, ids, cold_start.item_ids), k
-            )
+        if ranker is cold_start:
+            recs = recommend_excluding_history(cold_start, ids, history, k)
             recs["source"] = SOURCE_FALLBACK
         else:
             recs = recommend_for_all_users(ranker, batch, tracks, history, k, cold_start=cold_start)

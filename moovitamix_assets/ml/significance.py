@@ -1,9 +1,5 @@
-"""Error bars for ranking metrics: paired bootstrap over users, and the smallest detectable lift.
-
-With one held-out listen per user, two models' means differ by chance by several percent on a few
-thousand users; resampling users (the same resample for both) bounds the lift without assuming a
-distribution.
-"""
+"""Error bars for ranking metrics: paired bootstrap over users (the same resample for both
+models, no distribution assumed), and the smallest detectable lift."""
 
 from __future__ import annotations
 
@@ -32,10 +28,8 @@ class Interval:
 
 @dataclass(frozen=True)
 class Lift:
-    """Relative lift (0.05 = +5 %) of a candidate over a baseline on the same users.
-
-    ``lift``, ``low`` and ``high`` are None when the baseline has no hit at all.
-    """
+    """Relative lift (0.05 = +5 %) of a candidate over a baseline on the same users; ``lift``,
+    ``low`` and ``high`` are None when the baseline has no hit at all."""
 
     candidate: float
     baseline: float
@@ -85,9 +79,7 @@ def paired_bootstrap_lift(
     if c.shape != b.shape or c.ndim != 1:
         raise ValueError(f"paired samples must be 1-d and of one length, got {c.shape}, {b.shape}")
     n = len(c)
-    if n == 0:
-        return Lift(0.0, 0.0, None, None, None, confidence, 0)
-    c_mean, b_mean = float(c.mean()), float(b.mean())
+    c_mean, b_mean = (float(c.mean()), float(b.mean())) if n else (0.0, 0.0)
     if b_mean == 0.0:
         return Lift(c_mean, b_mean, None, None, None, confidence, n)
     sums = _resampled_sums(np.column_stack([c, b]), resamples, np.random.default_rng(seed))
@@ -123,12 +115,9 @@ def detectable_lift(
     confidence: float = DEFAULT_CONFIDENCE,
     power: float = 0.8,
 ) -> float:
-    """The smallest relative lift a paired comparison on ``n_users`` detects with ``power``.
-
-    Normal approximation, one held-out listen per user: with independent hits (the conservative
-    case; correlated models detect smaller lifts) the per-user difference has variance about
-    ``2 p (1 - p)`` at the baseline's hit rate ``p``.
-    """
+    """The smallest relative lift a paired comparison on ``n_users`` detects with ``power``: a
+    normal approximation where independent hits (the conservative case) give the per-user
+    difference a variance of about ``2 p (1 - p)`` at the baseline's hit rate ``p``."""
     if n_users < 1 or not 0.0 < baseline_hit_rate < 1.0:
         return math.inf
     z = NormalDist().inv_cdf(1.0 - (1.0 - confidence) / 2.0) + NormalDist().inv_cdf(power)

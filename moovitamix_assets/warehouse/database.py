@@ -14,7 +14,7 @@ from pydantic import Field
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import ArgumentError
 
-from moovitamix_assets.warehouse.embedded_postgres import embedded_database_url
+from moovitamix_assets.warehouse.embedded_postgres import start_embedded_postgres
 
 DATABASE_URL_ENV: Final = "MOOVITAMIX_DATABASE_URL"
 MASK: Final = "***"
@@ -160,7 +160,7 @@ class PostgresResource(dg.ConfigurableResource):
             return self.database_url, f"database_url ({DATABASE_URL_ENV})"
         if os.environ.get(DATABASE_URL_ENV):
             return os.environ[DATABASE_URL_ENV], DATABASE_URL_ENV
-        return embedded_database_url(self.state_dir), "the embedded PostgreSQL server"
+        return start_embedded_postgres(self.state_dir).url(), "the embedded PostgreSQL server"
 
     def engine(self) -> Engine:
         """A pooled engine, one per URL and process, its database created when missing;

@@ -89,8 +89,7 @@ def start_embedded_postgres(
 ) -> EmbeddedPostgres:
     """Start (or reuse) the embedded server of a state folder and create ``databases``;
     ``durable_init=False`` (tests: throwaway data) skips initdb's fsyncs, slow on a busy disk."""
-    ensure_runtime_dir()
-    pgdata = _pgdata_location(state_dir(state))
+    pgdata = embedded_postgres_of(state).pgdata
     if (cached := _started.get(pgdata)) is not None and cached.is_running():
         return cached
     import fasteners
@@ -102,11 +101,6 @@ def start_embedded_postgres(
         _create_databases(server, databases)
     _started[pgdata] = server
     return server
-
-
-def embedded_database_url(state: str | os.PathLike[str] | None = None) -> str:
-    """Start (or reuse) the embedded server; the psycopg2 SQLAlchemy URL of the warehouse."""
-    return start_embedded_postgres(state).url()
 
 
 def stop_embedded_postgres(server: EmbeddedPostgres) -> None:
@@ -225,8 +219,7 @@ def _closed_ancestor(path: Path) -> Path | None:
 
 
 def _fallback_base() -> Path:
-    root = Path("/var/tmp") if Path("/var/tmp").is_dir() else Path(tempfile.gettempdir())
-    return _own_dir(root / f"moovitamix-{os.getuid()}", 0o755)
+    return _own_dir(Path("/var/tmp") / f"moovitamix-{os.getuid()}", 0o755)
 
 
 def _own_dir(path: Path, mode: int) -> Path:
@@ -282,7 +275,7 @@ def _link_or_copy(src: str, dst: str) -> None:
 
 
 def _is_root() -> bool:
-    return hasattr(os, "geteuid") and os.geteuid() == 0
+    return os.geteuid() == 0
 
 
 def _owned_dir(path: Path, uid: int, private: bool = False) -> bool:

@@ -15,7 +15,8 @@ import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Any, Final
+from functools import partial
+from typing import Any, Final, NamedTuple
 
 import dagster as dg
 import numpy as np
@@ -50,6 +51,13 @@ _ACCEPTS: Final[dict[str, frozenset[str]]] = {
     "text[]": frozenset({"character varying[]"}),
     JSONB: frozenset({"json"}),
 }
+# A column type's pandas dtype (with NULLs, without); dates, arrays and JSON stay Python objects.
+_DTYPES: Final[dict[str, tuple[str, str]]] = {
+    **dict.fromkeys(_INTS, ("Int64", "int64")),
+    **dict.fromkeys(_FLOATS, ("float64", "float64")),
+    **dict.fromkeys(_TEXTS, ("str", "str")),
+    "boolean": ("boolean", "bool"),
+}
 # What pandas' infer_dtype finds in a column (and in its lists, "[]...") -> the column type.
 _INFERRED: Final[dict[str, str | None]] = {
     "integer": BIGINT,
@@ -75,17 +83,15 @@ class PartitionMismatchError(ValueError):
     """A DataFrame holds rows outside the partition(s) being written."""
 
 
-@dataclass(frozen=True)
-class PartitionSlice:
-    """One run's rows: ``start <= column < end`` on a date/timestamp column, else ``IN keys``."""
+class PartitionSlice(NamedTuple):
+    """One run's rows of a time-partitioned asset: ``start <= column < end``."""
 
     column: str
-    keys: tuple[str, ...]
-    window: tuple[dt.datetime, dt.datetime] | None = None
+    start: dt.datetime
+    end: dt.datetime
 
 
-@dataclass(frozen=True)
-class Sidecar:
+class Sidecar(NamedTuple):
     """Bookkeeping rows replaced in the asset's transaction: the slice's rows matching ``match``."""
 
     schema: str
@@ -94,8 +100,7 @@ class Sidecar:
     match: Mapping[str, Any]
 
 
-@dataclass(frozen=True)
-class FrameStream:
+class FrameStream(NamedTuple):
     """A table's rows as chunks, COPY'd as produced in one transaction; ``types`` declares every
     column, ``finish`` runs after the last chunk and returns sidecars and extra metadata."""
 
@@ -163,22 +168,18 @@ def copy_csv(df: pd.DataFrame, types: Mapping[str, str]) -> bytes:
         if pg_type.endswith("[]"):
             series = series.map(_array_literal, na_action="ignore")
         elif pg_type in (JSONB, "json"):
-            series = series.map(_json, na_action="ignore")
+            json_text = partial(json.dumps, ensure_ascii=False, allow_nan=False)
+            series = series.map(json_text, na_action="ignore")
         elif pg_type == TIMESTAMPTZ and pd.api.types.is_object_dtype(series.dtype):
             # ISO texts (the API's) or datetimes; naive ones are UTC, the session's time zone.
-            series = series.map(_iso, na_action="ignore")
+            series = series.map(
+                lambda v: v if isinstance(v, str) else pd.Timestamp(v).isoformat(),
+                na_action="ignore",
+            )
         columns[name] = pa.array(series, from_pandas=True)
     out = io.BytesIO()
     pa_csv.write_csv(pa.table(columns), out, pa_csv.WriteOptions(include_header=False))
     return out.getvalue()
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, allow_nan=False)
-
-
-def _iso(value: Any) -> str:
-    return value if isinstance(value, str) else pd.Timestamp(value).isoformat()
 
 
 def _array_literal(value: Iterable[Any]) -> str:
@@ -197,26 +198,23 @@ def _array_literal(value: Iterable[Any]) -> str:
     return "{" + ",".join(items) + "}"
 
 
-def table_columns(cur: Any, schema: str, table: str) -> list[tuple[str, str]] | None:
-    """(name, type) of a table's columns in stored order, or None when there is no such table."""
+def table_columns(cur: Any, schema: str, table: str) -> dict[str, str]:
+    """Name -> type of a table's columns in stored order, empty when there is no such table."""
     cur.execute(
         "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
         "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
         (sql.Identifier(schema, table).as_string(cur),),
     )
-    return [tuple(row) for row in cur.fetchall()] or None
+    return dict(cur.fetchall())
 
 
 def _slice_where(part: PartitionSlice, pg_type: str | None) -> tuple[sql.Composable, tuple]:
-    column = sql.Identifier(part.column)
-    if part.window is not None and pg_type in (DATE, TIMESTAMPTZ):
-        start, end = part.window
-        bounds = (start.date(), end.date()) if pg_type == DATE else (start, end)
-        return sql.SQL("{c} >= %s AND {c} < %s").format(c=column), bounds
-    if pg_type not in _TEXTS | {DATE, None}:
-        raise TypeError(f"partition column {part.column!r} is {pg_type}: use date or text")
-    cast = sql.SQL("::date[]" if pg_type == DATE else "")
-    return sql.SQL("{} = ANY(%s{})").format(column, cast), (list(part.keys),)
+    if pg_type not in (DATE, TIMESTAMPTZ, None):
+        raise TypeError(f"partition column {part.column!r} is {pg_type}: use date or timestamptz")
+    bounds = (
+        (part.start, part.end) if pg_type == TIMESTAMPTZ else (part.start.date(), part.end.date())
+    )
+    return sql.SQL("{c} >= %s AND {c} < %s").format(c=sql.Identifier(part.column)), bounds
 
 
 def check_partition_values(df: pd.DataFrame, part: PartitionSlice, table: str) -> None:
@@ -228,17 +226,14 @@ def check_partition_values(df: pd.DataFrame, part: PartitionSlice, table: str) -
     values = pd.Series(df[part.column].unique())
     if values.isna().any():
         raise PartitionMismatchError(f"{table}: partition column {part.column!r} holds NULLs")
-    if part.window is not None:
-        stamps = pd.to_datetime(values, utc=True)
-        bad = values[(stamps < part.window[0]) | (stamps >= part.window[1])]
-    else:
-        keys = values.map(lambda v: v.isoformat() if isinstance(v, dt.date) else str(v))
-        bad = values[~keys.isin(part.keys)]
+    stamps = pd.to_datetime(values, utc=True)
+    bad = values[(stamps < part.start) | (stamps >= part.end)]
     if len(bad):
         rows = int(df[part.column].isin(bad).sum())
         raise PartitionMismatchError(
             f"{table}: {rows} row(s) have {part.column} outside the partition(s) being written "
-            f"({', '.join(part.keys)}), e.g. {', '.join(map(str, bad[:3]))}"
+            f"[{part.start.isoformat()}, {part.end.isoformat()}), e.g. "
+            + ", ".join(map(str, bad[:3]))
         )
 
 
@@ -279,7 +274,7 @@ def _replace(
     target = sql.Identifier(schema, table)
     # Serialise writers of one table until the transaction ends.
     cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"table/{qualified}",))
-    existing = dict(table_columns(cur, schema, table) or {})
+    existing = table_columns(cur, schema, table)
     if isinstance(obj, pd.DataFrame):
         types, chunks = column_types(obj, existing, qualified), [obj]
     else:
@@ -290,17 +285,18 @@ def _replace(
                     f"cannot write column {qualified}.{name}: the table column is "
                     f"{existing[name]} but the stream declares {pg_type}"
                 )
-    added = {n: t for n, t in types.items() if n not in existing}
-    columns = [sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t)) for n, t in added.items()]
     if not existing:
         # Serialise creators of one schema: concurrent CREATE SCHEMAs fail on the catalog's key.
         cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"schema/{schema}",))
         cur.execute(create_schema_sql(schema))
-        create = sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})")
-        cur.execute(create.format(target, sql.SQL(", ").join(columns)))
-    else:
-        for column in columns:
-            cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {}").format(target, column))
+        cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ()").format(target))
+    added = [
+        sql.SQL("ADD COLUMN {} {}").format(sql.Identifier(name), sql.SQL(pg_type))
+        for name, pg_type in types.items()
+        if name not in existing
+    ]
+    if added:
+        cur.execute(sql.SQL("ALTER TABLE {} {}").format(target, sql.SQL(", ").join(added)))
     where = [sql.SQL("{} = %s").format(sql.Identifier(validate_identifier(n))) for n in match]
     params = [*match.values()]
     if part is not None:
@@ -309,8 +305,10 @@ def _replace(
         where, params = [condition, *where], [*bounds, *params]
     where_sql = sql.SQL(" AND ").join(where or [sql.SQL("TRUE")])
     cur.execute(sql.SQL("DELETE FROM {} WHERE {}").format(target, where_sql), params)
-    result = WriteResult(rows_replaced=max(cur.rowcount, 0), columns=[*existing.items()])
-    result.columns += added.items()  # ADD COLUMN appends: the table's stored order
+    # ADD COLUMN appends: this is the table's stored order.
+    result = WriteResult(
+        rows_replaced=max(cur.rowcount, 0), columns=[*{**existing, **types}.items()]
+    )
     names = sql.SQL(", ").join(map(sql.Identifier, types))
     copy = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(target, names).as_string(cur)
     for chunk in chunks:
@@ -349,12 +347,12 @@ def read_frame(
         with conn.cursor() as cur:
             cur.execute("SET LOCAL TIME ZONE 'UTC'")
             stored = table_columns(cur, schema, table)
-            if stored is None:
+            if not stored:
                 raise LookupError(f"table {qualified} does not exist: materialize it first")
             query = sql.SQL("SELECT * FROM {}").format(sql.Identifier(schema, table))
             params: tuple[Any, ...] = ()
             if part is not None:
-                where, params = _slice_where(part, dict(stored).get(part.column))
+                where, params = _slice_where(part, stored.get(part.column))
                 query = sql.SQL("{} WHERE {}").format(query, where)
             cur.execute(query, params)
             rows = cur.fetchall()
@@ -362,25 +360,16 @@ def read_frame(
         conn.rollback()
     data = list(zip(*rows, strict=True)) if rows else [() for _ in stored]
     return pd.DataFrame(
-        {name: _typed(list(v), t) for (name, t), v in zip(stored, data, strict=True)}
+        {name: _typed(list(v), t) for (name, t), v in zip(stored.items(), data, strict=True)}
     )
 
 
-def _typed(values: list[Any], pg_type: str) -> Any:
-    has_null = None in values
-    if pg_type in _INTS:
-        return pd.array(values, dtype="Int64") if has_null else np.array(values, dtype="int64")
-    if pg_type in _FLOATS:
-        return np.array([np.nan if v is None else float(v) for v in values], dtype="float64")
-    if pg_type == "boolean":
-        return pd.array(values, dtype="boolean") if has_null else np.array(values, dtype=bool)
+def _typed(values: list[Any], pg_type: str) -> pd.Series:
+    series = pd.Series(values, dtype=object)
     if pg_type in (TIMESTAMPTZ, "timestamp without time zone"):
-        return pd.to_datetime(pd.Series(values, dtype=object), utc=True).astype(
-            "datetime64[us, UTC]"
-        )
-    if pg_type in _TEXTS:
-        return pd.array(values, dtype="str")
-    return pd.array(values, dtype=object)
+        return pd.to_datetime(series, utc=True).astype("datetime64[us, UTC]")
+    with_null, without = _DTYPES.get(pg_type, (object, object))
+    return series.astype(with_null if None in values else without)
 
 
 def _table_of(context: dg.InputContext | dg.OutputContext) -> tuple[str, str]:
@@ -400,13 +389,10 @@ def _partition_of(
             f"asset {context.asset_key.to_user_string()} is partitioned but has no "
             f"'{PARTITION_EXPR_KEY}' metadata naming its partition column"
         )
-    if isinstance(context.asset_partitions_def, dg.MultiPartitionsDefinition):
-        raise ValueError("multi-dimensional partitions are not supported by this IO manager")
-    window = None
-    if isinstance(context.asset_partitions_def, dg.TimeWindowPartitionsDefinition):
-        window = tuple(context.asset_partitions_time_window)
+    if not isinstance(context.asset_partitions_def, dg.TimeWindowPartitionsDefinition):
+        raise ValueError("this IO manager stores time-window (e.g. daily) partitions only")
     column = validate_identifier(column, PARTITION_EXPR_KEY)
-    return PartitionSlice(column, tuple(context.asset_partition_keys), window)
+    return PartitionSlice(column, *context.asset_partitions_time_window)
 
 
 class PostgresPandasIOManager(dg.ConfigurableIOManager):

@@ -6,7 +6,6 @@ import pytest
 from moovitamix_assets.ml.models import (
     AlsModel,
     AlsParams,
-    GenrePopularityModel,
     PopularityModel,
     fit_genre_popularity,
     fit_popularity,
@@ -31,7 +30,7 @@ class Trained:
         self.split: TrainTestSplit = time_based_split(data.interactions, holdout_per_user)
         self.als: AlsModel = train_als(self.split.train, TEST_PARAMS)
         self.popularity: PopularityModel = fit_popularity(self.split.train, data.tracks)
-        self.genre_popularity: GenrePopularityModel = fit_genre_popularity(
+        self.genre_popularity: PopularityModel = fit_genre_popularity(
             self.split.train, data.tracks, data.users
         )
 

@@ -9,7 +9,8 @@ from moovitamix_assets.ml.artifacts import ModelArtifact, deserialize_model, ser
 
 
 def payload_of(artifact: ModelArtifact) -> bytes:
-    return b"".join(artifact.chunks())
+    artifact.file.seek(0)
+    return artifact.file.read()
 
 
 def test_round_trip_restores_identical_model(structured) -> None:

@@ -1,4 +1,4 @@
-"""The promotion gate and the retraining triggers, on known per-user results and real models."""
+"""The promotion gate, on known per-user results and real models."""
 
 import json
 
@@ -12,11 +12,8 @@ from moovitamix_assets.ml.gating import (
     NOT_SIGNIFICANT,
     SIGNIFICANT,
     GateSettings,
-    decay_trigger,
     decide_promotion,
-    growth_trigger,
 )
-from moovitamix_assets.ml.significance import Interval
 
 K = 10
 
@@ -133,27 +130,6 @@ def test_the_gate_never_promotes_als_on_random_data(seed: int) -> None:
         results["als"], results["popularity"], "pop", GateSettings(seed=seed)
     )
     assert not decision.promote, decision.reason
-
-
-def test_growth_trigger() -> None:
-    fired, reason = growth_trigger(1_200, 1_000, 0.2)
-    assert fired
-    assert "+20.0%" in reason
-    fired, reason = growth_trigger(1_100, 1_000, 0.2)
-    assert not fired
-    assert reason.startswith("not fired")
-    assert growth_trigger(10, 0, 0.2)[0]
-    assert not growth_trigger(0, 0, 0.2)[0]
-    with pytest.raises(ValueError):
-        growth_trigger(10, 5, 0.0)
-
-
-def test_decay_fires_only_when_the_whole_interval_is_under_the_threshold() -> None:
-    fired, reason = decay_trigger(Interval(0.010, 0.008, 0.012, 0.95), 0.02)
-    assert fired
-    assert "upper bound < threshold 0.0200" in reason
-    # The point is under the threshold but the interval reaches it: a dip inside the noise.
-    assert not decay_trigger(Interval(0.018, 0.012, 0.024, 0.95), 0.02)[0]
 
 
 def test_unbounded_figures_are_recorded_as_null_for_json() -> None:

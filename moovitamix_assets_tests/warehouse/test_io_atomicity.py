@@ -28,7 +28,7 @@ WINDOW = (
     dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc),
     dt.datetime(2024, 1, 2, tzinfo=dt.timezone.utc),
 )
-PART = PartitionSlice(column="snapshot_date", keys=("2024-01-01",), window=WINDOW)
+PART = PartitionSlice("snapshot_date", *WINDOW)
 TYPES = {"snapshot_date": "date", "id": "bigint"}
 
 

@@ -7,10 +7,10 @@ is a no-op and back-filling an older day gives the same state (docs/data-model.m
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import date
+from functools import partial
 from pathlib import Path
-from typing import Any, Final
+from typing import Final, NamedTuple
 
 import dagster as dg
 import sqlalchemy as sa
@@ -78,12 +78,8 @@ def load_sql(name: str, table: str = "", columns: tuple[str, ...] = ()) -> sa.Te
 
 def newest_merged(conn: sa.Connection, table: str) -> date | None:
     """The newest snapshot merged into a core table (None before the first merge)."""
-    return conn.execute(
-        sa.text(
-            f"SELECT max(snapshot_date) FROM {core_table(MERGE_LOG_TABLE)} WHERE table_name = :t"
-        ),
-        {"t": table},
-    ).scalar_one()
+    newest = f"SELECT max(snapshot_date) FROM {core_table(MERGE_LOG_TABLE)} WHERE table_name = :t"
+    return conn.execute(sa.text(newest), {"t": table}).scalar_one()
 
 
 def _lock(conn: sa.Connection, key: str) -> None:
@@ -106,13 +102,12 @@ def ensure_core_schema(engine: sa.Engine) -> None:
     )
     names = {"names": [f"core.{r}" for r in relations], "previous": "core.interactions_state"}
     with engine.begin() as conn:
-        ready, previous = conn.execute(check, names).one()
-        if ready and not previous:
-            return
-        _lock(conn, "ddl")
-        ready, previous = conn.execute(check, names).one()
-        if ready and not previous:
-            return
+        for lock in (False, True):  # checked again once locked: another run may have done it
+            ready, previous = conn.execute(check, names).one()
+            if ready and not previous:
+                return
+            if lock is False:
+                _lock(conn, "ddl")
         if previous:
             conn.execute(load_sql("migrate_views"))
         conn.execute(sa.text(create_schema_sql(CORE_SCHEMA)))
@@ -121,16 +116,14 @@ def ensure_core_schema(engine: sa.Engine) -> None:
             conn.execute(load_sql("restore_migrated"))
 
 
-@dataclass(frozen=True)
-class MergeResult:
+class MergeResult(NamedTuple):
     """What one merge did (or the interactions hold): counts for metadata and the checks."""
 
     table: str
     snapshot_date: date | None
     counts: dict[str, int]
     rows_total: int
-    seconds: float
-    audits: list[AuditResult] = field(default_factory=list)
+    audits: list[AuditResult] = []
 
 
 # Each merged table's raw endpoint and scripts (the last one returns the counts).
@@ -141,13 +134,13 @@ _SOURCES: Final = {
 }
 
 
-def _merge(engine: sa.Engine, table: str, snapshot_date: date, **params: Any) -> MergeResult:
-    """Merge one raw snapshot into ``core.<table>``.
+def merge(engine: sa.Engine, snapshot_date: date, table: str) -> MergeResult:
+    """Merge one raw snapshot into ``core.<table>`` in one transaction (listening: after the users
+    and tracks of the same day, its orphan flags are computed against them).
 
     Raises:
         SnapshotAuditError: The snapshot failed a blocking audit; core is unchanged.
     """
-    started = time.perf_counter()
     endpoint, *scripts = _SOURCES[table]
     ensure_core_schema(engine)
     # The value columns of an id-keyed table, as the raw records carry them (merge_entity.sql).
@@ -162,15 +155,19 @@ def _merge(engine: sa.Engine, table: str, snapshot_date: date, **params: Any) ->
         audits = assert_snapshot_publishable(conn, endpoint, snapshot_date)
         newest = newest_merged(conn, table)
         is_newest = newest is None or snapshot_date >= newest
-        params.update(day=snapshot_date, newest=newest, is_newest=is_newest)
+        params = {"day": snapshot_date, "newest": newest, "is_newest": is_newest}
+        params.update(genders=sorted(GENDERS), genres=sorted(GENRES))
         storage = core_table(STORAGE_TABLES.get(table, table))
-        # Into an empty core.listen_pairs the by-track index is cheaper built afterwards.
+        # Into an empty core.listen_pairs the by-track index, filled in random track order, would
+        # dirty a page per pair and rewrite it after every checkpoint (full-page images in the
+        # WAL): it is dropped and schema.sql builds it again in one sorted pass. The primary key
+        # stays: pairs arrive in user order.
         bulk_load = (
             table == LISTEN_EVENTS_TABLE
             and conn.execute(sa.text(f"SELECT NOT EXISTS (SELECT 1 FROM {storage})")).scalar_one()
         )
         if bulk_load:
-            conn.execute(load_sql("drop_track_index"))
+            conn.execute(sa.text("DROP INDEX IF EXISTS core.listen_events_track_id_idx"))
         for script in scripts[:-1]:
             conn.execute(load_sql(script), params)
         counts = conn.execute(load_sql(scripts[-1], table, value_columns), params).mappings().one()
@@ -185,35 +182,18 @@ def _merge(engine: sa.Engine, table: str, snapshot_date: date, **params: Any) ->
         snapshot_date=snapshot_date,
         rows_total=figures.pop("rows_total"),
         counts={**figures, "is_newest_snapshot": int(is_newest)},
-        seconds=time.perf_counter() - started,
         audits=audits,
     )
 
 
-def merge_users(engine: sa.Engine, snapshot_date: date) -> MergeResult:
-    """Merge the raw users snapshot of one day into ``core.users`` (one transaction)."""
-    return _merge(
-        engine, USERS_TABLE, snapshot_date, genders=sorted(GENDERS), genres=sorted(GENRES)
-    )
-
-
-def merge_tracks(engine: sa.Engine, snapshot_date: date) -> MergeResult:
-    """Merge the raw tracks snapshot of one day into ``core.tracks`` (one transaction)."""
-    return _merge(engine, TRACKS_TABLE, snapshot_date)
-
-
-def merge_listen_events(engine: sa.Engine, snapshot_date: date) -> MergeResult:
-    """Normalize one day's raw listen_history into ``core.listen_events`` (one transaction).
-
-    Merge users and tracks of the same day first: the orphan flags are computed against them.
-    """
-    return _merge(engine, LISTEN_EVENTS_TABLE, snapshot_date)
+merge_users = partial(merge, table=USERS_TABLE)
+merge_tracks = partial(merge, table=TRACKS_TABLE)
+merge_listen_events = partial(merge, table=LISTEN_EVENTS_TABLE)
 
 
 def interaction_figures(engine: sa.Engine) -> MergeResult:
     """Count ``core.user_track_interactions``, the view of the current listening the models read
     (``snapshot_date``: the newest merged listening day)."""
-    started = time.perf_counter()
     ensure_core_schema(engine)
     with engine.connect() as conn:
         counts = dict(conn.execute(load_sql("interactions_figures")).mappings().one())
@@ -222,7 +202,6 @@ def interaction_figures(engine: sa.Engine) -> MergeResult:
         snapshot_date=counts.pop("as_of"),
         rows_total=int(counts.pop("rows_total")),
         counts={k: int(v) for k, v in counts.items()},
-        seconds=time.perf_counter() - started,
     )
 
 
@@ -245,7 +224,7 @@ def _core_asset(
     def _asset(
         context: dg.AssetExecutionContext, postgres: PostgresResource
     ) -> dg.MaterializeResult:
-        start = start_step_figures()
+        start, started = start_step_figures(), time.perf_counter()
         result = run(postgres.engine(), date.fromisoformat(context.partition_key))
         warnings = [a for a in result.audits if not a.passed]
         for audit in warnings:
@@ -255,7 +234,7 @@ def _core_asset(
             )
         metadata: dict[str, object] = {
             **result.counts,
-            "merge_s": round(result.seconds, 3),
+            "merge_s": round(time.perf_counter() - started, 3),
             "dagster/row_count": result.rows_total,  # the table's
             **columns.lineage_metadata(context, context.asset_key),
         }
@@ -267,30 +246,30 @@ def _core_asset(
     return _asset
 
 
-core_users = _core_asset(
-    CORE_USERS,
-    [RAW_KEYS[USERS_ENDPOINT]],
-    "Current state of every user ever seen: one row per id, merged from the raw snapshot.",
-    merge_users,
-)
-core_tracks = _core_asset(
-    CORE_TRACKS,
-    [RAW_KEYS[TRACKS_ENDPOINT]],
-    "Current state of every track ever seen: one row per id, merged from the raw snapshot.",
-    merge_tracks,
-)
-core_listen_events = _core_asset(
-    CORE_LISTEN_EVENTS,
-    [RAW_KEYS[LISTEN_HISTORY_ENDPOINT], CORE_USERS, CORE_TRACKS],
-    "Listening normalized to one row per (user, track) pair, orphans kept and flagged.",
-    merge_listen_events,
-)
-core_user_track_interactions = _core_asset(
-    CORE_INTERACTIONS,
-    # The view reads core.tracks too (track_active), so its column lineage can name it.
-    [CORE_LISTEN_EVENTS, CORE_TRACKS],
-    "Weighted (user, track) interactions of the current listening state: the models' input.",
-    lambda engine, _day: interaction_figures(engine),
-)
-
-core_assets = [core_users, core_tracks, core_listen_events, core_user_track_interactions]
+core_assets = [
+    _core_asset(
+        CORE_USERS,
+        [RAW_KEYS[USERS_ENDPOINT]],
+        "Current state of every user ever seen: one row per id, merged from the raw snapshot.",
+        merge_users,
+    ),
+    _core_asset(
+        CORE_TRACKS,
+        [RAW_KEYS[TRACKS_ENDPOINT]],
+        "Current state of every track ever seen: one row per id, merged from the raw snapshot.",
+        merge_tracks,
+    ),
+    _core_asset(
+        CORE_LISTEN_EVENTS,
+        [RAW_KEYS[LISTEN_HISTORY_ENDPOINT], CORE_USERS, CORE_TRACKS],
+        "Listening normalized to one row per (user, track) pair, orphans kept and flagged.",
+        merge_listen_events,
+    ),
+    _core_asset(
+        CORE_INTERACTIONS,
+        # The view reads core.tracks too (track_active), so its column lineage can name it.
+        [CORE_LISTEN_EVENTS, CORE_TRACKS],
+        "Weighted (user, track) interactions of the current listening state: the models' input.",
+        lambda engine, _day: interaction_figures(engine),
+    ),
+]

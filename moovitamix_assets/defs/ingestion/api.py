@@ -26,15 +26,8 @@ import dagster as dg
 import requests
 from pydantic import Field, PrivateAttr, ValidatorFunctionWrapHandler, field_validator
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import (
-    ConnectTimeoutError,
-    MaxRetryError,
-    NewConnectionError,
-    ProtocolError,
-    ReadTimeoutError,
-    ResponseError,
-)
-from urllib3.util.retry import Retry
+from urllib3 import exceptions as u3
+from urllib3.util import Retry
 
 from moovitamix_assets.constants import API_MAX_PAGE_SIZE, ENDPOINTS
 from moovitamix_assets.contract import fields_of
@@ -51,23 +44,13 @@ _RANGES: Final[dict[str, tuple[int, int | None]]] = {
     "page_size": (1, API_MAX_PAGE_SIZE),
     "max_concurrency": (1, 64),
     "max_pages": (1, None),
-    "max_retries": (0, None),
-    "retry_after_max": (0, None),
 }
-# A failed request's cause (after its retries), most specific first: NewConnectionError is a
-# ConnectTimeoutError.
-_CAUSES: Final = (
-    (ReadTimeoutError, "read timed out"),
-    (NewConnectionError, "cannot connect (connection refused, unknown host or host unreachable)"),
-    (ConnectTimeoutError, "connection timed out"),
-)
 
 
 class ApiError(Exception):
     """A read of the MooVitamix API failed; the message names the endpoint and the page."""
 
     def __init__(self, endpoint: str, page: int | None, reason: str) -> None:
-        self.endpoint, self.page, self.reason = endpoint, page, reason
         where = f"endpoint {endpoint!r}" + (f", page {page}" if page is not None else "")
         super().__init__(f"MooVitamix API {where}: {reason}")
 
@@ -106,56 +89,49 @@ def redact_url(url: str) -> str:
 def describe(exc: requests.RequestException) -> str:
     """A short cause of a failed request (after its retries)."""
     cause: BaseException = exc.args[0] if exc.args and isinstance(exc.args[0], Exception) else exc
-    if isinstance(cause, MaxRetryError) and cause.reason is not None:
+    if isinstance(cause, u3.MaxRetryError) and cause.reason is not None:
         cause = cause.reason
-    if isinstance(exc, requests.ReadTimeout):
+    if isinstance(exc, requests.ReadTimeout) or isinstance(cause, u3.ReadTimeoutError):
         return "read timed out"
-    for kind, text in _CAUSES:
-        if isinstance(cause, kind):
-            return text
-    if isinstance(cause, ResponseError):
+    if isinstance(cause, u3.NewConnectionError):  # before its base class ConnectTimeoutError
+        return "cannot connect (connection refused, unknown host or host unreachable)"
+    if isinstance(cause, u3.ConnectTimeoutError):
+        return "connection timed out"
+    if isinstance(cause, u3.ResponseError):
         return str(cause)  # "too many 503 error responses"
-    if isinstance(cause, ProtocolError):
+    if isinstance(cause, u3.ProtocolError):
         return f"connection broken ({cause})"
     return f"{type(cause).__name__}: {cause}"
 
 
-def parse_page(endpoint: str, number: int, body: bytes, size: int) -> tuple[list[Any], int, int]:
-    """The items, ``total`` and ``pages`` of a body that must be the contract's page object of
-    that number and size (ApiPageError otherwise)."""
-    try:
-        payload = json.loads(body)
-    except ValueError as exc:
-        raise ApiPageError(
-            endpoint, number, f"body is not valid JSON ({len(body)} bytes, truncated?): {exc}"
-        ) from exc
+def page_problem(payload: Any, number: int, size: int) -> str | None:
+    """Why a decoded body is not the contract's page object of that number and size, or None."""
     if not isinstance(payload, dict) or {"items", "total", "pages"} - payload.keys():
         shown = ", ".join(sorted(payload)) if isinstance(payload, dict) else type(payload).__name__
-        raise ApiPageError(endpoint, number, f"not a page object (it has: {shown or 'nothing'})")
+        return f"not a page object (it has: {shown or 'nothing'})"
     items, total, pages = payload["items"], payload["total"], payload["pages"]
     if not isinstance(items, list):
-        raise ApiPageError(endpoint, number, "'items' is not an array")
+        return "'items' is not an array"
     for key, value in (("total", total), ("pages", pages)):
         if type(value) is not int or value < 0:
-            raise ApiPageError(endpoint, number, f"{key!r} is {value!r}, not a count")
+            return f"{key!r} is {value!r}, not a count"
     # A service that ignored our page or size parameters would make us skip or repeat records.
     for key, expected in (("page", number), ("size", size)):
         if key in payload and payload[key] != expected:
-            raise ApiPageError(
-                endpoint, number, f"answered {key}={payload[key]!r} to a request for {expected}"
-            )
+            return f"answered {key}={payload[key]!r} to a request for {expected}"
     if len(items) > size:
-        raise ApiPageError(endpoint, number, f"{len(items)} items on a page of size {size}")
-    return items, total, pages
+        return f"{len(items)} items on a page of size {size}"
+    if pages != math.ceil(total / size):
+        return f"pages={pages} but ceil(total {total} / size {size}) = {math.ceil(total / size)}"
+    if total == 0 and items:
+        return f"total is 0 but the page has {len(items)} items"
+    return None
 
 
 class MoovitamixApiResource(dg.ConfigurableResource):
-    """Client of the MooVitamix API (resource key ``moovitamix_api``).
-
-    One ``requests.Session`` per resource instance, with urllib3's ``Retry`` (connection errors,
-    read timeouts, 429 and 5xx, exponential backoff with jitter, ``Retry-After`` honoured) and a
-    connect and read timeout on every request.
-    """
+    """Client of the MooVitamix API (resource key ``moovitamix_api``): one ``requests.Session``
+    with urllib3's ``Retry`` (connection errors, read timeouts, 429 and 5xx, backoff with jitter,
+    ``Retry-After`` honoured) and a connect and read timeout on every request."""
 
     base_url: str = Field(
         default=DEFAULT_BASE_URL,
@@ -168,7 +144,7 @@ class MoovitamixApiResource(dg.ConfigurableResource):
     connect_timeout: float = Field(default=5.0, gt=0, description="Seconds to connect.")
     read_timeout: float = Field(default=30.0, gt=0, description="Seconds to wait for an answer.")
     max_retries: int = Field(
-        default=5, description="Retries per request (connection errors, timeouts, 429, 5xx)."
+        default=5, ge=0, description="Retries per request (connection errors, timeouts, 429, 5xx)."
     )
     backoff_factor: float = Field(
         default=0.5, ge=0, description="Backoff base in seconds: factor * 2**(retry - 1)."
@@ -180,7 +156,9 @@ class MoovitamixApiResource(dg.ConfigurableResource):
     )
     backoff_max: float = Field(default=30.0, ge=0, description="Longest backoff in seconds.")
     retry_after_max: int = Field(
-        default=120, description="Longest Retry-After (seconds) honoured; longer ones are capped."
+        default=120,
+        ge=0,
+        description="Longest Retry-After (seconds) honoured; longer ones are capped.",
     )
     max_concurrency: int = Field(
         default=4, description="Pages fetched at once (the thread pool and connection pool size)."
@@ -208,8 +186,7 @@ class MoovitamixApiResource(dg.ConfigurableResource):
         return value
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        """Check the settings and that the base URL serves the API, before any step starts."""
-        self.check_settings()
+        """Check that the base URL serves the API, before any step starts."""
         self.check_service()
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
@@ -218,15 +195,6 @@ class MoovitamixApiResource(dg.ConfigurableResource):
             if self._session is not None:
                 self._session.close()
             self._session = None
-
-    def check_settings(self) -> None:
-        """Check the base URL, maybe an ``EnvVar`` known only at setup (ValueError, URL masked)."""
-        parts = urlsplit(self.base_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(
-                f"base_url ({API_URL_ENV_VAR}) must be an http(s) URL with a host, got "
-                f"{redact_url(self.base_url)!r}"
-            )
 
     def session(self) -> requests.Session:
         """The resource's session: pooled connections and the retry policy, made once."""
@@ -259,10 +227,15 @@ class MoovitamixApiResource(dg.ConfigurableResource):
         )
 
     def check_service(self) -> None:
-        """Check with ``/openapi.json`` (no data request, the reads' retries) that the base URL
-        serves the three endpoints: a wrong or unreachable URL fails at setup, naming
-        MOOVITAMIX_API_URL (ApiUnavailableError), not in the step after its retries."""
-        where = f"{redact_url(self.base_url)} (from {API_URL_ENV_VAR})"
+        """Check the base URL (maybe an ``EnvVar`` known only at setup: ValueError, URL masked),
+        then with ``/openapi.json`` (no data request, the reads' retries) that it serves the three
+        endpoints: a wrong or unreachable URL fails at setup naming MOOVITAMIX_API_URL
+        (ApiUnavailableError), not in the step after its retries."""
+        url, parts = redact_url(self.base_url), urlsplit(self.base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            reason = f"must be an http(s) URL with a host, got {url!r}"
+            raise ValueError(f"base_url ({API_URL_ENV_VAR}) {reason}")
+        where = f"{url} (from {API_URL_ENV_VAR})"
         try:
             response = self._get(OPENAPI_PATH)
         except requests.RequestException as exc:
@@ -283,7 +256,8 @@ class MoovitamixApiResource(dg.ConfigurableResource):
             raise ApiUnavailableError(OPENAPI_PATH, None, reason)
 
     def fetch_page(self, endpoint: str, number: int) -> ApiPage:
-        """GET one page (with retries) and decode it; ApiError names the endpoint and page."""
+        """GET one page (with retries), which must be the contract's page object of that number
+        and size (ApiPageError otherwise); ApiError names the endpoint and page."""
         try:
             response = self._get(endpoint, {"page": number, "size": self.page_size})
         except requests.RequestException as exc:
@@ -292,28 +266,24 @@ class MoovitamixApiResource(dg.ConfigurableResource):
             reason = f"HTTP {response.status_code}: {response.text[:200]!r}"
             raise ApiError(endpoint, number, reason)
         body = response.content
-        items, total, pages = parse_page(endpoint, number, body, self.page_size)
+        try:
+            payload = json.loads(body)
+        except ValueError as exc:
+            reason = f"body is not valid JSON ({len(body)} bytes, truncated?): {exc}"
+            raise ApiPageError(endpoint, number, reason) from exc
+        if problem := page_problem(payload, number, self.page_size):
+            raise ApiPageError(endpoint, number, problem)
         history = getattr(response.raw, "retries", None)
         retries = len(history.history) if history is not None else 0
+        items, total, pages = payload["items"], payload["total"], payload["pages"]
         return ApiPage(number, items, total, pages, retries, len(body))
 
     def read_pages(self, endpoint: str, log: logging.Logger | None = None) -> Iterator[ApiPage]:
-        """Every page of an endpoint, in page order, with the stops of the module docstring.
-
-        ``log`` (e.g. ``context.log``) gets the warning of an early empty page. An unknown
-        endpoint is a ValueError before any request; the rest are ApiError (and subclasses).
-        """
+        """Every page of an endpoint, in page order, with the stops of the module docstring;
+        ``log`` gets an early empty page's warning. ValueError for an unknown endpoint, before any
+        request; the rest are ApiError (and subclasses)."""
         fields_of(endpoint)
-        log = log or logger
         first = self.fetch_page(endpoint, 1)
-        expected = math.ceil(first.total / self.page_size)
-        if first.pages != expected:
-            raise ApiPageError(
-                endpoint,
-                1,
-                f"pages={first.pages} but ceil(total {first.total} / size {self.page_size}) = "
-                f"{expected}",
-            )
         if first.pages > self.max_pages:
             raise ApiError(
                 endpoint,
@@ -321,19 +291,15 @@ class MoovitamixApiResource(dg.ConfigurableResource):
                 f"{first.pages} pages (total {first.total}) exceed max_pages={self.max_pages}; "
                 "raise the resource's max_pages if this volume is expected",
             )
-        if first.total == 0 and first.items:
-            raise ApiPageError(endpoint, 1, f"total is 0 but the page has {len(first.items)} items")
         yield first
-        if first.pages and not first.items:
-            log.warning(f"MooVitamix {endpoint}: page 1 is empty; stopping (total {first.total})")
-            return
+        page = first
         with ThreadPoolExecutor(self.max_concurrency, f"moovitamix-{endpoint}") as pool:
             # A bounded window of pages in flight, refilled as the reader takes one.
             submit = partial(pool.submit, self.fetch_page, endpoint)
-            numbers = iter(range(2, first.pages + 1))
+            numbers = iter(range(2, first.pages + 1) if first.items else ())
             pending = deque(map(submit, islice(numbers, _AHEAD_PER_WORKER * self.max_concurrency)))
             try:
-                while pending:
+                while page.items and pending:
                     page = pending.popleft().result()
                     pending.extend(map(submit, islice(numbers, 1)))
                     if (page.total, page.pages) != (first.total, first.pages):
@@ -345,13 +311,13 @@ class MoovitamixApiResource(dg.ConfigurableResource):
                             "data is changing, nothing of this endpoint was stored, try again "
                             "later",
                         )
-                    if not page.items:
-                        log.warning(
-                            f"MooVitamix {endpoint}: page {page.number} of {first.pages} is "
-                            f"empty; stopping there (total {first.total})"
-                        )
-                        return
-                    yield page
+                    if page.items:
+                        yield page
             finally:
                 for future in pending:  # the read ended early: fetch nothing more
                     future.cancel()
+        if first.pages and not page.items:
+            (log or logger).warning(
+                f"MooVitamix {endpoint}: page {page.number} of {first.pages} is empty; stopping "
+                f"there (total {first.total})"
+            )

@@ -1,25 +1,16 @@
 """Raw layer: one daily snapshot of each MooVitamix API endpoint, stored as the API served it."""
 
-import dataclasses
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
 from typing import Any, Final
 
 import dagster as dg
 import pandas as pd
 
-from moovitamix_assets.constants import (
-    ENDPOINTS,
-    INGESTION_GROUP,
-    LISTEN_HISTORY_ENDPOINT,
-    RAW_SCHEMA,
-    SNAPSHOT_DATE_COLUMN,
-    TRACKS_ENDPOINT,
-    USERS_ENDPOINT,
-)
-from moovitamix_assets.contract import Reject, fields_of, validate_page
+from moovitamix_assets.constants import ENDPOINTS, INGESTION_GROUP, RAW_SCHEMA, SNAPSHOT_DATE_COLUMN
+from moovitamix_assets.contract import Reject, ValidatedPage, fields_of, validate_page
 from moovitamix_assets.defs.ingestion.api import MoovitamixApiResource
 from moovitamix_assets.defs.ingestion.tables import (
     MANIFEST_TABLE,
@@ -37,65 +28,31 @@ from moovitamix_assets.warehouse.io_manager import FrameStream, Sidecar
 
 # Valid records per chunk handed to the IO manager: memory holds a chunk, not an endpoint.
 CHUNK_RECORDS: Final = 5_000
-_DRIFT: Final = ("extra_fields", "missing_fields", "loaded_extra_fields")
-_REJECT_FIELDS: Final = [f.name for f in dataclasses.fields(Reject)]
-
-DESCRIPTIONS: Final[dict[str, str]] = {
-    USERS_ENDPOINT: "Daily snapshot of every MooVitamix user account, as the API served it.",
-    TRACKS_ENDPOINT: "Daily snapshot of the whole MooVitamix catalogue of tracks, as served.",
-    LISTEN_HISTORY_ENDPOINT: (
-        "Daily snapshot of every user's listening history (one row per user, track ids as a list)."
-    ),
-}
 
 
 def raw_spec(endpoint: str) -> dg.AssetSpec:
-    """The raw snapshot asset of one API endpoint, as the UI and the lineage show it."""
+    """The raw snapshot asset of one API endpoint, described by its table in columns.yaml."""
+    table = columns.for_asset(RAW_KEYS[endpoint])
     return dg.AssetSpec(
         key=RAW_KEYS[endpoint],
-        description=DESCRIPTIONS[endpoint],
+        description=table.description,
         group_name=INGESTION_GROUP,
         kinds={"api", "postgres"},
-        metadata={
-            "partition_expr": SNAPSHOT_DATE_COLUMN,
-            **columns.for_asset(RAW_KEYS[endpoint]).definition_metadata(),
-        },
+        metadata={"partition_expr": SNAPSHOT_DATE_COLUMN, **table.definition_metadata()},
         freshness_policy=DAILY_FRESHNESS,
     ).with_io_manager_key("warehouse_io_manager")
 
 
 @dataclass
-class EndpointRead:
-    """What one read of an endpoint found, besides its valid rows."""
+class EndpointRead(ValidatedPage):
+    """One read of an endpoint: its pages validated into one ValidatedPage, and their figures."""
 
-    endpoint: str
     total: int = 0
     pages: int = 0
     requests: int = 0
     retries: int = 0
     bytes: int = 0
     rows: int = 0
-    rejects: list[Reject] = field(default_factory=list)
-    # Field drift, as in ValidatedPage: of any record, and the extra fields of the stored ones.
-    extra_fields: set[str] = field(default_factory=set)
-    missing_fields: set[str] = field(default_factory=set)
-    loaded_extra_fields: set[str] = field(default_factory=set)
-    started: float = field(default_factory=time.perf_counter)
-
-    def metadata(self) -> dict[str, int | float | str]:
-        """Numeric figures of the read, for the UI's plots."""
-        return {
-            "api_total": self.total,
-            "rows_valid": self.rows,
-            "rejected_records": len(self.rejects),
-            "pages": self.pages,
-            "requests": self.requests,
-            "retries": self.retries,
-            "api_s": round(time.perf_counter() - self.started, 3),
-            "api_mb": round(self.bytes / 2**20, 3),
-            "extra_fields": ", ".join(sorted(self.extra_fields)) or "none",
-            "missing_fields": ", ".join(sorted(self.missing_fields)) or "none",
-        }
 
 
 def snapshot_stream(
@@ -105,32 +62,25 @@ def snapshot_stream(
     snapshot: date,
 ) -> FrameStream:
     """One endpoint's raw partition as a stream: its chunks, then its manifest row and rejects."""
-    read, start, key = EndpointRead(endpoint), start_step_figures(), RAW_KEYS[endpoint]
-    fields = fields_of(endpoint)
+    read, start, fields = EndpointRead(), start_step_figures(), fields_of(endpoint)
 
-    def frame(records: list[dict[str, Any]]) -> pd.DataFrame:
-        # The records as sent: PostgreSQL parses the timestamps' text in the COPY.
-        read.rows += len(records)
-        chunk = pd.DataFrame(records, columns=fields, dtype=object)
+    def frame() -> pd.DataFrame:
+        # The records as sent, a chunk at a time: PostgreSQL parses the timestamps' text in COPY.
+        chunk = pd.DataFrame(read.records, columns=fields, dtype=object)
         chunk.insert(0, SNAPSHOT_DATE_COLUMN, snapshot)
+        read.rows, read.records = read.rows + len(chunk), []
         return chunk
 
     def chunks() -> Iterator[pd.DataFrame]:
-        records: list[dict[str, Any]] = []
         for page in api.read_pages(endpoint, context.log):
             read.total, read.pages = page.total, page.pages
             read.requests, read.retries = read.requests + 1, read.retries + page.retries
             read.bytes += page.bytes
-            checked = validate_page(endpoint, page.number, page.items)
-            records += checked.records
-            read.rejects += checked.rejects
-            for drift in _DRIFT:
-                getattr(read, drift).update(getattr(checked, drift))
-            if len(records) >= CHUNK_RECORDS:
-                yield frame(records)
-                records = []
-        if records:
-            yield frame(records)
+            validate_page(endpoint, page.number, page.items, into=read)
+            if len(read.records) >= CHUNK_RECORDS:
+                yield frame()
+        if read.records:
+            yield frame()
 
     def finish() -> tuple[list[Sidecar], dict[str, Any]]:
         if read.rejects:
@@ -140,11 +90,11 @@ def snapshot_stream(
                 f"{RAW_SCHEMA}.{REJECTS_TABLE} for {snapshot}; first: page {first.page}, record "
                 f"{first.position}, field {first.field}: {first.reason}"
             )
-        if read.extra_fields or read.missing_fields:
+        extra, missing = sorted(read.extra_fields), sorted(read.missing_fields)
+        if extra or missing:
             context.log.warning(
-                f"/{endpoint} schema drift: fields outside the contract "
-                f"{sorted(read.extra_fields)}, contract fields missing "
-                f"{sorted(read.missing_fields)}"
+                f"/{endpoint} schema drift: fields outside the contract {extra}, contract fields "
+                f"missing {missing}"
             )
         # The manifest's drift is the stored rows' (none misses a field): a record rejected for a
         # missing field is judged by the reject-rate audit, not as a schema change.
@@ -159,14 +109,26 @@ def snapshot_stream(
             "missing_fields": [],
             "run_id": context.run.run_id,
         }
-        rejects = pd.DataFrame(read.rejects, columns=_REJECT_FIELDS, dtype=object)
+        rejects = pd.DataFrame(read.rejects, columns=Reject._fields, dtype=object)
         rejects.insert(1, SNAPSHOT_DATE_COLUMN, snapshot)
         match = {"endpoint": endpoint}
         sidecars = [
             Sidecar(RAW_SCHEMA, MANIFEST_TABLE, pd.DataFrame([manifest]), match),
             Sidecar(RAW_SCHEMA, REJECTS_TABLE, rejects, match),
         ]
-        return sidecars, finish_step_figures(context, read.metadata(), start, asset_key=key)
+        figures = {  # numeric figures of the read, for the UI's plots
+            "api_total": read.total,
+            "rows_valid": read.rows,
+            "rejected_records": len(read.rejects),
+            "pages": read.pages,
+            "requests": read.requests,
+            "retries": read.retries,
+            "api_s": round(time.perf_counter() - start.wall, 3),
+            "api_mb": round(read.bytes / 2**20, 3),
+            "extra_fields": ", ".join(extra) or "none",
+            "missing_fields": ", ".join(missing) or "none",
+        }
+        return sidecars, finish_step_figures(context, figures, start, asset_key=RAW_KEYS[endpoint])
 
     return FrameStream(RAW_COLUMNS[endpoint], chunks(), finish)
 

@@ -4,44 +4,18 @@ The ERROR ones are blocking: when one fails, the run does not start the core ass
 run alone refuses the snapshot by itself).
 """
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from datetime import date
-from typing import Final
 
 import dagster as dg
 import sqlalchemy as sa
 
 from moovitamix_assets.check_results import daily_check_spec, selected_names, to_check_result
 from moovitamix_assets.constants import ENDPOINTS
-from moovitamix_assets.defs.ingestion import audits
-from moovitamix_assets.defs.ingestion.audits import AuditResult
+from moovitamix_assets.defs.ingestion.audits import AUDITS as RAW_CHECKS
+from moovitamix_assets.defs.ingestion.audits import AuditResult, audit_snapshot
 from moovitamix_assets.defs.ingestion.tables import RAW_KEYS
 from moovitamix_assets.warehouse.database import PostgresResource
-
-
-@dataclass(frozen=True)
-class RawCheck:
-    """One audit as an asset check: named after it, described by its docstring."""
-
-    name: str
-    audit: Callable[[sa.Connection, str, date], AuditResult]
-    blocking: bool
-    description: str
-
-
-# ``blocking`` mirrors each audit's severity (ERROR blocks); a test keeps the two in step.
-RAW_CHECKS: Final[tuple[RawCheck, ...]] = tuple(
-    RawCheck(audit.__name__.removeprefix("audit_"), audit, blocking, audit.__doc__ or "")
-    for audit, blocking in (
-        (audits.audit_completeness, True),
-        (audits.audit_unique_keys, True),
-        (audits.audit_required_fields, True),
-        (audits.audit_schema_drift, True),
-        (audits.audit_reject_rate, True),
-        (audits.audit_volume_change, False),
-    )
-)
 
 
 def run_raw_audits(
@@ -49,17 +23,18 @@ def run_raw_audits(
 ) -> list[AuditResult]:
     """Run the named audits of one stored snapshot, in one REPEATABLE READ transaction, so every
     audit sees the same snapshot even if a re-run of the day commits in between."""
-    by_name = {check.name: check for check in RAW_CHECKS}
     with engine.connect() as conn:
         conn.execution_options(isolation_level="REPEATABLE READ")
-        return [by_name[name].audit(conn, endpoint, snapshot_date) for name in names]
+        return audit_snapshot(conn, endpoint, snapshot_date, names)
 
 
 def build_raw_checks(endpoint: str) -> dg.AssetChecksDefinition:
     """The checks of one raw snapshot asset (one op, subsettable by check)."""
     asset_key = RAW_KEYS[endpoint]
     specs = [
-        daily_check_spec(c.name, asset_key, blocking=c.blocking, description=c.description)
+        daily_check_spec(
+            c.name, asset_key, blocking=c.severity == "ERROR", description=c.description
+        )
         for c in RAW_CHECKS
     ]
 

@@ -13,7 +13,7 @@ import dagster as dg
 import sqlalchemy as sa
 
 from moovitamix_assets.constants import ENDPOINTS, RAW_SCHEMA, SNAPSHOT_DATE_COLUMN
-from moovitamix_assets.warehouse import columns
+from moovitamix_assets.warehouse.columns import table as columns_of
 from moovitamix_assets.warehouse.database import create_schema_sql
 
 MANIFEST_TABLE: Final = "snapshot_manifest"
@@ -24,7 +24,7 @@ RAW_KEYS: Final[dict[str, dg.AssetKey]] = {e: dg.AssetKey([RAW_SCHEMA, e]) for e
 # contract's fields after the partition column. Declared, not inferred: a first read with no rows
 # must create the same table.
 RAW_COLUMNS: Final[dict[str, dict[str, str]]] = {
-    endpoint: columns.table(f"{RAW_SCHEMA}.{endpoint}").pg_types() for endpoint in ENDPOINTS
+    endpoint: columns_of(f"{RAW_SCHEMA}.{endpoint}").pg_types() for endpoint in ENDPOINTS
 }
 _UDT_NAMES: Final = {
     "date": "date",
@@ -39,36 +39,28 @@ EXPECTED_COLUMNS: Final[dict[str, dict[str, str]]] = {
     for endpoint, columns in RAW_COLUMNS.items()
 }
 
-_DDL: Final = (
-    f"""
-    CREATE TABLE IF NOT EXISTS {RAW_SCHEMA}.{MANIFEST_TABLE} (
-        endpoint text NOT NULL,
-        {SNAPSHOT_DATE_COLUMN} date NOT NULL,
-        api_total bigint NOT NULL,
-        pages integer NOT NULL,
-        rows_valid bigint NOT NULL,
-        rows_rejected bigint NOT NULL,
-        extra_fields text[] NOT NULL DEFAULT '{{}}',
-        missing_fields text[] NOT NULL DEFAULT '{{}}',
-        run_id text,
-        fetched_at timestamptz NOT NULL DEFAULT now(),
-        PRIMARY KEY (endpoint, {SNAPSHOT_DATE_COLUMN})
+# The bookkeeping tables' columns come from columns.yaml: table -> (primary key, nullable columns).
+_BOOKKEEPING: Final = {
+    MANIFEST_TABLE: (("endpoint", SNAPSHOT_DATE_COLUMN), {"run_id"}),
+    REJECTS_TABLE: (
+        ("endpoint", SNAPSHOT_DATE_COLUMN, "page", "position"),
+        {"record_key", "field", "record"},
+    ),
+}
+_DEFAULTS: Final = {"extra_fields": "'{}'", "missing_fields": "'{}'", "fetched_at": "now()"}
+
+
+def _ddl(table: str) -> str:
+    key, nullable = _BOOKKEEPING[table]
+    columns = [
+        f"{name} {pg_type}{'' if name in nullable else ' NOT NULL'}"
+        + (f" DEFAULT {_DEFAULTS[name]}" if name in _DEFAULTS else "")
+        for name, pg_type in columns_of(f"{RAW_SCHEMA}.{table}").pg_types().items()
+    ]
+    return (
+        f"CREATE TABLE IF NOT EXISTS {RAW_SCHEMA}.{table} ({', '.join(columns)}, "
+        f"PRIMARY KEY ({', '.join(key)}))"
     )
-    """,
-    f"""
-    CREATE TABLE IF NOT EXISTS {RAW_SCHEMA}.{REJECTS_TABLE} (
-        endpoint text NOT NULL,
-        {SNAPSHOT_DATE_COLUMN} date NOT NULL,
-        page integer NOT NULL,
-        position integer NOT NULL,
-        record_key text,
-        field text,
-        reason text NOT NULL,
-        record text,
-        PRIMARY KEY (endpoint, {SNAPSHOT_DATE_COLUMN}, page, position)
-    )
-    """,
-)
 
 
 def ensure_bookkeeping_tables(engine: sa.Engine) -> None:
@@ -77,5 +69,5 @@ def ensure_bookkeeping_tables(engine: sa.Engine) -> None:
         # Two first runs may race to create the same tables.
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('raw.bookkeeping.ddl'))"))
         conn.execute(sa.text(create_schema_sql(RAW_SCHEMA)))
-        for ddl in _DDL:
-            conn.execute(sa.text(ddl))
+        for table in _BOOKKEEPING:
+            conn.execute(sa.text(_ddl(table)))

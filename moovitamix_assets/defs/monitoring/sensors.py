@@ -5,7 +5,7 @@ and a first tick starts from now. They read the instance, so they cover every as
 """
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, Final
 
@@ -29,14 +29,8 @@ PARTITION_TAG: Final = "dagster/partition"
 _PAGE_SIZE: Final = 200
 
 
-def _alert_sensor(decorator: Callable[..., Any], description: str) -> Callable[..., Any]:
-    """``decorator`` (``sensor``, ``run_failure_sensor``) named after the function, running by
-    default, at most every minute: sensors are cheap, a minute is the delay an operator accepts."""
-    return decorator(
-        description=description,
-        minimum_interval_seconds=60,
-        default_status=DefaultSensorStatus.RUNNING,
-    )
+# Running by default, at most every minute: the delay an operator accepts.
+_ALERTING: Final = {"minimum_interval_seconds": 60, "default_status": DefaultSensorStatus.RUNNING}
 
 
 def _short(value: Any, limit: int = 80) -> str:
@@ -78,17 +72,14 @@ def _format_age(seconds: float) -> str:
     return f"{hours}h {minutes}m" if hours else f"{minutes}m {secs}s"
 
 
-@_alert_sensor(sensor, "One alert per failed asset check of ERROR severity.")
+@sensor(description="One alert per failed asset check of ERROR severity.", **_ALERTING)
 def asset_check_failure_alert_sensor(
     context: SensorEvaluationContext, alert_notifier: AlertNotifier
 ) -> SkipReason:
     # The asset_check_executions index exists in every event-log storage (the run-sharded SQLite
-    # one cannot query check events across runs) and carries each evaluation's partition and run.
-    # A row is created PLANNED and updated in place when evaluated, so rows do not become final
-    # in id order: the cursor is a watermark below which every row is final, plus the ids above
-    # it already alerted.
-    if context.repository_def is None:
-        return SkipReason("No code location definitions: nothing to monitor.")
+    # one cannot query check events across runs). A row is created PLANNED and updated when
+    # evaluated, so rows become final out of id order: the cursor is a watermark below which
+    # every row is final, plus the ids above it already alerted.
     check_keys = list(context.repository_def.asset_graph.asset_check_keys)
     storage = context.instance.event_log_storage
     if not context.cursor:
@@ -109,8 +100,8 @@ def asset_check_failure_alert_sensor(
                 break
             before = page[-1].id
     run_ids = sorted({row.run_id for row in rows if row.run_id})
-    records = context.instance.get_run_records(RunsFilter(run_ids=run_ids)) if run_ids else []
-    runs = {record.dagster_run.run_id: record.dagster_run for record in records}
+    found = context.instance.get_runs(RunsFilter(run_ids=run_ids)) if run_ids else []
+    runs = {run.run_id: run for run in found}
 
     failed = [
         row
@@ -160,7 +151,7 @@ def asset_check_failure_alert_sensor(
     return SkipReason(f"{len(failed)} check alert(s) sent; {len(rows)} execution(s) examined.")
 
 
-@_alert_sensor(run_failure_sensor, "One alert per failed run of this code location.")
+@run_failure_sensor(description="One alert per failed run of this code location.", **_ALERTING)
 def run_failure_alert_sensor(
     context: RunFailureSensorContext, alert_notifier: AlertNotifier
 ) -> None:
@@ -191,7 +182,7 @@ def run_failure_alert_sensor(
     )
 
 
-@_alert_sensor(sensor, "One alert each time an asset's freshness policy turns to FAIL.")
+@sensor(description="One alert each time an asset's freshness policy turns to FAIL.", **_ALERTING)
 def freshness_failure_alert_sensor(
     context: SensorEvaluationContext, alert_notifier: AlertNotifier
 ) -> SkipReason:
@@ -200,13 +191,11 @@ def freshness_failure_alert_sensor(
     change_type = DagsterEventType.FRESHNESS_STATE_CHANGE
     storage = context.instance.event_log_storage
     if not context.cursor:
-        latest = storage.get_event_records(
-            EventRecordsFilter(change_type), limit=1, ascending=False
-        )
+        latest = storage.get_event_records(EventRecordsFilter(change_type), limit=1)
         context.update_cursor(str(latest[0].storage_id if latest else 0))
         return SkipReason(f"Started at event {context.cursor}.")
 
-    graph = context.repository_def.asset_graph if context.repository_def else None
+    graph = context.repository_def.asset_graph
     # A long backlog is worked through a page per tick.
     changes = EventRecordsFilter(change_type, after_cursor=int(context.cursor))
     alerted = 0
@@ -214,10 +203,9 @@ def freshness_failure_alert_sensor(
         context.update_cursor(str(record.storage_id))
         change = record.event_log_entry.dagster_event.event_specific_data
         key = change.key
-        if change.new_state.value != "FAIL" or change.previous_state.value == "FAIL":
+        new_fail = change.new_state.value == "FAIL" != change.previous_state.value
+        if not new_fail or not graph.has(key):  # or another code location's asset
             continue
-        if graph is not None and not graph.has(key):
-            continue  # another code location's asset
         last = context.instance.get_latest_materialization_event(key)
         if last is None:
             observed = "never materialized"
@@ -225,7 +213,7 @@ def freshness_failure_alert_sensor(
             age = _format_age(change.state_change_timestamp - last.timestamp)
             when = datetime.fromtimestamp(last.timestamp, tz=timezone.utc)
             observed = f"last materialized {age} ago ({when:%Y-%m-%d %H:%M} UTC)"
-        window = getattr(graph.get(key).freshness_policy, "fail_window", None) if graph else None
+        window = getattr(graph.get(key).freshness_policy, "fail_window", None)
         expected = "within its freshness policy"
         if window:
             expected = f"materialized within {_format_age(window.to_timedelta().total_seconds())}"

@@ -1,12 +1,8 @@
-"""Recommendation layer assets: holdout, candidate training, gated promotion, daily serving.
-
-Thin wrappers over ``data.py`` (reads), ``moovitamix_assets.ml.pipeline`` (steps) and
-``registry.py`` (the registry's SQL).
-"""
+"""Recommendation layer assets: holdout, candidate training, gated promotion, daily serving,
+thin wrappers over ``data.py``, ``moovitamix_assets.ml.pipeline`` and ``registry.py``."""
 
 import tempfile
 import time
-from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -19,7 +15,7 @@ from moovitamix_assets.check_results import figure, percent
 from moovitamix_assets.constants import RECOMMENDATION_GROUP
 from moovitamix_assets.defs.core.assets import CORE_INTERACTIONS, CORE_TRACKS, CORE_USERS
 from moovitamix_assets.defs.recommendation import keys, registry, serving
-from moovitamix_assets.defs.recommendation.data import ModelInputs, read_model_inputs
+from moovitamix_assets.defs.recommendation.data import read_model_inputs
 from moovitamix_assets.freshness import DAILY_FRESHNESS, WEEKLY_FRESHNESS
 from moovitamix_assets.ml import pipeline
 from moovitamix_assets.ml.artifacts import serialize_model
@@ -55,8 +51,6 @@ class HoldoutConfig(dg.Config):
 
 
 class ScoringConfig(dg.Config):
-    """How much of the catalogue the model ranks."""
-
     candidate_pool: int = Field(
         default=pipeline.DEFAULT_CANDIDATE_POOL,
         ge=1,
@@ -66,8 +60,6 @@ class ScoringConfig(dg.Config):
 
 
 class EvaluatedScoringConfig(ScoringConfig):
-    """How much of the catalogue the model ranks, for how many held-out users, and how sure."""
-
     evaluation_users: int = Field(
         default=pipeline.DEFAULT_EVALUATION_USERS,
         ge=1,
@@ -141,15 +133,6 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _training_inputs(
-    engine: sa.Engine, holdout: pd.DataFrame, interaction_columns: tuple[str, ...]
-) -> ModelInputs:
-    """Core's inputs with the training half of the interactions only: the rest is dropped at once,
-    so every interaction never stays in memory beside the model."""
-    inputs = read_model_inputs(engine, columns=interaction_columns)
-    return replace(inputs, interactions=pipeline.training_half(inputs.interactions, holdout))
-
-
 def metrics_metadata(metrics: dict[str, Metrics], k: int) -> dict[str, Any]:
     """Numeric metadata ``<model>_<metric>`` (plotted over time in the UI) for every model."""
     metadata: dict[str, Any] = {}
@@ -191,14 +174,6 @@ def _result(
     )
 
 
-def _serving(
-    context: dg.AssetExecutionContext, engine: sa.Engine
-) -> tuple[registry.RegistryEntry, ServingModel]:
-    """What serves (registering the fallback on a first run) and its verified model."""
-    entry = registry.serving_entry(engine, at=_now(), run_id=context.run.run_id)
-    return entry, _load(engine, entry)
-
-
 def _load(engine: sa.Engine, entry: registry.RegistryEntry) -> ServingModel:
     try:
         return registry.load_model(engine, entry.version)
@@ -206,14 +181,27 @@ def _load(engine: sa.Engine, entry: registry.RegistryEntry) -> ServingModel:
         raise dg.Failure(f"the production model {entry.name} cannot be loaded: {exc}") from exc
 
 
-@dg.asset(
-    key=keys.EVALUATION_HOLDOUT,
-    deps=[CORE_INTERACTIONS],
+def _ml_asset(key: dg.AssetKey, deps: list[Any], freshness: Any, **kwargs: Any) -> Any:
+    """An ``ml/*`` asset: its group, freshness and the table ``columns.yaml`` gives it."""
+    return dg.asset(
+        key=key,
+        deps=deps,
+        kinds=kwargs.pop("kinds", {"python", "postgres"}),
+        freshness_policy=freshness,
+        metadata=columns.for_asset(key).definition_metadata(),
+        group_name=RECOMMENDATION_GROUP,
+        **kwargs,
+    )
+
+
+_HOLDOUT_IN = {"holdout": dg.AssetIn(key=keys.EVALUATION_HOLDOUT)}
+
+
+@_ml_asset(
+    keys.EVALUATION_HOLDOUT,
+    [CORE_INTERACTIONS],
+    DAILY_FRESHNESS,
     io_manager_key="warehouse_io_manager",
-    kinds={"python", "postgres"},
-    freshness_policy=DAILY_FRESHNESS,
-    metadata=columns.for_asset(keys.EVALUATION_HOLDOUT).definition_metadata(),
-    group_name=RECOMMENDATION_GROUP,
 )
 def evaluation_holdout(
     context: dg.AssetExecutionContext, config: HoldoutConfig, postgres: PostgresResource
@@ -240,14 +228,11 @@ def evaluation_holdout(
     )
 
 
-@dg.asset(
-    key=keys.CANDIDATE_MODEL,
-    deps=[CORE_INTERACTIONS, CORE_USERS, CORE_TRACKS],
-    ins={"holdout": dg.AssetIn(key=keys.EVALUATION_HOLDOUT)},
-    kinds={"python", "postgres"},
-    freshness_policy=WEEKLY_FRESHNESS,
-    metadata=columns.for_asset(keys.CANDIDATE_MODEL).definition_metadata(),
-    group_name=RECOMMENDATION_GROUP,
+@_ml_asset(
+    keys.CANDIDATE_MODEL,
+    [CORE_INTERACTIONS, CORE_USERS, CORE_TRACKS],
+    WEEKLY_FRESHNESS,
+    ins=_HOLDOUT_IN,
 )
 def candidate_model(
     context: dg.AssetExecutionContext,
@@ -259,7 +244,9 @@ def candidate_model(
     engine = postgres.engine()
     start = start_step_figures()
     serving = registry.serving_entry(engine, at=_now(), run_id=context.run.run_id)
-    inputs = _training_inputs(engine, holdout, _TRAINING_COLUMNS)
+    inputs = read_model_inputs(engine, columns=_TRAINING_COLUMNS)
+    # Only the training half stays: every interaction never sits in memory beside the model.
+    inputs = inputs._replace(interactions=pipeline.training_half(inputs.interactions, holdout))
     train = inputs.interactions
     if len(train) == 0:
         context.log.warning("core.user_track_interactions is empty: no candidate trained today")
@@ -324,14 +311,7 @@ def candidate_model(
     )
 
 
-@dg.asset(
-    key=keys.PRODUCTION_MODEL,
-    deps=[keys.CANDIDATE_MODEL],
-    kinds={"postgres"},
-    freshness_policy=WEEKLY_FRESHNESS,
-    metadata=columns.for_asset(keys.PRODUCTION_MODEL).definition_metadata(),
-    group_name=RECOMMENDATION_GROUP,
-)
+@_ml_asset(keys.PRODUCTION_MODEL, [keys.CANDIDATE_MODEL], WEEKLY_FRESHNESS, kinds={"postgres"})
 def production_model(
     context: dg.AssetExecutionContext, postgres: PostgresResource
 ) -> dg.MaterializeResult:
@@ -368,14 +348,11 @@ def production_model(
     )
 
 
-@dg.asset(
-    key=keys.PRODUCTION_MODEL_EVALUATION,
-    deps=[CORE_INTERACTIONS, CORE_TRACKS, keys.PRODUCTION_MODEL],
-    ins={"holdout": dg.AssetIn(key=keys.EVALUATION_HOLDOUT)},
-    kinds={"python", "postgres"},
-    freshness_policy=DAILY_FRESHNESS,
-    metadata=columns.for_asset(keys.PRODUCTION_MODEL_EVALUATION).definition_metadata(),
-    group_name=RECOMMENDATION_GROUP,
+@_ml_asset(
+    keys.PRODUCTION_MODEL_EVALUATION,
+    [CORE_INTERACTIONS, CORE_TRACKS, keys.PRODUCTION_MODEL],
+    DAILY_FRESHNESS,
+    ins=_HOLDOUT_IN,
 )
 def production_model_evaluation(
     context: dg.AssetExecutionContext,
@@ -386,8 +363,10 @@ def production_model_evaluation(
     """Today's metrics of the serving model with error bars, and its lift over the fallback."""
     engine = postgres.engine()
     start = start_step_figures()
-    production, model = _serving(context, engine)
-    inputs = _training_inputs(engine, holdout, _PAIR_COLUMNS)
+    production = registry.serving_entry(engine, at=_now(), run_id=context.run.run_id)
+    model = _load(engine, production)
+    inputs = read_model_inputs(engine, columns=_PAIR_COLUMNS)
+    inputs = inputs._replace(interactions=pipeline.training_half(inputs.interactions, holdout))
     metrics = pipeline.evaluate_model(
         model,
         inputs.interactions,
@@ -419,8 +398,7 @@ def production_model_evaluation(
         **metrics_metadata(metrics, config.k),
         # Beside production_<metric>: the plot shows whether a dip is larger than the noise.
         **{
-            f"production_{label}_low": figure(summary.interval.low),
-            f"production_{label}_high": figure(summary.interval.high),
+            f"production_{label}_{b}": figure(getattr(summary.interval, b)) for b in ("low", "high")
         },
         lift_over_fallback_pct=percent(summary.lift.lift),
         lift_over_fallback_low_pct=percent(summary.lift.low),
@@ -429,13 +407,10 @@ def production_model_evaluation(
     )
 
 
-@dg.asset(
-    key=keys.USER_RECOMMENDATIONS,
-    deps=[CORE_USERS, CORE_TRACKS, CORE_INTERACTIONS, keys.PRODUCTION_MODEL],
-    kinds={"python", "postgres"},
-    freshness_policy=DAILY_FRESHNESS,
-    metadata=columns.for_asset(keys.USER_RECOMMENDATIONS).definition_metadata(),
-    group_name=RECOMMENDATION_GROUP,
+@_ml_asset(
+    keys.USER_RECOMMENDATIONS,
+    [CORE_USERS, CORE_TRACKS, CORE_INTERACTIONS, keys.PRODUCTION_MODEL],
+    DAILY_FRESHNESS,
 )
 def user_recommendations(
     context: dg.AssetExecutionContext, config: RecommendationsConfig, postgres: PostgresResource
@@ -443,7 +418,8 @@ def user_recommendations(
     """Top-K unheard tracks per active user from the production model, audited before they serve."""
     engine = postgres.engine()
     start = start_step_figures()
-    production, model = _serving(context, engine)
+    production = registry.serving_entry(engine, at=_now(), run_id=context.run.run_id)
+    model = _load(engine, production)
     inputs = read_model_inputs(engine, columns=_PAIR_COLUMNS)
     tally = serving.Tally(config.k)
     batches = pipeline.recommendation_batches(

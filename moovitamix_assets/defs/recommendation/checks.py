@@ -23,14 +23,6 @@ _ERROR = dg.AssetCheckSeverity.ERROR
 _WARN = dg.AssetCheckSeverity.WARN
 
 
-def _figure(value: Any) -> dg.MetadataValue:
-    if isinstance(value, float):
-        return figure(value)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return dg.MetadataValue.int(value)
-    return dg.MetadataValue.text(str(value))
-
-
 @dg.asset_check(
     asset=keys.CANDIDATE_MODEL,
     name="promotion_gate",
@@ -72,8 +64,12 @@ def promotion_gate(
             ),
             context.log,
         )
-    gate = {f"gate_{n}": _figure(v) for n, v in sorted(figures.items()) if n not in _GATE_PERCENT}
-    gate |= {f"gate_{n}_pct": percent(v) for n, v in sorted(figures.items()) if n in _GATE_PERCENT}
+    gate = {
+        f"gate_{n}_pct" if n in _GATE_PERCENT else f"gate_{n}": (
+            percent(v) if n in _GATE_PERCENT else figure(v) if isinstance(v, float) else v
+        )
+        for n, v in sorted(figures.items())
+    }
     return dg.AssetCheckResult(
         passed=entry.gate_passed,
         severity=_WARN,
@@ -82,8 +78,8 @@ def promotion_gate(
             "reason": entry.gate_reason,
             "candidate_version": entry.version,
             # The alert sensor quotes observed against threshold.
-            "observed": _figure(figures.get("lift_low")),
-            "threshold": _figure(figures.get("min_lift")),
+            "observed": figure(figures.get("lift_low")),
+            "threshold": figure(figures.get("min_lift")),
             **gate,
         },
     )
@@ -157,12 +153,14 @@ def holdout_disjoint_from_training(postgres: PostgresResource) -> dg.AssetCheckR
 def production_artifact_loads(postgres: PostgresResource) -> dg.AssetCheckResult:
     engine = postgres.engine()
     entry = registry.production_entry(engine)
+    if entry is None:
+        return dg.AssetCheckResult(
+            passed=False, severity=_ERROR, description="no production model is registered"
+        )
     try:
-        if entry is None:
-            raise registry.RegistryError("no production model is registered")
         registry.load_model(engine, entry.version)
     except (ValueError, registry.RegistryError) as exc:
-        problem = f"{entry.name} cannot be loaded: {exc}" if entry else str(exc)
+        problem = f"{entry.name} cannot be loaded: {exc}"
         return dg.AssetCheckResult(passed=False, severity=_ERROR, description=problem)
     return dg.AssetCheckResult(
         passed=True,
@@ -180,7 +178,7 @@ def evaluation_recorded(postgres: PostgresResource) -> dg.AssetCheckResult:
     engine = postgres.engine()
     entry = registry.production_entry(engine)
     evaluation = registry.latest_evaluation(engine, entry.version) if entry else None
-    if entry is None or evaluation is None:
+    if evaluation is None:
         return dg.AssetCheckResult(
             passed=False,
             severity=_WARN,
@@ -197,7 +195,7 @@ def evaluation_recorded(postgres: PostgresResource) -> dg.AssetCheckResult:
         ),
         metadata={
             "model_version": evaluation.version,
-            **{f"metric_{name}": _figure(interval.get(name)) for name in ("mean", "low", "high")},
+            **{f"metric_{name}": figure(interval.get(name)) for name in ("mean", "low", "high")},
             # In percent, as the evaluation asset reports them (+12.5 = 12.5 % better).
             **{
                 f"lift_over_fallback{suffix}_pct": percent(lift.get(name))
@@ -210,9 +208,9 @@ def evaluation_recorded(postgres: PostgresResource) -> dg.AssetCheckResult:
 @dg.multi_asset_check(
     specs=[
         dg.AssetCheckSpec(
-            name=name, asset=keys.USER_RECOMMENDATIONS, blocking=True, description=description
+            name=name, asset=keys.USER_RECOMMENDATIONS, blocking=True, description=f"No {what}."
         )
-        for name, (description, _) in serving.AUDITS.items()
+        for name, what in serving.AUDITS.items()
     ],
     can_subset=True,
 )

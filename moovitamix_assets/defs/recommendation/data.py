@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -35,8 +34,7 @@ _INTERACTION_DTYPES: Final = {
 }
 
 
-@dataclass(frozen=True, eq=False)
-class ModelInputs:
+class ModelInputs(NamedTuple):
     """Interactions, active users and active tracks read in one consistent snapshot."""
 
     interactions: pd.DataFrame
@@ -45,45 +43,41 @@ class ModelInputs:
     snapshot: DataSnapshot
 
 
-def _copy_frame(cursor: Any, query: str, dtypes: dict[str, Any]) -> pd.DataFrame:
-    # The CSV goes to a temporary file, not memory: at 5M rows it is ~150 MB of text.
-    with tempfile.TemporaryFile() as buffer:
-        cursor.copy_expert(f"COPY ({query}) TO STDOUT WITH (FORMAT csv, HEADER true)", buffer)
-        buffer.seek(0)
-        return pd.read_csv(buffer, dtype=dtypes, keep_default_na=False, na_values=[""])
-
-
 def read_model_inputs(
     engine: sa.Engine,
     *,
     columns: Sequence[str] = INTERACTION_COLUMNS,
     with_users_and_tracks: bool = True,
 ) -> ModelInputs:
-    """The interactions (only ``columns``: at 5M rows each is tens of MB) and, when asked, the
-    active users ``[id, favorite_genres]`` and tracks ``[id, genres]`` of ``core``."""
+    """The interactions (only ``columns``: at 5M rows each is tens of MB) and the active users
+    ``[id, favorite_genres]`` and tracks ``[id, genres]`` of ``core`` (none unless asked)."""
     with engine.connect().execution_options(
         isolation_level="REPEATABLE READ", postgresql_readonly=True
     ) as conn:
         cursor = conn.connection.driver_connection.cursor()
-        interactions = _copy_frame(
-            cursor,
+
+        def copy_frame(query: str, dtypes: dict[str, Any]) -> pd.DataFrame:
+            # Through a temporary file, not memory: at 5M rows the CSV is ~150 MB of text.
+            with tempfile.TemporaryFile() as buffer:
+                cursor.copy_expert(
+                    f"COPY ({query}) TO STDOUT WITH (FORMAT csv, HEADER true)", buffer
+                )
+                buffer.seek(0)
+                return pd.read_csv(buffer, dtype=dtypes, keep_default_na=False, na_values=[""])
+
+        interactions = copy_frame(
             f"SELECT {', '.join(columns)} FROM {core_table(INTERACTIONS_TABLE)}",
             {name: _INTERACTION_DTYPES[name] for name in columns},
         )
-        users = pd.DataFrame({"id": np.array([], dtype=np.int64), "favorite_genres": []})
-        tracks = pd.DataFrame({"id": np.array([], dtype=np.int64), "genres": []})
-        if with_users_and_tracks:
-            users = _copy_frame(
-                cursor,
-                f"SELECT id, favorite_genres FROM {core_table(USERS_TABLE)} WHERE is_active",
-                # A few genres repeated a million times: categories, not a million strings.
-                {"id": np.int64, "favorite_genres": "category"},
+        # A few genres repeated a million times: categories, not a million strings.
+        users, tracks = (
+            copy_frame(
+                f"SELECT id, {genres} FROM {core_table(table)} WHERE is_active"
+                + ("" if with_users_and_tracks else " LIMIT 0"),
+                {"id": np.int64, genres: "category"},
             )
-            tracks = _copy_frame(
-                cursor,
-                f"SELECT id, genres FROM {core_table(TRACKS_TABLE)} WHERE is_active",
-                {"id": np.int64, "genres": "category"},
-            )
+            for table, genres in ((USERS_TABLE, "favorite_genres"), (TRACKS_TABLE, "genres"))
+        )
         # Interactions are the active pairs of the newest merged listening snapshot: their newest
         # last_seen is that snapshot's date.
         snapshot_date = conn.execute(

@@ -1,15 +1,15 @@
-"""The model registry in PostgreSQL: one row per registered model, its status and its artifact.
+"""The model registry in PostgreSQL: one row per model, its status and its artifact.
 
-Each model is a large object in the warehouse (a ``bytea`` parameter travels as hex built whole in
-memory, and a model reaches ~250 MB at 1M users) written in its row's transaction, so the two
-never disagree. Exactly one row is ``production``; the popularity fallback is a registered model
-too, so "no model yet" does not exist and a rollback can return to it.
+Each artifact is a large object (a ``bytea`` parameter travels as hex built whole in memory, and a
+model reaches ~250 MB at 1M users) written in its row's transaction. Exactly one row is
+``production``; the popularity fallback is registered too, so a rollback can return to it.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -214,16 +214,6 @@ class RegistryEntry:
         return None if value is None else float(value)
 
 
-@dataclass(frozen=True)
-class Evaluation:
-    """One daily evaluation of a registered model."""
-
-    version: int
-    evaluated_at: datetime
-    snapshot: DataSnapshot
-    metrics: dict[str, Any]
-
-
 def ensure_registry_schema(engine: sa.Engine) -> None:
     """Create the ``ml`` tables; idempotent, under an advisory lock so first runs do not race."""
     with engine.begin() as conn:
@@ -280,8 +270,7 @@ def load_model(engine: sa.Engine, version: int) -> ServingModel:
         with tempfile.TemporaryFile() as file:
             lobject = conn.connection.driver_connection.lobject(int(row.artifact), "rb")
             try:
-                for chunk in iter(lambda: lobject.read(CHUNK_BYTES), b""):
-                    file.write(chunk)
+                shutil.copyfileobj(lobject, file, CHUNK_BYTES)
             finally:
                 lobject.close()
             return deserialize_model(file, expected_sha256=row.artifact_sha256)
@@ -314,124 +303,95 @@ def _locked(engine: sa.Engine) -> Iterator[sa.Connection]:
         yield conn
 
 
-def _insert(conn: sa.Connection, artifact: ModelArtifact, **row: Any) -> int:
-    """Insert one registry row (``status``, ``model_type`` and the arguments of
-    :func:`register_candidate`) under the caller's lock; return its new version."""
+_JSONB: Final = ("parameters", "metrics", "gate_figures")
+
+
+def _insert(
+    conn: sa.Connection, artifact: ModelArtifact, snapshot: DataSnapshot, **row: Any
+) -> int:
+    """Insert and log one registry row (its columns in ``row``) under the caller's lock; return
+    its version. The artifact is written in the row's transaction: a failure leaves no orphan."""
     version = int(
         conn.execute(sa.text(f"SELECT coalesce(max(version), 0) + 1 FROM {_REGISTRY}")).scalar()
     )
-    # In the row's transaction: a failed registration leaves no orphan object.
     lobject = conn.connection.driver_connection.lobject(0, "wb")
     try:
-        for chunk in artifact.chunks():
-            lobject.write(chunk)
+        artifact.file.seek(0)
+        shutil.copyfileobj(artifact.file, lobject, CHUNK_BYTES)
     finally:
         lobject.close()
+    row.update(
+        {name: _json(row.get(name, {})) for name in _JSONB},
+        version=version,
+        data_interactions=snapshot.interactions,
+        data_users=snapshot.users,
+        data_tracks=snapshot.tracks,
+        data_snapshot_date=snapshot.snapshot_date,
+        artifact=int(lobject.oid),
+        artifact_sha256=artifact.sha256,
+        artifact_bytes=artifact.size_bytes,
+    )
+    values = ", ".join(f"CAST(:{c} AS jsonb)" if c in _JSONB else f":{c}" for c in row)
     conn.execute(
         sa.text(
-            f"""
-            INSERT INTO {_REGISTRY} (
-                version, status, model_type, trained_at, run_id, data_interactions, data_users,
-                data_tracks, data_snapshot_date, parameters, metrics, gate_passed,
-                gate_reason, gate_figures, artifact, artifact_sha256, artifact_bytes,
-                promoted_at
-            ) VALUES (
-                :version, :status, :model_type, :trained_at, :run_id, :interactions, :users,
-                :tracks, :snapshot_date, CAST(:parameters AS jsonb), CAST(:metrics AS jsonb),
-                :gate_passed, :gate_reason, CAST(:gate_figures AS jsonb), :artifact,
-                :sha256, :size, CASE WHEN :status = 'production' THEN now() END
-            )
-            """
+            f"INSERT INTO {_REGISTRY} ({', '.join(row)}, promoted_at) VALUES ({values}, "
+            "CASE WHEN :status = 'production' THEN now() END)"
         ),
-        {
-            **row,
-            **vars(row["snapshot"]),
-            **{k: _json(row[k]) for k in ("parameters", "metrics", "gate_figures")},
-            "version": version,
-            "artifact": int(lobject.oid),
-            "sha256": artifact.sha256,
-            "size": artifact.size_bytes,
-        },
+        row,
     )
+    _log(conn, version, "registered" if row["gate_passed"] else "refused", row["gate_reason"])
     return version
 
 
 def register_candidate(
-    engine: sa.Engine,
-    artifact: ModelArtifact,
-    *,
-    trained_at: datetime,
-    run_id: str | None,
-    snapshot: DataSnapshot,
-    parameters: dict[str, Any],
-    metrics: dict[str, Any],
-    gate_passed: bool,
-    gate_reason: str,
-    gate_figures: dict[str, Any],
+    engine: sa.Engine, artifact: ModelArtifact, *, snapshot: DataSnapshot, **row: Any
 ) -> int:
-    """Register a trained model (artifact included) and return its version; a candidate its gate
-    refused stays registered, shown as ``refused``."""
+    """Register a trained model and return its version; ``row`` holds its other columns
+    (``trained_at``, ``run_id``, ``parameters``, ``metrics``, ``gate_passed``, ``gate_reason``,
+    ``gate_figures``). A candidate its gate refused stays registered, shown as ``refused``."""
     with _locked(engine) as conn:
-        version = _insert(
-            conn,
-            artifact,
-            status=STATUS_CANDIDATE,
-            model_type=MODEL_TYPE_ALS,
-            trained_at=trained_at,
-            run_id=run_id,
-            snapshot=snapshot,
-            parameters=parameters,
-            metrics=metrics,
-            gate_passed=gate_passed,
-            gate_reason=gate_reason,
-            gate_figures=gate_figures,
+        return _insert(
+            conn, artifact, snapshot, status=STATUS_CANDIDATE, model_type=MODEL_TYPE_ALS, **row
         )
-        _log(conn, version, "registered" if gate_passed else "refused", gate_reason)
-    return version
 
 
 def serving_entry(engine: sa.Engine, *, at: datetime, run_id: str | None = None) -> RegistryEntry:
-    """The production model's row; the fallback is registered, and promoted when nothing serves.
-
-    Beside an older registry's trained production model the fallback is registered retired, so
-    a rollback can always return to it.
-    """
+    """The production model's row; the fallback is registered (retired beside an older
+    registry's trained production model, for rollbacks), and promoted when nothing serves."""
     with _locked(engine) as conn:
-        production = conn.execute(
-            sa.text(f"SELECT version FROM {_REGISTRY} WHERE status = 'production'")
-        ).scalar()
-        fallback = conn.execute(
-            sa.text(f"SELECT max(version) FROM {_REGISTRY} WHERE model_type = :t"),
+        production, fallback = conn.execute(
+            sa.text(
+                "SELECT max(version) FILTER (WHERE status = 'production'), "
+                f"max(version) FILTER (WHERE model_type = :t) FROM {_REGISTRY}"
+            ),
             {"t": MODEL_TYPE_FALLBACK},
-        ).scalar()
+        ).one()
         if fallback is None:
             fallback = _insert(
                 conn,
                 serialize_model(FallbackModel()),
+                DataSnapshot(0, 0, 0, None),
                 status=STATUS_RETIRED if production is not None else STATUS_PRODUCTION,
                 model_type=MODEL_TYPE_FALLBACK,
                 trained_at=at,
                 run_id=run_id,
-                snapshot=DataSnapshot(0, 0, 0, None),
-                parameters={},
-                metrics={},
                 gate_passed=True,
                 gate_reason=FALLBACK_REASON,
-                gate_figures={},
             )
-            _log(conn, fallback, "registered", FALLBACK_REASON)
             if production is None:
                 _log(conn, fallback, "promoted", "nothing served yet")
         elif production is None:
-            _make_production(conn, fallback)
-            _log(conn, fallback, "promoted", "nothing served: the fallback serves again")
+            _make_production(
+                conn, fallback, "promoted", "nothing served: the fallback serves again"
+            )
     entry = production_entry(engine)
     assert entry is not None, "the transaction above leaves a production row"
     return entry
 
 
-def _make_production(conn: sa.Connection, version: int) -> int | None:
-    """Retire the production model, promote ``version``; return the retired version."""
+def _make_production(conn: sa.Connection, version: int, action: str, detail: str) -> int | None:
+    """Retire the production model, promote ``version`` and log ``detail`` (its ``{previous}``
+    the retired version); return the retired version."""
     previous = conn.execute(
         sa.text(
             f"UPDATE {_REGISTRY} SET status = 'retired', retired_at = now() "
@@ -445,6 +405,7 @@ def _make_production(conn: sa.Connection, version: int) -> int | None:
         ),
         {"v": version},
     )
+    _log(conn, version, action, detail.format(previous=previous))
     return previous
 
 
@@ -473,9 +434,7 @@ def promote(engine: sa.Engine, version: int) -> int | None:
             raise RegistryError(
                 f"cannot promote version {version}: its gate refused it ({row.gate_reason})"
             )
-        previous = _make_production(conn, version)
-        _log(conn, version, "promoted", f"replaces version {previous}")
-    return previous
+        return _make_production(conn, version, "promoted", "replaces version {previous}")
 
 
 def rollback(engine: sa.Engine, to_version: int) -> int | None:
@@ -489,9 +448,7 @@ def rollback(engine: sa.Engine, to_version: int) -> int | None:
                 f"cannot roll back to version {to_version}: it was never in production "
                 f"(status {row.status})"
             )
-        previous = _make_production(conn, to_version)
-        _log(conn, to_version, "rollback", f"rolled back from version {previous}")
-    return previous
+        return _make_production(conn, to_version, "rollback", "rolled back from version {previous}")
 
 
 def record_evaluation(
@@ -508,32 +465,25 @@ def record_evaluation(
     with engine.begin() as conn:
         conn.execute(
             sa.text(
-                f"""
-                INSERT INTO {_EVALUATIONS} (
-                    version, evaluated_at, run_id, data_interactions, data_snapshot_date, metrics
-                ) VALUES (:v, :at, :run_id, :n, :day, CAST(:metrics AS jsonb))
-                """
+                f"INSERT INTO {_EVALUATIONS} (version, evaluated_at, run_id, data_interactions, "
+                "data_snapshot_date, metrics) VALUES (:v, :at, :run, :n, :day, CAST(:m AS jsonb))"
             ),
-            {
-                "v": version,
-                "at": evaluated_at,
-                "run_id": run_id,
-                "n": snapshot.interactions,
-                "day": snapshot.snapshot_date,
-                "metrics": _json(metrics),
-            },
+            dict(
+                v=version,
+                at=evaluated_at,
+                run=run_id,
+                n=snapshot.interactions,
+                day=snapshot.snapshot_date,
+                m=_json(metrics),
+            ),
         )
 
 
-def latest_evaluation(engine: sa.Engine, version: int) -> Evaluation | None:
-    """The newest daily evaluation of ``version``, or None."""
+def latest_evaluation(engine: sa.Engine, version: int) -> sa.Row | None:
+    """The newest ``ml.model_evaluations`` row of ``version``, or None."""
     sql = f"SELECT * FROM {_EVALUATIONS} WHERE version = :v ORDER BY evaluated_at DESC LIMIT 1"
     with engine.connect() as conn:
-        row = next(iter(_rows(conn, _EVALUATIONS, sql, {"v": version})), None)
-    if row is None:
-        return None
-    snapshot = DataSnapshot(row.data_interactions, 0, 0, row.data_snapshot_date)
-    return Evaluation(row.version, row.evaluated_at, snapshot, dict(row.metrics))
+        return next(iter(_rows(conn, _EVALUATIONS, sql, {"v": version})), None)
 
 
 def table_rows(engine: sa.Engine, table: str) -> int:

@@ -12,15 +12,13 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timezone
-from typing import Final
+from typing import Any, Final, NamedTuple
 
 import dagster as dg
 
 from moovitamix_assets.defs.recommendation import registry
 from moovitamix_assets.defs.recommendation.data import count_interactions
 from moovitamix_assets.defs.recommendation.keys import RETRAINING_KEYS
-from moovitamix_assets.ml.gating import decay_trigger, growth_trigger
-from moovitamix_assets.ml.significance import Interval
 from moovitamix_assets.warehouse.database import PostgresResource
 
 RETRAINING_JOB_NAME: Final = "model_retraining"
@@ -42,10 +40,6 @@ retraining_job = dg.define_asset_job(
 
 SENSOR_NAME: Final = "retraining_sensor"
 TRIGGER_TAG: Final = "moovitamix/retraining_trigger"
-DEFAULT_GROWTH_SHARE: Final = 0.2
-DEFAULT_MAX_RELATIVE_DECAY: Final = 0.25
-DEFAULT_DECAY_METRIC: Final = "precision_at_k"
-DEFAULT_INTERVAL_SECONDS: Final = 15 * 60
 # Fired keys remembered in the cursor; older ones belong to long-replaced versions.
 _CURSOR_KEYS: Final = 100
 _ACTIVE_STATUSES: Final = [
@@ -54,14 +48,14 @@ _ACTIVE_STATUSES: Final = [
     dg.DagsterRunStatus.STARTING,
     dg.DagsterRunStatus.STARTED,
 ]
+_THRESHOLD_ENV: Final = {
+    "growth_share": "MOOVITAMIX_RETRAIN_GROWTH_SHARE",
+    "max_relative_decay": "MOOVITAMIX_RETRAIN_MAX_DECAY",
+    "min_metric": "MOOVITAMIX_RETRAIN_MIN_METRIC",
+}
 
-GROWTH_SHARE_ENV: Final = "MOOVITAMIX_RETRAIN_GROWTH_SHARE"
-MAX_DECAY_ENV: Final = "MOOVITAMIX_RETRAIN_MAX_DECAY"
-MIN_METRIC_ENV: Final = "MOOVITAMIX_RETRAIN_MIN_METRIC"
 
-
-@dataclass(frozen=True)
-class Trigger:
+class Trigger(NamedTuple):
     """A fired retraining condition: its de-duplication key and why it fired."""
 
     key: str
@@ -73,10 +67,10 @@ class Trigger:
 class RetrainingThresholds:
     """When the sensor asks for retraining."""
 
-    growth_share: float = DEFAULT_GROWTH_SHARE
-    max_relative_decay: float = DEFAULT_MAX_RELATIVE_DECAY
+    growth_share: float = 0.2
+    max_relative_decay: float = 0.25
     min_metric: float | None = None
-    metric: str = DEFAULT_DECAY_METRIC
+    metric: str = "precision_at_k"
 
     def __post_init__(self) -> None:
         if self.growth_share <= 0:
@@ -85,43 +79,52 @@ class RetrainingThresholds:
             raise ValueError(f"max_relative_decay must be in [0, 1), got {self.max_relative_decay}")
 
 
-def _production_interval(evaluation: registry.Evaluation, metric: str) -> Interval | None:
-    """The evaluation's interval of ``metric``; a point (no interval recorded) is its own bounds."""
-    interval = evaluation.metrics.get("interval") or {}
-    if interval.get("metric") == metric and interval.get("high") is not None:
-        bounds = (float(interval[name]) for name in ("mean", "low", "high"))
-        return Interval(*bounds, float(interval.get("confidence", 0.95)))
-    observed = (evaluation.metrics.get("production") or {}).get(metric)
-    return None if observed is None else Interval(*[float(observed)] * 3, 0.0)
-
-
 def evaluate_triggers(
     production: registry.RegistryEntry | None,
     last_attempt: registry.RegistryEntry | None,
     current_interactions: int | None,
-    latest_evaluation: registry.Evaluation | None,
+    latest_evaluation: Any,
     thresholds: RetrainingThresholds,
     not_fired: list[str] | None = None,
 ) -> list[Trigger]:
     """The retraining conditions that hold now, growth first (pure: the sensor feeds it what it
-    read); ``not_fired`` receives why the others did not fire (the sensor's skip reason)."""
+    read, ``latest_evaluation`` a ``model_evaluations`` row); ``not_fired`` receives why the
+    others did not fire (the sensor's skip reason)."""
     notes = not_fired if not_fired is not None else []
+    fired: list[Trigger] = []
+
+    def judge(kind: str, key: str, holds: bool, detail: str) -> None:
+        if holds:
+            fired.append(Trigger(f"{kind}:{key}", kind, f"fired: {detail}"))
+        else:
+            notes.append(f"{kind} not fired: {detail}")
+
     if current_interactions is None:
         notes.append("core.user_track_interactions does not exist yet")
         return []
-    fired: list[Trigger] = []
-    attempt = f"c{last_attempt.version}" if last_attempt else "none"
-    baseline = last_attempt.snapshot.interactions if last_attempt else 0
-    grew, reason = growth_trigger(current_interactions, baseline, thresholds.growth_share)
-    if grew:
-        fired.append(Trigger(key=f"growth:{attempt}", kind="growth", reason=reason))
+    before = last_attempt.snapshot.interactions if last_attempt else 0
+    if before <= 0:
+        grew = current_interactions > 0
+        detail = f"no interactions at the last training, {current_interactions} now"
     else:
-        notes.append(f"growth {reason}")
+        growth = (current_interactions - before) / before
+        grew = growth >= thresholds.growth_share
+        detail = (
+            f"interactions grew {growth:+.1%} ({before} -> {current_interactions}),"
+            f" {'>=' if grew else '<'} the {thresholds.growth_share:.0%} threshold"
+        )
+    judge("growth", f"c{last_attempt.version}" if last_attempt else "none", grew, detail)
     if production is None or latest_evaluation is None:
         notes.append("decay not evaluated: no daily evaluation of a production model yet")
         return fired
-    observed = _production_interval(latest_evaluation, thresholds.metric)
-    if observed is None:
+    metrics, metric = latest_evaluation.metrics, thresholds.metric
+    interval = metrics.get("interval") or {}
+    point = (metrics.get("production") or {}).get(metric)
+    if interval.get("metric") == metric and interval.get("high") is not None:
+        mean, low, high = (float(interval[name]) for name in ("mean", "low", "high"))
+    elif point is not None:  # recorded before intervals: a point is its own bounds
+        mean = low = high = float(point)
+    else:
         notes.append(f"decay not evaluated: the evaluation has no {thresholds.metric}")
         return fired
     threshold = thresholds.min_metric
@@ -131,17 +134,22 @@ def evaluate_triggers(
             notes.append(f"decay not evaluated: {production.name} has no {thresholds.metric}")
             return fired
         threshold = at_training * (1.0 - thresholds.max_relative_decay)
-    decayed, reason = decay_trigger(observed, threshold)
-    if decayed:
-        fired.append(Trigger(key=f"decay:v{production.version}", kind="decay", reason=reason))
-    else:
-        notes.append(f"decay {reason}")
+    # Only when the whole confidence interval is under the threshold: a dip inside the noise
+    # is no decay.
+    decayed = high < threshold
+    judge(
+        "decay",
+        f"v{production.version}",
+        decayed,
+        f"production metric {mean:.4f} [{low:.4f}, {high:.4f}], "
+        f"upper bound {'<' if decayed else '>='} threshold {threshold:.4f}",
+    )
     return fired
 
 
 def build_retraining_sensor(
     thresholds: RetrainingThresholds | None = None,
-    minimum_interval_seconds: int = DEFAULT_INTERVAL_SECONDS,
+    minimum_interval_seconds: int = 15 * 60,
 ) -> dg.SensorDefinition:
     """The retraining sensor (running by default) on the ``model_retraining`` job; each
     evaluation runs a ``count(*)`` of the interactions."""
@@ -209,12 +217,8 @@ def build_retraining_sensor(
 def thresholds_from_env(environ: Mapping[str, str] | None = None) -> RetrainingThresholds:
     """Thresholds from ``MOOVITAMIX_RETRAIN_*`` variables (ValueError when malformed)."""
     env = os.environ if environ is None else environ
-    min_metric = env.get(MIN_METRIC_ENV)
-    return RetrainingThresholds(
-        growth_share=float(env.get(GROWTH_SHARE_ENV, DEFAULT_GROWTH_SHARE)),
-        max_relative_decay=float(env.get(MAX_DECAY_ENV, DEFAULT_MAX_RELATIVE_DECAY)),
-        min_metric=float(min_metric) if min_metric else None,
-    )
+    values = {name: env.get(variable) for name, variable in _THRESHOLD_ENV.items()}
+    return RetrainingThresholds(**{name: float(v) for name, v in values.items() if v})
 
 
 def build_weekly_retraining_schedule(

@@ -1,10 +1,6 @@
-"""Write-audit-publish of the daily recommendations, and the audits their asset checks show.
-
-Today's rows are COPY'd into ``ml.user_recommendations_staging``, audited there against ``core``
-and, in the same transaction, become the served table behind the view ``ml.user_recommendations``
-only if every audit passes: yesterday's keep serving otherwise, and the staged rows stay for
-inspection.
-"""
+"""Write-audit-publish of the daily recommendations: COPY'd into a staging table, audited against
+``core`` and, in the same transaction and only if every audit passes, swapped in behind the view
+``ml.user_recommendations`` (else yesterday's keep serving and the staged rows stay to inspect)."""
 
 from __future__ import annotations
 
@@ -12,7 +8,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Final, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -39,52 +35,37 @@ SWAP_LOCK_TIMEOUT_MS: Final = 10_000
 # Rows per COPY: the CSV text of one slice is what memory holds besides the batch's frame.
 _COPY_ROWS: Final = 200_000
 
-# Each audit, a column of sql/audit_recommendations.sql: (its check's description, what offends).
+# Each audit, a column of sql/audit_recommendations.sql, and what offends it (its check: "No ...").
 AUDITS: Final = {
-    "exactly_k_per_active_user": (
-        "Every active user has exactly K recommendations (fewer only when they heard every other "
-        "active track), and nobody else has any.",
-        "active users without exactly K recommendations (fewer only when they heard every other "
-        "active track), or users recommended who are not active",
-    ),
-    "none_already_listened": (
-        "No user is recommended a track they already listened to.",
-        "recommendations of a track the user already listened to",
-    ),
-    "only_active_tracks": (
-        "Every recommended track is in the active catalogue.",
-        "recommendations of a track unknown to core.tracks or no longer active",
-    ),
-    "no_duplicates": (
-        "No track twice for a user and no rank twice.",
-        "recommendations repeating a track or a rank already given to the same user",
-    ),
+    "exactly_k_per_active_user": "active users without exactly K recommendations (fewer only "
+    "when they heard every other active track), or users recommended who are not active",
+    "none_already_listened": "recommendations of a track the user already listened to",
+    "only_active_tracks": "recommendations of a track unknown to core.tracks or no longer active",
+    "no_duplicates": "recommendations repeating a track or a rank already given to the same user",
 }
 _AUDIT_SQL: Final = (Path(__file__).parent / "sql" / "audit_recommendations.sql").read_text()
 # The asset's metadata key holding each audit's offending count on the rows it published.
 AUDITS_METADATA_KEY: Final = "audit_offending"
 
 
-@dataclass(frozen=True)
-class AuditOutcome:
-    """An audit's result: how many rows or users offend (0 passes) and what that means."""
+class AuditOutcome(NamedTuple):
+    """An audit's result: how many rows or users offend (0 passes)."""
 
     name: str
     offending: int
-    description: str
 
     @property
     def passed(self) -> bool:
         return self.offending == 0
 
+    @property
+    def description(self) -> str:
+        return f"{self.name}: {self.offending or 'no'} {AUDITS[self.name]}"
+
 
 def outcomes(offending: dict[str, int]) -> list[AuditOutcome]:
     """The outcomes of every audit from their offending counts."""
-    counts = {name: int(offending[name]) for name in AUDITS}
-    return [
-        AuditOutcome(name, n, f"{name}: {n or 'no'} {AUDITS[name][1]}")
-        for name, n in counts.items()
-    ]
+    return [AuditOutcome(name, int(offending[name])) for name in AUDITS]
 
 
 def audit_recommendations(conn: sa.Connection, table: str, k: int) -> list[AuditOutcome]:
@@ -163,12 +144,11 @@ def stage(conn: sa.Connection, batches: Iterable[pd.DataFrame]) -> None:
         if not len(recs):
             continue
         if not defaults_set:  # one version and one time per run (pipeline.recommendation_batches)
-            first = recs.iloc[0]
             # DDL takes no server-side parameters: psycopg2 quotes the values as literals.
             cursor.execute(
                 f"ALTER TABLE {STAGING} ALTER COLUMN model_version SET DEFAULT %s, "
                 "ALTER COLUMN generated_at SET DEFAULT %s",
-                (int(first["model_version"]), pd.Timestamp(first["generated_at"]).to_pydatetime()),
+                (int(recs["model_version"].iloc[0]), recs["generated_at"].iloc[0].to_pydatetime()),
             )
             defaults_set = True
         # pyarrow renders the CSV in C++: pandas' to_csv took 17 s of 10M rows at 1M users, this
@@ -189,21 +169,21 @@ def publish_staging(conn: sa.Connection) -> None:
     The view ``ml.user_recommendations`` is pointed at them, so its grants and whatever reads it
     carry over; readers see yesterday's rows until the commit, then today's, never a mix.
     """
-    # One sorted build of the key over rows already audited for duplicates; the staging run's
-    # defaults are no business of the served table.
-    conn.execute(
-        sa.text(
-            f"ALTER TABLE {STAGING} ADD PRIMARY KEY (user_id, rank), "
-            "ALTER COLUMN model_version DROP DEFAULT, ALTER COLUMN generated_at DROP DEFAULT"
-        )
-    )
-    columns = ", ".join(RECOMMENDATION_TABLE_COLUMNS)
-    # The swap waits for the transactions still reading yesterday's rows, and serving reads queue
-    # behind it: a reader that does not finish (a long query) fails the publication instead of
-    # holding every serving read (yesterday's rows keep serving; run the asset again).
-    conn.execute(sa.text(f"SET LOCAL lock_timeout = {SWAP_LOCK_TIMEOUT_MS}"))
-    conn.execute(sa.text(f"CREATE OR REPLACE VIEW {PUBLISHED} AS SELECT {columns} FROM {STAGING}"))
-    conn.execute(sa.text(f"DROP TABLE {_SERVED}"))
-    conn.execute(sa.text(f"ALTER TABLE {STAGING} RENAME TO {registry.SERVED_TABLE}"))
+    # One sorted build of the key over rows already audited for duplicates, before the swap; the
+    # staging run's defaults are no business of the served table. The swap waits for the
+    # transactions still reading yesterday's rows, and serving reads queue behind it: a reader
+    # that does not finish (a long query) fails the publication instead of holding every serving
+    # read (yesterday's rows keep serving; run the asset again). One round trip for it all.
     staging_key = registry.ml_table(f"{STAGING_TABLE}_pkey")
-    conn.execute(sa.text(f"ALTER INDEX {staging_key} RENAME TO {registry.SERVED_TABLE}_pkey"))
+    conn.exec_driver_sql(
+        f"""
+        ALTER TABLE {STAGING} ADD PRIMARY KEY (user_id, rank),
+            ALTER COLUMN model_version DROP DEFAULT, ALTER COLUMN generated_at DROP DEFAULT;
+        SET LOCAL lock_timeout = {SWAP_LOCK_TIMEOUT_MS};
+        CREATE OR REPLACE VIEW {PUBLISHED} AS
+            SELECT {", ".join(RECOMMENDATION_TABLE_COLUMNS)} FROM {STAGING};
+        DROP TABLE {_SERVED};
+        ALTER TABLE {STAGING} RENAME TO {registry.SERVED_TABLE};
+        ALTER INDEX {staging_key} RENAME TO {registry.SERVED_TABLE}_pkey
+        """
+    )

@@ -12,6 +12,7 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
+from moovitamix_assets.defs.core import checks
 from moovitamix_assets.defs.core.assets import (
     CORE_USERS,
     core_assets,
@@ -22,7 +23,6 @@ from moovitamix_assets.defs.core.assets import (
 )
 from moovitamix_assets.defs.core.checks import (
     CORE_CHECKS,
-    audit_inactive_share,
     core_checks,
     run_core_audits,
 )
@@ -171,7 +171,7 @@ def test_odd_timestamps_and_emails_only_warn(
 
 
 def test_a_snapshot_dropping_records_warns_on_inactive_share(
-    engine: sa.Engine, postgres_resource: PostgresResource
+    engine: sa.Engine, postgres_resource: PostgresResource, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     load_day(engine)
     next_day = DAY + timedelta(days=1)
@@ -185,9 +185,9 @@ def test_a_snapshot_dropping_records_warns_on_inactive_share(
     assert (metadata(inactive)["observed"], metadata(inactive)["threshold"]) == (0.6, 0.5)
     assert found[("core/tracks", "inactive_share")].passed
     # Records last seen before the window do not count: they are history, not today's churn.
-    with engine.connect() as conn:
-        later = audit_inactive_share(conn, "users", window_days=0)
-    assert later.observed == 0.0 and later.passed
+    monkeypatch.setattr(checks, "INACTIVE_WINDOW_DAYS", 0)
+    ((_, later),) = run_core_audits(engine, {"users": ["inactive_share"]})
+    assert later.observed == 0.0 and later.passed and "in the 0 days" in later.description
 
 
 def test_an_unusable_interaction_fails_and_blocks(engine: sa.Engine) -> None:

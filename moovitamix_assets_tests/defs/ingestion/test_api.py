@@ -109,7 +109,7 @@ def test_settings_out_of_range_are_refused_before_any_request() -> None:
     with pytest.raises(pydantic.ValidationError, match="max_concurrency must be between 1 and 64"):
         MoovitamixApiResource(max_concurrency=0)
     with pytest.raises(ValueError, match="must be an http"):
-        MoovitamixApiResource(base_url="127.0.0.1:8000").check_settings()
+        MoovitamixApiResource(base_url="127.0.0.1:8000").check_service()
 
 
 def test_an_unreachable_or_wrong_service_is_named_without_credentials(api_server) -> None:

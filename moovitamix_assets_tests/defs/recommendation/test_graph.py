@@ -153,6 +153,15 @@ def test_on_taste_structured_standin_data_the_candidate_beats_the_fallback_and_s
     assert {"serving_ndcg_at_10", "popularity_coverage", "candidate_hits"} <= set(metadata)
     evaluation_metadata = materialized[keys.PRODUCTION_MODEL_EVALUATION].metadata
     assert evaluation_metadata["lift_over_fallback_low_pct"].value > 0
+    # What the recommendations asset counted batch by batch is what it published.
+    served = materialized[keys.USER_RECOMMENDATIONS].metadata
+    assert served["users"].value == served["active_users"].value == recs["user_id"].nunique()
+    assert served["dagster/row_count"].value == len(recs)
+    assert served["users_short_of_k"].value == 0
+    first = recs[recs["rank"] == 1]
+    assert served["cold_start_users"].value == (first["source"] == "cold_start").sum() >= 3
+    assert served["distinct_tracks"].value == recs["track_id"].nunique()
+    assert served["rows_by_source"].value == recs["source"].value_counts().to_dict()
 
 
 def test_recommendations_are_replaced_atomically_and_bad_ones_never_publish(

@@ -185,6 +185,7 @@ def test_the_fallback_is_a_registered_model_that_serves_until_a_model_beats_it(
         "genre_popularity",
     )
     assert isinstance(registry.load_model(engine, 1), FallbackModel)
+    assert [action for _, action, _ in log(engine)] == ["registered", "promoted"]
     # Asking again registers nothing more.
     assert registry.serving_entry(engine, at=NOW).version == 1
 

@@ -2,6 +2,7 @@
 
 from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
 
 import dagster as dg
 import numpy as np
@@ -210,25 +211,29 @@ def test_trigger_rules_on_plain_values() -> None:
         gate_passed=True,
         gate_reason="",
     )
-    decayed = registry.Evaluation(
-        3,
-        datetime.now(timezone.utc),
-        production.snapshot,
-        {"interval": {"metric": "precision_at_k", "mean": 0.01, "low": 0.005, "high": 0.015}},
+    decayed = SimpleNamespace(
+        metrics={
+            "interval": {"metric": "precision_at_k", "mean": 0.01, "low": 0.005, "high": 0.015}
+        }
     )
     both = evaluate_triggers(production, production, 1_300, decayed, THRESHOLDS)
     assert [t.key for t in both] == ["growth:c3", "decay:v3"]
+    assert "+30.0%" in both[0].reason and both[0].reason.startswith("fired")
+    assert "upper bound < threshold 0.0375" in both[1].reason
     assert evaluate_triggers(production, production, None, decayed, THRESHOLDS) == []
     absolute = RetrainingThresholds(growth_share=0.5, min_metric=0.005)
-    assert evaluate_triggers(production, production, 1_300, decayed, absolute) == []
+    not_fired: list[str] = []
+    assert evaluate_triggers(production, production, 1_300, decayed, absolute, not_fired) == []
+    assert not_fired[0].startswith("growth not fired: interactions grew +30.0%")
+    # The point is under the threshold but the interval reaches it: a dip inside the noise.
+    assert "upper bound >= threshold 0.0050" in not_fired[1]
     # A point without an interval (an evaluation recorded before intervals) is its own bounds.
-    point = registry.Evaluation(
-        3, decayed.evaluated_at, production.snapshot, {"production": {"precision_at_k": 0.01}}
-    )
+    point = SimpleNamespace(metrics={"production": {"precision_at_k": 0.01}})
     assert [t.key for t in evaluate_triggers(production, None, 10, point, THRESHOLDS)] == [
         "growth:none",
         "decay:v3",
     ]
+    assert evaluate_triggers(None, None, 0, None, THRESHOLDS) == []
     assert Interval(0.01, 0.01, 0.01, 0.0).high == 0.01
     with pytest.raises(ValueError):
         RetrainingThresholds(growth_share=0)

@@ -1,7 +1,14 @@
--- Records seen after :since that the newest snapshot no longer lists. {table} is core.users,
--- core.tracks or core.listen_events.
-SELECT count(*) FILTER (WHERE last_seen > CAST(:since AS date)) AS recent_records,
-       count(*) FILTER (WHERE last_seen > CAST(:since AS date) AND NOT is_active)
-           AS recent_inactive,
-       count(*) FILTER (WHERE NOT is_active) AS inactive_records
-FROM {table}
+-- Records seen in the :window_days days up to the newest merged snapshot (as_of) that it no
+-- longer lists. Only the window counts: the table keeps every record ever seen, so the all-time
+-- share grows with normal churn and says nothing about today. {table} is core.<:table>.
+SELECT c.*, coalesce(m.as_of::text, 'now') AS as_of, r.observed,
+       r.observed <= :threshold AS passed
+FROM (SELECT max(snapshot_date) AS as_of FROM core.merge_log WHERE table_name = :table) m,
+     LATERAL (SELECT coalesce(m.as_of - CAST(:window_days AS integer), '-infinity') AS since) w,
+     LATERAL (SELECT count(*) FILTER (WHERE last_seen > w.since) AS recent_records,
+                     count(*) FILTER (WHERE last_seen > w.since AND NOT is_active)
+                         AS recent_inactive,
+                     count(*) FILTER (WHERE NOT is_active) AS inactive_records
+              FROM {table}) c,
+     LATERAL (SELECT coalesce(round(recent_inactive::numeric / nullif(recent_records, 0), 6), 0)
+                  ::float8 AS observed) r
