@@ -136,7 +136,7 @@ def main() -> None:
     figures: dict[str, dict[date, dict[str, dict]]] = {name: {} for name in trees}
     with tempfile.TemporaryDirectory(prefix="moovitamix-bench-core-") as tmp:
         state = Path(tmp) / "state"
-        server = start_embedded_postgres(state, databases=())
+        server = start_embedded_postgres(state)
         try:
             prepare(server, args.records, days, args.seed)
             for day in days:

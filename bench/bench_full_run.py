@@ -70,7 +70,7 @@ def main() -> None:
     partition = utc_today().isoformat()
     with tempfile.TemporaryDirectory(prefix="moovitamix-full-run-") as tmp:
         state = Path(tmp) / "pg"
-        server = start_embedded_postgres(state, databases=())
+        server = start_embedded_postgres(state)
         try:
             admin = sa.create_engine(server.url("postgres"), isolation_level="AUTOCOMMIT")
             with admin.connect() as conn:

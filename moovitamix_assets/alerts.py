@@ -54,7 +54,7 @@ class Alert:
         return "\n".join([self.title, *facts, *details, f"Link: {self.link}"])
 
 
-def _cut(text: str, limit: int) -> str:
+def cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -63,13 +63,13 @@ def format_slack_message(alert: Alert) -> dict[str, Any]:
     facts, details, link), cut to Slack's limits."""
     header = f"{_EMOJI.get(alert.kind, ':warning:')} {alert.title}"
     blocks: list[dict[str, Any]] = [
-        {"type": "header", "text": {"type": "plain_text", "text": _cut(header, 150), "emoji": True}}
+        {"type": "header", "text": {"type": "plain_text", "text": cut(header, 150), "emoji": True}}
     ]
     if facts := alert.facts():
-        fields = [{"type": "mrkdwn", "text": _cut(f"*{k}*\n{v}", 300)} for k, v in facts]
+        fields = [{"type": "mrkdwn", "text": cut(f"*{k}*\n{v}", 300)} for k, v in facts]
         blocks.append({"type": "section", "fields": fields})
     if alert.details:
-        text = _cut(f"```{alert.details}```", 3000)
+        text = cut(f"```{alert.details}```", 3000)
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": text}})
     context = [f"<{alert.link}|Open in Dagster>", f"`{alert.kind}` · dedupe `{alert.dedupe_key}`"]
     blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": t} for t in context]})

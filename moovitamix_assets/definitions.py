@@ -17,7 +17,7 @@ from moovitamix_assets.defs.ingestion.schedule import (
     build_daily_schedule,
     daily_refresh_job,
 )
-from moovitamix_assets.defs.monitoring.sensors import build_alert_sensors
+from moovitamix_assets.defs.monitoring.sensors import ALERT_SENSORS
 from moovitamix_assets.defs.recommendation.assets import recommendation_assets
 from moovitamix_assets.defs.recommendation.checks import recommendation_checks
 from moovitamix_assets.defs.recommendation.retraining import (
@@ -61,7 +61,7 @@ defs = dg.Definitions(
             os.environ.get("MOOVITAMIX_RETRAINING_CRON", DEFAULT_WEEKLY_RETRAINING_CRON)
         ),
     ],
-    sensors=[*build_alert_sensors(), build_retraining_sensor(thresholds_from_env())],
+    sensors=[*ALERT_SENSORS, build_retraining_sensor(thresholds_from_env())],
     resources=build_resources(),
     # One process per run: at our sizes a process per step costs more than it saves.
     executor=dg.in_process_executor,

@@ -38,12 +38,6 @@ def start_step_figures() -> StepStart:
     return StepStart(wall=time.perf_counter(), cpu=time.process_time())
 
 
-def peak_rss_mb() -> float:
-    """The process's peak resident memory in MiB: a high-water mark, what sizes a worker."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, else KiB
-
-
 def finish_step_figures(
     context: dg.AssetExecutionContext,
     metadata: Mapping[str, Any],
@@ -51,24 +45,23 @@ def finish_step_figures(
     *,
     asset_key: dg.AssetKey | None = None,
 ) -> dict[str, Any]:
-    """The metadata plus ``cpu_s``, ``peak_rss_mb`` and ``step_s`` (seconds, MiB), pushed when a
-    Pushgateway is set; ``asset_key`` names the asset in a multi-asset step."""
+    """The metadata plus ``cpu_s``, ``peak_rss_mb`` (the high-water mark, what sizes a worker) and
+    ``step_s``, pushed when a Pushgateway is set; ``asset_key`` names the asset of a multi-asset."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS, else KiB
     figures = {
         **metadata,
         "cpu_s": round(max(time.process_time() - start.cpu, 0.0), 3),
-        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "peak_rss_mb": round(peak / 2**20 if sys.platform == "darwin" else peak / 1024, 1),
         "step_s": round(time.perf_counter() - start.wall, 3),
     }
     asset = (asset_key or context.asset_key).to_user_string()
-    push_run_metrics(context.job_name, figures, {"asset": asset}, context.log)
+    push_run_metrics(context.job_name, asset, figures, context.log)
     return figures
 
 
-def push_run_metrics(
-    job: str, metadata: Mapping[str, Any], grouping: Mapping[str, str], log: Any = _logger
-) -> bool:
+def push_run_metrics(job: str, asset: str, metadata: Mapping[str, Any], log: Any = _logger) -> bool:
     """PUT the finite numbers of ``metadata`` as gauges to the Pushgateway; True when accepted.
-    PUT replaces the group (job + ``grouping``): no run id label, the gateway keeps groups forever.
+    PUT replaces the group (job + asset): no run id label, the gateway keeps groups forever.
     A failed push is logged, never raised: metrics must not fail a materialization."""
     url = os.environ.get(PUSHGATEWAY_URL_ENV)
     gauges = {}
@@ -78,11 +71,8 @@ def push_run_metrics(
             gauges[re.sub(r"[^a-zA-Z0-9_:]", "_", f"moovitamix_{key}")] = float(value)
     if not url or not gauges:
         return False
-    # Label values go base64-encoded: asset keys hold slashes a URL path segment cannot.
-    path = f"/metrics/job/{job}" + "".join(
-        f"/{name}@base64/{base64.urlsafe_b64encode(value.encode()).decode()}"
-        for name, value in grouping.items()
-    )
+    # The label value goes base64-encoded: asset keys hold slashes a URL path segment cannot.
+    path = f"/metrics/job/{job}/asset@base64/{base64.urlsafe_b64encode(asset.encode()).decode()}"
     body = "".join(f"# TYPE {name} gauge\n{name} {gauges[name]!r}\n" for name in sorted(gauges))
     try:
         requests.put(

@@ -90,7 +90,7 @@ def test_push_sends_finite_numbers_in_the_exposition_format(
         "ratio": float("nan"),
     }
 
-    assert push_run_metrics("daily", metadata, {"asset": "raw/users"})
+    assert push_run_metrics("daily", "raw/users", metadata)
 
     (request,) = gateway.requests
     encoded = base64.urlsafe_b64encode(b"raw/users").decode()
@@ -119,4 +119,4 @@ def test_a_dead_gateway_never_fails_the_step(monkeypatch: pytest.MonkeyPatch) ->
         assert result.success and len(broken.requests) == 1
 
     monkeypatch.setenv(PUSHGATEWAY_URL_ENV, closed_port_url())
-    assert push_run_metrics("daily", {"cpu_s": 1.0}, {}) is False
+    assert push_run_metrics("daily", "raw/users", {"cpu_s": 1.0}) is False

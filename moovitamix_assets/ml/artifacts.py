@@ -62,15 +62,10 @@ def _sha256(file: BinaryIO) -> str:
     return digest.hexdigest()
 
 
-def deserialize_model(
-    payload: bytes | BinaryIO, expected_sha256: str | None = None
-) -> ServingModel:
-    """Rebuild a model from ``serialize_model`` bytes, or a seekable file of them.
-
-    Raises ValueError on a checksum mismatch, an unknown format or inconsistent arrays.
-    """
-    file = io.BytesIO(payload) if isinstance(payload, bytes) else payload
-    if expected_sha256 is not None and _sha256(file) != expected_sha256:
+def deserialize_model(file: BinaryIO, expected_sha256: str) -> ServingModel:
+    """Rebuild a model from a seekable file of ``serialize_model`` bytes; ValueError on a
+    checksum mismatch, an unknown format or inconsistent arrays."""
+    if _sha256(file) != expected_sha256:
         raise ValueError("model artifact checksum mismatch: the payload is corrupt or replaced")
     file.seek(0)
     with np.load(file, allow_pickle=False) as archive:

@@ -1,7 +1,6 @@
 """Promotion gate: promote a candidate only when the lower bound of its lift over what serves
 (on the same held-out users) clears the margin; a lift inside the noise changes nothing."""
 
-import math
 from dataclasses import dataclass
 from typing import Final, NamedTuple
 
@@ -94,11 +93,6 @@ def decide_promotion(
         promote = lift.low is not None and lift.low > settings.min_lift
         verdict = SIGNIFICANT if promote else NOT_SIGNIFICANT
     figures["verdict"] = verdict
-    # An unbounded figure (no hit at all in some resamples) is unknown, not a number.
-    figures = {
-        name: None if isinstance(value, float) and not math.isfinite(value) else value
-        for name, value in figures.items()
-    }
     outcome = "candidate promoted" if promote else "candidate refused"
     margin = f" (margin {settings.min_lift:+.0%})" if settings.min_lift else ""
     reason = (

@@ -23,15 +23,6 @@ from moovitamix_assets.ml import RECOMMENDATION_COLUMNS
 
 log = logging.getLogger(__name__)
 
-# Descriptions reused by the Dagster Config that exposes these parameters.
-FACTORS_DESCRIPTION: Final = "Number of latent factors per user and per track."
-REGULARIZATION_DESCRIPTION: Final = "L2 regularisation of the factors."
-ALPHA_DESCRIPTION: Final = (
-    "Confidence scaling: an interaction of weight w counts with confidence 1 + alpha * w."
-)
-ITERATIONS_DESCRIPTION: Final = "Number of alternating least squares sweeps."
-RANDOM_STATE_DESCRIPTION: Final = "Seed of the factor initialisation (same seed, same model)."
-
 SOURCE_ALS: Final = "als"
 SOURCE_COLD_START: Final = "cold_start"
 SOURCE_FALLBACK: Final = "genre_popularity"

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import numpy as np
 import pandas as pd
 
-from moovitamix_assets.ml import INTERACTION_COLUMNS, RECOMMENDATION_COLUMNS
+from moovitamix_assets.ml import RECOMMENDATION_COLUMNS
 from moovitamix_assets.ml.evaluation import Metrics, evaluate_on_holdout
 from moovitamix_assets.ml.models import (
     SOURCE_FALLBACK,
@@ -75,24 +75,11 @@ def training_half(interactions: pd.DataFrame, holdout: pd.DataFrame) -> pd.DataF
     return interactions.loc[~held].reset_index(drop=True)
 
 
-def holdout_frame(test: pd.DataFrame) -> pd.DataFrame:
-    """The held-out pairs with the interaction columns, in a stable order for storage."""
-    columns = list(INTERACTION_COLUMNS)
-    return test[columns].sort_values(["user_id", "track_id"], kind="stable", ignore_index=True)
-
-
-@dataclass(frozen=True, eq=False)
-class CandidateResult:
+class CandidateResult(NamedTuple):
     """A trained candidate and every recommender's metrics on the same held-out pairs."""
 
     model: AlsModel
     metrics: dict[str, Metrics]
-
-    def metrics_json(self, serving_version: int) -> dict[str, Any]:
-        return {
-            **{n: m.as_dict() for n, m in self.metrics.items()},
-            "serving_version": serving_version,
-        }
 
 
 def train_and_evaluate(
@@ -123,7 +110,7 @@ def train_and_evaluate(
     metrics = evaluate_on_holdout(
         recommenders, train, test, catalogue_size, k, evaluation_users, params.random_state
     )
-    return CandidateResult(model=model, metrics=metrics)
+    return CandidateResult(model, metrics)
 
 
 def evaluate_model(

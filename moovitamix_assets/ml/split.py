@@ -14,10 +14,6 @@ class TrainTestSplit:
     test: pd.DataFrame
     n_users_held_out: int
 
-    @property
-    def n_test(self) -> int:
-        return len(self.test)
-
     def as_dict(self) -> dict[str, int]:
         n = len(self.train), len(self.test), self.n_users_held_out
         return dict(zip(("n_train", "n_test", "n_users_held_out"), n, strict=True))

@@ -114,28 +114,17 @@ def lineage_metadata(context: dg.AssetExecutionContext, key: dg.AssetKey) -> dic
     return {COLUMN_LINEAGE_KEY: dg.MetadataValue.column_lineage(for_asset(key).lineage(upstream))}
 
 
-def markdown_table(name: str) -> str:
-    """The column table of one table, as docs/data-model.md shows it."""
-    rows = [f"| {c.name} | {c.type} | {c.description} |" for c in table(name).columns]
-    return "\n".join(["| column | type | meaning |", "|---|---|---|", *rows]) + "\n"
-
-
 def render_docs(text: str) -> str:
     """``text`` with every ``<!-- columns: schema.table -->`` block regenerated from the YAML."""
-    return _BLOCK.sub(lambda m: m[1] + markdown_table(m[2]) + m[3], text)
+
+    def block(match: re.Match[str]) -> str:
+        rows = [f"| {c.name} | {c.type} | {c.description} |" for c in table(match[2]).columns]
+        header = ["| column | type | meaning |", "|---|---|---|"]
+        return match[1] + "\n".join([*header, *rows]) + "\n" + match[3]
+
+    return _BLOCK.sub(block, text)
 
 
-def documented_tables(text: str) -> list[str]:
-    """The tables whose column block ``text`` holds."""
-    return [m[2] for m in _BLOCK.finditer(text)]
-
-
-def main(argv: list[str]) -> int:
-    """Regenerate the column blocks of each Markdown file named on the command line."""
-    for path in map(Path, argv):
+if __name__ == "__main__":  # regenerate the column blocks of each Markdown file named
+    for path in map(Path, sys.argv[1:]):
         path.write_text(render_docs(path.read_text()))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -16,12 +16,11 @@ import os
 import shutil
 import stat
 import tempfile
-from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, make_url
 
 logger = logging.getLogger(__name__)
 
@@ -83,12 +82,12 @@ def ensure_runtime_dir() -> Path:
 
 def start_embedded_postgres(
     state: str | os.PathLike[str] | None = None,
-    databases: tuple[str, ...] = (EMBEDDED_DATABASE,),
+    databases: tuple[str, ...] = (),
     *,
     durable_init: bool = True,
 ) -> EmbeddedPostgres:
-    """Start (or reuse) the embedded server of a state folder and create ``databases``;
-    ``durable_init=False`` (tests: throwaway data) skips initdb's fsyncs, slow on a busy disk."""
+    """Start (or reuse) a state folder's embedded server, create ``databases`` (the resource creates
+    its own); ``durable_init=False`` (tests: throwaway data) skips initdb's slow fsyncs."""
     pgdata = embedded_postgres_of(state).pgdata
     if (cached := _started.get(pgdata)) is not None and cached.is_running():
         return cached
@@ -98,7 +97,10 @@ def start_embedded_postgres(
     # with the data, so every process that shares the data shares the lock.
     with fasteners.InterProcessLock(str(pgdata.parent / ".pgserver-start.lock")):
         server = _start_locked(pgdata, durable_init)
-        _create_databases(server, databases)
+        from moovitamix_assets.warehouse.database import ensure_database  # it imports this module
+
+        for name in databases:
+            ensure_database(make_url(server.url(name)), f"the embedded database {name!r}")
     _started[pgdata] = server
     return server
 
@@ -171,19 +173,6 @@ def _initdb_no_sync(handle: Any, pgdata: Path) -> None:
     args = ("--no-sync", "--auth=trust", "--auth-local=trust", "--encoding=utf8")
     args += ("-U", EMBEDDED_USER, "-D", str(pgdata))
     pgexec("initdb", args, bin_path=handle.bin_path, user=handle.system_user, cwd="/")
-
-
-def _create_databases(server: EmbeddedPostgres, databases: tuple[str, ...]) -> None:
-    import psycopg2
-    from psycopg2 import sql
-
-    host, port = str(server.socket_dir), server.port
-    conn = psycopg2.connect(dbname="postgres", user=EMBEDDED_USER, host=host, port=port)
-    conn.autocommit = True  # CREATE DATABASE cannot run inside a transaction
-    with closing(conn), conn.cursor() as cur:
-        cur.execute("SELECT datname FROM pg_database")
-        for name in set(databases) - {row[0] for row in cur.fetchall()}:
-            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
 
 def _pgdata_location(state: Path) -> Path:

@@ -18,7 +18,7 @@ def test_round_trip_restores_identical_model(structured) -> None:
     artifact = serialize_model(model)
     assert artifact.sha256 == hashlib.sha256(payload_of(artifact)).hexdigest()
     assert len(artifact.sha256) == 64
-    restored = deserialize_model(payload_of(artifact), expected_sha256=artifact.sha256)
+    restored = deserialize_model(artifact.file, expected_sha256=artifact.sha256)
     assert restored.params == model.params
     np.testing.assert_array_equal(restored.user_ids, model.user_ids)
     np.testing.assert_array_equal(restored.item_ids, model.item_ids)
@@ -55,4 +55,4 @@ def test_corrupt_payload_is_refused(structured) -> None:
     tampered = bytearray(payload_of(artifact))
     tampered[len(tampered) // 2] ^= 0xFF
     with pytest.raises(ValueError, match="checksum mismatch"):
-        deserialize_model(bytes(tampered), expected_sha256=artifact.sha256)
+        deserialize_model(io.BytesIO(tampered), expected_sha256=artifact.sha256)

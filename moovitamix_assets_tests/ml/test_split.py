@@ -32,7 +32,7 @@ def test_holds_out_exactly_the_most_recent_item_per_eligible_user() -> None:
     split = time_based_split(TINY)
     assert _pairs(split.test) == {(1, 30), (3, 10)}
     assert _pairs(split.train) == {(1, 10), (1, 20), (2, 10), (3, 40)}
-    assert (len(split.train), split.n_test, split.n_users_held_out) == (4, 2, 2)
+    assert (len(split.train), len(split.test), split.n_users_held_out) == (4, 2, 2)
     assert list(split.test.columns) == list(TINY.columns)
 
 
@@ -52,7 +52,7 @@ def test_split_is_deterministic_and_independent_of_row_order() -> None:
 
 def test_empty_interactions_give_an_empty_split() -> None:
     split = time_based_split(TINY.iloc[0:0])
-    assert (len(split.train), split.n_test, split.n_users_held_out) == (0, 0, 0)
+    assert (len(split.train), len(split.test), split.n_users_held_out) == (0, 0, 0)
     assert list(split.train.columns) == list(TINY.columns)
 
 
@@ -70,4 +70,4 @@ def test_synthetic_split_holds_out_one_most_recent_item_per_user(structured) -> 
     assert test.groupby("user_id").size().eq(1).all()
     assert sorted(test["user_id"]) == sorted(eligible)
     assert (test.set_index("user_id")["last_position"] == latest.loc[test["user_id"]]).all()
-    assert len(structured.split.train) + structured.split.n_test == len(interactions)
+    assert len(structured.split.train) + len(structured.split.test) == len(interactions)

@@ -158,7 +158,7 @@ def test_long_state_path_gets_a_short_socket() -> None:
                 assert server.pgdata == state / "pgdata"
                 assert server.socket_dir != server.pgdata
             assert len(str(server.socket_dir / f".s.PGSQL.{server.port}")) <= 107
-            with sa.create_engine(server.url()).connect() as conn:
+            with sa.create_engine(server.url("postgres")).connect() as conn:
                 assert conn.execute(sa.text("SELECT 1")).scalar() == 1
         finally:
             _cleanup(server, state)

@@ -82,6 +82,12 @@ def newest_merged(conn: sa.Connection, table: str) -> date | None:
     return conn.execute(sa.text(newest), {"t": table}).scalar_one()
 
 
+def core_tables_exist(conn: sa.Connection, *tables: str) -> bool:
+    """Whether every ``core.<table>`` exists (a view or a table)."""
+    exists = "SELECT bool_and(to_regclass(n) IS NOT NULL) FROM unnest(CAST(:names AS text[])) n"
+    return conn.execute(sa.text(exists), {"names": [f"core.{t}" for t in tables]}).scalar_one()
+
+
 def _lock(conn: sa.Connection, key: str) -> None:
     """Hold the table's advisory lock until the transaction ends; give its joins memory."""
     conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"core.{key}"})
@@ -95,16 +101,11 @@ def ensure_core_schema(engine: sa.Engine) -> None:
     merge's lock). Under an advisory lock: two first runs would collide in the catalogue.
     """
     relations = (*CORE_TABLES, "listen_pairs", "listen_histories", MERGE_LOG_TABLE)
-    # Only the previous representation has core.interactions_state.
-    check = sa.text(
-        "SELECT bool_and(to_regclass(n) IS NOT NULL), to_regclass(:previous) IS NOT NULL"
-        " FROM unnest(CAST(:names AS text[])) n"
-    )
-    names = {"names": [f"core.{r}" for r in relations], "previous": "core.interactions_state"}
     with engine.begin() as conn:
         for lock in (False, True):  # checked again once locked: another run may have done it
-            ready, previous = conn.execute(check, names).one()
-            if ready and not previous:
+            # Only the previous representation has core.interactions_state.
+            previous = core_tables_exist(conn, "interactions_state")
+            if not previous and core_tables_exist(conn, *relations):
                 return
             if lock is False:
                 _lock(conn, "ddl")
@@ -119,7 +120,6 @@ def ensure_core_schema(engine: sa.Engine) -> None:
 class MergeResult(NamedTuple):
     """What one merge did (or the interactions hold): counts for metadata and the checks."""
 
-    table: str
     snapshot_date: date | None
     counts: dict[str, int]
     rows_total: int
@@ -178,7 +178,6 @@ def merge(engine: sa.Engine, snapshot_date: date, table: str) -> MergeResult:
             conn.execute(sa.text(f"ANALYZE {storage}"))
     figures = {k: int(v) for k, v in counts.items()}
     return MergeResult(
-        table=table,
         snapshot_date=snapshot_date,
         rows_total=figures.pop("rows_total"),
         counts={**figures, "is_newest_snapshot": int(is_newest)},
@@ -198,7 +197,6 @@ def interaction_figures(engine: sa.Engine) -> MergeResult:
     with engine.connect() as conn:
         counts = dict(conn.execute(load_sql("interactions_figures")).mappings().one())
     return MergeResult(
-        table=INTERACTIONS_TABLE,
         snapshot_date=counts.pop("as_of"),
         rows_total=int(counts.pop("rows_total")),
         counts={k: int(v) for k, v in counts.items()},

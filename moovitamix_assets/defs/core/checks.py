@@ -27,6 +27,7 @@ from moovitamix_assets.defs.core.assets import (
     STORAGE_TABLES,
     TRACKS_TABLE,
     USERS_TABLE,
+    core_tables_exist,
     load_sql,
     newest_merged,
 )
@@ -46,22 +47,10 @@ INACTIVE_WINDOW_DAYS: Final = 30
 EMAIL_PATTERN: Final = r"^[^@[:space:]]+@[^@[:space:]]+\.[^@[:space:]]+$"
 
 
-class CoreAuditResult(NamedTuple):
-    """The outcome of one audit of one core table (``figures``: its metadata)."""
-
-    passed: bool
-    observed: float | int | None
-    description: str
-    figures: dict[str, int | float | str | None]
-    name: str
-    severity: Severity
-    blocking: bool
-    threshold: float
-
-
 class CoreCheck(NamedTuple):
     """One audit of a core table: ``sql/audit_<name>.sql`` returns ``observed``, ``passed`` (given
-    ``:threshold``) and the figures; ``explain`` words that row."""
+    ``:threshold``) and the figures; ``explain`` words that row. Its outcome is the same tuple with
+    ``passed``, ``observed``, ``figures`` (its metadata) and the worded row as ``description``."""
 
     name: str
     severity: Severity
@@ -70,12 +59,9 @@ class CoreCheck(NamedTuple):
     description: str
     explain: str
     reads: tuple[str, ...] = ()  # the other tables the audit joins
-
-
-def _exists(conn: sa.Connection, *tables: str) -> bool:
-    names = [f"{CORE_SCHEMA}.{t}" for t in tables]
-    exists = "SELECT bool_and(to_regclass(n) IS NOT NULL) FROM unnest(CAST(:names AS text[])) n"
-    return conn.execute(sa.text(exists), {"names": names}).scalar_one()
+    passed: bool = False
+    observed: float | int | None = None
+    figures: dict[str, Any] = {}
 
 
 _PRIMARY_KEY = CoreCheck(
@@ -158,18 +144,18 @@ _NOT_FIGURES: Final = ("passed", "observed", "as_of", "note", "valid")
 
 def run_core_audits(
     engine: sa.Engine, selected: Mapping[str, Sequence[str]]
-) -> list[tuple[str, CoreAuditResult]]:
+) -> list[tuple[str, CoreCheck]]:
     """Run the selected audits (table -> check names) in one read-only transaction, in order."""
-    results: list[tuple[str, CoreAuditResult]] = []
+    results: list[tuple[str, CoreCheck]] = []
     with engine.connect() as conn:
         # One consistent view of all tables: the orphan rate joins three of them.
         conn.execution_options(isolation_level="REPEATABLE READ")
-        logged = _exists(conn, MERGE_LOG_TABLE)
+        logged = core_tables_exist(conn, MERGE_LOG_TABLE)
         for table, names in selected.items():
             # The interactions are rebuilt, not merged: their state is that of the listening.
             merged_as = LISTEN_EVENTS_TABLE if table == INTERACTIONS_TABLE else table
             newest = newest_merged(conn, merged_as) if logged else None
-            keys = ("id",) if table in (USERS_TABLE, TRACKS_TABLE) else ("user_id", "track_id")
+            keys = ("id",) if table in _CATALOGUE else ("user_id", "track_id")
             params = {
                 "table": table,
                 "keys": list(keys),
@@ -182,15 +168,15 @@ def run_core_audits(
                 params["threshold"] = check.threshold
                 row: dict[str, Any] = {"passed": False, "observed": None}
                 description = f"table {CORE_SCHEMA}.{table} does not exist: the merge never ran"
-                if _exists(conn, table, *check.reads):
+                if core_tables_exist(conn, table, *check.reads):
                     sql = load_sql(f"audit_{check.name}", table, keys)
                     row = dict(conn.execute(sql, params).mappings().one())
                     description = check.explain.format(**row, **params)
                 figures = {k: v for k, v in row.items() if k not in _NOT_FIGURES}
                 figures["newest_merged_snapshot"] = newest.isoformat() if newest else None
-                common = (check.name, check.severity, check.blocking, check.threshold)
-                outcome = (row["passed"], row["observed"], description, figures, *common)
-                results.append((table, CoreAuditResult(*outcome)))
+                judged = {"passed": row["passed"], "observed": row["observed"]}
+                outcome = check._replace(description=description, figures=figures, **judged)
+                results.append((table, outcome))
     return results
 
 

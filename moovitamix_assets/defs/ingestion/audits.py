@@ -19,7 +19,8 @@ import sqlalchemy as sa
 from moovitamix_assets.check_results import Severity
 from moovitamix_assets.constants import LISTEN_HISTORY_ENDPOINT, RAW_SCHEMA, SNAPSHOT_DATE_COLUMN
 from moovitamix_assets.contract import KEY_FIELD, fields_of
-from moovitamix_assets.defs.ingestion.tables import EXPECTED_COLUMNS, MANIFEST_TABLE
+from moovitamix_assets.defs.ingestion.tables import MANIFEST_TABLE, RAW_COLUMNS
+from moovitamix_assets.warehouse.io_manager import table_columns
 
 # Share of the API's records the raw layer may reject before the snapshot is unusable.
 MAX_REJECT_RATE: Final = 0.01
@@ -82,15 +83,8 @@ def _figures(conn: sa.Connection, endpoint: str, day: date) -> SimpleNamespace:
             ),
             {"endpoint": endpoint, "day": day},
         ).one_or_none()
-    columns = dict(
-        conn.execute(
-            sa.text(
-                "SELECT column_name, udt_name FROM information_schema.columns "
-                "WHERE table_schema = :schema AND table_name = :table"
-            ),
-            {"schema": RAW_SCHEMA, "table": endpoint},
-        ).all()
-    )
+    with conn.connection.cursor() as cur:  # the same transaction; format_type's spelling
+        columns = table_columns(cur, RAW_SCHEMA, endpoint)
     figures = SimpleNamespace(endpoint=endpoint, day=day, manifest=manifest, columns=columns)
     if columns:
         table, key = f'"{RAW_SCHEMA}"."{endpoint}"', KEY_FIELD[endpoint]
@@ -157,7 +151,7 @@ def _required_fields(f: SimpleNamespace) -> Verdict:
 
 def _schema_drift(f: SimpleNamespace) -> Verdict:
     """The API served exactly the contract's fields; the table has the expected types (ERROR)."""
-    expected, actual, problems = EXPECTED_COLUMNS[f.endpoint], f.columns, []
+    expected, actual, problems = RAW_COLUMNS[f.endpoint], f.columns, []
     if f.manifest is None:
         problems.append("no manifest row (the read did not finish)")
     else:

@@ -26,18 +26,6 @@ RAW_KEYS: Final[dict[str, dg.AssetKey]] = {e: dg.AssetKey([RAW_SCHEMA, e]) for e
 RAW_COLUMNS: Final[dict[str, dict[str, str]]] = {
     endpoint: columns_of(f"{RAW_SCHEMA}.{endpoint}").pg_types() for endpoint in ENDPOINTS
 }
-_UDT_NAMES: Final = {
-    "date": "date",
-    "bigint": "int8",
-    "text": "text",
-    "timestamp with time zone": "timestamptz",
-    "bigint[]": "_int8",
-}
-# The same as information_schema's udt_name, which the schema audit compares with.
-EXPECTED_COLUMNS: Final[dict[str, dict[str, str]]] = {
-    endpoint: {name: _UDT_NAMES[pg_type] for name, pg_type in columns.items()}
-    for endpoint, columns in RAW_COLUMNS.items()
-}
 
 # The bookkeeping tables' columns come from columns.yaml: table -> (primary key, nullable columns).
 _BOOKKEEPING: Final = {

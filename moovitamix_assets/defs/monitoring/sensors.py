@@ -23,7 +23,7 @@ from dagster import (
     sensor,
 )
 
-from moovitamix_assets.alerts import Alert, AlertNotifier
+from moovitamix_assets.alerts import Alert, AlertNotifier, cut
 
 PARTITION_TAG: Final = "dagster/partition"
 _PAGE_SIZE: Final = 200
@@ -35,8 +35,7 @@ _ALERTING: Final = {"minimum_interval_seconds": 60, "default_status": DefaultSen
 
 def _short(value: Any, limit: int = 80) -> str:
     value = getattr(value, "value", value)  # a MetadataValue or a plain value
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return cut(value if isinstance(value, str) else json.dumps(value, default=str), limit)
 
 
 def observed_and_expected(metadata: Mapping[str, Any]) -> tuple[str | None, str | None]:
@@ -235,10 +234,9 @@ def freshness_failure_alert_sensor(
     return SkipReason(f"{alerted} freshness alert(s) sent.")
 
 
-def build_alert_sensors() -> list[SensorDefinition]:
-    """The three alert sensors; they need the `alert_notifier` resource (an AlertNotifier)."""
-    return [
-        asset_check_failure_alert_sensor,
-        run_failure_alert_sensor,
-        freshness_failure_alert_sensor,
-    ]
+# They need the `alert_notifier` resource (an AlertNotifier).
+ALERT_SENSORS: Final[list[SensorDefinition]] = [
+    asset_check_failure_alert_sensor,
+    run_failure_alert_sensor,
+    freshness_failure_alert_sensor,
+]

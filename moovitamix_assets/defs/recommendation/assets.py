@@ -17,19 +17,11 @@ from moovitamix_assets.defs.core.assets import CORE_INTERACTIONS, CORE_TRACKS, C
 from moovitamix_assets.defs.recommendation import keys, registry, serving
 from moovitamix_assets.defs.recommendation.data import read_model_inputs
 from moovitamix_assets.freshness import DAILY_FRESHNESS, WEEKLY_FRESHNESS
-from moovitamix_assets.ml import pipeline
+from moovitamix_assets.ml import INTERACTION_COLUMNS, pipeline
 from moovitamix_assets.ml.artifacts import serialize_model
 from moovitamix_assets.ml.evaluation import DEFAULT_K, METRIC_NAMES, PER_USER_COLUMNS, Metrics
 from moovitamix_assets.ml.gating import GateSettings, decide_promotion
-from moovitamix_assets.ml.models import (
-    ALPHA_DESCRIPTION,
-    FACTORS_DESCRIPTION,
-    ITERATIONS_DESCRIPTION,
-    RANDOM_STATE_DESCRIPTION,
-    REGULARIZATION_DESCRIPTION,
-    AlsParams,
-    ServingModel,
-)
+from moovitamix_assets.ml.models import AlsParams, ServingModel
 from moovitamix_assets.ml.split import time_based_split
 from moovitamix_assets.step_figures import StepStart, finish_step_figures, start_step_figures
 from moovitamix_assets.warehouse import columns
@@ -77,13 +69,25 @@ class EvaluatedScoringConfig(ScoringConfig):
 class CandidateModelConfig(EvaluatedScoringConfig):
     """Hyper-parameters of the ALS candidate and how sure its promotion gate must be."""
 
-    factors: int = Field(default=_DEFAULTS.factors, ge=1, description=FACTORS_DESCRIPTION)
-    regularization: float = Field(
-        default=_DEFAULTS.regularization, ge=0, description=REGULARIZATION_DESCRIPTION
+    factors: int = Field(
+        default=_DEFAULTS.factors, ge=1, description="Number of latent factors per user and track."
     )
-    alpha: float = Field(default=_DEFAULTS.alpha, gt=0, description=ALPHA_DESCRIPTION)
-    iterations: int = Field(default=_DEFAULTS.iterations, ge=1, description=ITERATIONS_DESCRIPTION)
-    random_state: int = Field(default=_DEFAULTS.random_state, description=RANDOM_STATE_DESCRIPTION)
+    regularization: float = Field(
+        default=_DEFAULTS.regularization, ge=0, description="L2 regularisation of the factors."
+    )
+    alpha: float = Field(
+        default=_DEFAULTS.alpha,
+        gt=0,
+        description="Confidence scaling: an interaction of weight w counts with confidence "
+        "1 + alpha * w.",
+    )
+    iterations: int = Field(
+        default=_DEFAULTS.iterations, ge=1, description="Alternating least squares sweeps."
+    )
+    random_state: int = Field(
+        default=_DEFAULTS.random_state,
+        description="Seed of the factor initialisation (same seed, same model).",
+    )
     gate_metric: str = Field(
         default=_GATE.metric,
         description=f"Metric the promotion gate compares, one of {', '.join(PER_USER_COLUMNS)}.",
@@ -212,7 +216,7 @@ def evaluation_holdout(
     split = time_based_split(inputs.interactions, holdout_per_user=config.holdout_per_user)
     context.log.info(
         "held out %d of %d interactions (%d users)",
-        split.n_test,
+        len(split.test),
         len(inputs.interactions),
         split.n_users_held_out,
     )
@@ -223,7 +227,10 @@ def evaluation_holdout(
         **columns.lineage_metadata(context, keys.EVALUATION_HOLDOUT),
     }
     return dg.Output(
-        pipeline.holdout_frame(split.test),
+        # The interaction columns, in a stable order for storage.
+        split.test[list(INTERACTION_COLUMNS)].sort_values(
+            ["user_id", "track_id"], kind="stable", ignore_index=True
+        ),
         metadata=finish_step_figures(context, metadata, start),
     )
 
@@ -257,7 +264,7 @@ def candidate_model(
     read_s = time.perf_counter() - start.wall
 
     params = config.als_params()
-    result = pipeline.train_and_evaluate(
+    model, metrics = pipeline.train_and_evaluate(
         train,
         holdout,
         inputs.users,
@@ -269,14 +276,14 @@ def candidate_model(
         evaluation_users=config.evaluation_users,
     )
     decision = decide_promotion(
-        result.metrics[pipeline.CANDIDATE],
-        result.metrics[pipeline.SERVING],
+        metrics[pipeline.CANDIDATE],
+        metrics[pipeline.SERVING],
         serving.name,
         config.gate_settings(),
     )
     # Through a temporary file: the ~250 MB payload at 1M users never sits beside the factors.
     with tempfile.TemporaryFile() as file:
-        artifact = serialize_model(result.model, file)
+        artifact = serialize_model(model, file)
         version = registry.register_candidate(
             engine,
             artifact,
@@ -284,7 +291,10 @@ def candidate_model(
             run_id=context.run.run_id,
             snapshot=inputs.snapshot,
             parameters={**params.as_dict(), "k": config.k, "n_train": len(train)},
-            metrics=result.metrics_json(serving.version),
+            metrics={
+                **{name: m.as_dict() for name, m in metrics.items()},
+                "serving_version": serving.version,
+            },
             gate_passed=decision.promote,
             gate_reason=decision.reason,
             gate_figures=decision.figures,
@@ -304,7 +314,7 @@ def candidate_model(
         parameters=params.as_dict(),
         n_train=len(train),
         n_test=len(holdout),
-        **metrics_metadata(result.metrics, config.k),
+        **metrics_metadata(metrics, config.k),
         artifact_sha256=artifact.sha256,
         artifact_mb=figure(artifact.size_bytes / 2**20),
         read_s=round(read_s, 3),

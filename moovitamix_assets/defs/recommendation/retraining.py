@@ -10,11 +10,12 @@ under its metric at training less ``max_relative_decay``. Each condition fires o
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import timezone
-from typing import Any, Final, NamedTuple
+from typing import Annotated, Any, Final, NamedTuple
 
 import dagster as dg
+import pydantic
+from pydantic import Field
 
 from moovitamix_assets.defs.recommendation import registry
 from moovitamix_assets.defs.recommendation.data import count_interactions
@@ -63,20 +64,14 @@ class Trigger(NamedTuple):
     reason: str
 
 
-@dataclass(frozen=True)
+@pydantic.dataclasses.dataclass(frozen=True)
 class RetrainingThresholds:
-    """When the sensor asks for retraining."""
+    """When the sensor asks for retraining (a pydantic ValidationError, a ValueError, if not)."""
 
-    growth_share: float = 0.2
-    max_relative_decay: float = 0.25
+    growth_share: Annotated[float, Field(gt=0)] = 0.2
+    max_relative_decay: Annotated[float, Field(ge=0, lt=1)] = 0.25
     min_metric: float | None = None
     metric: str = "precision_at_k"
-
-    def __post_init__(self) -> None:
-        if self.growth_share <= 0:
-            raise ValueError(f"growth_share must be > 0, got {self.growth_share}")
-        if not 0 <= self.max_relative_decay < 1:
-            raise ValueError(f"max_relative_decay must be in [0, 1), got {self.max_relative_decay}")
 
 
 def evaluate_triggers(

@@ -14,17 +14,15 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from moovitamix_assets.defs.ingestion.tables import EXPECTED_COLUMNS, ensure_bookkeeping_tables
+from moovitamix_assets.defs.ingestion.tables import RAW_COLUMNS, ensure_bookkeeping_tables
 
-RAW_TYPES = {"date": "date", "int8": "bigint", "text": "text", "timestamptz": "timestamptz"}
-RAW_TYPES["_int8"] = "bigint[]"
 _NULL = r"\N"
 _DAY = "snapshot_date = :day"
 
 
 def create_raw_table(conn: sa.Connection, endpoint: str) -> None:
     """Create ``raw.<endpoint>`` with the columns the raw layer writes (nullable, like pandas')."""
-    columns = ", ".join(f"{c} {RAW_TYPES[t]}" for c, t in EXPECTED_COLUMNS[endpoint].items())
+    columns = ", ".join(f"{c} {t}" for c, t in RAW_COLUMNS[endpoint].items())
     conn.execute(sa.text("CREATE SCHEMA IF NOT EXISTS raw"))
     conn.execute(sa.text(f"CREATE TABLE IF NOT EXISTS raw.{endpoint} ({columns})"))
 
@@ -63,7 +61,7 @@ def load_raw_snapshot(
     Returns:
         The number of rows stored.
     """
-    columns = [c for c in EXPECTED_COLUMNS[endpoint] if c != "snapshot_date"]
+    columns = [c for c in RAW_COLUMNS[endpoint] if c != "snapshot_date"]
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     stored = 0

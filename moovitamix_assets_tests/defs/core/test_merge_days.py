@@ -62,7 +62,8 @@ def load_raw(engine: sa.Engine, *days: date) -> None:
 
 
 def merge_day(engine: sa.Engine, day: date) -> dict[str, MergeResult]:
-    results = {r.table: r for r in (merge(engine, day) for merge in MERGES)}
+    tables = ("users", "tracks", "listen_events")
+    results = {t: merge(engine, day) for t, merge in zip(tables, MERGES, strict=True)}
     results["user_track_interactions"] = interaction_figures(engine)
     return results
 

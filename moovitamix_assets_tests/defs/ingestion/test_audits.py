@@ -93,7 +93,7 @@ def test_schema_drift(engine: sa.Engine) -> None:
     with engine.begin() as conn:
         conn.execute(sa.text("ALTER TABLE raw.tracks ALTER COLUMN id TYPE text"))
     retyped = run(engine, "schema_drift", "tracks")
-    assert not retyped.passed and "id is text not int8" in retyped.description
+    assert not retyped.passed and "id is text not bigint" in retyped.description
 
 
 def test_reject_rate(engine: sa.Engine) -> None:

@@ -18,7 +18,7 @@ from dagster import (
 )
 
 from moovitamix_assets.alerts import AlertNotifier
-from moovitamix_assets.defs.monitoring.sensors import build_alert_sensors
+from moovitamix_assets.defs.monitoring.sensors import ALERT_SENSORS
 
 DAYS = StaticPartitionsDefinition(["2026-04-08", "2026-04-09"])
 FAIL_WINDOW = timedelta(minutes=1)
@@ -81,7 +81,7 @@ def daily_summary() -> int:
 defs = Definitions(
     assets=[listens, broken, healthy, daily_summary],
     asset_checks=[listens_not_empty, listens_volume_warning, listens_shape],
-    sensors=build_alert_sensors(),
+    sensors=ALERT_SENSORS,
     # Tests hand the sensors their own notifier; this one only makes the location complete.
     resources={"alert_notifier": AlertNotifier()},
 )

@@ -235,8 +235,10 @@ def test_trigger_rules_on_plain_values() -> None:
     ]
     assert evaluate_triggers(None, None, 0, None, THRESHOLDS) == []
     assert Interval(0.01, 0.01, 0.01, 0.0).high == 0.01
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="growth_share"):
         RetrainingThresholds(growth_share=0)
+    with pytest.raises(ValueError, match="max_relative_decay"):
+        RetrainingThresholds(max_relative_decay=1)
 
 
 def test_thresholds_come_from_the_environment() -> None:
