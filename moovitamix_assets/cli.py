@@ -188,7 +188,7 @@ class RunConsole:
             self.checks[data.passed] += 1
         elif kind == types.STEP_SUCCESS and step.assets:
             step.done = True
-            rows = f"{step.rows:,} rows" if step.rows is not None else ""
+            rows = "" if step.rows is None else f"{step.rows:,} row{'s' * (step.rows != 1)}"
             self.say(f"  {step.label:<44}{rows:>14}{data.duration_ms / 1000:>7.1f} s")
         elif kind == types.STEP_FAILURE:
             step.done = True

@@ -94,7 +94,7 @@ def test_the_run_command_runs_both_jobs_quietly_and_stops_what_it_started(
     for endpoint in ("users", "tracks", "listen_history"):
         assert re.search(rf"^  .*raw/{endpoint}\b.*\s[\d,]+ rows\s+\d+\.\d s$", out, re.M), out
     for asset in ASSET_STEPS:
-        assert re.search(rf"^  {asset}\s+(?:[\d,]+ rows\s+)?\d+\.\d s$", out, re.M), (asset, out)
+        assert re.search(rf"^  {asset}\s+(?:[\d,]+ rows?\s+)?\d+\.\d s$", out, re.M), (asset, out)
     # The summary: raw rows and rejects, core, recommendations, the model that serves, the gate.
     for endpoint in ("users", "tracks", "listen_history"):
         assert re.search(
