@@ -65,12 +65,12 @@ def judge(users: int, seed: int, structureless: bool) -> bool:
     user_frame, tracks, interactions = interactions_of(Dataset(config))
     split = time_based_split(interactions, holdout_per_user=1)
     params = AlsParams()
-    result = train_and_evaluate(
+    _, metrics = train_and_evaluate(
         split.train, split.test, user_frame, tracks, params, 10, FallbackModel
     )
     decision = decide_promotion(
-        result.metrics[CANDIDATE],
-        result.metrics[SERVING],
+        metrics[CANDIDATE],
+        metrics[SERVING],
         "the fallback",
         GateSettings(seed=params.random_state),
     )

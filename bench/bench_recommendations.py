@@ -14,18 +14,20 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 
+import pandas as pd
 import psutil
 
 from moovitamix_assets.ml.evaluation import evaluate, evaluate_on_holdout
 from moovitamix_assets.ml.models import (
     AlsParams,
-    build_interaction_matrix,
-    fit_genre_popularity,
     fit_popularity,
-    recommend_for_all_users,
+    known_items_matrix,
     train_als,
+    unique_ids,
 )
+from moovitamix_assets.ml.pipeline import recommendation_batches
 from moovitamix_assets.ml.split import time_based_split
 from moovitamix_assets_tests.synthetic import make_synthetic_dataset
 
@@ -94,16 +96,22 @@ def main() -> None:
         del interactions, split
     print(f"  train {len(train):,}, test {len(test):,}")
     with stage("build CSR matrix"):
-        matrix = build_interaction_matrix(train, params.alpha)
-    print(f"  matrix {matrix.matrix.shape}, nnz {matrix.matrix.nnz:,}")
+        ids = unique_ids(train["user_id"]), unique_ids(train["track_id"])
+        matrix = known_items_matrix(train, *ids, 1.0 + params.alpha * train["weight"].to_numpy())
+    print(f"  matrix {matrix.shape}, nnz {matrix.nnz:,}")
     del matrix  # training builds its own; this stage times the construction alone
     with stage("train ALS"):
         model = train_als(train, params)
     with stage("fit popularity baselines"):
         popularity = fit_popularity(train, tracks)
-        cold_start = fit_genre_popularity(train, tracks, users)
+        cold_start = fit_popularity(train, tracks, users)
     with stage(f"top-{k} for every user"):
-        recs = recommend_for_all_users(model, users, tracks, train, k, cold_start=cold_start)
+        # The whole catalogue as the candidate pool: every track the model knows is ranked.
+        now = datetime.now(timezone.utc)
+        batches = recommendation_batches(
+            model, 1, users, tracks, train, k, now, candidate_pool_size=len(tracks)
+        )
+        recs = pd.concat(list(batches), ignore_index=True)
     per_user = recs.groupby("user_id").size()
     print(
         f"  {len(recs):,} rows for {len(per_user):,} users, exactly {k} each: "

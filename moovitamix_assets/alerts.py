@@ -5,19 +5,17 @@ tick: failures name the HTTP status or the exception class only.
 """
 
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 from urllib.parse import quote
 
 import requests
-from dagster import AssetKey, ConfigurableResource, EnvVar
+from dagster import AssetKey, ConfigurableResource
 from pydantic import Field
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-ALERT_WEBHOOK_URL_ENV: Final = "MOOVITAMIX_ALERT_WEBHOOK_URL"
-UI_URL_ENV: Final = "MOOVITAMIX_UI_URL"
+DEFAULT_UI_URL: Final = "http://127.0.0.1:3000"
 
 _EMOJI = {"check_failed": ":red_circle:", "run_failed": ":x:", "freshness_failed": ":hourglass:"}
 # News rather than failures: logged as warnings when no webhook is set.
@@ -41,39 +39,21 @@ class Alert:
     run_id: str | None = None
     details: str | None = None
 
-    def facts(self) -> list[tuple[str, str]]:
-        """The labelled facts that are known, in reading order."""
-        values = (self.asset_key, self.partition, self.observed, self.expected, self.run_id)
-        labels = ("Asset", "Partition", "Observed", "Expected", "Run")
-        return [(label, value) for label, value in zip(labels, values, strict=True) if value]
-
     def text(self) -> str:
-        """Plain-text rendering (the Slack fallback text and the log line)."""
-        details = [f"Details: {self.details}"] if self.details else []
-        facts = [f"{label}: {value}" for label, value in self.facts()]
-        return "\n".join([self.title, *facts, *details, f"Link: {self.link}"])
+        """The message: its title, then the labelled facts that are known, then the link."""
+        labels = ("Asset", "Partition", "Observed", "Expected", "Run", "Details")
+        values = (self.asset_key, self.partition, self.observed, self.expected, self.run_id)
+        facts = [f"{k}: {v}" for k, v in zip(labels, (*values, self.details), strict=True) if v]
+        return "\n".join([self.title, *facts, f"Link: {self.link}"])
 
 
-def cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def format_slack_message(alert: Alert) -> dict[str, Any]:
-    """The Slack JSON body: a plain ``text`` (what notifications show) and ``blocks`` (header,
-    facts, details, link), cut to Slack's limits."""
-    header = f"{_EMOJI.get(alert.kind, ':warning:')} {alert.title}"
-    blocks: list[dict[str, Any]] = [
-        {"type": "header", "text": {"type": "plain_text", "text": cut(header, 150), "emoji": True}}
-    ]
-    if facts := alert.facts():
-        fields = [{"type": "mrkdwn", "text": cut(f"*{k}*\n{v}", 300)} for k, v in facts]
-        blocks.append({"type": "section", "fields": fields})
-    if alert.details:
-        text = cut(f"```{alert.details}```", 3000)
-        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": text}})
-    context = [f"<{alert.link}|Open in Dagster>", f"`{alert.kind}` · dedupe `{alert.dedupe_key}`"]
-    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": t} for t in context]})
-    return {"text": alert.text(), "blocks": blocks}
+def error_headline(error: Any) -> str:
+    """The first line of the first error in the chain (a SerializableErrorInfo) that is not one
+    of Dagster's wrappers: what went wrong, for a console line or an alert."""
+    cause = error
+    while cause is not None and cause.cls_name.startswith("Dagster"):
+        cause = cause.cause or cause.context
+    return (cause or error).message.strip().split("\n")[0].strip()
 
 
 class AlertNotifier(ConfigurableResource):
@@ -83,7 +63,7 @@ class AlertNotifier(ConfigurableResource):
         default=None, description="Slack-compatible webhook, a secret; unset: the sensor log."
     )
     ui_base_url: str = Field(
-        default="http://127.0.0.1:3000", description="Base URL of the Dagster UI for alert links."
+        default=DEFAULT_UI_URL, description="Base URL of the Dagster UI for alert links."
     )
     timeout_seconds: float = Field(default=10.0, description="Timeout of one webhook call, in s.")
     max_retries: int = Field(default=2, description="Retries on connection errors, 429 and 5xx.")
@@ -117,8 +97,10 @@ class AlertNotifier(ConfigurableResource):
             with requests.Session() as session:
                 session.mount("http://", adapter := HTTPAdapter(max_retries=retry))
                 session.mount("https://", adapter)
+                # Slack's plain `text` (what notifications show too), under its emoji.
+                message = {"text": f"{_EMOJI.get(alert.kind, ':warning:')} {alert.text()}"}
                 response = session.post(
-                    self.webhook_url, json=format_slack_message(alert), timeout=self.timeout_seconds
+                    self.webhook_url, json=message, timeout=self.timeout_seconds
                 )
                 response.raise_for_status()
         except requests.RequestException as exc:
@@ -129,10 +111,3 @@ class AlertNotifier(ConfigurableResource):
             return False
         log.info("Alert %s delivered to the webhook", alert.dedupe_key)
         return True
-
-
-def alert_notifier_from_env() -> AlertNotifier:
-    """The ``alert_notifier`` resource, with EnvVars (never shown in the UI) only for variables that
-    are set: an EnvVar naming an unset variable fails every tick, an unset webhook means the log."""
-    settings = {"webhook_url": ALERT_WEBHOOK_URL_ENV, "ui_base_url": UI_URL_ENV}
-    return AlertNotifier(**{f: EnvVar(env) for f, env in settings.items() if os.environ.get(env)})

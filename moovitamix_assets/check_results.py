@@ -39,13 +39,11 @@ def _plain(value: object) -> float | int | str | None:
 
 
 def to_check_result(
-    asset_key: dg.AssetKey,
-    outcome: Any,
-    extra: Mapping[str, float | int | str | None] | None = None,
+    asset_key: dg.AssetKey, outcome: Any, extra: Mapping[str, Any]
 ) -> dg.AssetCheckResult:
     """The check result of an audit's outcome (an object with ``name``, ``passed``, ``observed``,
     ``threshold``, ``severity`` and ``description``; its name is the check's), plus ``extra``."""
-    metadata = {"observed": outcome.observed, "threshold": outcome.threshold, **(extra or {})}
+    metadata = {"observed": outcome.observed, "threshold": outcome.threshold, **extra}
     return dg.AssetCheckResult(
         asset_key=asset_key,
         check_name=outcome.name,
@@ -56,19 +54,15 @@ def to_check_result(
     )
 
 
-def daily_check_spec(
-    name: str, asset_key: dg.AssetKey, *, blocking: bool, description: str
-) -> dg.AssetCheckSpec:
+# Partitioned check specs are a preview in Dagster 1.13: that one warning is expected.
+warnings.filterwarnings(
+    "ignore", "Specifying a partitions_def on an AssetCheckSpec", dg.PreviewWarning
+)
+
+
+def daily_check_spec(name: str, asset_key: dg.AssetKey, **spec: Any) -> dg.AssetCheckSpec:
     """A check spec partitioned like the daily assets, so each day has its own verdict in the UI."""
-    with warnings.catch_warnings():  # partitioned check specs are a preview in Dagster 1.13
-        warnings.simplefilter("ignore", dg.PreviewWarning)
-        return dg.AssetCheckSpec(
-            name,
-            asset=asset_key,
-            blocking=blocking,
-            description=description,
-            partitions_def=daily_partitions,
-        )
+    return dg.AssetCheckSpec(name, asset=asset_key, partitions_def=daily_partitions, **spec)
 
 
 def selected_names(context: dg.AssetCheckExecutionContext, asset_key: dg.AssetKey) -> list[str]:

@@ -19,7 +19,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ import dagster as dg
 import sqlalchemy as sa
 
 from moovitamix_api.config import DEFAULT_TASTE, TASTE_ENV, TASTES
+from moovitamix_assets.alerts import error_headline
 from moovitamix_assets.constants import RAW_SCHEMA, SNAPSHOT_DATE_COLUMN
 from moovitamix_assets.defs.core.assets import CORE_TABLES
 from moovitamix_assets.defs.ingestion.schedule import daily_refresh_job
@@ -100,9 +100,8 @@ def platform(args: argparse.Namespace, state: Path) -> Iterator[dict[str, str]]:
     """PostgreSQL (stopped on exit unless already running) and the API stand-in (unless
     MOOVITAMIX_API_URL is set) for the duration; the environment that points at them."""
     server = None if DATABASE_URL_ENV in os.environ else embedded_postgres_of(state)
-    was_running = server is None or server.is_running()
     with ExitStack() as stack:
-        if not was_running:
+        if server is not None and not server.is_running():
             stack.callback(stop_embedded_postgres, server)
             stack.callback(dispose_engines)  # pooled connections first: a fast shutdown cuts them
         env = prepare_environment(state)
@@ -124,88 +123,59 @@ def log_file_path(state: Path, name: str) -> Path:
     return state / "logs" / f"{name}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}.log"
 
 
-def error_headline(error: Any) -> str:
-    """The first line of the first error in the chain that is not one of Dagster's wrappers."""
-    cause = error
-    while cause is not None and cause.cls_name.startswith("Dagster"):
-        cause = cause.cause or cause.context
-    return (cause or error).message.strip().split("\n")[0].strip()
-
-
-@dataclass
-class Step:
-    """One step of a run as the console follows it."""
-
-    assets: list[str] = field(default_factory=list)
-    started: float | None = None
-    rows: int | None = None
-    done: bool = False
-
-    @property
-    def label(self) -> str:
-        return ", ".join(self.assets)
-
-
-@dataclass
 class RunConsole:
-    """One run's event log: every event to the log file, a console line per finished asset step."""
+    """One run's event log: every event to the log file, a console line per finished asset step
+    and, while one runs, its time (the in-process executor runs one step at a time)."""
 
-    job_name: str
-    run_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    steps: dict[str, Step] = field(default_factory=dict)
-    metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
-    checks: dict[bool, int] = field(default_factory=lambda: {True: 0, False: 0})
-    failure: str | None = None  # "<assets>: <error>" once a step failed
-    error: str | None = None  # the run's first error, wherever it happened
-    success: bool = False
-    created: float = field(default_factory=time.time)
-    last_line: float = field(default_factory=time.monotonic)
+    def __init__(self, job_name: str) -> None:
+        self.job_name = job_name
+        self.run_id = str(uuid.uuid4())
+        self.assets: dict[str, list[str]] = {}  # step key: the assets it materializes
+        self.rows: int | None = None  # the running step's
+        self.failure: str | None = None  # "<assets>: <error>" once a step failed
+        self.error: str | None = None  # the run's first error, wherever it happened
+        self.created, self.last_line = time.time(), time.monotonic()
+        self.status: tuple[str, float] | None = (f"starting {job_name}", self.created)
+
+    def label(self, step: str) -> str:
+        return ", ".join(self.assets.get(step, ())) or step
 
     def handle(self, entry: Any) -> None:
         """Log one event log entry to the file; print a line when an asset step ends."""
-        event = entry.dagster_event
+        event, step = entry.dagster_event, entry.step_key
         data = event.event_specific_data if event else None
         message = entry.user_message or (event.message if event else "") or ""
         if error := getattr(data, "error", None):
             message += "\n" + error.to_string()
             self.error = self.error or error_headline(error)
         kind = event.event_type_value if event else "LOG"
-        EVENTS.log(entry.level, "%s %s %s %s", self.job_name, entry.step_key or "-", kind, message)
-        if event is None or entry.step_key is None:
-            return
-        step = self.steps.setdefault(entry.step_key, Step())
+        EVENTS.log(entry.level, "%s %s %s %s", self.job_name, step or "-", kind, message)
         types = dg.DagsterEventType
         if kind == types.ASSET_MATERIALIZATION_PLANNED:
-            step.assets.append(data.asset_key.to_user_string())
+            self.assets.setdefault(step, []).append(data.asset_key.to_user_string())
         elif kind == types.STEP_START:
-            step.started = entry.timestamp
+            self.rows = None
+            running = step in self.assets  # a check step shows no progress
+            self.status = (f"running {self.label(step)}", entry.timestamp) if running else None
         elif kind == types.ASSET_MATERIALIZATION:
-            metadata = {k: v.value for k, v in data.materialization.metadata.items()}
-            self.metadata[data.materialization.asset_key.to_user_string()] = metadata
-            if "dagster/row_count" in metadata:
-                step.rows = (step.rows or 0) + metadata["dagster/row_count"]
-        elif kind == types.ASSET_CHECK_EVALUATION:
-            self.checks[data.passed] += 1
-        elif kind == types.STEP_SUCCESS and step.assets:
-            step.done = True
-            rows = "" if step.rows is None else f"{step.rows:,} row{'s' * (step.rows != 1)}"
-            self.say(f"  {step.label:<44}{rows:>14}{data.duration_ms / 1000:>7.1f} s")
-        elif kind == types.STEP_FAILURE:
-            step.done = True
-            cause = error_headline(data.error) if data.error else "unknown error"
-            self.failure = f"{step.label or entry.step_key}: {cause}"
-            self.say(f"  FAILED {self.failure}")
+            count = data.materialization.metadata.get("dagster/row_count")
+            if count is not None:
+                self.rows = (self.rows or 0) + count.value
+        elif kind in (types.STEP_SUCCESS, types.STEP_FAILURE):
+            self.status = None
+            if kind == types.STEP_FAILURE:
+                cause = error_headline(error) if error else "unknown error"
+                self.failure = f"{self.label(step)}: {cause}"
+                self.say(f"  FAILED {self.failure}")
+            elif step in self.assets:
+                rows = "" if self.rows is None else f"{self.rows:,} row{'s' * (self.rows != 1)}"
+                self.say(f"  {self.label(step):<44}{rows:>14}{data.duration_ms / 1000:>7.1f} s")
 
     def tick(self) -> None:
         """Show the running step and its time: in place on a terminal, else every 30 s."""
-        steps = list(self.steps.values())  # a copy: the run adds steps meanwhile
-        running = [s for s in steps if s.started and not s.done and s.assets]
-        if running:
-            text = f"running {running[0].label}… {time.time() - running[0].started:.0f} s"
-        elif not any(s.started for s in steps):
-            text = f"starting {self.job_name}… {time.time() - self.created:.0f} s"
-        else:
+        if (status := self.status) is None:
             return
+        text = f"{status[0]}… {time.time() - status[1]:.0f} s"
         if sys.stdout.isatty():
             print(f"\r\033[K  {text}", end="", flush=True)
         elif time.monotonic() - self.last_line >= PLAIN_PROGRESS_SECONDS:
@@ -217,7 +187,9 @@ class RunConsole:
         self.last_line = time.monotonic()
 
 
-def run_job(job: dg.JobDefinition, instance: dg.DagsterInstance, key: str | None) -> RunConsole:
+def run_job(
+    job: dg.JobDefinition, instance: dg.DagsterInstance, key: str | None
+) -> tuple[RunConsole, dg.ExecuteInProcessResult | None]:
     """Execute ``job`` on the main thread (where Dagster's interrupt handling works); the console
     gets each event as the instance stores it, so it says what the UI will say."""
     console = RunConsole(job.name)
@@ -231,13 +203,13 @@ def run_job(job: dg.JobDefinition, instance: dg.DagsterInstance, key: str | None
 
     threading.Thread(target=show_progress, daemon=True).start()
     try:
-        console.success = job.execute_in_process(
+        return console, job.execute_in_process(
             run_config=QUIET_RUN_CONFIG,
             instance=instance,
             partition_key=key,
             run_id=console.run_id,
             raise_on_error=False,
-        ).success
+        )
     except (KeyboardInterrupt, dg.DagsterExecutionInterruptedError):
         run = instance.get_run_by_id(console.run_id)
         if run is not None and not run.is_finished:
@@ -246,9 +218,9 @@ def run_job(job: dg.JobDefinition, instance: dg.DagsterInstance, key: str | None
     except Exception as exc:  # reported with the log path, not as a traceback
         logger.exception("%s could not run", job.name)
         console.error = f"{type(exc).__name__}: {exc}".split("\n")[0]
+        return console, None
     finally:
         finished.set()
-    return console
 
 
 def report_failure(job: dg.JobDefinition, console: RunConsole, log_path: Path) -> None:
@@ -259,16 +231,19 @@ def report_failure(job: dg.JobDefinition, console: RunConsole, log_path: Path) -
         roots = [
             n.name for n in job.graph.nodes if not deps.input_to_upstream_outputs_for_node(n.name)
         ]
-        first = ", ".join(console.steps[r].label for r in roots if r in console.steps)
+        first = ", ".join(console.label(r) for r in roots if r in console.assets)
         where = f"before its first step ({first}): {console.error}"
     print(f"{job.name} failed {where}", file=sys.stderr)
     print(f"Full log: {log_path}", file=sys.stderr)
     print(f"Run {console.run_id} is in the UI (`make ui`).", file=sys.stderr)
 
 
-def summarize(partition: str, candidate: dict[str, Any]) -> list[str]:
+def summarize(partition: str, instance: dg.DagsterInstance) -> list[str]:
     """What the platform holds after the run: raw rows and rejects, core tables, recommendations,
     the serving model and the gate's verdict on today's candidate."""
+    event = instance.get_latest_materialization_event(dg.AssetKey(["ml", "candidate_model"]))
+    metadata = event.asset_materialization.metadata if event else {}
+    candidate = {key: value.value for key, value in metadata.items()}
     engine = PostgresResource(database_url=os.environ.get(DATABASE_URL_ENV)).engine()
     core_counts = "".join(f"(SELECT count(*) FROM core.{t}), " for t in CORE_TABLES)
     with engine.connect() as conn:
@@ -326,17 +301,17 @@ def run_command(args: argparse.Namespace, state: Path) -> int:
         with dg.DagsterInstance.get() as instance:
             for name, key in ((daily_refresh_job.name, partition), (RETRAINING_JOB_NAME, None)):
                 job = defs.resolve_job_def(name)
-                console = run_job(job, instance, key)
-                if not console.success:
+                console, result = run_job(job, instance, key)
+                if result is None or not result.success:
                     report_failure(job, console, log_path)
                     return 1
-                failed = console.checks[False]
-                failed_text = f", {failed} failed (non-blocking)" if failed else ""
+                checks = [check.passed for check in result.get_asset_check_evaluations()]
+                failed = f", {checks.count(False)} failed (non-blocking)" if False in checks else ""
                 print(
                     f"  {name} succeeded in {time.time() - console.created:.1f} s;"
-                    f" checks: {console.checks[True]} passed{failed_text}"
+                    f" checks: {checks.count(True)} passed{failed}"
                 )
-        print("\n".join(summarize(partition, console.metadata.get("ml/candidate_model", {}))))
+            print("\n".join(summarize(partition, instance)))
     print(
         f"Materialized every asset for {partition} in {time.monotonic() - started:.1f} s;"
         " see the runs with `make ui`."

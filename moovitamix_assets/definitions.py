@@ -6,7 +6,7 @@ import os
 
 import dagster as dg
 
-from moovitamix_assets.alerts import alert_notifier_from_env
+from moovitamix_assets.alerts import DEFAULT_UI_URL, AlertNotifier
 from moovitamix_assets.defs.core.assets import core_assets
 from moovitamix_assets.defs.core.checks import core_checks
 from moovitamix_assets.defs.ingestion.api import MoovitamixApiResource
@@ -30,12 +30,10 @@ from moovitamix_assets.defs.recommendation.retraining import (
 from moovitamix_assets.warehouse.database import PostgresResource
 from moovitamix_assets.warehouse.io_manager import PostgresPandasIOManager
 
-DEFAULT_API_URL = "http://127.0.0.1:8000"
-
 
 def env_or_default(name: str, default: str | None) -> dg.EnvVar | str | None:
     """An ``EnvVar`` when set (the UI shows its name, never its value), else the default."""
-    return dg.EnvVar(name) if name in os.environ else default
+    return dg.EnvVar(name) if os.environ.get(name) else default
 
 
 def build_resources() -> dict[str, object]:
@@ -43,11 +41,14 @@ def build_resources() -> dict[str, object]:
     postgres = PostgresResource(database_url=env_or_default("MOOVITAMIX_DATABASE_URL", None))
     return {
         "moovitamix_api": MoovitamixApiResource(
-            base_url=env_or_default("MOOVITAMIX_API_URL", DEFAULT_API_URL)
+            base_url=env_or_default("MOOVITAMIX_API_URL", "http://127.0.0.1:8000")
         ),
         "postgres": postgres,
         "warehouse_io_manager": PostgresPandasIOManager(database=postgres),
-        "alert_notifier": alert_notifier_from_env(),
+        "alert_notifier": AlertNotifier(
+            webhook_url=env_or_default("MOOVITAMIX_ALERT_WEBHOOK_URL", None),
+            ui_base_url=env_or_default("MOOVITAMIX_UI_URL", DEFAULT_UI_URL),
+        ),
     }
 
 

@@ -4,9 +4,8 @@ from datetime import timedelta
 
 import dagster as dg
 
-# Every daily asset is rebuilt once a day by the nightly run. Warn when a day has passed plus an
-# hour of run time, fail when the nightly run is clearly missing (a day plus three hours), so a
-# run that is merely slow does not page anyone but a skipped night does.
+# Every daily asset is rebuilt by the nightly run: warn after a day plus an hour of run time, fail
+# after a day plus three hours, so a slow run pages no one but a skipped night does.
 DAILY_FRESHNESS = dg.FreshnessPolicy.time_window(
     fail_window=timedelta(hours=27),
     warn_window=timedelta(hours=25),

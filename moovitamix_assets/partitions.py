@@ -17,9 +17,8 @@ def utc_today() -> date:
 
 
 def first_day() -> str:
-    """The first daily partition: ``MOOVITAMIX_FIRST_DAY``, else the day recorded in ``<state
-    dir>/first_day`` when the definitions first loaded here (a day before the first snapshot can
-    never be filled: the API serves only its current state)."""
+    """The first daily partition: ``MOOVITAMIX_FIRST_DAY``, else the day the definitions first
+    loaded here, kept in ``<state dir>/first_day`` (no earlier day can be filled: no past state)."""
     if configured := os.environ.get(FIRST_DAY_ENV):
         try:
             return date.fromisoformat(configured).isoformat()
@@ -42,8 +41,7 @@ daily_partitions = dg.DailyPartitionsDefinition(
     start_date=first_day(), timezone="UTC", end_offset=1
 )
 
-# The API serves only its current state: yesterday is still tolerated (a run that started just
-# before midnight UTC, or a retry early in the morning), older dates would be mislabelled copies.
+# Yesterday is tolerated (a run started before midnight UTC, an early retry); older days are not.
 MAX_SNAPSHOT_AGE_DAYS = 1
 
 

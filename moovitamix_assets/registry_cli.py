@@ -3,26 +3,27 @@
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from moovitamix_assets.defs.recommendation import registry
 from moovitamix_assets.warehouse.database import PostgresResource
 
 
-def _format_entry(entry: registry.RegistryEntry) -> str:
-    precision = entry.metric("candidate", "precision_at_k")
-    serving = entry.metric("serving", "precision_at_k")
-    if entry.is_fallback:
+def _format_entry(entry: Any) -> str:
+    precision, serving = (
+        (entry.metrics.get(model) or {}).get("precision_at_k") for model in ("candidate", "serving")
+    )
+    if entry.model_type == registry.MODEL_TYPE_FALLBACK:
         figures = "refitted on each day's listening"
     elif precision is not None and serving is not None:
         figures = f"P@k {precision:.4f} vs {serving:.4f} for what served then"
     else:
         figures = "no metrics"
-    day = entry.snapshot.snapshot_date.isoformat() if entry.snapshot.snapshot_date else "-"
     return (
         f"v{entry.version:<4} {entry.state:<10} {entry.model_type:<16} "
         f"registered {entry.trained_at:%Y-%m-%d %H:%M} UTC  "
-        f"data {day} ({entry.snapshot.interactions:,} interactions)  {figures}\n"
-        f"      gate: {entry.gate_reason}"
+        f"data {entry.data_snapshot_date or '-'} ({entry.data_interactions:,} interactions)  "
+        f"{figures}\n      gate: {entry.gate_reason}"
     )
 
 
@@ -47,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     try:
-        previous = registry.rollback(engine, args.to_version)
+        previous = registry.promote(engine, args.to_version, rollback=True)
     except registry.RegistryError as exc:
         sys.stderr.write(f"rollback refused: {exc}\n")
         return 1

@@ -1,10 +1,6 @@
 """Figures of one asset step (CPU time, peak memory, wall time) for the UI's plots and, when
-MOOVITAMIX_PROMETHEUS_PUSHGATEWAY_URL is set, a Prometheus Pushgateway::
-
-    start = start_step_figures()
-    ...  # the asset's work
-    metadata = finish_step_figures(context, metadata, start)
-"""
+MOOVITAMIX_PROMETHEUS_PUSHGATEWAY_URL is set, a Prometheus Pushgateway: ``start_step_figures()``
+before the asset's work, ``finish_step_figures(context, metadata, start)`` after it."""
 
 import base64
 import logging
@@ -21,7 +17,6 @@ import dagster as dg
 import requests
 
 PUSHGATEWAY_URL_ENV: Final = "MOOVITAMIX_PROMETHEUS_PUSHGATEWAY_URL"
-PUSH_TIMEOUT_SECONDS: Final = 5.0
 
 _logger = logging.getLogger(__name__)
 
@@ -79,7 +74,7 @@ def push_run_metrics(job: str, asset: str, metadata: Mapping[str, Any], log: Any
             url.rstrip("/") + path,
             data=body.encode(),
             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
-            timeout=PUSH_TIMEOUT_SECONDS,
+            timeout=5.0,
         ).raise_for_status()
     except requests.RequestException as exc:
         log.warning("Pushgateway push of %s failed (%s)", path, type(exc).__name__)

@@ -14,14 +14,8 @@ from dagster import (
     instance_for_test,
 )
 
-from moovitamix_assets.alerts import (
-    ALERT_WEBHOOK_URL_ENV,
-    UI_URL_ENV,
-    Alert,
-    AlertNotifier,
-    alert_notifier_from_env,
-    format_slack_message,
-)
+from moovitamix_assets.alerts import Alert, AlertNotifier
+from moovitamix_assets.definitions import build_resources
 from moovitamix_assets.defs.monitoring.sensors import asset_check_failure_alert_sensor
 from moovitamix_assets_tests.defs.monitoring import toy_definitions as toy
 from moovitamix_assets_tests.defs.monitoring.http_receiver import (
@@ -56,25 +50,14 @@ def test_links_follow_the_ui_routes() -> None:
     assert notifier.asset_url(AssetKey("a b")) == "http://ui:3000/assets/a%20b"
 
 
-def test_slack_message_carries_every_fact() -> None:
-    message = format_slack_message(ALERT)
-
-    text = message["text"]
-    for fact in ("users_not_empty", "raw/users", "2026-04-09", "Observed: 0", "Expected: >= 1"):
-        assert fact in text
-    assert "http://127.0.0.1:3000/runs/abc-123" in text
-    kinds = [block["type"] for block in message["blocks"]]
-    assert kinds == ["header", "section", "section", "context"]
-    field_texts = [f["text"] for f in message["blocks"][1]["fields"]]
-    assert "*Observed*\n0" in field_texts and "*Expected*\n>= 1" in field_texts
-    assert len(message["blocks"][0]["text"]["text"]) <= 150
-
-
-def test_long_titles_are_cut_to_slack_limits() -> None:
-    alert = Alert(**{**ALERT.__dict__, "title": "x" * 400, "details": "y" * 5000})
-    message = format_slack_message(alert)
-    assert len(message["blocks"][0]["text"]["text"]) == 150
-    assert len(message["blocks"][2]["text"]["text"]) == 3000
+def test_the_message_carries_every_fact_in_reading_order() -> None:
+    assert ALERT.text() == (
+        "Check users_not_empty failed on raw/users [2026-04-09]\n"
+        "Asset: raw/users\nPartition: 2026-04-09\nObserved: 0\nExpected: >= 1\nRun: abc-123\n"
+        "Details: no rows in the snapshot\nLink: http://127.0.0.1:3000/runs/abc-123"
+    )
+    runless = Alert(kind="run_failed", title="t", link="l", dedupe_key="d", observed="FAILURE")
+    assert runless.text() == "t\nObserved: FAILURE\nLink: l"
 
 
 def test_send_posts_one_slack_json(receiver: RecordingHttpServer) -> None:
@@ -87,7 +70,8 @@ def test_send_posts_one_slack_json(receiver: RecordingHttpServer) -> None:
     assert request.method == "POST"
     assert request.path == "/services/T0/B0/secret"
     assert request.headers["Content-Type"] == "application/json"
-    assert request.json() == format_slack_message(ALERT)
+    # Slack's plain text message, under the kind's emoji.
+    assert request.json() == {"text": f":red_circle: {ALERT.text()}"}
 
 
 def test_erroring_webhook_is_logged_without_its_url(
@@ -134,11 +118,11 @@ def test_without_webhook_the_alert_goes_to_the_log(caplog: pytest.LogCaptureFixt
 def test_env_wiring_reads_the_webhook_when_the_sensor_runs(
     receiver: RecordingHttpServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(ALERT_WEBHOOK_URL_ENV, f"{receiver.url}/from-env")
-    monkeypatch.setenv(UI_URL_ENV, "http://ui.example:3000")
-    notifier = alert_notifier_from_env()
+    monkeypatch.setenv("MOOVITAMIX_ALERT_WEBHOOK_URL", f"{receiver.url}/from-env")
+    monkeypatch.setenv("MOOVITAMIX_UI_URL", "http://ui.example:3000")
+    notifier = build_resources()["alert_notifier"]
     # The secret stays an EnvVar reference in the definitions, not a copied string.
-    assert notifier.webhook_url == ALERT_WEBHOOK_URL_ENV
+    assert notifier.webhook_url == "MOOVITAMIX_ALERT_WEBHOOK_URL"
 
     # Resolved by Dagster when the sensor runs: a failed check reaches the receiver, with the
     # UI URL from the environment in its link.
@@ -169,8 +153,8 @@ def test_env_wiring_reads_the_webhook_when_the_sensor_runs(
 
 
 def test_env_wiring_without_variables_logs_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(ALERT_WEBHOOK_URL_ENV, raising=False)
-    monkeypatch.delenv(UI_URL_ENV, raising=False)
-    notifier = alert_notifier_from_env()
+    monkeypatch.delenv("MOOVITAMIX_ALERT_WEBHOOK_URL", raising=False)
+    monkeypatch.delenv("MOOVITAMIX_UI_URL", raising=False)
+    notifier = build_resources()["alert_notifier"]
     assert notifier.webhook_url is None
     assert notifier.ui_base_url == "http://127.0.0.1:3000"

@@ -13,7 +13,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from moovitamix_assets.cli import PLAIN_PROGRESS_SECONDS, RunConsole, Step
+from moovitamix_assets.cli import PLAIN_PROGRESS_SECONDS, RunConsole
 from moovitamix_assets_tests.cli_processes import (
     CLI,
     Descendants,
@@ -186,13 +186,17 @@ def test_a_long_step_shows_its_progress_without_a_terminal(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     console = RunConsole("daily_refresh")
-    console.steps["raw_snapshots"] = Step(assets=["raw/users", "raw/tracks"], started=time.time())
+    console.status = ("running raw/users, raw/tracks", time.time())
     console.tick()
     assert capsys.readouterr().out == ""  # a pipe gets a line every 30 s at most
-    console.steps["raw_snapshots"].started -= 42
+    console.status = ("running raw/users, raw/tracks", time.time() - 42)
     console.last_line -= PLAIN_PROGRESS_SECONDS
     console.tick()
     assert capsys.readouterr().out == "  still running raw/users, raw/tracks… 42 s\n"
+    console.status = None  # between steps, and during a check step
+    console.last_line -= PLAIN_PROGRESS_SECONDS
+    console.tick()
+    assert capsys.readouterr().out == ""
 
 
 def test_a_long_step_shows_its_progress_in_place_on_a_terminal(
@@ -202,6 +206,6 @@ def test_a_long_step_shows_its_progress_in_place_on_a_terminal(
     console = RunConsole("model_retraining")
     console.tick()
     assert capsys.readouterr().out == "\r\033[K  starting model_retraining… 0 s"
-    console.steps["ml__candidate_model"] = Step(assets=["ml/candidate_model"], started=time.time())
+    console.status = ("running ml/candidate_model", time.time())
     console.tick()
     assert capsys.readouterr().out == "\r\033[K  running ml/candidate_model… 0 s"

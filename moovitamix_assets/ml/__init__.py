@@ -6,11 +6,5 @@ implicit-feedback confidence) and ``last_position`` (the latest index of the tra
 append-only listening list; larger means more recent).
 """
 
-INTERACTION_COLUMNS: tuple[str, ...] = (
-    "user_id",
-    "track_id",
-    "play_count",
-    "weight",
-    "last_position",
-)
-RECOMMENDATION_COLUMNS: tuple[str, ...] = ("user_id", "track_id", "score", "rank")
+INTERACTION_COLUMNS = ("user_id", "track_id", "play_count", "weight", "last_position")
+RECOMMENDATION_COLUMNS = ("user_id", "track_id", "score", "rank")

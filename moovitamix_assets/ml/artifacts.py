@@ -36,8 +36,7 @@ def serialize_model(model: ServingModel, file: BinaryIO | None = None) -> ModelA
     """Serialise ``model`` into ``file`` (empty and seekable; a new in-memory buffer when None)."""
     file = io.BytesIO() if file is None else file
     if isinstance(model, FallbackModel):
-        header = {"format": FALLBACK_FORMAT, "version": ARTIFACT_VERSION, "name": model.name}
-        np.savez(file, header=_json(header))
+        np.savez(file, header=_json({"format": FALLBACK_FORMAT, "version": ARTIFACT_VERSION}))
     else:
         # Stored, not deflated: float factors hardly compress, and zlib took seconds per 100 MB.
         np.savez(
@@ -71,13 +70,13 @@ def deserialize_model(file: BinaryIO, expected_sha256: str) -> ServingModel:
     with np.load(file, allow_pickle=False) as archive:
         header = json.loads(archive["header"].tobytes())
         if header.get("format") == FALLBACK_FORMAT and header.get("version") == ARTIFACT_VERSION:
-            return FallbackModel(name=str(header.get("name", FallbackModel.name)))
+            return FallbackModel()
         if header.get("format") != ARTIFACT_FORMAT or header.get("version") != ARTIFACT_VERSION:
             raise ValueError(f"unsupported model artifact header: {header}")
         params = AlsParams(**json.loads(archive["params"].tobytes()))
         arrays = ("user_ids", "item_ids", "user_factors", "item_factors")
         model = AlsModel(params=params, **{name: archive[name] for name in arrays})
     factors = (model.user_factors.shape, model.item_factors.shape)
-    if factors != ((len(model.user_ids), params.factors), (model.n_items, params.factors)):
+    if factors != ((len(model.user_ids), params.factors), (len(model.item_ids), params.factors)):
         raise ValueError("model artifact factors do not match its id maps and parameters")
     return model

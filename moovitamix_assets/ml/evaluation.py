@@ -6,13 +6,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from moovitamix_assets.ml.models import (
-    AlsModel,
-    Recommender,
-    isin_ids,
-    recommend_excluding_history,
-    unique_ids,
-)
+from moovitamix_assets.ml.models import Recommender, isin_ids, unique_ids
 
 DEFAULT_K = 10
 # Columns of ``Metrics.per_user``: the per-user values the means are taken over.
@@ -58,10 +52,6 @@ def evaluate(
     hits / min(k, |T|), NDCG = sum of 1 / log2(r + 1) over hits / the ideal DCG of min(k, |T|)
     hits. Coverage: distinct tracks recommended at rank <= k over ``catalogue_size``.
     """
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    if catalogue_size < 1:
-        raise ValueError(f"catalogue_size must be >= 1, got {catalogue_size}")
     top = recs.loc[recs["rank"].to_numpy() <= k, ["user_id", "track_id", "rank"]]
     relevant = test[["user_id", "track_id"]].drop_duplicates()
     size = relevant.groupby("user_id").size()
@@ -115,11 +105,7 @@ def evaluate_on_holdout(
         rng = np.random.default_rng(seed)
         test_users = np.sort(rng.choice(test_users, size=max_users, replace=False))
         test = test.loc[isin_ids(test["user_id"].to_numpy(), test_users)]
-    results = {}
-    for name, recommender in recommenders.items():
-        users = test_users
-        if isinstance(recommender, AlsModel):
-            users = users[recommender.user_index(users) >= 0]
-        recs = recommend_excluding_history(recommender, users, train, k)
-        results[name] = evaluate(recs, test, catalogue_size, k)
-    return results
+    return {
+        name: evaluate(recommender.recommend(test_users, train, k), test, catalogue_size, k)
+        for name, recommender in recommenders.items()
+    }

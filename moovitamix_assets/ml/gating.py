@@ -7,7 +7,6 @@ from typing import Final, NamedTuple
 from moovitamix_assets.ml.evaluation import PER_USER_COLUMNS, Metrics
 from moovitamix_assets.ml.significance import (
     DEFAULT_CONFIDENCE,
-    DEFAULT_RESAMPLES,
     detectable_lift,
     paired_bootstrap_lift,
 )
@@ -26,7 +25,6 @@ class GateSettings:
     confidence: float = DEFAULT_CONFIDENCE
     # Fewer held-out listens found than this, by both models together, decide nothing.
     min_hits: int = 30
-    resamples: int = DEFAULT_RESAMPLES
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -56,7 +54,6 @@ def decide_promotion(
         candidate.per_user_values(metric),
         serving.per_user_values(metric),
         confidence=settings.confidence,
-        resamples=settings.resamples,
         seed=settings.seed,
     )
     figures: dict[str, float | int | str | None] = {

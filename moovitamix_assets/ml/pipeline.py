@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 import numpy as np
 import pandas as pd
@@ -13,6 +13,7 @@ import pandas as pd
 from moovitamix_assets.ml import RECOMMENDATION_COLUMNS
 from moovitamix_assets.ml.evaluation import Metrics, evaluate_on_holdout
 from moovitamix_assets.ml.models import (
+    SOURCE_ALS,
     SOURCE_FALLBACK,
     AlsModel,
     AlsParams,
@@ -20,11 +21,9 @@ from moovitamix_assets.ml.models import (
     PopularityModel,
     Recommender,
     ServingModel,
-    fit_genre_popularity,
+    fit_popularity,
     isin_ids,
     lookup_indices,
-    recommend_excluding_history,
-    recommend_for_all_users,
     train_als,
     unique_ids,
 )
@@ -75,13 +74,6 @@ def training_half(interactions: pd.DataFrame, holdout: pd.DataFrame) -> pd.DataF
     return interactions.loc[~held].reset_index(drop=True)
 
 
-class CandidateResult(NamedTuple):
-    """A trained candidate and every recommender's metrics on the same held-out pairs."""
-
-    model: AlsModel
-    metrics: dict[str, Metrics]
-
-
 def train_and_evaluate(
     train: pd.DataFrame,
     test: pd.DataFrame,
@@ -93,14 +85,14 @@ def train_and_evaluate(
     *,
     candidate_pool_size: int = DEFAULT_CANDIDATE_POOL,
     evaluation_users: int = DEFAULT_EVALUATION_USERS,
-) -> CandidateResult:
+) -> tuple[AlsModel, dict[str, Metrics]]:
     """Train ALS on ``train``; score it, what serves and global popularity on ``test``.
 
     ``load_serving`` is called after the fit: a serving ALS model's factors (~190 MB at 1M users)
     and the fit's buffers are never in memory together.
     """
     model = train_als(train, params)
-    fallback = fit_genre_popularity(train, tracks, users)
+    fallback = fit_popularity(train, tracks, users)
     recommenders = {
         CANDIDATE: candidate_pool(model, fallback, candidate_pool_size),
         SERVING: candidate_pool(load_serving(), fallback, candidate_pool_size),
@@ -110,7 +102,7 @@ def train_and_evaluate(
     metrics = evaluate_on_holdout(
         recommenders, train, test, catalogue_size, k, evaluation_users, params.random_state
     )
-    return CandidateResult(model, metrics)
+    return model, metrics
 
 
 def evaluate_model(
@@ -129,7 +121,7 @@ def evaluate_model(
     The fallback (over the catalogue plus any listened track) also ranks the candidate pool and
     gives the catalogue size, so listeners are counted once per step.
     """
-    fallback = fit_genre_popularity(train, tracks, users)
+    fallback = fit_popularity(train, tracks, users)
     recommenders = {
         PRODUCTION: candidate_pool(model, fallback, candidate_pool_size),
         FALLBACK: fallback,
@@ -148,14 +140,10 @@ class EvaluationSummary:
 
     def as_dict(self) -> dict[str, Any]:
         """The figures ``ml.model_evaluations.metrics`` keeps (the decay trigger reads them)."""
+        lift = {"lift": self.lift.lift, "low": self.lift.low, "high": self.lift.high}
         return {
             "interval": {"metric": self.metric, **asdict(self.interval)},
-            "lift_over_fallback": {
-                "lift": self.lift.lift,
-                "low": self.lift.low,
-                "high": self.lift.high,
-                "users": self.lift.n_users,
-            },
+            "lift_over_fallback": {**lift, "users": self.lift.n_users},
         }
 
     def describe(self) -> str:
@@ -179,28 +167,18 @@ def evaluation_summary(
     )
 
 
-def restrict_to_catalogue(model: AlsModel, track_ids: np.ndarray) -> AlsModel:
-    """The same model scoring only ``track_ids`` (tracks removed from the catalogue drop out)."""
-    keep = isin_ids(model.item_ids, track_ids)
+def candidate_pool(model: ServingModel, popularity: PopularityModel, size: int) -> Recommender:
+    """What ``model`` recommends from: ALS scoring only its ``size`` tracks most listened to in
+    ``popularity`` (never one outside its catalogue), or ``popularity`` for the fallback. Serving
+    stays linear in users; the tail has too little listening for ALS to rank it above the pool."""
+    if isinstance(model, FallbackModel):
+        return popularity
+    # Most listeners first, ties by track id; tracks nobody listened to never enter the pool.
+    listened = popularity.item_ids[popularity.ordering[: np.count_nonzero(popularity.listeners)]]
+    keep = isin_ids(model.item_ids, listened[isin_ids(listened, model.item_ids)][:size])
     if keep.all():
         return model
     return replace(model, item_ids=model.item_ids[keep], item_factors=model.item_factors[keep])
-
-
-def candidate_pool(model: ServingModel, popularity: PopularityModel, size: int) -> Recommender:
-    """What ``model`` recommends from: ALS scoring only its ``size`` most-listened tracks (by
-    ``popularity``), or ``popularity`` itself for the fallback.
-
-    This keeps serving linear in users; the tail it drops has too little listening for ALS to rank
-    it above the pool anyway.
-    """
-    if isinstance(model, FallbackModel):
-        return popularity
-    if model.n_items <= size:
-        return model
-    # Most listeners first, ties by track id; tracks nobody listened to never enter the pool.
-    listened = popularity.item_ids[popularity.ordering[: np.count_nonzero(popularity.listeners)]]
-    return restrict_to_catalogue(model, listened[isin_ids(listened, model.item_ids)][:size])
 
 
 def recommendation_batches(
@@ -215,37 +193,32 @@ def recommendation_batches(
     candidate_pool_size: int = DEFAULT_CANDIDATE_POOL,
     batch_users: int = DEFAULT_BATCH_USERS,
 ) -> Iterator[pd.DataFrame]:
-    """Exactly ``k`` unheard tracks of ``tracks`` for every user, a batch of users per frame.
+    """Exactly ``k`` unheard tracks of ``tracks`` for every user (fewer only when the catalogue
+    ends), a frame per batch of users: memory follows one batch, the caller writes each away.
 
-    ALS ranks the users ``model`` knows, genre-aware popularity the others (or everyone, for the
-    fallback). Memory follows one batch of users: the caller writes each batch away.
+    ALS ranks the users ``model`` knows (``source='als'``), genre-aware popularity the others and
+    tops up a list ALS left short (``cold_start``); the fallback ranks everyone by it.
     """
-    catalogue = tracks["id"].to_numpy(dtype=np.int64)
     stamp = pd.DatetimeIndex([pd.Timestamp(generated_at).tz_convert("UTC")])
-    # Popularity counts only listens of tracks still in the catalogue, so it never ranks a
-    # removed track; the full interactions still serve as the exclusion list.
-    active = isin_ids(interactions["track_id"].to_numpy(), catalogue)
-    cold_start = fit_genre_popularity(
-        interactions.loc[active, ["user_id", "track_id"]], tracks, users
-    )
-    if isinstance(model, AlsModel):
-        model = restrict_to_catalogue(model, catalogue)
+    # Popularity counts only listens of tracks still in the catalogue, so neither it nor the ALS
+    # pool it ranks offers a removed track; all listens still exclude tracks.
+    active = isin_ids(interactions["track_id"].to_numpy(), tracks["id"].to_numpy())
+    cold_start = fit_popularity(interactions.loc[active, ["user_id", "track_id"]], tracks, users)
     ranker = candidate_pool(model, cold_start, candidate_pool_size)
-    users = users.drop_duplicates("id").sort_values("id", ignore_index=True)
+    source = SOURCE_FALLBACK if ranker is cold_start else SOURCE_ALS
+    user_ids = unique_ids(users["id"])
     # Histories sorted by user, so a batch's history is a slice rather than a scan of all.
     listener = interactions["user_id"].to_numpy(dtype=np.int64)
     order = np.argsort(listener, kind="stable")
     listener = listener[order]
-    for start in range(0, len(users), batch_users):
-        batch = users.iloc[start : start + batch_users]
-        ids = batch["id"].to_numpy(dtype=np.int64)
+    for start in range(0, len(user_ids), batch_users):
+        ids = user_ids[start : start + batch_users]
         lo, hi = np.searchsorted(listener, [ids[0], ids[-1] + 1])
         history = interactions.iloc[order[lo:hi]][["user_id", "track_id"]]
-        if ranker is cold_start:
-            recs = recommend_excluding_history(cold_start, ids, history, k)
-            recs["source"] = SOURCE_FALLBACK
-        else:
-            recs = recommend_for_all_users(ranker, batch, tracks, history, k, cold_start=cold_start)
+        recs = ranker.recommend(ids, history, k)
+        recs["source"] = source
+        if ranker is not cold_start:
+            recs = cold_start.top_up(recs, ids, history, k)
         # The table's columns, without a copy of the frame.
         recs["model_version"] = np.full(len(recs), model_version, dtype=np.int64)
         recs["generated_at"] = stamp.repeat(len(recs))

@@ -76,8 +76,6 @@ def paired_bootstrap_lift(
     with a paired bootstrap confidence interval (same seed, same interval)."""
     c = np.asarray(candidate, dtype=np.float64)
     b = np.asarray(baseline, dtype=np.float64)
-    if c.shape != b.shape or c.ndim != 1:
-        raise ValueError(f"paired samples must be 1-d and of one length, got {c.shape}, {b.shape}")
     n = len(c)
     c_mean, b_mean = (float(c.mean()), float(b.mean())) if n else (0.0, 0.0)
     if b_mean == 0.0:

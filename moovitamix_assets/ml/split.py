@@ -25,9 +25,6 @@ def time_based_split(interactions: pd.DataFrame, holdout_per_user: int = 1) -> T
     Every user keeps a training interaction (users with one are not split), so every held-out user
     is known to a model trained on ``train``.
     """
-    if holdout_per_user < 1:
-        raise ValueError(f"holdout_per_user must be >= 1, got {holdout_per_user}")
-
     # Ordering by (user, recency desc, track) makes the split deterministic even on ties; rows
     # are taken once through this order rather than sorting a full copy of the frame first.
     user = interactions["user_id"].to_numpy(dtype=np.int64)

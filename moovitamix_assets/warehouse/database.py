@@ -3,7 +3,7 @@
 import os
 import re
 import threading
-from contextlib import closing
+from contextlib import closing, suppress
 from typing import Final
 
 import dagster as dg
@@ -38,8 +38,7 @@ class DatabaseConnectionError(RuntimeError):
 
 
 def validate_identifier(name: str, kind: str = "identifier") -> str:
-    """Return ``name`` if it is ``[a-z_][a-z0-9_]*`` of at most 63 characters, else raise
-    ValueError naming ``kind`` (schema, table, column...)."""
+    """``name`` if it is ``[a-z_][a-z0-9_]*`` of at most 63 characters, else ValueError."""
     if not isinstance(name, str) or not _IDENTIFIER_RE.fullmatch(name):
         raise ValueError(
             f"invalid {kind} {name!r}: use lower-case letters, digits and underscores, "
@@ -96,8 +95,7 @@ def normalize_database_url(url: str | URL, setting: str = DATABASE_URL_ENV) -> U
 
 
 def connect_psycopg2(url: str | URL) -> psycopg2.extensions.connection:
-    """Open a psycopg2 connection (caller closes it) from a SQLAlchemy URL, query included
-    (e.g. ``postgresql+psycopg2://postgres@/db?host=/socket/dir`` for a unix socket)."""
+    """A psycopg2 connection (the caller closes it) from a SQLAlchemy URL, its query included."""
     url = sa.make_url(url)
     args = url.translate_connect_args(username="user", database="dbname")
     return psycopg2.connect(**{"connect_timeout": CONNECT_TIMEOUT_SECONDS, **args, **url.query})
@@ -108,13 +106,13 @@ def ensure_database(url: URL, setting: str) -> None:
     first: the usual case needs no rights on ``postgres``); DatabaseConnectionError, masked."""
     what = "cannot connect to the database"
     try:
-        connect_psycopg2(url).close()
-        return
-    except psycopg2.OperationalError as exc:
-        if f'database "{url.database}" does not exist' not in str(exc):
-            raise _connection_error(url, setting, exc, what) from None
-    what = f"database {url.database!r} does not exist and cannot be created"
-    try:
+        try:
+            connect_psycopg2(url).close()
+            return
+        except psycopg2.OperationalError as exc:
+            if f'database "{url.database}" does not exist' not in str(exc):
+                raise
+        what = f"database {url.database!r} does not exist and cannot be created"
         with closing(connect_psycopg2(url.set(database="postgres"))) as conn:
             conn.autocommit = True  # CREATE DATABASE refuses to run in a transaction block
             what = f"cannot create database {url.database!r} named by {setting}"
@@ -123,14 +121,9 @@ def ensure_database(url: URL, setting: str) -> None:
     except psycopg2.Error as exc:
         # Another process may have created it between our two connections.
         if exc.pgcode not in (errorcodes.DUPLICATE_DATABASE, errorcodes.UNIQUE_VIOLATION):
-            raise _connection_error(url, setting, exc, what) from None
-
-
-def _connection_error(
-    url: URL, setting: str, exc: BaseException, what: str
-) -> DatabaseConnectionError:
-    detail = " ".join(str(exc).split()).replace(str(url.password or MASK), MASK)
-    return DatabaseConnectionError(f"{what} of {setting} ({mask_url(url)}): {detail}")
+            detail = " ".join(str(exc).split()).replace(str(url.password or MASK), MASK)
+            message = f"{what} of {setting} ({mask_url(url)}): {detail}"
+            raise DatabaseConnectionError(message) from None
 
 
 class PostgresResource(dg.ConfigurableResource):
@@ -182,10 +175,9 @@ class PostgresResource(dg.ConfigurableResource):
     def masked_url(self) -> str:
         """The warehouse URL with the password replaced by ``***``, for logs and metadata."""
         raw, setting = self._configured()
-        try:
-            return mask_url(normalize_database_url(raw, setting))
-        except DatabaseConfigError:
-            return mask_url(raw)
+        with suppress(DatabaseConfigError):  # shown as configured when it is not a valid URL
+            raw = normalize_database_url(raw, setting)
+        return mask_url(raw)
 
 
 def dispose_engines() -> None:

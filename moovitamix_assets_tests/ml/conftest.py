@@ -7,7 +7,6 @@ from moovitamix_assets.ml.models import (
     AlsModel,
     AlsParams,
     PopularityModel,
-    fit_genre_popularity,
     fit_popularity,
     train_als,
 )
@@ -30,7 +29,7 @@ class Trained:
         self.split: TrainTestSplit = time_based_split(data.interactions, holdout_per_user)
         self.als: AlsModel = train_als(self.split.train, TEST_PARAMS)
         self.popularity: PopularityModel = fit_popularity(self.split.train, data.tracks)
-        self.genre_popularity: PopularityModel = fit_genre_popularity(
+        self.genre_popularity: PopularityModel = fit_popularity(
             self.split.train, data.tracks, data.users
         )
 

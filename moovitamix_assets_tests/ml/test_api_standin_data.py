@@ -8,13 +8,9 @@ import pytest
 
 from moovitamix_api.config import DataConfig
 from moovitamix_api.data import Dataset
+from moovitamix_assets.ml import pipeline
 from moovitamix_assets.ml.evaluation import evaluate_on_holdout
-from moovitamix_assets.ml.models import (
-    SOURCE_ALS,
-    fit_popularity,
-    recommend_for_all_users,
-    train_als,
-)
+from moovitamix_assets.ml.models import SOURCE_ALS, fit_popularity, train_als
 from moovitamix_assets.ml.split import time_based_split
 
 from .conftest import TEST_PARAMS
@@ -86,7 +82,9 @@ def test_als_beats_popularity_on_taste_structured_standin_listening_lists(standi
 def test_every_standin_user_gets_ten_recommendations(standin) -> None:
     users, tracks, interactions = standin
     model = train_als(interactions, TEST_PARAMS)
-    recs = recommend_for_all_users(model, users, tracks, interactions, 10, cold_start=None)
+    now = dt.datetime.now(dt.timezone.utc)
+    batches = pipeline.recommendation_batches(model, 1, users, tracks, interactions, 10, now)
+    recs = pd.concat(list(batches), ignore_index=True)
     assert set(recs["user_id"]) == set(users["id"])
     assert recs.groupby("user_id").size().eq(10).all()
     assert recs.merge(interactions, on=["user_id", "track_id"]).empty

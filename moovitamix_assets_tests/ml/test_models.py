@@ -1,26 +1,25 @@
+from datetime import datetime, timezone
+
 import numpy as np
 import pandas as pd
 import pytest
 
+from moovitamix_assets.ml import pipeline
 from moovitamix_assets.ml.evaluation import evaluate_on_holdout
 from moovitamix_assets.ml.models import (
     SOURCE_ALS,
     SOURCE_COLD_START,
     AlsParams,
-    build_interaction_matrix,
-    fit_genre_popularity,
     fit_popularity,
     known_items_matrix,
     lookup_indices,
-    recommend_excluding_history,
-    recommend_for_all_users,
-    recommend_top_k,
     train_als,
 )
 
 from .conftest import TEST_PARAMS
 
 K = 10
+NOW = datetime(2026, 11, 20, 2, tzinfo=timezone.utc)
 
 # Listeners: 10 -> 3, 20 -> 3, 40 -> 2, 50 -> 2, 30 -> 1, 60 -> 0 (catalogue only).
 HISTORY = pd.DataFrame(
@@ -57,19 +56,18 @@ def _listened(recs: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
     return recs.merge(history[["user_id", "track_id"]], on=["user_id", "track_id"])
 
 
-def test_interaction_matrix_holds_confidences_in_sorted_id_order() -> None:
-    frame = pd.DataFrame(
-        {"user_id": [7, 3, 7], "track_id": [50, 50, 20], "weight": [1.0, 2.0, 4.0]}
-    )
-    built = build_interaction_matrix(frame, alpha=10.0)
-    assert built.user_ids.tolist() == [3, 7]
-    assert built.item_ids.tolist() == [20, 50]
-    np.testing.assert_allclose(built.matrix.toarray(), [[0.0, 21.0], [41.0, 11.0]])
+def test_known_items_matrix_sums_values_in_the_given_id_order() -> None:
+    frame = pd.DataFrame({"user_id": [7, 3, 7, 7, 9], "track_id": [50, 50, 20, 50, 20]})
+    values = np.array([1.0, 2.0, 4.0, 8.0, 16.0])
+    matrix = known_items_matrix(frame, np.array([3, 7]), np.array([20, 50]), values)
+    # Duplicated (user, track) rows add up; user 9 is not asked for.
+    np.testing.assert_allclose(matrix.toarray(), [[0.0, 2.0], [4.0, 9.0]])
+    assert known_items_matrix(frame, np.array([7]), np.array([50])).toarray().tolist() == [[2.0]]
 
 
 def test_popularity_ranks_by_distinct_listeners_and_skips_listened_tracks() -> None:
     model = fit_popularity(HISTORY, TRACKS)
-    recs = recommend_excluding_history(model, np.array([1, 5, 4, 6]), HISTORY, k=2)
+    recs = model.recommend(np.array([1, 5, 4, 6]), HISTORY, k=2)
     assert _lists(recs) == {1: [40, 50], 4: [10, 20], 5: [10, 40], 6: [10, 20]}
     assert recs.loc[recs["user_id"] == 1, "score"].tolist() == [2.0, 2.0]
     assert recs.loc[recs["user_id"] == 1, "rank"].tolist() == [1, 2]
@@ -77,14 +75,14 @@ def test_popularity_ranks_by_distinct_listeners_and_skips_listened_tracks() -> N
 
 def test_popularity_returns_what_is_left_when_the_catalogue_runs_out() -> None:
     model = fit_popularity(HISTORY, TRACKS)
-    recs = recommend_excluding_history(model, np.array([2]), HISTORY, k=10)
+    recs = model.recommend(np.array([2]), HISTORY, k=10)
     # Track 60 has no listener but is in the catalogue, so it still fills the list.
     assert _lists(recs) == {2: [50, 30, 60]}
 
 
 def test_genre_popularity_puts_the_favourite_genre_first_then_fills_globally() -> None:
-    model = fit_genre_popularity(HISTORY, TRACKS, USERS)
-    recs = recommend_excluding_history(model, np.array([1, 3, 4, 5, 6]), HISTORY, k=3)
+    model = fit_popularity(HISTORY, TRACKS, USERS)
+    recs = model.recommend(np.array([1, 3, 4, 5, 6]), HISTORY, k=3)
     assert _lists(recs) == {
         1: [40, 60, 50],  # Jazz first, then the most popular unheard
         3: [20, 40, 60],  # Pop 20 (50 already heard), then global
@@ -99,17 +97,10 @@ def test_genre_popularity_tolerates_missing_genres() -> None:
         [USERS, pd.DataFrame({"id": [7], "favorite_genres": [None]})], ignore_index=True
     )
     tracks = TRACKS.assign(genres=[None, "Pop", "Rock", "Jazz", "Pop", "Jazz"])
-    model = fit_genre_popularity(HISTORY, tracks, users)
-    recs = recommend_excluding_history(model, np.array([4, 7]), HISTORY, k=3)
+    model = fit_popularity(HISTORY, tracks, users)
+    recs = model.recommend(np.array([4, 7]), HISTORY, k=3)
     # Track 10 lost its genre: user 4 (Rock) gets Rock 30 first, then 10 by global popularity.
     assert _lists(recs) == {4: [30, 10, 20], 7: [10, 20, 40]}
-
-
-def test_recommend_rejects_a_misshapen_exclusion_matrix() -> None:
-    model = fit_popularity(HISTORY, TRACKS)
-    wrong = known_items_matrix(HISTORY, np.array([1, 2]), model.item_ids)
-    with pytest.raises(ValueError, match="exclude must have shape"):
-        model.recommend(np.array([1]), wrong, 2)
 
 
 def test_als_beats_both_baselines_on_structured_data(structured) -> None:
@@ -134,8 +125,7 @@ def test_als_beats_both_baselines_on_structured_data(structured) -> None:
 def test_als_recommendations_exclude_history_and_are_exactly_k(structured) -> None:
     model = structured.als
     users = model.user_ids[::7]
-    exclude = known_items_matrix(structured.train, users, model.item_ids)
-    recs = recommend_top_k(model, users, exclude, K, batch_size=50)
+    recs = model.recommend(users, structured.train, K, batch_size=50)
     assert _listened(recs, structured.train).empty
     assert recs.groupby("user_id").size().eq(K).all()
     assert set(recs["user_id"]) == set(users.tolist())
@@ -143,19 +133,23 @@ def test_als_recommendations_exclude_history_and_are_exactly_k(structured) -> No
     # Scores fall with rank inside every user's list.
     assert (recs.groupby("user_id")["score"].diff().dropna() <= 0).all()
     # Batching does not change the answer.
-    one_batch = recommend_top_k(model, users, exclude, K, batch_size=len(users))
+    one_batch = model.recommend(users, structured.train, K, batch_size=len(users))
     pd.testing.assert_frame_equal(recs, one_batch)
+
+
+def _with_heavy_listener(history: pd.DataFrame, user: int, tracks: np.ndarray) -> pd.DataFrame:
+    heavy = pd.DataFrame({"user_id": user, "track_id": tracks})
+    return pd.concat([history[["user_id", "track_id"]], heavy], ignore_index=True)
 
 
 def test_als_top_k_is_the_best_scored_unheard_tracks_even_beside_a_long_history(structured):
     model = structured.als
     users = model.user_ids[:40]
-    exclude = known_items_matrix(structured.train, users, model.item_ids).tolil()
-    exclude[3, : model.n_items // 2] = 1  # one listener of half the catalogue in the batch
-    exclude = exclude.tocsr()
-    recs = recommend_top_k(model, users, exclude, K, batch_size=len(users))
-    scores = model.user_factors[model.user_index(users)] @ model.item_factors.T
-    scores[exclude.toarray() > 0] = -np.inf
+    # One listener of half the catalogue in the batch.
+    history = _with_heavy_listener(structured.train, users[3], model.item_ids[::2])
+    recs = model.recommend(users, history, K)
+    scores = model.user_factors[:40] @ model.item_factors.T
+    scores[known_items_matrix(history, users, model.item_ids).toarray() > 0] = -np.inf
     best = np.argsort(-scores, axis=1, kind="stable")[:, :K]
     expected = {int(u): model.item_ids[best[i]].tolist() for i, u in enumerate(users)}
     assert _lists(recs) == expected
@@ -163,10 +157,10 @@ def test_als_top_k_is_the_best_scored_unheard_tracks_even_beside_a_long_history(
 
 def test_popularity_lists_are_the_first_unheard_tracks_even_beside_a_long_history(structured):
     model = structured.genre_popularity
-    users = structured.data.users["id"].to_numpy()[:60]
-    exclude = known_items_matrix(structured.train, users, model.item_ids).tolil()
-    exclude[5, model.ordering[: len(model.item_ids) // 2]] = 1  # a heavy listener
-    exclude = exclude.tocsr()
+    users = np.sort(structured.data.users["id"].to_numpy()[:60])
+    heavy = model.item_ids[model.ordering[: len(model.item_ids) // 2]]
+    history = _with_heavy_listener(structured.train, users[5], heavy)
+    exclude = known_items_matrix(history, users, model.item_ids)
     position = lookup_indices(model.user_ids, users)
     for recommender, ordering_of in (
         (model.global_popularity(), lambda i: model.ordering),
@@ -178,12 +172,13 @@ def test_popularity_lists_are_the_first_unheard_tracks_even_beside_a_long_histor
             expected[int(user)] = [
                 int(model.item_ids[j]) for j in ordering_of(i) if j not in heard
             ][:K]
-        assert _lists(recommender.recommend(users, exclude, K)) == expected
+        assert _lists(recommender.recommend(users, history, K)) == expected
 
 
-def test_recommend_top_k_refuses_users_unknown_to_the_model(structured) -> None:
-    with pytest.raises(ValueError, match="unknown to the model"):
-        recommend_top_k(structured.als, np.array([-1]), None, K)
+def test_users_unknown_to_the_als_model_get_no_recommendation(structured) -> None:
+    known = int(structured.als.user_ids[0])
+    recs = structured.als.recommend(np.array([-1, known]), structured.train, K)
+    assert set(recs["user_id"]) == {known} and len(recs) == K
 
 
 def test_every_user_gets_exactly_k_unheard_tracks_with_cold_start(structured) -> None:
@@ -207,9 +202,10 @@ def test_every_user_gets_exactly_k_unheard_tracks_with_cold_start(structured) ->
         ignore_index=True,
     )
 
-    recs = recommend_for_all_users(model, users, tracks, interactions, K)
+    batches = pipeline.recommendation_batches(model, 3, users, tracks, interactions, K, NOW)
+    recs = pd.concat(list(batches), ignore_index=True)
 
-    assert list(recs.columns) == ["user_id", "track_id", "score", "rank", "source"]
+    assert list(recs.columns) == list(pipeline.RECOMMENDATION_TABLE_COLUMNS)
     assert set(recs["user_id"]) == set(users["id"])
     assert recs.groupby("user_id").size().eq(K).all()
     assert not recs.duplicated(["user_id", "track_id"]).any()
@@ -235,10 +231,9 @@ def test_training_is_deterministic_for_a_seed(structured) -> None:
     np.testing.assert_array_equal(again.user_factors, structured.als.user_factors)
     np.testing.assert_array_equal(again.item_factors, structured.als.item_factors)
     users = again.user_ids[:100]
-    exclude = known_items_matrix(structured.train, users, again.item_ids)
     pd.testing.assert_frame_equal(
-        recommend_top_k(again, users, exclude, K),
-        recommend_top_k(structured.als, users, exclude, K),
+        again.recommend(users, structured.train, K),
+        structured.als.recommend(users, structured.train, K),
     )
     other_seed = AlsParams(**{**TEST_PARAMS.as_dict(), "random_state": 8})
     reseeded = train_als(structured.train, other_seed)
@@ -251,7 +246,7 @@ def test_model_keeps_float32_factors_and_id_maps(structured) -> None:
     assert model.user_factors.shape == (structured.train["user_id"].nunique(), 32)
     assert model.item_factors.shape == (structured.train["track_id"].nunique(), 32)
     assert np.all(np.diff(model.user_ids) > 0)
-    assert model.user_index(model.user_ids[[5, 2]]).tolist() == [5, 2]
+    assert lookup_indices(model.user_ids, model.user_ids[[5, 2]]).tolist() == [5, 2]
     assert lookup_indices(model.item_ids, np.array([-4])).tolist() == [-1]
 
 
@@ -261,8 +256,3 @@ def test_model_keeps_float32_factors_and_id_maps(structured) -> None:
 def test_params_reject_invalid_values(field: dict) -> None:
     with pytest.raises(ValueError, match=next(iter(field))):
         AlsParams(**field)
-
-
-def test_training_refuses_empty_interactions() -> None:
-    with pytest.raises(ValueError, match="empty"):
-        train_als(HISTORY.iloc[0:0], TEST_PARAMS)

@@ -1,5 +1,4 @@
 import pandas as pd
-import pytest
 
 from moovitamix_assets.ml.split import time_based_split
 
@@ -54,11 +53,6 @@ def test_empty_interactions_give_an_empty_split() -> None:
     split = time_based_split(TINY.iloc[0:0])
     assert (len(split.train), len(split.test), split.n_users_held_out) == (0, 0, 0)
     assert list(split.train.columns) == list(TINY.columns)
-
-
-def test_rejects_invalid_holdout() -> None:
-    with pytest.raises(ValueError, match="holdout_per_user"):
-        time_based_split(TINY, holdout_per_user=0)
 
 
 def test_synthetic_split_holds_out_one_most_recent_item_per_user(structured) -> None:

@@ -86,7 +86,7 @@ class _Hold:
 
 def test_reader_sees_old_rows_until_the_replace_commits(pg_url: str, pg_conn: Any) -> None:
     writer = connect_psycopg2(pg_url)
-    write_frame(writer, "raw", "t", _frame([1, 2, 3]))
+    write_frame(writer, "raw", "t", _stream([[1, 2, 3]]))
     hold, errors = _Hold(), []
     stream = _stream([list(range(50)), list(range(50, 100))], hold)
     thread = _run("writer", lambda: write_frame(writer, "raw", "t", stream), errors)
@@ -103,7 +103,7 @@ def test_reader_sees_old_rows_until_the_replace_commits(pg_url: str, pg_conn: An
 
 def test_dropped_connection_mid_copy_keeps_old_rows(pg_url: str, pg_conn: Any) -> None:
     writer = connect_psycopg2(pg_url)
-    write_frame(writer, "raw", "t", _frame([1, 2, 3]), PART)
+    write_frame(writer, "raw", "t", _stream([[1, 2, 3]]), PART)
 
     def kill() -> None:
         with pg_conn.cursor() as cur:
@@ -118,7 +118,7 @@ def test_an_error_raised_by_the_stream_rolls_back_and_the_connection_is_reusable
     pg_url: str, pg_conn: Any
 ) -> None:
     writer = connect_psycopg2(pg_url)
-    write_frame(writer, "raw", "t", _frame([1, 2, 3]), PART)
+    write_frame(writer, "raw", "t", _stream([[1, 2, 3]]), PART)
 
     def fail() -> None:
         raise RuntimeError("page 7 is not a page")
@@ -126,19 +126,19 @@ def test_an_error_raised_by_the_stream_rolls_back_and_the_connection_is_reusable
     with pytest.raises(RuntimeError, match="page 7 is not a page"):
         write_frame(writer, "raw", "t", _stream([[10, 11], [12]], fail), PART)
     assert _ids(pg_conn) == [1, 2, 3]
-    write_frame(writer, "raw", "t", _frame([4]), PART)
+    write_frame(writer, "raw", "t", _stream([[4]]), PART)
     assert _ids(pg_conn) == [4]
     writer.close()
 
 
 def test_concurrent_writes_of_one_partition_serialise(pg_url: str, pg_conn: Any) -> None:
     first, second = connect_psycopg2(pg_url), connect_psycopg2(pg_url)
-    write_frame(first, "raw", "t", _frame([0]), PART)  # the table exists: both writers DELETE
+    write_frame(first, "raw", "t", _stream([[0]]), PART)  # the table exists: both writers DELETE
     hold, errors = _Hold(), []
     stream = _stream([[1, 2], [3]], hold)
     t1 = _run("first", lambda: write_frame(first, "raw", "t", stream, PART), errors)
     assert hold.held.wait(30)
-    t2 = _run("second", lambda: write_frame(second, "raw", "t", _frame([7, 8, 9]), PART), errors)
+    t2 = _run("second", lambda: write_frame(second, "raw", "t", _stream([[7, 8, 9]]), PART), errors)
     # The second writer waits on the table's advisory lock while the first is mid-COPY.
     waiting = 0
     for _ in range(100):
@@ -159,7 +159,8 @@ def test_concurrent_writes_of_one_partition_serialise(pg_url: str, pg_conn: Any)
 def test_large_frame_round_trips(pg_url: str) -> None:
     conn = connect_psycopg2(pg_url)
     frame = pd.DataFrame({"id": range(120_000), "name": [f"n{i}" for i in range(120_000)]})
-    assert write_frame(conn, "raw", "big", frame).rows == 120_000
+    big = FrameStream({"id": "bigint", "name": "text"}, [frame])
+    assert write_frame(conn, "raw", "big", big)["dagster/row_count"].value == 120_000
     loaded = read_frame(conn, "raw", "big")
     assert len(loaded) == 120_000
     assert loaded["id"].sum() == frame["id"].sum()
@@ -168,7 +169,8 @@ def test_large_frame_round_trips(pg_url: str) -> None:
 
 def test_a_stream_is_written_with_its_sidecars_in_one_replace(pg_url: str, pg_conn: Any) -> None:
     writer = connect_psycopg2(pg_url)
-    write_frame(writer, "raw", "t", _frame([1, 2, 3]), PART)
+    write_frame(writer, "raw", "t", _stream([[1, 2, 3]]), PART)
+    write_frame(writer, "raw", "manifest", _stream([[0]]))  # a sidecar's table exists: its types
     copied: list[int] = []
 
     def finish() -> tuple[list[Sidecar], dict[str, int]]:
@@ -180,9 +182,10 @@ def test_a_stream_is_written_with_its_sidecars_in_one_replace(pg_url: str, pg_co
 
     chunks = iter([_frame([10, 11]), _frame([12]), _frame([13, 14, 15])])
     result = write_frame(writer, "raw", "t", FrameStream(TYPES, chunks, finish), PART)
-    assert (result.rows, result.rows_replaced, dict(result.metadata)) == (6, 3, {"api_total": 7})
-    assert copied == [6]
-    assert result.preview["id"].tolist() == [10, 11]
+    assert (result["dagster/row_count"].value, result["rows_replaced"].value) == (6, 3)
+    assert result["api_total"] == 7 and copied == [6]
+    preview = result["preview"].value  # the first chunk's rows
+    assert "   10 |" in preview and "   11 |" in preview and "   12 |" not in preview
     assert _ids(pg_conn) == [10, 11, 12, 13, 14, 15]
     assert _count(pg_conn, "SELECT count(*) FROM raw.manifest") == 1
     writer.close()
@@ -190,7 +193,7 @@ def test_a_stream_is_written_with_its_sidecars_in_one_replace(pg_url: str, pg_co
 
 def test_a_stream_chunk_outside_the_partition_is_refused(pg_url: str, pg_conn: Any) -> None:
     writer = connect_psycopg2(pg_url)
-    write_frame(writer, "raw", "t", _frame([1, 2, 3]), PART)
+    write_frame(writer, "raw", "t", _stream([[1, 2, 3]]), PART)
     late = pd.DataFrame({"snapshot_date": [DAY + dt.timedelta(days=1)], "id": [11]})
     stream = FrameStream(TYPES, iter([_frame([10]), late]))
     with pytest.raises(PartitionMismatchError, match="outside the partition"):
@@ -202,5 +205,6 @@ def test_a_stream_chunk_outside_the_partition_is_refused(pg_url: str, pg_conn: A
 def test_an_empty_stream_creates_the_declared_table(pg_url: str) -> None:
     conn = connect_psycopg2(pg_url)
     result = write_frame(conn, "raw", "empty", FrameStream(TYPES, iter([])), PART)
-    assert (result.rows, result.columns) == (0, [("snapshot_date", "date"), ("id", "bigint")])
+    columns = [(c.name, c.type) for c in result["dagster/column_schema"].value.columns]
+    assert (result["dagster/row_count"].value, columns) == (0, [*TYPES.items()])
     conn.close()

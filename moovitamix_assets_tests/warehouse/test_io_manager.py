@@ -16,6 +16,13 @@ from moovitamix_assets.warehouse.io_manager import (
 )
 
 DAILY = dg.DailyPartitionsDefinition(start_date="2024-01-01", end_date="2024-02-01")
+EVENTS = {"snapshot_date": "date", "value": "bigint"}
+
+
+def _declare(types: dict[str, str], **metadata: Any) -> dict[str, Any]:
+    """An asset's metadata declaring its columns' types (as columns.yaml's assets do)."""
+    schema = dg.TableSchema([dg.TableColumn(name, pg_type) for name, pg_type in types.items()])
+    return {"dagster/column_schema": dg.MetadataValue.table_schema(schema), **metadata}
 
 
 @pytest.fixture
@@ -40,7 +47,7 @@ def _metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, Any]:
     return {key: value.value for key, value in materialization.metadata.items()}
 
 
-def test_dtype_round_trip(io_manager: PostgresPandasIOManager) -> None:
+def test_dtype_round_trip(io_manager: PostgresPandasIOManager, pg_conn: Any) -> None:
     frame = pd.DataFrame(
         {
             "nullable_int": pd.array([1, None, 3], dtype="Int64"),
@@ -58,13 +65,28 @@ def test_dtype_round_trip(io_manager: PostgresPandasIOManager) -> None:
             "payload": [{"k": [1, "x"], "n": None}, None, {}],
         }
     )
+    types = {
+        "nullable_int": "bigint",
+        "plain_int": "bigint",
+        "ratio": "double precision",
+        "flag": "boolean",
+        "name": "text",
+        "aware_ts": "timestamp with time zone",
+        "naive_ts": "timestamp with time zone",
+        "day": "date",
+        "track_ids": "bigint[]",
+        "labels": "text[]",
+        "payload": "jsonb",
+    }
     loaded: list[pd.DataFrame] = []
 
-    @dg.asset(key_prefix=["raw"], io_manager_key="warehouse_io_manager")
+    @dg.asset(key_prefix=["raw"], io_manager_key="warehouse_io_manager", metadata=_declare(types))
     def typed() -> pd.DataFrame:
         return frame
 
-    @dg.asset(key_prefix=["core"], io_manager_key="warehouse_io_manager")
+    bare = {"dagster/column_schema": _declare(types)["dagster/column_schema"].schema}  # works too
+
+    @dg.asset(key_prefix=["core"], io_manager_key="warehouse_io_manager", metadata=bare)
     def reader(typed: pd.DataFrame) -> pd.DataFrame:
         loaded.append(typed)
         return typed.head(1)
@@ -97,20 +119,11 @@ def test_dtype_round_trip(io_manager: PostgresPandasIOManager) -> None:
     metadata = _metadata(result, "typed")
     assert metadata["dagster/row_count"] == 3
     assert metadata["dagster/table_name"] == "raw.typed"
-    schema = {c.name: c.type for c in metadata["dagster/column_schema"].columns}
-    assert schema == {
-        "nullable_int": "bigint",
-        "plain_int": "bigint",
-        "ratio": "double precision",
-        "flag": "boolean",
-        "name": "text",
-        "aware_ts": "timestamp with time zone",
-        "naive_ts": "timestamp with time zone",
-        "day": "date",
-        "track_ids": "bigint[]",
-        "labels": "text[]",
-        "payload": "jsonb",
-    }
+    # The declared schema (with its descriptions) stays the asset's: none is added.
+    assert "dagster/column_schema" not in metadata
+    stored = "SELECT attname, format_type(atttypid, -1) FROM pg_attribute "
+    stored += "WHERE attrelid = 'raw.typed'::regclass AND attnum > 0 ORDER BY attnum"
+    assert dict(_rows(pg_conn, stored)) == types
     assert "nullable_int" in metadata["preview"]
     assert metadata["rows_replaced"] == 0
 
@@ -121,7 +134,7 @@ def _daily_asset(values: dict[str, list[int]]) -> dg.AssetsDefinition:
     @dg.asset(
         key_prefix=["raw"],
         partitions_def=DAILY,
-        metadata={"partition_expr": "snapshot_date"},
+        metadata=_declare(EVENTS, partition_expr="snapshot_date"),
         io_manager_key="warehouse_io_manager",
     )
     def events(context: dg.AssetExecutionContext) -> pd.DataFrame:
@@ -196,7 +209,7 @@ def test_backfill_range_writes_and_loads_three_days(
     @dg.asset(
         key_prefix=["core"],
         partitions_def=DAILY,
-        metadata={"partition_expr": "snapshot_date"},
+        metadata=_declare(EVENTS, partition_expr="snapshot_date"),
         io_manager_key="warehouse_io_manager",
     )
     def event_copy(events: pd.DataFrame) -> pd.DataFrame:
@@ -242,7 +255,7 @@ def test_partitioned_input_loads_only_its_partition(io_manager: PostgresPandasIO
         key_prefix=["core"],
         partitions_def=DAILY,
         io_manager_key="warehouse_io_manager",
-        metadata={"partition_expr": "snapshot_date"},
+        metadata=_declare(EVENTS, partition_expr="snapshot_date"),
     )
     def daily_copy(events: pd.DataFrame) -> pd.DataFrame:
         loaded.append(events)
@@ -263,7 +276,7 @@ def test_rows_outside_the_partition_are_refused(
     @dg.asset(
         key_prefix=["raw"],
         partitions_def=DAILY,
-        metadata={"partition_expr": "snapshot_date"},
+        metadata=_declare(EVENTS, partition_expr="snapshot_date"),
         io_manager_key="warehouse_io_manager",
     )
     def stray() -> pd.DataFrame:
@@ -286,7 +299,11 @@ def test_a_value_that_cannot_be_written_keeps_previous_rows(
 ) -> None:
     state = {"frame": pd.DataFrame({"id": [1, 2], "payload": [{"a": 1}, {"a": 2}]})}
 
-    @dg.asset(key_prefix=["raw"], io_manager_key="warehouse_io_manager")
+    @dg.asset(
+        key_prefix=["raw"],
+        io_manager_key="warehouse_io_manager",
+        metadata=_declare({"id": "bigint", "payload": "jsonb"}),
+    )
     def docs() -> pd.DataFrame:
         return state["frame"]
 
@@ -315,7 +332,9 @@ def test_new_column_is_added_and_missing_ones_are_null(
     @dg.asset(
         key_prefix=["raw"],
         partitions_def=DAILY,
-        metadata={"partition_expr": "snapshot_date"},
+        metadata=_declare(
+            {"snapshot_date": "date", "a": "bigint", "b": "text"}, partition_expr="snapshot_date"
+        ),
         io_manager_key="warehouse_io_manager",
     )
     def evolving(context: dg.AssetExecutionContext) -> pd.DataFrame:
@@ -340,7 +359,7 @@ def test_new_column_is_added_and_missing_ones_are_null(
         ([1, 2], ["x", "y"], "bigint", "text"),
     ],
 )
-def test_incompatible_type_change_names_table_column_and_types(
+def test_a_type_change_is_refused_naming_table_column_and_types(
     io_manager: PostgresPandasIOManager,
     pg_conn: Any,
     first: list[Any],
@@ -348,19 +367,22 @@ def test_incompatible_type_change_names_table_column_and_types(
     old_type: str,
     new_type: str,
 ) -> None:
-    state = {"values": first}
+    def typed_col(values: list[Any], pg_type: str) -> dg.AssetsDefinition:
+        metadata = _declare({"id": "bigint", "col": pg_type})
 
-    @dg.asset(key_prefix=["raw"], io_manager_key="warehouse_io_manager")
-    def typed_col() -> pd.DataFrame:
-        return pd.DataFrame({"id": [1, 2], "col": state["values"]})
+        @dg.asset(key_prefix=["raw"], io_manager_key="warehouse_io_manager", metadata=metadata)
+        def typed_col() -> pd.DataFrame:
+            return pd.DataFrame({"id": [1, 2], "col": values})
 
-    assert dg.materialize([typed_col], resources=_resources(io_manager)).success
-    state["values"] = second
+        return typed_col
+
+    resources = _resources(io_manager)
+    assert dg.materialize([typed_col(first, old_type)], resources=resources).success
     with pytest.raises(SchemaMismatchError) as raised:
-        dg.materialize([typed_col], resources=_resources(io_manager))
+        dg.materialize([typed_col(second, new_type)], resources=resources)
     message = str(raised.value)
     assert "raw.typed_col.col" in message
-    assert f"table column is {old_type}" in message and new_type in message
+    assert f"table column is {old_type} but the asset declares {new_type}" in message
     # The failed write changed nothing.
     assert _rows(pg_conn, "SELECT col::text FROM raw.typed_col ORDER BY id") == [
         (str(v),) for v in first
@@ -389,11 +411,14 @@ def test_partitioned_asset_without_partition_expr_is_refused(
 
 def test_build_contexts_write_then_read(io_manager: PostgresPandasIOManager) -> None:
     frame = pd.DataFrame({"id": [3, 1, 2], "name": ["c", "a", "b"]})
-    out_ctx = dg.build_output_context(asset_key=dg.AssetKey(["ml", "scores"]))
+    key = dg.AssetKey(["ml", "scores"])
+    # A new table's columns need declared types: none is guessed from the values.
+    with pytest.raises(SchemaMismatchError, match=r"ml\.scores\.id: .* declares no type"):
+        io_manager.handle_output(dg.build_output_context(asset_key=key), frame)
+    metadata = _declare({"id": "bigint", "name": "text"})
+    out_ctx = dg.build_output_context(asset_key=key, definition_metadata=metadata)
     io_manager.handle_output(out_ctx, frame)
-    in_ctx = dg.build_input_context(
-        asset_key=dg.AssetKey(["ml", "scores"]), upstream_output=out_ctx
-    )
+    in_ctx = dg.build_input_context(asset_key=key, upstream_output=out_ctx)
     loaded = io_manager.load_input(in_ctx)
     pd.testing.assert_frame_equal(loaded, frame.astype({"name": "str"}))
 
@@ -415,8 +440,11 @@ def test_an_existing_table_keeps_its_primary_key_and_types_while_its_rows_are_re
 
     assert dg.materialize([recs], resources=_resources(io_manager)).success
     state["frame"] = pd.DataFrame({"user_id": [3], "rank": [1]})
-    assert dg.materialize([recs], resources=_resources(io_manager)).success
+    result = dg.materialize([recs], resources=_resources(io_manager))
     assert _rows(pg_conn, "SELECT user_id, rank FROM ml.recs") == [(3, 1)]
+    # Undeclared, the asset's schema in the UI is the table's.
+    schema = _metadata(result, "recs")["dagster/column_schema"].columns
+    assert [(c.name, c.type) for c in schema] == [("user_id", "integer"), ("rank", "smallint")]
     constraints = (
         "SELECT conname FROM pg_constraint WHERE conrelid = 'ml.recs'::regclass AND contype = 'p'"
     )

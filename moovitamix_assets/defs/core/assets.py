@@ -1,16 +1,16 @@
 """Core layer: the current state of users, tracks and listening, merged from the raw snapshots.
 
-Partition D of a core asset merges raw snapshot D: the ``sql/`` scripts in one transaction, after
+Partition D of a core asset merges raw snapshot D: one ``sql/`` script in one transaction, after
 the table's advisory lock and the blocking raw audits of D (write-audit-publish). Re-merging a day
 is a no-op and back-filling an older day gives the same state (docs/data-model.md).
 """
 
 import time
-from collections.abc import Callable
+from collections.abc import Mapping, Sequence
 from datetime import date
 from functools import partial
 from pathlib import Path
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import dagster as dg
 import sqlalchemy as sa
@@ -19,6 +19,7 @@ from moovitamix_assets.constants import (
     CORE_GROUP,
     CORE_SCHEMA,
     LISTEN_HISTORY_ENDPOINT,
+    RAW_SCHEMA,
     TRACKS_ENDPOINT,
     USERS_ENDPOINT,
 )
@@ -29,11 +30,7 @@ from moovitamix_assets.freshness import DAILY_FRESHNESS
 from moovitamix_assets.partitions import daily_partitions
 from moovitamix_assets.step_figures import finish_step_figures, start_step_figures
 from moovitamix_assets.warehouse import columns
-from moovitamix_assets.warehouse.database import (
-    PostgresResource,
-    create_schema_sql,
-    quote_ident,
-)
+from moovitamix_assets.warehouse.database import PostgresResource, create_schema_sql, quote_ident
 
 USERS_TABLE: Final = "users"
 TRACKS_TABLE: Final = "tracks"
@@ -54,6 +51,27 @@ MERGE_WORK_MEM: Final = "64MB"
 # A merge that inserted more than this share of its table refreshes the planner's statistics
 # (first day, back-fill); daily merges leave it to autovacuum.
 _BULK_LOAD_SHARE: Final = 0.1
+# The columns of core.users and core.tracks that a snapshot does not give (merge_entity.sql).
+_HISTORY: Final = ("first_seen", "last_seen", "is_active")
+# What merge_entity.sql derives from the raw values (duration_seconds: null unless MM:SS, minutes
+# of any width) and the odd records it counts per table, as SQL over the staged snapshot s.
+_DERIVED: Final = {
+    "duration_seconds": "CASE WHEN duration ~ '^[0-9]{1,4}:[0-5][0-9]$' THEN"
+    " split_part(duration, ':', 1)::integer * 60 + split_part(duration, ':', 2)::integer END",
+}
+_ODD_RECORDS: Final = {
+    USERS_TABLE: {
+        # E-mails (case-insensitive) that another id of the same snapshot also uses.
+        "duplicate_emails": "lower(s.email) IN"
+        " (SELECT lower(email) FROM entity_stage GROUP BY 1 HAVING count(*) > 1)",
+        "unknown_gender": "s.gender IS NULL OR NOT (s.gender = ANY (:genders))",
+        "unknown_genre": "s.favorite_genres IS NULL OR NOT (s.favorite_genres = ANY (:genres))",
+    },
+    TRACKS_TABLE: {
+        "zero_duration": "s.duration = '00:00'",
+        "malformed_duration": "s.duration_seconds IS NULL",
+    },
+}
 
 
 def core_table(table: str) -> str:
@@ -61,19 +79,37 @@ def core_table(table: str) -> str:
     return f"{quote_ident(CORE_SCHEMA)}.{quote_ident(table)}"
 
 
-def load_sql(name: str, table: str = "", columns: tuple[str, ...] = ()) -> sa.TextClause:
+def load_sql(
+    name: str, table: str = "", columns: Sequence[str] = (), **parts: str
+) -> sa.TextClause:
     """``sql/<name>.sql`` as one text clause (psycopg2 runs its statements in order).
 
     ``{table}`` becomes ``core.<table>``; ``{columns}``, ``{s.columns}`` and ``{t.columns}`` the
-    quoted column list, bare and qualified. Identifiers only: values are always bound parameters.
+    quoted column list, bare and qualified; ``{<part>}`` the SQL of ``parts``. Identifiers and this
+    package's SQL only: values are always bound parameters.
     """
     text = (Path(__file__).parent / "sql" / f"{name}.sql").read_text()
     if table:
-        text = text.replace("{table}", core_table(table))
+        parts["table"] = core_table(table)
     for alias in ("", "s.", "t."):
-        quoted = ", ".join(f"{alias}{quote_ident(c)}" for c in columns)
-        text = text.replace(f"{{{alias}columns}}", quoted)
+        parts[f"{alias}columns"] = ", ".join(f"{alias}{quote_ident(c)}" for c in columns)
+    for part, sql in parts.items():
+        text = text.replace(f"{{{part}}}", sql)
     return sa.text(text)
+
+
+def schema_sql() -> sa.TextClause:
+    """``sql/schema.sql``, with the columns of the tables keyed by their first column from
+    columns.yaml (the history columns NOT NULL)."""
+    tables = {
+        table: ", ".join(
+            f"{quote_ident(c)} {pg_type}"
+            + (" PRIMARY KEY" if i == 0 else " NOT NULL" if c in _HISTORY else "")
+            for i, (c, pg_type) in enumerate(columns.table(f"core.{table}").pg_types().items())
+        )
+        for table in (USERS_TABLE, TRACKS_TABLE, "listen_histories")
+    }
+    return load_sql("schema", **tables)
 
 
 def newest_merged(conn: sa.Connection, table: str) -> date | None:
@@ -102,17 +138,16 @@ def ensure_core_schema(engine: sa.Engine) -> None:
     """
     relations = (*CORE_TABLES, "listen_pairs", "listen_histories", MERGE_LOG_TABLE)
     with engine.begin() as conn:
-        for lock in (False, True):  # checked again once locked: another run may have done it
+        for _ in range(2):  # checked again once locked: another run may have done it
             # Only the previous representation has core.interactions_state.
             previous = core_tables_exist(conn, "interactions_state")
             if not previous and core_tables_exist(conn, *relations):
                 return
-            if lock is False:
-                _lock(conn, "ddl")
+            _lock(conn, "ddl")
         if previous:
             conn.execute(load_sql("migrate_views"))
         conn.execute(sa.text(create_schema_sql(CORE_SCHEMA)))
-        conn.execute(load_sql("schema"))
+        conn.execute(schema_sql())
         if previous:
             conn.execute(load_sql("restore_migrated"))
 
@@ -125,13 +160,11 @@ class MergeResult(NamedTuple):
     rows_total: int
     audits: list[AuditResult] = []
 
-
-# Each merged table's raw endpoint and scripts (the last one returns the counts).
-_SOURCES: Final = {
-    USERS_TABLE: (USERS_ENDPOINT, "stage_users", "merge_entity"),
-    TRACKS_TABLE: (TRACKS_ENDPOINT, "stage_tracks", "merge_entity"),
-    LISTEN_EVENTS_TABLE: (LISTEN_HISTORY_ENDPOINT, "merge_listen_events"),
-}
+    @classmethod
+    def of(cls, row: Mapping[str, Any], snapshot_date: date | None, **more: Any) -> "MergeResult":
+        """From a script's counts, ``rows_total`` among them."""
+        counts = {k: int(v) for k, v in row.items()}
+        return cls(snapshot_date, counts, counts.pop("rows_total"), **more)
 
 
 def merge(engine: sa.Engine, snapshot_date: date, table: str) -> MergeResult:
@@ -141,14 +174,21 @@ def merge(engine: sa.Engine, snapshot_date: date, table: str) -> MergeResult:
     Raises:
         SnapshotAuditError: The snapshot failed a blocking audit; core is unchanged.
     """
-    endpoint, *scripts = _SOURCES[table]
     ensure_core_schema(engine)
-    # The value columns of an id-keyed table, as the raw records carry them (merge_entity.sql).
-    history = {"id", "first_seen", "last_seen", "is_active"}
-    value_columns = tuple(
-        c.name
-        for c in columns.for_asset(dg.AssetKey([CORE_SCHEMA, table])).columns
-        if c.name not in history
+    # The id-keyed tables are named after their endpoints.
+    endpoint = LISTEN_HISTORY_ENDPOINT if table == LISTEN_EVENTS_TABLE else table
+    key = dg.AssetKey([CORE_SCHEMA, table])
+    values = [c.name for c in columns.for_asset(key).columns if c.name not in ("id", *_HISTORY)]
+    script = load_sql(
+        "merge_listen_events" if table == LISTEN_EVENTS_TABLE else "merge_entity",
+        table,
+        values,
+        raw=f"{RAW_SCHEMA}.{quote_ident(endpoint)}",
+        staged=", ".join(f"{_DERIVED.get(c, quote_ident(c))} AS {quote_ident(c)}" for c in values),
+        odd_records="".join(
+            f"count(*) FILTER (WHERE {sql}) AS {name}, "
+            for name, sql in _ODD_RECORDS.get(table, {}).items()
+        ),
     )
     with engine.begin() as conn:
         _lock(conn, table)
@@ -168,21 +208,13 @@ def merge(engine: sa.Engine, snapshot_date: date, table: str) -> MergeResult:
         )
         if bulk_load:
             conn.execute(sa.text("DROP INDEX IF EXISTS core.listen_events_track_id_idx"))
-        for script in scripts[:-1]:
-            conn.execute(load_sql(script), params)
-        counts = conn.execute(load_sql(scripts[-1], table, value_columns), params).mappings().one()
+        counts = conn.execute(script, params).mappings().one()
         conn.execute(load_sql("log_merge"), {"table_name": table, "day": snapshot_date})
         if bulk_load:
-            conn.execute(load_sql("schema"))  # IF NOT EXISTS: builds only what was dropped
+            conn.execute(schema_sql())  # IF NOT EXISTS: builds only what was dropped
         if counts["inserted"] > _BULK_LOAD_SHARE * counts["rows_total"]:
             conn.execute(sa.text(f"ANALYZE {storage}"))
-    figures = {k: int(v) for k, v in counts.items()}
-    return MergeResult(
-        snapshot_date=snapshot_date,
-        rows_total=figures.pop("rows_total"),
-        counts={**figures, "is_newest_snapshot": int(is_newest)},
-        audits=audits,
-    )
+    return MergeResult.of({**counts, "is_newest_snapshot": is_newest}, snapshot_date, audits=audits)
 
 
 merge_users = partial(merge, table=USERS_TABLE)
@@ -195,20 +227,35 @@ def interaction_figures(engine: sa.Engine) -> MergeResult:
     (``snapshot_date``: the newest merged listening day)."""
     ensure_core_schema(engine)
     with engine.connect() as conn:
-        counts = dict(conn.execute(load_sql("interactions_figures")).mappings().one())
-    return MergeResult(
-        snapshot_date=counts.pop("as_of"),
-        rows_total=int(counts.pop("rows_total")),
-        counts={k: int(v) for k, v in counts.items()},
-    )
+        counts = conn.execute(load_sql("interactions_figures")).mappings().one()
+        return MergeResult.of(counts, newest_merged(conn, LISTEN_EVENTS_TABLE))
 
 
-def _core_asset(
-    key: dg.AssetKey,
-    deps: list[dg.AssetKey],
-    description: str,
-    run: Callable[[sa.Engine, date], MergeResult],
-) -> dg.AssetsDefinition:
+# Each core asset's upstream assets and description.
+_ASSETS: Final = {
+    USERS_TABLE: (
+        [RAW_KEYS[USERS_ENDPOINT]],
+        "Current state of every user ever seen: one row per id, merged from the raw snapshot.",
+    ),
+    TRACKS_TABLE: (
+        [RAW_KEYS[TRACKS_ENDPOINT]],
+        "Current state of every track ever seen: one row per id, merged from the raw snapshot.",
+    ),
+    LISTEN_EVENTS_TABLE: (
+        [RAW_KEYS[LISTEN_HISTORY_ENDPOINT], CORE_USERS, CORE_TRACKS],
+        "Listening normalized to one row per (user, track) pair, orphans kept and flagged.",
+    ),
+    INTERACTIONS_TABLE: (
+        # The view reads core.tracks too (track_active), so its column lineage can name it.
+        [CORE_LISTEN_EVENTS, CORE_TRACKS],
+        "Weighted (user, track) interactions of the current listening state: the models' input.",
+    ),
+}
+
+
+def _core_asset(table: str, deps: list[dg.AssetKey], description: str) -> dg.AssetsDefinition:
+    key = dg.AssetKey([CORE_SCHEMA, table])
+
     @dg.asset(
         key=key,
         deps=deps,
@@ -223,7 +270,10 @@ def _core_asset(
         context: dg.AssetExecutionContext, postgres: PostgresResource
     ) -> dg.MaterializeResult:
         start, started = start_step_figures(), time.perf_counter()
-        result = run(postgres.engine(), date.fromisoformat(context.partition_key))
+        if table == INTERACTIONS_TABLE:
+            result = interaction_figures(postgres.engine())
+        else:
+            result = merge(postgres.engine(), date.fromisoformat(context.partition_key), table)
         warnings = [a for a in result.audits if not a.passed]
         for audit in warnings:
             context.log.warning(
@@ -234,7 +284,7 @@ def _core_asset(
             **result.counts,
             "merge_s": round(time.perf_counter() - started, 3),
             "dagster/row_count": result.rows_total,  # the table's
-            **columns.lineage_metadata(context, context.asset_key),
+            **columns.lineage_metadata(context, key),
         }
         if result.snapshot_date is not None:
             metadata["snapshot_date"] = dg.MetadataValue.text(result.snapshot_date.isoformat())
@@ -244,30 +294,4 @@ def _core_asset(
     return _asset
 
 
-core_assets = [
-    _core_asset(
-        CORE_USERS,
-        [RAW_KEYS[USERS_ENDPOINT]],
-        "Current state of every user ever seen: one row per id, merged from the raw snapshot.",
-        merge_users,
-    ),
-    _core_asset(
-        CORE_TRACKS,
-        [RAW_KEYS[TRACKS_ENDPOINT]],
-        "Current state of every track ever seen: one row per id, merged from the raw snapshot.",
-        merge_tracks,
-    ),
-    _core_asset(
-        CORE_LISTEN_EVENTS,
-        [RAW_KEYS[LISTEN_HISTORY_ENDPOINT], CORE_USERS, CORE_TRACKS],
-        "Listening normalized to one row per (user, track) pair, orphans kept and flagged.",
-        merge_listen_events,
-    ),
-    _core_asset(
-        CORE_INTERACTIONS,
-        # The view reads core.tracks too (track_active), so its column lineage can name it.
-        [CORE_LISTEN_EVENTS, CORE_TRACKS],
-        "Weighted (user, track) interactions of the current listening state: the models' input.",
-        lambda engine, _day: interaction_figures(engine),
-    ),
-]
+core_assets = [_core_asset(table, *spec) for table, spec in _ASSETS.items()]

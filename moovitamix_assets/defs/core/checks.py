@@ -1,10 +1,9 @@
 """Asset checks of the core tables, judged after each merge on the state it left.
 
 What the next step relies on (unique keys, usable interactions) is ERROR and blocks; the source's
-data quality is WARN. The orphan rate is ERROR but does not block: the interactions leave orphans
-out. Three subsettable ops, so that blocking works without a cycle (a blocking check must finish
-before its asset's downstream starts, an op runs after every asset it checks): core/users and
-core/tracks, both upstream of core/listen_events, share one.
+data quality is WARN; orphans are ERROR without blocking (the interactions leave them out). Three
+subsettable ops, so that blocking works without a cycle (an op runs after every asset it checks):
+core/users and core/tracks, both upstream of core/listen_events, share one.
 """
 
 from collections.abc import Iterator, Mapping, Sequence
@@ -21,9 +20,9 @@ from moovitamix_assets.check_results import (
 )
 from moovitamix_assets.constants import CORE_SCHEMA
 from moovitamix_assets.defs.core.assets import (
+    CORE_TABLES,
     INTERACTIONS_TABLE,
     LISTEN_EVENTS_TABLE,
-    MERGE_LOG_TABLE,
     STORAGE_TABLES,
     TRACKS_TABLE,
     USERS_TABLE,
@@ -33,24 +32,65 @@ from moovitamix_assets.defs.core.assets import (
 )
 from moovitamix_assets.warehouse.database import PostgresResource
 
-# Share of the active listening pairs whose user or track is unknown to core. About 6% is normal
-# on the first day (listens of tracks the API removed before our first snapshot), shrinking
-# afterwards; well over twice that means the catalogue and the listening are out of step.
-MAX_ORPHAN_RATE: Final = 0.15
-# Share of active users whose e-mail looks like an address; the contract promises e-mails.
-MIN_EMAIL_VALID_RATE: Final = 0.99
-# Share of the records seen in the last window that the newest snapshot no longer lists. Normal
-# churn (1% of users a day) gives about 23% over 30 days; half means the API dropped records.
-MAX_INACTIVE_SHARE: Final = 0.5
-INACTIVE_WINDOW_DAYS: Final = 30
 # Deliberately loose: one @, no blanks, a dot in the domain. Deliverability is not our concern.
 EMAIL_PATTERN: Final = r"^[^@[:space:]]+@[^@[:space:]]+\.[^@[:space:]]+$"
+INACTIVE_WINDOW_DAYS: Final = 30
+_CATALOGUE: Final = (USERS_TABLE, TRACKS_TABLE)
+# Each check: the tables it audits, severity, blocking, threshold.
+_RULES: Final = {
+    "primary_key": (CORE_TABLES, "ERROR", True, 0),
+    "timestamps_sane": (_CATALOGUE, "WARN", False, 0),
+    "email_validity": ((USERS_TABLE,), "WARN", False, 0.99),  # the contract promises e-mails
+    # Normal churn (1% of users a day) leaves about 23% of the records seen in 30 days unlisted;
+    # half means the API dropped records.
+    "inactive_share": ((*_CATALOGUE, LISTEN_EVENTS_TABLE), "WARN", False, 0.5),
+    # About 6% is normal on the first day (listens of tracks the API removed before our first
+    # snapshot), shrinking afterwards; well over twice that: catalogue and listening out of step.
+    "orphan_rate": ((LISTEN_EVENTS_TABLE,), "ERROR", False, 0.15),
+    "valid_interactions": ((INTERACTIONS_TABLE,), "ERROR", True, 0),
+}
+# Each check's description, and the wording of its audit's row (and the query's parameters).
+_TEXTS: Final = {
+    "primary_key": (
+        "The primary key constraint exists and no key is duplicated or null (ERROR).",
+        "{note}{duplicate_keys} duplicated and {null_keys} null key(s) in {rows} rows",
+    ),
+    "timestamps_sane": (
+        "Active records updated before created or stamped in the future are counted (WARN).",
+        "{observed} of {active_records} active records have odd timestamps: "
+        "{updated_before_created} updated before created, {future_timestamps} stamped after "
+        "{as_of} (UTC)",
+    ),
+    "email_validity": (
+        "At least 99% of active users have a well-formed e-mail address (WARN).",
+        "{valid} of {active_users} active users have a well-formed e-mail ({observed:.2%}, "
+        "at least {threshold:.0%} expected)",
+    ),
+    "inactive_share": (
+        "At most half of the records seen in the last 30 days are no longer served (WARN).",
+        "{recent_inactive} of the {recent_records} records seen in the {window_days} days up to "
+        "{as_of} are no longer served ({observed:.1%}, at most {threshold:.0%} expected); "
+        "{inactive_records} inactive in all",
+    ),
+    "orphan_rate": (
+        "At most 15% of active listening pairs reference an unknown user or track (ERROR, "
+        "not blocking: interactions leave orphans out).",
+        "{orphan_pairs} of {active_pairs} active pairs are orphans ({observed:.2%}, at most "
+        "{threshold:.0%} allowed): {unknown_user_pairs} with an unknown user, "
+        "{unknown_track_pairs} with an unknown track{note}",
+    ),
+    "valid_interactions": (
+        "Every interaction has a known user and track and a positive weight (ERROR).",
+        "{observed} of {rows} interactions unusable: {unknown_references} with an unknown "
+        "user or track, {bad_weights} with a weight that is not a positive number",
+    ),
+}
 
 
 class CoreCheck(NamedTuple):
-    """One audit of a core table: ``sql/audit_<name>.sql`` returns ``observed``, ``passed`` (given
-    ``:threshold``) and the figures; ``explain`` words that row. Its outcome is the same tuple with
-    ``passed``, ``observed``, ``figures`` (its metadata) and the worded row as ``description``."""
+    """One check: ``sql/audit_<name>.sql`` returns ``observed``, ``passed`` (given ``:threshold``)
+    and the figures, ``explain`` words that row. Its outcome: the same tuple with ``passed``,
+    ``observed``, ``figures`` (its metadata) and the worded row as ``description``."""
 
     name: str
     severity: Severity
@@ -58,85 +98,18 @@ class CoreCheck(NamedTuple):
     threshold: float
     description: str
     explain: str
-    reads: tuple[str, ...] = ()  # the other tables the audit joins
     passed: bool = False
     observed: float | int | None = None
     figures: dict[str, Any] = {}
 
 
-_PRIMARY_KEY = CoreCheck(
-    "primary_key",
-    "ERROR",
-    True,
-    0,
-    "The primary key constraint exists and no key is duplicated or null (ERROR).",
-    "{note}{duplicate_keys} duplicated and {null_keys} null key(s) in {rows} rows",
-)
-_TIMESTAMPS = CoreCheck(
-    "timestamps_sane",
-    "WARN",
-    False,
-    0,
-    "Active records updated before created or stamped in the future are counted (WARN).",
-    "{observed} of {active_records} active records have odd timestamps: {updated_before_created} "
-    "updated before created, {future_timestamps} stamped after {as_of} (UTC)",
-)
-_INACTIVE = CoreCheck(
-    "inactive_share",
-    "WARN",
-    False,
-    MAX_INACTIVE_SHARE,
-    "At most half of the records seen in the last 30 days are no longer served (WARN).",
-    "{recent_inactive} of the {recent_records} records seen in the {window_days} days up to "
-    "{as_of} are no longer served ({observed:.1%}, at most {threshold:.0%} expected); "
-    "{inactive_records} inactive in all",
-)
-_CATALOGUE = (USERS_TABLE, TRACKS_TABLE)
-CORE_CHECKS: Final[dict[str, tuple[CoreCheck, ...]]] = {
-    USERS_TABLE: (
-        _PRIMARY_KEY,
-        _TIMESTAMPS,
-        CoreCheck(
-            "email_validity",
-            "WARN",
-            False,
-            MIN_EMAIL_VALID_RATE,
-            "At least 99% of active users have a well-formed e-mail address (WARN).",
-            "{valid} of {active_users} active users have a well-formed e-mail ({observed:.2%}, "
-            "at least {threshold:.0%} expected)",
-        ),
-        _INACTIVE,
-    ),
-    TRACKS_TABLE: (_PRIMARY_KEY, _TIMESTAMPS, _INACTIVE),
-    LISTEN_EVENTS_TABLE: (
-        _PRIMARY_KEY,
-        CoreCheck(
-            "orphan_rate",
-            "ERROR",
-            False,
-            MAX_ORPHAN_RATE,
-            "At most 15% of active listening pairs reference an unknown user or track (ERROR, "
-            "not blocking: interactions leave orphans out).",
-            "{orphan_pairs} of {active_pairs} active pairs are orphans ({observed:.2%}, at most "
-            "{threshold:.0%} allowed): {unknown_user_pairs} with an unknown user, "
-            "{unknown_track_pairs} with an unknown track{note}",
-            _CATALOGUE,
-        ),
-        _INACTIVE,
-    ),
-    INTERACTIONS_TABLE: (
-        _PRIMARY_KEY,
-        CoreCheck(
-            "valid_interactions",
-            "ERROR",
-            True,
-            0,
-            "Every interaction has a known user and track and a positive weight (ERROR).",
-            "{observed} of {rows} interactions unusable: {unknown_references} with an unknown "
-            "user or track, {bad_weights} with a weight that is not a positive number",
-            _CATALOGUE,
-        ),
-    ),
+CORE_CHECKS: Final = {
+    table: tuple(
+        CoreCheck(name, *rule[1:], *_TEXTS[name])
+        for name, rule in _RULES.items()
+        if table in rule[0]
+    )
+    for table in CORE_TABLES
 }
 # Columns of an audit's row that only its description uses, not figures (metadata) of its check.
 _NOT_FIGURES: Final = ("passed", "observed", "as_of", "note", "valid")
@@ -144,40 +117,37 @@ _NOT_FIGURES: Final = ("passed", "observed", "as_of", "note", "valid")
 
 def run_core_audits(
     engine: sa.Engine, selected: Mapping[str, Sequence[str]]
-) -> list[tuple[str, CoreCheck]]:
+) -> Iterator[tuple[str, CoreCheck]]:
     """Run the selected audits (table -> check names) in one read-only transaction, in order."""
-    results: list[tuple[str, CoreCheck]] = []
     with engine.connect() as conn:
         # One consistent view of all tables: the orphan rate joins three of them.
         conn.execution_options(isolation_level="REPEATABLE READ")
-        logged = core_tables_exist(conn, MERGE_LOG_TABLE)
         for table, names in selected.items():
-            # The interactions are rebuilt, not merged: their state is that of the listening.
+            # Every core table is created at once (ensure_core_schema), merge_log with them.
+            exists = core_tables_exist(conn, table)
+            # The interactions are a view: their state is that of the merged listening.
             merged_as = LISTEN_EVENTS_TABLE if table == INTERACTIONS_TABLE else table
-            newest = newest_merged(conn, merged_as) if logged else None
+            newest = newest_merged(conn, merged_as) if exists else None
             keys = ("id",) if table in _CATALOGUE else ("user_id", "track_id")
             params = {
-                "table": table,
-                "keys": list(keys),
+                "newest": newest,
+                "keys": ", ".join(keys),
                 "storage": f"{CORE_SCHEMA}.{STORAGE_TABLES.get(table, table)}",
                 "pattern": EMAIL_PATTERN,
                 "window_days": INACTIVE_WINDOW_DAYS,
             }
-            by_name = {check.name: check for check in CORE_CHECKS[table]}
-            for check in map(by_name.__getitem__, names):
+            for check in (c for c in CORE_CHECKS[table] if c.name in names):
                 params["threshold"] = check.threshold
                 row: dict[str, Any] = {"passed": False, "observed": None}
                 description = f"table {CORE_SCHEMA}.{table} does not exist: the merge never ran"
-                if core_tables_exist(conn, table, *check.reads):
+                if exists:
                     sql = load_sql(f"audit_{check.name}", table, keys)
                     row = dict(conn.execute(sql, params).mappings().one())
                     description = check.explain.format(**row, **params)
                 figures = {k: v for k, v in row.items() if k not in _NOT_FIGURES}
                 figures["newest_merged_snapshot"] = newest.isoformat() if newest else None
                 judged = {"passed": row["passed"], "observed": row["observed"]}
-                outcome = check._replace(description=description, figures=figures, **judged)
-                results.append((table, outcome))
-    return results
+                yield table, check._replace(description=description, figures=figures, **judged)
 
 
 def build_core_checks(
@@ -199,7 +169,6 @@ def build_core_checks(
     def _core_checks(
         context: dg.AssetCheckExecutionContext, postgres: PostgresResource
     ) -> Iterator[dg.AssetCheckResult]:
-        """Audit the current state of core tables after the run's merge."""
         selected = {
             table: names
             for table in tables

@@ -23,19 +23,18 @@ from dagster import (
     sensor,
 )
 
-from moovitamix_assets.alerts import Alert, AlertNotifier, cut
+from moovitamix_assets.alerts import Alert, AlertNotifier, error_headline
 
 PARTITION_TAG: Final = "dagster/partition"
 _PAGE_SIZE: Final = 200
-
-
 # Running by default, at most every minute: the delay an operator accepts.
 _ALERTING: Final = {"minimum_interval_seconds": 60, "default_status": DefaultSensorStatus.RUNNING}
 
 
 def _short(value: Any, limit: int = 80) -> str:
     value = getattr(value, "value", value)  # a MetadataValue or a plain value
-    return cut(value if isinstance(value, str) else json.dumps(value, default=str), limit)
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def observed_and_expected(metadata: Mapping[str, Any]) -> tuple[str | None, str | None]:
@@ -49,16 +48,9 @@ def observed_and_expected(metadata: Mapping[str, Any]) -> tuple[str | None, str 
 
 
 def run_error_summary(step_failures: Sequence[Any], failure_message: str | None) -> str:
-    """Why a run failed: `step: ErrorClass: message` per failed step, else the run's message."""
-    parts = []
-    for event in step_failures:
-        error = event.step_failure_data.error
-        # Dagster wraps user code errors: the innermost cause says what went wrong.
-        while error is not None and error.cause is not None:
-            error = error.cause
-        if error is not None:
-            lines = (error.message or "").strip().splitlines()
-            parts.append(f"{event.step_key}: {lines[0] if lines else error.cls_name}")
+    """Why a run failed: `step: error` per failed step, else the run's message."""
+    errors = [(event.step_key, event.step_failure_data.error) for event in step_failures]
+    parts = [f"{step}: {error_headline(error)}" for step, error in errors if error]
     return _short("; ".join(parts) or failure_message or "run failed", 600)
 
 
@@ -82,7 +74,7 @@ def asset_check_failure_alert_sensor(
     check_keys = list(context.repository_def.asset_graph.asset_check_keys)
     storage = context.instance.event_log_storage
     if not context.cursor:
-        latest = storage.get_latest_asset_check_execution_by_key(check_keys) if check_keys else {}
+        latest = storage.get_latest_asset_check_execution_by_key(check_keys)
         watermark = max((record.id for record in latest.values()), default=0)
         context.update_cursor(json.dumps({"watermark": watermark, "sent": []}))
         return SkipReason(f"Started at check execution {watermark}.")
@@ -102,18 +94,22 @@ def asset_check_failure_alert_sensor(
     found = context.instance.get_runs(RunsFilter(run_ids=run_ids)) if run_ids else []
     runs = {run.run_id: run for run in found}
 
-    failed = [
-        row
-        for row in sorted(rows, key=lambda r: r.id)
-        if row.status.value == "FAILED"
-        and row.id not in sent
-        and row.evaluation is not None
-        and row.evaluation.severity == AssetCheckSeverity.ERROR
-    ]
-    for row in failed:
+    alerted, open_ids = 0, []
+    for row in sorted(rows, key=lambda r: r.id):
         evaluation, run, key = row.evaluation, runs.get(row.run_id), row.key.asset_key
+        # A row still PLANNED holds the watermark only while its run may still evaluate the
+        # check; a run that is over (or deleted) never will.
+        if row.status.value == "PLANNED" and run is not None and not run.is_finished:
+            open_ids.append(row.id)
+        # A FAILED row always holds its evaluation.
+        if (
+            row.status.value != "FAILED"
+            or row.id in sent
+            or evaluation.severity != AssetCheckSeverity.ERROR
+        ):
+            continue
         asset = key.to_user_string()
-        partition = row.partition or evaluation.partition or (run and run.tags.get(PARTITION_TAG))
+        partition = row.partition or (run and run.tags.get(PARTITION_TAG))
         where = f"{asset} [{partition}]" if partition else asset
         observed, expected = observed_and_expected(evaluation.metadata or {})
         alert_notifier.send(
@@ -133,21 +129,13 @@ def asset_check_failure_alert_sensor(
             context.log,
         )
         sent.add(row.id)
+        alerted += 1
 
-    # A row still PLANNED holds the watermark only while its run may still evaluate the check;
-    # a run that is over (or deleted) never will.
-    open_ids = [
-        row.id
-        for row in rows
-        if row.status.value == "PLANNED"
-        and (run := runs.get(row.run_id)) is not None
-        and not run.is_finished
-    ]
     max_seen = max((row.id for row in rows), default=watermark)
     watermark = max(watermark, min(open_ids) - 1 if open_ids else max_seen)
     sent_above = sorted(i for i in sent if i > watermark)
     context.update_cursor(json.dumps({"watermark": watermark, "sent": sent_above}))
-    return SkipReason(f"{len(failed)} check alert(s) sent; {len(rows)} execution(s) examined.")
+    return SkipReason(f"{alerted} check alert(s) sent; {len(rows)} execution(s) examined.")
 
 
 @run_failure_sensor(description="One alert per failed run of this code location.", **_ALERTING)
@@ -206,9 +194,8 @@ def freshness_failure_alert_sensor(
         if not new_fail or not graph.has(key):  # or another code location's asset
             continue
         last = context.instance.get_latest_materialization_event(key)
-        if last is None:
-            observed = "never materialized"
-        else:
+        observed = "never materialized"
+        if last is not None:
             age = _format_age(change.state_change_timestamp - last.timestamp)
             when = datetime.fromtimestamp(last.timestamp, tz=timezone.utc)
             observed = f"last materialized {age} ago ({when:%Y-%m-%d %H:%M} UTC)"

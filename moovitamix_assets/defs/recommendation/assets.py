@@ -105,18 +105,6 @@ class CandidateModelConfig(EvaluatedScoringConfig):
         "fewer is 'not enough evidence' and the candidate is refused.",
     )
 
-    def als_params(self) -> AlsParams:
-        return AlsParams(**self.model_dump(include=set(AlsParams.__dataclass_fields__)))
-
-    def gate_settings(self) -> GateSettings:
-        return GateSettings(
-            metric=self.gate_metric,
-            min_lift=self.min_lift,
-            confidence=self.confidence,
-            min_hits=self.min_hits,
-            seed=self.random_state,
-        )
-
 
 class EvaluationConfig(EvaluatedScoringConfig):
     """Cut-off and size of the daily evaluation."""
@@ -149,18 +137,23 @@ def metrics_metadata(metrics: dict[str, Metrics], k: int) -> dict[str, Any]:
     return metadata
 
 
-def _day(snapshot: registry.DataSnapshot) -> str:
-    return snapshot.snapshot_date.isoformat() if snapshot.snapshot_date else "none"
+def _day(snapshot: Any) -> str:
+    return snapshot.data_snapshot_date.isoformat() if snapshot.data_snapshot_date else "none"
+
+
+def _begin(
+    context: dg.AssetExecutionContext, postgres: PostgresResource
+) -> tuple[sa.Engine, StepStart, sa.Row]:
+    """The step's engine and start, and the serving model's registry row."""
+    engine, start = postgres.engine(), start_step_figures()
+    return engine, start, registry.serving_entry(engine, at=_now(), run_id=context.run.run_id)
 
 
 def _result(
-    context: dg.AssetExecutionContext,
-    start: StepStart,
-    rows: int,
-    snapshot: registry.DataSnapshot,
-    **metadata: Any,
+    context: dg.AssetExecutionContext, start: StepStart, rows: int, snapshot: Any, **metadata: Any
 ) -> dg.MaterializeResult:
-    """The step's result: its rows, column lineage, ``metadata``, data snapshot and step figures."""
+    """The step's result: its rows, column lineage, ``metadata``, the ``data_*`` figures of
+    ``snapshot`` (a ``DataSnapshot`` or a registry row) and step figures."""
     return dg.MaterializeResult(
         metadata=finish_step_figures(
             context,
@@ -168,9 +161,7 @@ def _result(
                 "dagster/row_count": rows,
                 **columns.lineage_metadata(context, context.asset_key),
                 **metadata,
-                "data_interactions": snapshot.interactions,
-                "data_users": snapshot.users,
-                "data_tracks": snapshot.tracks,
+                **{name: getattr(snapshot, name) for name in registry.DataSnapshot._fields},
                 "data_snapshot_date": _day(snapshot),
             },
             start,
@@ -178,10 +169,10 @@ def _result(
     )
 
 
-def _load(engine: sa.Engine, entry: registry.RegistryEntry) -> ServingModel:
+def _load(engine: sa.Engine, entry: sa.Row) -> ServingModel:
     try:
         return registry.load_model(engine, entry.version)
-    except (ValueError, registry.RegistryError) as exc:
+    except ValueError as exc:
         raise dg.Failure(f"the production model {entry.name} cannot be loaded: {exc}") from exc
 
 
@@ -212,18 +203,12 @@ def evaluation_holdout(
 ) -> dg.Output[pd.DataFrame]:
     """Each user's most recent listen, held out of training so every model is judged honestly."""
     start = start_step_figures()
-    inputs = read_model_inputs(postgres.engine(), with_users_and_tracks=False)
-    split = time_based_split(inputs.interactions, holdout_per_user=config.holdout_per_user)
-    context.log.info(
-        "held out %d of %d interactions (%d users)",
-        len(split.test),
-        len(inputs.interactions),
-        split.n_users_held_out,
-    )
+    interactions, _, _, snapshot = read_model_inputs(postgres.engine(), with_users_and_tracks=False)
+    split = time_based_split(interactions, holdout_per_user=config.holdout_per_user)
     metadata = {
         **split.as_dict(),
-        "data_interactions": inputs.snapshot.interactions,
-        "data_snapshot_date": _day(inputs.snapshot),
+        "data_interactions": snapshot.data_interactions,
+        "data_snapshot_date": _day(snapshot),
         **columns.lineage_metadata(context, keys.EVALUATION_HOLDOUT),
     }
     return dg.Output(
@@ -248,38 +233,37 @@ def candidate_model(
     holdout: pd.DataFrame,
 ) -> dg.MaterializeResult:
     """A newly trained ALS candidate, compared with what serves on the holdout, then registered."""
-    engine = postgres.engine()
-    start = start_step_figures()
-    serving = registry.serving_entry(engine, at=_now(), run_id=context.run.run_id)
-    inputs = read_model_inputs(engine, columns=_TRAINING_COLUMNS)
+    engine, start, serving = _begin(context, postgres)
+    train, users, tracks, snapshot = read_model_inputs(engine, columns=_TRAINING_COLUMNS)
     # Only the training half stays: every interaction never sits in memory beside the model.
-    inputs = inputs._replace(interactions=pipeline.training_half(inputs.interactions, holdout))
-    train = inputs.interactions
-    if len(train) == 0:
+    train = pipeline.training_half(train, holdout)
+    if train.empty:
         context.log.warning("core.user_track_interactions is empty: no candidate trained today")
         rows = registry.table_rows(engine, registry.REGISTRY_TABLE)
-        return _result(
-            context, start, rows, inputs.snapshot, trained=False, serving_model=serving.name
-        )
+        return _result(context, start, rows, snapshot, trained=False, serving_model=serving.name)
     read_s = time.perf_counter() - start.wall
 
-    params = config.als_params()
+    params = AlsParams(**config.model_dump(include=set(AlsParams.__dataclass_fields__)))
     model, metrics = pipeline.train_and_evaluate(
         train,
         holdout,
-        inputs.users,
-        inputs.tracks,
+        users,
+        tracks,
         params,
         config.k,
         lambda: _load(engine, serving),  # after the fit: see train_and_evaluate
         candidate_pool_size=config.candidate_pool,
         evaluation_users=config.evaluation_users,
     )
+    gate = GateSettings(
+        metric=config.gate_metric,
+        min_lift=config.min_lift,
+        confidence=config.confidence,
+        min_hits=config.min_hits,
+        seed=config.random_state,
+    )
     decision = decide_promotion(
-        metrics[pipeline.CANDIDATE],
-        metrics[pipeline.SERVING],
-        serving.name,
-        config.gate_settings(),
+        metrics[pipeline.CANDIDATE], metrics[pipeline.SERVING], serving.name, gate
     )
     # Through a temporary file: the ~250 MB payload at 1M users never sits beside the factors.
     with tempfile.TemporaryFile() as file:
@@ -289,7 +273,7 @@ def candidate_model(
             artifact,
             trained_at=_now(),
             run_id=context.run.run_id,
-            snapshot=inputs.snapshot,
+            **snapshot._asdict(),
             parameters={**params.as_dict(), "k": config.k, "n_train": len(train)},
             metrics={
                 **{name: m.as_dict() for name, m in metrics.items()},
@@ -304,7 +288,7 @@ def candidate_model(
         context,
         start,
         registry.table_rows(engine, registry.REGISTRY_TABLE),
-        inputs.snapshot,
+        snapshot,
         trained=True,
         model_version=version,
         serving_model=serving.name,
@@ -326,28 +310,22 @@ def production_model(
     context: dg.AssetExecutionContext, postgres: PostgresResource
 ) -> dg.MaterializeResult:
     """The model that serves: the run's candidate when its gate passed, else what served before."""
-    start = start_step_figures()
-    engine = postgres.engine()
-    before = registry.serving_entry(engine, at=_now(), run_id=context.run.run_id)
+    engine, start, before = _begin(context, postgres)
     candidate = registry.latest_trained_entry(engine, context.run.run_id)
-    fresh = candidate is not None and candidate.status == registry.STATUS_CANDIDATE
-    promoted = fresh and candidate.gate_passed
-    if promoted:
+    state = candidate.state if candidate else None  # "candidate": not yet promoted, gate passed
+    if promoted := state == registry.STATUS_CANDIDATE:
         registry.promote(engine, candidate.version)
-        context.log.info("%s replaces %s in production", candidate.name, before.name)
-    elif fresh:
+        context.log.info(f"{candidate.name} replaces {before.name} in production")
+    elif state == "refused":
         context.log.warning(
-            "%s keeps serving: %s was refused (%s)",
-            before.name,
-            candidate.name,
-            candidate.gate_reason,
+            f"{before.name} keeps serving: {candidate.name} was refused ({candidate.gate_reason})"
         )
-    serving = registry.serving_entry(engine, at=_now(), run_id=context.run.run_id)
+    serving = registry.production_entry(engine)
     return _result(
         context,
         start,
         registry.table_rows(engine, registry.REGISTRY_TABLE),
-        serving.snapshot,
+        serving,
         model_version=serving.version,
         model_type=serving.model_type,
         promoted=promoted,
@@ -371,18 +349,16 @@ def production_model_evaluation(
     holdout: pd.DataFrame,
 ) -> dg.MaterializeResult:
     """Today's metrics of the serving model with error bars, and its lift over the fallback."""
-    engine = postgres.engine()
-    start = start_step_figures()
-    production = registry.serving_entry(engine, at=_now(), run_id=context.run.run_id)
+    engine, start, production = _begin(context, postgres)
     model = _load(engine, production)
-    inputs = read_model_inputs(engine, columns=_PAIR_COLUMNS)
-    inputs = inputs._replace(interactions=pipeline.training_half(inputs.interactions, holdout))
+    train, users, tracks, snapshot = read_model_inputs(engine, columns=_PAIR_COLUMNS)
+    train = pipeline.training_half(train, holdout)
     metrics = pipeline.evaluate_model(
         model,
-        inputs.interactions,
+        train,
         holdout,
-        inputs.users,
-        inputs.tracks,
+        users,
+        tracks,
         config.k,
         candidate_pool_size=config.candidate_pool,
         evaluation_users=config.evaluation_users,
@@ -390,10 +366,11 @@ def production_model_evaluation(
     summary = pipeline.evaluation_summary(metrics, config.metric, config.confidence)
     registry.record_evaluation(
         engine,
-        production.version,
+        version=production.version,
         evaluated_at=_now(),
         run_id=context.run.run_id,
-        snapshot=inputs.snapshot,
+        data_interactions=snapshot.data_interactions,
+        data_snapshot_date=snapshot.data_snapshot_date,
         metrics={**{name: m.as_dict() for name, m in metrics.items()}, **summary.as_dict()},
     )
     context.log.info("%s on today's holdout: %s", production.name, summary.describe())
@@ -402,7 +379,7 @@ def production_model_evaluation(
         context,
         start,
         registry.table_rows(engine, registry.EVALUATIONS_TABLE),
-        inputs.snapshot,
+        snapshot,
         model_version=production.version,
         model_type=production.model_type,
         **metrics_metadata(metrics, config.k),
@@ -426,48 +403,47 @@ def user_recommendations(
     context: dg.AssetExecutionContext, config: RecommendationsConfig, postgres: PostgresResource
 ) -> dg.MaterializeResult:
     """Top-K unheard tracks per active user from the production model, audited before they serve."""
-    engine = postgres.engine()
-    start = start_step_figures()
-    production = registry.serving_entry(engine, at=_now(), run_id=context.run.run_id)
+    engine, start, production = _begin(context, postgres)
     model = _load(engine, production)
-    inputs = read_model_inputs(engine, columns=_PAIR_COLUMNS)
-    tally = serving.Tally(config.k)
+    interactions, users, tracks, snapshot = read_model_inputs(engine, columns=_PAIR_COLUMNS)
+    tally, now = serving.Tally(config.k), _now()
     batches = pipeline.recommendation_batches(
         model,
         production.version,
-        inputs.users,
-        inputs.tracks,
-        inputs.interactions,
+        users,
+        tracks,
+        interactions,
         config.k,
-        _now(),
+        now,
         candidate_pool_size=config.candidate_pool,
     )
     # Write, audit, publish: today's rows replace yesterday's only if every audit passes.
     # map() keeps no batch alive while the next is computed (a generator's loop variable would).
-    outcomes = serving.stage_and_publish(engine, map(tally.count, batches), config.k)
-    failed = [a for a in outcomes if not a.passed]
-    if failed:
+    offending = serving.stage_and_publish(
+        engine, map(tally.count, batches), config.k, production.version, now
+    )
+    if any(offending.values()):
         raise dg.Failure(
             "today's recommendations failed their audits and were not published (yesterday's "
             "still serve; today's are in ml.user_recommendations_staging): "
-            + "; ".join(a.description for a in failed)
+            + "; ".join(serving.describe(a, n) for a, n in offending.items() if n)
         )
     return _result(
         context,
         start,
         tally.rows,
-        inputs.snapshot,
+        snapshot,
         model_version=production.version,
         model_type=production.model_type,
         k=config.k,
         users=tally.users,
-        active_users=len(inputs.users),
+        active_users=len(users),
         users_short_of_k=tally.users_short_of_k,
         cold_start_users=tally.cold_start_users,
         distinct_tracks=len(tally.tracks),
         rows_by_source=dict(tally.rows_by_source),
         # The audits ran on exactly these rows: the checks report them, not run them again.
-        **{serving.AUDITS_METADATA_KEY: {o.name: o.offending for o in outcomes}},
+        **{serving.AUDITS_METADATA_KEY: offending},
     )
 
 

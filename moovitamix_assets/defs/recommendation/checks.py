@@ -1,8 +1,6 @@
-"""Asset checks of the recommendation layer: one or more on every ``ml/*`` asset.
-
-A refused candidate, an empty holdout or a missing evaluation is news (WARN: what serves keeps
-serving); a leaky holdout, a corrupt model or bad recommendations must not serve (ERROR, blocking).
-"""
+"""Checks of every ``ml/*`` asset. A refused candidate, an empty holdout or a missing evaluation
+is news (WARN: what serves keeps serving); a leaky holdout, a corrupt model or bad
+recommendations must not serve (ERROR, blocking)."""
 
 from typing import Any
 
@@ -54,7 +52,6 @@ def promotion_gate(
                 title=f"Candidate model {entry.name} refused: "
                 f"{figures.get('verdict', 'not promoted')}",
                 asset_key=keys.CANDIDATE_MODEL.to_user_string(),
-                partition=None,
                 observed=str(figures.get("lift_low")),
                 expected=f"lift lower bound > {figures.get('min_lift')}",
                 run_id=context.run.run_id,
@@ -159,7 +156,7 @@ def production_artifact_loads(postgres: PostgresResource) -> dg.AssetCheckResult
         )
     try:
         registry.load_model(engine, entry.version)
-    except (ValueError, registry.RegistryError) as exc:
+    except ValueError as exc:
         problem = f"{entry.name} cannot be loaded: {exc}"
         return dg.AssetCheckResult(passed=False, severity=_ERROR, description=problem)
     return dg.AssetCheckResult(
@@ -175,9 +172,7 @@ def production_artifact_loads(postgres: PostgresResource) -> dg.AssetCheckResult
     description="Today's evaluation of the serving model is on file with its lift over fallback.",
 )
 def evaluation_recorded(postgres: PostgresResource) -> dg.AssetCheckResult:
-    engine = postgres.engine()
-    entry = registry.production_entry(engine)
-    evaluation = registry.latest_evaluation(engine, entry.version) if entry else None
+    evaluation = registry.latest_evaluation(postgres.engine())
     if evaluation is None:
         return dg.AssetCheckResult(
             passed=False,
@@ -190,7 +185,7 @@ def evaluation_recorded(postgres: PostgresResource) -> dg.AssetCheckResult:
         passed="lift" in lift,
         severity=_WARN,
         description=(
-            f"{entry.name} evaluated at {evaluation.evaluated_at:%Y-%m-%d %H:%M} UTC on "
+            f"{evaluation.name} evaluated at {evaluation.evaluated_at:%Y-%m-%d %H:%M} UTC on "
             f"{lift.get('users', 0)} users"
         ),
         metadata={
@@ -223,7 +218,7 @@ def recommendation_audits(
     metadata = event.asset_materialization.metadata if event and event.asset_materialization else {}
     if event and event.run_id == context.run.run_id and serving.AUDITS_METADATA_KEY in metadata:
         k = int(metadata["k"].value)
-        outcomes = serving.outcomes(metadata[serving.AUDITS_METADATA_KEY].value)
+        offending = metadata[serving.AUDITS_METADATA_KEY].value
     else:
         engine = postgres.engine()
         registry.ensure_registry_schema(engine)
@@ -231,17 +226,15 @@ def recommendation_audits(
             # K of the served table: its deepest rank, or the default when empty.
             deepest = conn.execute(sa.text(f"SELECT max(rank) FROM {serving.PUBLISHED}")).scalar()
             k = int(deepest) if deepest else DEFAULT_K
-            outcomes = serving.audit_recommendations(conn, serving.PUBLISHED, k)
-    selected = {key.name for key in context.selected_asset_check_keys}
-    for outcome in outcomes:
-        if outcome.name in selected:
-            yield dg.AssetCheckResult(
-                check_name=outcome.name,
-                passed=outcome.passed,
-                severity=_ERROR,
-                description=outcome.description,
-                metadata={"observed": outcome.offending, "threshold": 0, "k": k},
-            )
+            offending = serving.audit_recommendations(conn, serving.PUBLISHED, k)
+    for key in context.selected_asset_check_keys:
+        yield dg.AssetCheckResult(
+            check_name=key.name,
+            passed=offending[key.name] == 0,
+            severity=_ERROR,
+            description=serving.describe(key.name, offending[key.name]),
+            metadata={"observed": offending[key.name], "threshold": 0, "k": k},
+        )
 
 
 recommendation_checks = [

@@ -1,15 +1,12 @@
-"""Read the model layer's inputs from the core tables: only the needed columns, through COPY.
-
-``COPY (SELECT ...) TO STDOUT`` streams CSV that pandas' C parser reads straight into typed columns
-(a row-by-row fetch of 5M interactions builds millions of tuples); one REPEATABLE READ transaction
-makes the interactions, users, tracks and counts one committed state of ``core``.
-"""
+"""The model layer's inputs: only the needed columns of ``core``, as CSV through ``COPY`` that
+pandas' C parser reads straight into typed columns (a row-by-row fetch of 5M interactions builds
+millions of tuples), in one REPEATABLE READ transaction: one committed state of ``core``."""
 
 from __future__ import annotations
 
 import tempfile
 from collections.abc import Sequence
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 import numpy as np
 import pandas as pd
@@ -34,23 +31,15 @@ _INTERACTION_DTYPES: Final = {
 }
 
 
-class ModelInputs(NamedTuple):
-    """Interactions, active users and active tracks read in one consistent snapshot."""
-
-    interactions: pd.DataFrame
-    users: pd.DataFrame
-    tracks: pd.DataFrame
-    snapshot: DataSnapshot
-
-
 def read_model_inputs(
     engine: sa.Engine,
     *,
     columns: Sequence[str] = INTERACTION_COLUMNS,
     with_users_and_tracks: bool = True,
-) -> ModelInputs:
-    """The interactions (only ``columns``: at 5M rows each is tens of MB) and the active users
-    ``[id, favorite_genres]`` and tracks ``[id, genres]`` of ``core`` (none unless asked)."""
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, DataSnapshot]:
+    """The interactions (only ``columns``: at 5M rows each is tens of MB), the active users
+    ``[id, favorite_genres]`` and tracks ``[id, genres]`` of ``core`` (none unless asked) and
+    their ``DataSnapshot``."""
     with engine.connect().execution_options(
         isolation_level="REPEATABLE READ", postgresql_readonly=True
     ) as conn:
@@ -84,7 +73,7 @@ def read_model_inputs(
             sa.text(f"SELECT max(last_seen) FROM {core_table(INTERACTIONS_TABLE)}")
         ).scalar()
     snapshot = DataSnapshot(len(interactions), len(users), len(tracks), snapshot_date)
-    return ModelInputs(interactions, users, tracks, snapshot)
+    return interactions, users, tracks, snapshot
 
 
 def count_interactions(engine: sa.Engine) -> int | None:

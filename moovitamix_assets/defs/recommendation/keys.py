@@ -14,11 +14,3 @@ USER_RECOMMENDATIONS: Final = dg.AssetKey([ML_SCHEMA, "user_recommendations"])
 
 # Rebuilt every day by the daily job, right after the core layer.
 DAILY_KEYS: Final = (EVALUATION_HOLDOUT, PRODUCTION_MODEL_EVALUATION, USER_RECOMMENDATIONS)
-# Run by the retraining job: a fresh split, a candidate, its gated promotion, and what serves it.
-RETRAINING_KEYS: Final = (
-    EVALUATION_HOLDOUT,
-    CANDIDATE_MODEL,
-    PRODUCTION_MODEL,
-    PRODUCTION_MODEL_EVALUATION,
-    USER_RECOMMENDATIONS,
-)

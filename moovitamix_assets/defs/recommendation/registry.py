@@ -1,21 +1,17 @@
-"""The model registry in PostgreSQL: one row per model, its status and its artifact.
-
-Each artifact is a large object (a ``bytea`` parameter travels as hex built whole in memory, and a
-model reaches ~250 MB at 1M users) written in its row's transaction. Exactly one row is
-``production``; the popularity fallback is registered too, so a rollback can return to it.
-"""
+"""The model registry in PostgreSQL: one row per model (the popularity fallback too, so a
+rollback can return to it), exactly one ``production``, each artifact a large object written in
+its row's transaction (a ``bytea`` parameter travels as hex built whole in memory; a model
+reaches ~250 MB at 1M users)."""
 
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import sqlalchemy as sa
 
@@ -165,53 +161,13 @@ class RegistryError(RuntimeError):
     """A registry operation is impossible: unknown version, failed gate, nothing to roll back."""
 
 
-@dataclass(frozen=True)
-class DataSnapshot:
-    """What a model was trained or evaluated on: counts and the newest core snapshot date."""
+class DataSnapshot(NamedTuple):
+    """What a model was trained or evaluated on, named as the registry's columns."""
 
-    interactions: int
-    users: int
-    tracks: int
-    snapshot_date: date | None
-
-
-@dataclass(frozen=True)
-class RegistryEntry:
-    """One registry row, without the artifact's bytes."""
-
-    version: int
-    status: str
-    model_type: str
-    trained_at: datetime
-    run_id: str | None
-    snapshot: DataSnapshot
-    parameters: dict[str, Any]
-    metrics: dict[str, Any]
-    gate_passed: bool
-    gate_reason: str
-    gate_figures: dict[str, Any] = field(default_factory=dict)
-    promoted_at: datetime | None = None
-    artifact_bytes: int = 0
-
-    @property
-    def is_fallback(self) -> bool:
-        return self.model_type == MODEL_TYPE_FALLBACK
-
-    @property
-    def state(self) -> str:
-        """The status, with a candidate its gate refused shown as ``refused``."""
-        refused = self.status == STATUS_CANDIDATE and not self.gate_passed
-        return "refused" if refused else self.status
-
-    @property
-    def name(self) -> str:
-        """``als v3`` or ``genre_popularity v1``: how the UI and messages name the model."""
-        return f"{self.model_type} v{self.version}"
-
-    def metric(self, model: str, name: str) -> float | None:
-        """A metric of ``model`` (``candidate``, ``popularity``, ...) recorded at training."""
-        value = (self.metrics.get(model) or {}).get(name)
-        return None if value is None else float(value)
+    data_interactions: int
+    data_users: int
+    data_tracks: int
+    data_snapshot_date: date | None
 
 
 def ensure_registry_schema(engine: sa.Engine) -> None:
@@ -229,29 +185,26 @@ def _rows(conn: sa.Connection, table: str, sql: str, params: dict[str, Any]) -> 
     return list(conn.execute(sa.text(sql), params))
 
 
-def list_entries(engine: sa.Engine, where: str = "true", **params: Any) -> list[RegistryEntry]:
-    """Registered models (those matching ``where``), newest first."""
-    sql = f"SELECT * FROM {_REGISTRY} WHERE {where} ORDER BY version DESC"
+def list_entries(engine: sa.Engine, where: str = "true", **params: Any) -> list[sa.Row]:
+    """Registered models (those matching ``where``), newest first: their registry rows, with the
+    ``name`` the UI and messages give them (``als v3``) and their ``state`` (the status, with a
+    candidate its gate refused shown as ``refused``)."""
+    sql = f"""
+        SELECT *, model_type || ' v' || version AS name,
+            CASE WHEN status = 'candidate' AND NOT gate_passed THEN 'refused' ELSE status END
+                AS state
+        FROM {_REGISTRY} WHERE {where} ORDER BY version DESC
+    """
     with engine.connect() as conn:
-        rows = _rows(conn, _REGISTRY, sql, params)
-    fields = RegistryEntry.__dataclass_fields__
-    return [
-        RegistryEntry(
-            **{k: v for k, v in row._mapping.items() if k in fields},
-            snapshot=DataSnapshot(
-                row.data_interactions, row.data_users, row.data_tracks, row.data_snapshot_date
-            ),
-        )
-        for row in rows
-    ]
+        return _rows(conn, _REGISTRY, sql, params)
 
 
-def production_entry(engine: sa.Engine) -> RegistryEntry | None:
+def production_entry(engine: sa.Engine) -> sa.Row | None:
     """The production model's row, or None before anything was registered."""
     return next(iter(list_entries(engine, "status = :s", s=STATUS_PRODUCTION)), None)
 
 
-def latest_trained_entry(engine: sa.Engine, run_id: str | None = None) -> RegistryEntry | None:
+def latest_trained_entry(engine: sa.Engine, run_id: str | None = None) -> sa.Row | None:
     """The newest trained model (promoted or refused): the one run ``run_id`` registered if any."""
     entries = list_entries(engine, "model_type = :t", t=MODEL_TYPE_ALS)
     return next((e for e in entries if run_id and e.run_id == run_id), next(iter(entries), None))
@@ -263,9 +216,7 @@ def load_model(engine: sa.Engine, version: int) -> ServingModel:
         row = conn.execute(
             sa.text(f"SELECT artifact, artifact_sha256 FROM {_REGISTRY} WHERE version = :v"),
             {"v": version},
-        ).first()
-        if row is None:
-            raise RegistryError(f"model version {version} is not in {ML_SCHEMA}.{REGISTRY_TABLE}")
+        ).one()
         # Through a temporary file: memory holds the loaded arrays, never the payload as well.
         with tempfile.TemporaryFile() as file:
             lobject = conn.connection.driver_connection.lobject(int(row.artifact), "rb")
@@ -278,20 +229,24 @@ def load_model(engine: sa.Engine, version: int) -> ServingModel:
 
 def _json(value: Any) -> str:
     """JSON for a jsonb column: PostgreSQL's JSON has no NaN nor infinity, so those are null."""
+    finite = json.loads(json.dumps(value), parse_constant=lambda _: None)
+    return json.dumps(finite, sort_keys=True, allow_nan=False)
 
-    def finite(item: Any) -> Any:
-        if isinstance(item, dict):
-            return {key: finite(v) for key, v in item.items()}
-        return None if isinstance(item, float) and not math.isfinite(item) else item
 
-    return json.dumps(finite(value), sort_keys=True, allow_nan=False)
+_JSONB: Final = ("parameters", "metrics", "gate_figures")
+
+
+def _insert_row(conn: sa.Connection, table: str, row: dict[str, Any]) -> None:
+    """Insert ``row`` (column: value) into ``table``, the ``_JSONB`` columns as jsonb."""
+    values = ", ".join(f"CAST(:{c} AS jsonb)" if c in _JSONB else f":{c}" for c in row)
+    conn.execute(
+        sa.text(f"INSERT INTO {table} ({', '.join(row)}) VALUES ({values})"),
+        {c: _json(v) if c in _JSONB else v for c, v in row.items()},
+    )
 
 
 def _log(conn: sa.Connection, version: int, action: str, detail: str) -> None:
-    conn.execute(
-        sa.text(f"INSERT INTO {_LOG} (version, action, detail) VALUES (:v, :a, :d)"),
-        {"v": version, "a": action, "d": detail},
-    )
+    _insert_row(conn, _LOG, {"version": version, "action": action, "detail": detail})
 
 
 @contextmanager
@@ -303,12 +258,7 @@ def _locked(engine: sa.Engine) -> Iterator[sa.Connection]:
         yield conn
 
 
-_JSONB: Final = ("parameters", "metrics", "gate_figures")
-
-
-def _insert(
-    conn: sa.Connection, artifact: ModelArtifact, snapshot: DataSnapshot, **row: Any
-) -> int:
+def _insert(conn: sa.Connection, artifact: ModelArtifact, **row: Any) -> int:
     """Insert and log one registry row (its columns in ``row``) under the caller's lock; return
     its version. The artifact is written in the row's transaction: a failure leaves no orphan."""
     version = int(
@@ -320,73 +270,54 @@ def _insert(
         shutil.copyfileobj(artifact.file, lobject, CHUNK_BYTES)
     finally:
         lobject.close()
-    row.update(
-        {name: _json(row.get(name, {})) for name in _JSONB},
-        version=version,
-        data_interactions=snapshot.interactions,
-        data_users=snapshot.users,
-        data_tracks=snapshot.tracks,
-        data_snapshot_date=snapshot.snapshot_date,
-        artifact=int(lobject.oid),
-        artifact_sha256=artifact.sha256,
-        artifact_bytes=artifact.size_bytes,
-    )
-    values = ", ".join(f"CAST(:{c} AS jsonb)" if c in _JSONB else f":{c}" for c in row)
-    conn.execute(
-        sa.text(
-            f"INSERT INTO {_REGISTRY} ({', '.join(row)}, promoted_at) VALUES ({values}, "
-            "CASE WHEN :status = 'production' THEN now() END)"
-        ),
-        row,
+    _insert_row(
+        conn,
+        _REGISTRY,
+        {
+            **dict.fromkeys(_JSONB, {}),
+            **row,
+            "version": version,
+            "artifact": int(lobject.oid),
+            "artifact_sha256": artifact.sha256,
+            "artifact_bytes": artifact.size_bytes,
+        },
     )
     _log(conn, version, "registered" if row["gate_passed"] else "refused", row["gate_reason"])
     return version
 
 
-def register_candidate(
-    engine: sa.Engine, artifact: ModelArtifact, *, snapshot: DataSnapshot, **row: Any
-) -> int:
+def register_candidate(engine: sa.Engine, artifact: ModelArtifact, **row: Any) -> int:
     """Register a trained model and return its version; ``row`` holds its other columns
-    (``trained_at``, ``run_id``, ``parameters``, ``metrics``, ``gate_passed``, ``gate_reason``,
-    ``gate_figures``). A candidate its gate refused stays registered, shown as ``refused``."""
+    (``trained_at``, ``run_id``, the ``data_*`` of its ``DataSnapshot``, ``parameters``,
+    ``metrics``, ``gate_*``). A candidate its gate refused stays registered, shown as refused."""
     with _locked(engine) as conn:
-        return _insert(
-            conn, artifact, snapshot, status=STATUS_CANDIDATE, model_type=MODEL_TYPE_ALS, **row
-        )
+        return _insert(conn, artifact, status=STATUS_CANDIDATE, model_type=MODEL_TYPE_ALS, **row)
 
 
-def serving_entry(engine: sa.Engine, *, at: datetime, run_id: str | None = None) -> RegistryEntry:
-    """The production model's row; the fallback is registered (retired beside an older
-    registry's trained production model, for rollbacks), and promoted when nothing serves."""
+def serving_entry(engine: sa.Engine, *, at: datetime, run_id: str | None = None) -> sa.Row:
+    """The production model's row. The fallback is registered (retired beside a trained model
+    that serves, for rollbacks) and serves whenever nothing else does."""
     with _locked(engine) as conn:
-        production, fallback = conn.execute(
-            sa.text(
-                "SELECT max(version) FILTER (WHERE status = 'production'), "
-                f"max(version) FILTER (WHERE model_type = :t) FROM {_REGISTRY}"
-            ),
+        fallback = conn.execute(
+            sa.text(f"SELECT max(version) FROM {_REGISTRY} WHERE model_type = :t"),
             {"t": MODEL_TYPE_FALLBACK},
-        ).one()
+        ).scalar()
         if fallback is None:
             fallback = _insert(
                 conn,
                 serialize_model(FallbackModel()),
-                DataSnapshot(0, 0, 0, None),
-                status=STATUS_RETIRED if production is not None else STATUS_PRODUCTION,
+                **DataSnapshot(0, 0, 0, None)._asdict(),
+                status=STATUS_RETIRED,
                 model_type=MODEL_TYPE_FALLBACK,
                 trained_at=at,
                 run_id=run_id,
                 gate_passed=True,
                 gate_reason=FALLBACK_REASON,
             )
-            if production is None:
-                _log(conn, fallback, "promoted", "nothing served yet")
-        elif production is None:
-            _make_production(
-                conn, fallback, "promoted", "nothing served: the fallback serves again"
-            )
-    entry = production_entry(engine)
-    assert entry is not None, "the transaction above leaves a production row"
-    return entry
+        serving = f"SELECT 1 FROM {_REGISTRY} WHERE status = 'production'"
+        if conn.execute(sa.text(serving)).first() is None:
+            _make_production(conn, fallback, "promoted", "nothing served: the fallback serves")
+    return production_entry(engine)  # type: ignore[return-value]
 
 
 def _make_production(conn: sa.Connection, version: int, action: str, detail: str) -> int | None:
@@ -409,81 +340,54 @@ def _make_production(conn: sa.Connection, version: int, action: str, detail: str
     return previous
 
 
-def _lock_row(conn: sa.Connection, version: int, action: str) -> sa.Row:
-    row = conn.execute(
-        sa.text(f"SELECT * FROM {_REGISTRY} WHERE version = :v FOR UPDATE"), {"v": version}
-    ).first()
-    if row is None:
-        raise RegistryError(f"cannot {action} version {version}: it is not registered")
-    return row
-
-
-def promote(engine: sa.Engine, version: int) -> int | None:
-    """Make the candidate ``version`` serve, retiring the production model; return the latter's
-    version (None when ``version`` already serves). Retired or refused versions are refused."""
+def promote(engine: sa.Engine, version: int, *, rollback: bool = False) -> int | None:
+    """Make ``version`` serve, retiring the production model, and return the latter's version.
+    A promotion takes a candidate its gate passed (None when ``version`` already serves); a
+    ``rollback``, a model that served before or the fallback."""
     with _locked(engine) as conn:
-        row = _lock_row(conn, version, "promote")
-        if row.status == STATUS_PRODUCTION:
-            return None
-        if row.status != STATUS_CANDIDATE:
-            raise RegistryError(
-                f"cannot promote version {version}: it is {row.status}; use a rollback to "
-                "bring a previous production model back"
+        row = conn.execute(
+            sa.text(f"SELECT * FROM {_REGISTRY} WHERE version = :v FOR UPDATE"), {"v": version}
+        ).first()
+        if row is None:
+            refusal = "it is not registered"
+        elif row.status == STATUS_PRODUCTION:
+            if not rollback:
+                return None
+            refusal = "it is already the production model"
+        elif rollback:
+            if row.promoted_at is not None or row.model_type == MODEL_TYPE_FALLBACK:
+                detail = "rolled back from version {previous}"
+                return _make_production(conn, version, "rollback", detail)
+            refusal = f"it was never in production (status {row.status})"
+        elif row.status != STATUS_CANDIDATE:
+            refusal = (
+                f"it is {row.status}; use a rollback to bring a previous production model back"
             )
-        if not row.gate_passed:
-            raise RegistryError(
-                f"cannot promote version {version}: its gate refused it ({row.gate_reason})"
-            )
-        return _make_production(conn, version, "promoted", "replaces version {previous}")
+        elif not row.gate_passed:
+            refusal = f"its gate refused it ({row.gate_reason})"
+        else:
+            return _make_production(conn, version, "promoted", "replaces version {previous}")
+    raise RegistryError(
+        f"cannot {'roll back to' if rollback else 'promote'} version {version}: {refusal}"
+    )
 
 
-def rollback(engine: sa.Engine, to_version: int) -> int | None:
-    """Serve again a model that once served (or the fallback); return the version it replaces."""
-    with _locked(engine) as conn:
-        row = _lock_row(conn, to_version, "roll back to")
-        if row.status == STATUS_PRODUCTION:
-            raise RegistryError(f"version {to_version} is already the production model")
-        if row.promoted_at is None and row.model_type != MODEL_TYPE_FALLBACK:
-            raise RegistryError(
-                f"cannot roll back to version {to_version}: it was never in production "
-                f"(status {row.status})"
-            )
-        return _make_production(conn, to_version, "rollback", "rolled back from version {previous}")
-
-
-def record_evaluation(
-    engine: sa.Engine,
-    version: int,
-    *,
-    evaluated_at: datetime,
-    run_id: str | None,
-    snapshot: DataSnapshot,
-    metrics: dict[str, Any],
-) -> None:
-    """Append one daily evaluation of ``version`` to ``ml.model_evaluations``."""
+def record_evaluation(engine: sa.Engine, **row: Any) -> None:
+    """Append one daily evaluation (``row``: its ``ml.model_evaluations`` columns)."""
     ensure_registry_schema(engine)
     with engine.begin() as conn:
-        conn.execute(
-            sa.text(
-                f"INSERT INTO {_EVALUATIONS} (version, evaluated_at, run_id, data_interactions, "
-                "data_snapshot_date, metrics) VALUES (:v, :at, :run, :n, :day, CAST(:m AS jsonb))"
-            ),
-            dict(
-                v=version,
-                at=evaluated_at,
-                run=run_id,
-                n=snapshot.interactions,
-                day=snapshot.snapshot_date,
-                m=_json(metrics),
-            ),
-        )
+        _insert_row(conn, _EVALUATIONS, row)
 
 
-def latest_evaluation(engine: sa.Engine, version: int) -> sa.Row | None:
-    """The newest ``ml.model_evaluations`` row of ``version``, or None."""
-    sql = f"SELECT * FROM {_EVALUATIONS} WHERE version = :v ORDER BY evaluated_at DESC LIMIT 1"
+def latest_evaluation(engine: sa.Engine) -> sa.Row | None:
+    """The production model's newest ``ml.model_evaluations`` row, with its ``name``, or None."""
+    sql = f"""
+        SELECT e.*, r.model_type || ' v' || r.version AS name
+        FROM {_EVALUATIONS} e JOIN {_REGISTRY} r USING (version)
+        WHERE r.status = 'production' ORDER BY e.evaluated_at DESC LIMIT 1
+    """
     with engine.connect() as conn:
-        return next(iter(_rows(conn, _EVALUATIONS, sql, {"v": version})), None)
+        return next(iter(_rows(conn, _EVALUATIONS, sql, {})), None)
 
 
 def table_rows(engine: sa.Engine, table: str) -> int:

@@ -1,25 +1,22 @@
-"""The retraining sensor: ask for a new candidate when the data grew or the model decayed.
-
-Growth: interactions grew by ``growth_share`` since the last training attempt, promoted or refused
-(any interaction before the first), so a refusal re-arms the trigger from the refused candidate's
-data. Decay: the production model's latest evaluation interval lies under ``min_metric``, else
-under its metric at training less ``max_relative_decay``. Each condition fires once per key
-(``growth:c5``, ``decay:v3``: the run key, kept in the cursor), never while a retraining runs.
-"""
+"""The retraining job, its weekly schedule and its sensor, which asks for a new candidate when
+interactions grew by ``growth_share`` since the last training attempt (promoted or refused: a
+refusal re-arms it) or when the production model's latest evaluation interval lies under
+``min_metric``, else under its metric at training less ``max_relative_decay``. Each condition
+fires once per key (``growth:c5``, ``decay:v3``: the run key, kept in the cursor)."""
 
 import json
 import os
 from collections.abc import Mapping
 from datetime import timezone
-from typing import Annotated, Any, Final, NamedTuple
+from typing import Annotated, Any, Final
 
 import dagster as dg
 import pydantic
 from pydantic import Field
 
+from moovitamix_assets.constants import RECOMMENDATION_GROUP
 from moovitamix_assets.defs.recommendation import registry
 from moovitamix_assets.defs.recommendation.data import count_interactions
-from moovitamix_assets.defs.recommendation.keys import RETRAINING_KEYS
 from moovitamix_assets.warehouse.database import PostgresResource
 
 RETRAINING_JOB_NAME: Final = "model_retraining"
@@ -28,10 +25,10 @@ RETRAINING_JOB_NAME: Final = "model_retraining"
 EXCLUSIVE_TAG: Final = "moovitamix/exclusive"
 DEFAULT_WEEKLY_RETRAINING_CRON: Final = "0 4 * * 1"
 
-# Weekly (schedule) or on demand (the sensor): split, train, gate, promote, serve.
+# Weekly (schedule) or on demand (the sensor), the whole group: split, train, gate, promote, serve.
 retraining_job = dg.define_asset_job(
     name=RETRAINING_JOB_NAME,
-    selection=dg.AssetSelection.assets(*RETRAINING_KEYS),
+    selection=dg.AssetSelection.groups(RECOMMENDATION_GROUP),
     tags={EXCLUSIVE_TAG: RETRAINING_JOB_NAME},
     description=(
         "Train a candidate model and promote it only if it beats what serves beyond the noise; "
@@ -44,24 +41,8 @@ TRIGGER_TAG: Final = "moovitamix/retraining_trigger"
 # Fired keys remembered in the cursor; older ones belong to long-replaced versions.
 _CURSOR_KEYS: Final = 100
 _ACTIVE_STATUSES: Final = [
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus(s) for s in ("QUEUED", "NOT_STARTED", "STARTING", "STARTED")
 ]
-_THRESHOLD_ENV: Final = {
-    "growth_share": "MOOVITAMIX_RETRAIN_GROWTH_SHARE",
-    "max_relative_decay": "MOOVITAMIX_RETRAIN_MAX_DECAY",
-    "min_metric": "MOOVITAMIX_RETRAIN_MIN_METRIC",
-}
-
-
-class Trigger(NamedTuple):
-    """A fired retraining condition: its de-duplication key and why it fired."""
-
-    key: str
-    kind: str
-    reason: str
 
 
 @pydantic.dataclasses.dataclass(frozen=True)
@@ -75,29 +56,33 @@ class RetrainingThresholds:
 
 
 def evaluate_triggers(
-    production: registry.RegistryEntry | None,
-    last_attempt: registry.RegistryEntry | None,
+    production: Any,
+    last_attempt: Any,
     current_interactions: int | None,
     latest_evaluation: Any,
     thresholds: RetrainingThresholds,
-    not_fired: list[str] | None = None,
-) -> list[Trigger]:
-    """The retraining conditions that hold now, growth first (pure: the sensor feeds it what it
-    read, ``latest_evaluation`` a ``model_evaluations`` row); ``not_fired`` receives why the
-    others did not fire (the sensor's skip reason)."""
-    notes = not_fired if not_fired is not None else []
-    fired: list[Trigger] = []
+    not_fired: list[str],
+) -> dict[str, str]:
+    """The retraining conditions that hold now, growth first, by de-duplication key (``growth:c5``)
+    with why they fired (pure: the sensor feeds it the registry and ``model_evaluations`` rows it
+    read); ``not_fired`` receives why the others did not fire (the sensor's skip reason)."""
+    fired: dict[str, str] = {}
 
-    def judge(kind: str, key: str, holds: bool, detail: str) -> None:
+    def judge(key: str, holds: bool, detail: str) -> dict[str, str]:
         if holds:
-            fired.append(Trigger(f"{kind}:{key}", kind, f"fired: {detail}"))
+            fired[key] = f"fired: {detail}"
         else:
-            notes.append(f"{kind} not fired: {detail}")
+            not_fired.append(f"{key.split(':')[0]} not fired: {detail}")
+        return fired
+
+    def not_evaluated(why: str) -> dict[str, str]:
+        not_fired.append(f"decay not evaluated: {why}")
+        return fired
 
     if current_interactions is None:
-        notes.append("core.user_track_interactions does not exist yet")
-        return []
-    before = last_attempt.snapshot.interactions if last_attempt else 0
+        not_fired.append("core.user_track_interactions does not exist yet")
+        return {}
+    before = last_attempt.data_interactions if last_attempt else 0
     if before <= 0:
         grew = current_interactions > 0
         detail = f"no interactions at the last training, {current_interactions} now"
@@ -108,10 +93,9 @@ def evaluate_triggers(
             f"interactions grew {growth:+.1%} ({before} -> {current_interactions}),"
             f" {'>=' if grew else '<'} the {thresholds.growth_share:.0%} threshold"
         )
-    judge("growth", f"c{last_attempt.version}" if last_attempt else "none", grew, detail)
+    judge(f"growth:{f'c{last_attempt.version}' if last_attempt else 'none'}", grew, detail)
     if production is None or latest_evaluation is None:
-        notes.append("decay not evaluated: no daily evaluation of a production model yet")
-        return fired
+        return not_evaluated("no daily evaluation of a production model yet")
     metrics, metric = latest_evaluation.metrics, thresholds.metric
     interval = metrics.get("interval") or {}
     point = (metrics.get("production") or {}).get(metric)
@@ -120,40 +104,32 @@ def evaluate_triggers(
     elif point is not None:  # recorded before intervals: a point is its own bounds
         mean = low = high = float(point)
     else:
-        notes.append(f"decay not evaluated: the evaluation has no {thresholds.metric}")
-        return fired
+        return not_evaluated(f"the evaluation has no {metric}")
     threshold = thresholds.min_metric
     if threshold is None:
-        at_training = production.metric("candidate", thresholds.metric)
+        at_training = (production.metrics.get("candidate") or {}).get(metric)
         if at_training is None:
-            notes.append(f"decay not evaluated: {production.name} has no {thresholds.metric}")
-            return fired
-        threshold = at_training * (1.0 - thresholds.max_relative_decay)
+            return not_evaluated(f"{production.name} has no {metric}")
+        threshold = float(at_training) * (1.0 - thresholds.max_relative_decay)
     # Only when the whole confidence interval is under the threshold: a dip inside the noise
     # is no decay.
     decayed = high < threshold
-    judge(
-        "decay",
-        f"v{production.version}",
+    return judge(
+        f"decay:v{production.version}",
         decayed,
         f"production metric {mean:.4f} [{low:.4f}, {high:.4f}], "
         f"upper bound {'<' if decayed else '>='} threshold {threshold:.4f}",
     )
-    return fired
 
 
-def build_retraining_sensor(
-    thresholds: RetrainingThresholds | None = None,
-    minimum_interval_seconds: int = 15 * 60,
-) -> dg.SensorDefinition:
+def build_retraining_sensor(limits: RetrainingThresholds) -> dg.SensorDefinition:
     """The retraining sensor (running by default) on the ``model_retraining`` job; each
     evaluation runs a ``count(*)`` of the interactions."""
-    limits = thresholds or RetrainingThresholds()
 
     @dg.sensor(
         name=SENSOR_NAME,
         job=retraining_job,
-        minimum_interval_seconds=minimum_interval_seconds,
+        minimum_interval_seconds=15 * 60,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=(
             f"Retrain when interactions grew by {limits.growth_share:.0%} since the last training "
@@ -171,39 +147,35 @@ def build_retraining_sensor(
             run_id = active[0].dagster_run.run_id
             return dg.SkipReason(f"retraining run {run_id} is queued or in progress")
         engine = postgres.engine()
-        production = registry.production_entry(engine)
-        latest = registry.latest_evaluation(engine, production.version) if production else None
         not_fired: list[str] = []
         fired = evaluate_triggers(
-            production,
+            registry.production_entry(engine),
             registry.latest_trained_entry(engine),
             count_interactions(engine),
-            latest,
+            registry.latest_evaluation(engine),
             limits,
             not_fired,
         )
         try:
-            already = [str(k) for k in json.loads(context.cursor or "{}").get("fired", [])]
+            already = list(json.loads(context.cursor or "{}").get("fired", []))
         except (ValueError, AttributeError):
             already = []
-        new = [t for t in fired if t.key not in already]
+        new = {key: reason for key, reason in fired.items() if key not in already}
         if not new:
             if fired:
                 return dg.SkipReason(
                     "already requested for this data and production version: "
-                    + "; ".join(f"{t.key} ({t.reason})" for t in fired)
+                    + "; ".join(f"{key} ({reason})" for key, reason in fired.items())
                 )
             return dg.SkipReason("no retraining condition holds: " + "; ".join(not_fired))
-        for trigger in new:
-            context.log.info("retraining trigger %s: %s", trigger.key, trigger.reason)
         request = dg.RunRequest(
-            run_key="+".join(t.key for t in new),
+            run_key="+".join(new),
             tags={
-                TRIGGER_TAG: ",".join(t.kind for t in new),
-                "moovitamix/retraining_reason": "; ".join(t.reason for t in new)[:4000],
+                TRIGGER_TAG: ",".join(key.split(":")[0] for key in new),
+                "moovitamix/retraining_reason": "; ".join(new.values())[:4000],
             },
         )
-        cursor = json.dumps({"fired": [*already, *(t.key for t in new)][-_CURSOR_KEYS:]})
+        cursor = json.dumps({"fired": [*already, *new][-_CURSOR_KEYS:]})
         return dg.SensorResult(run_requests=[request], cursor=cursor)
 
     return retraining_sensor
@@ -212,8 +184,12 @@ def build_retraining_sensor(
 def thresholds_from_env(environ: Mapping[str, str] | None = None) -> RetrainingThresholds:
     """Thresholds from ``MOOVITAMIX_RETRAIN_*`` variables (ValueError when malformed)."""
     env = os.environ if environ is None else environ
-    values = {name: env.get(variable) for name, variable in _THRESHOLD_ENV.items()}
-    return RetrainingThresholds(**{name: float(v) for name, v in values.items() if v})
+    variables = {
+        "growth_share": "MOOVITAMIX_RETRAIN_GROWTH_SHARE",
+        "max_relative_decay": "MOOVITAMIX_RETRAIN_MAX_DECAY",
+        "min_metric": "MOOVITAMIX_RETRAIN_MIN_METRIC",
+    }
+    return RetrainingThresholds(**{n: float(env[v]) for n, v in variables.items() if env.get(v)})
 
 
 def build_weekly_retraining_schedule(

@@ -7,8 +7,9 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import Final, NamedTuple
+from typing import Final
 
 import numpy as np
 import pandas as pd
@@ -48,28 +49,14 @@ _AUDIT_SQL: Final = (Path(__file__).parent / "sql" / "audit_recommendations.sql"
 AUDITS_METADATA_KEY: Final = "audit_offending"
 
 
-class AuditOutcome(NamedTuple):
-    """An audit's result: how many rows or users offend (0 passes)."""
-
-    name: str
-    offending: int
-
-    @property
-    def passed(self) -> bool:
-        return self.offending == 0
-
-    @property
-    def description(self) -> str:
-        return f"{self.name}: {self.offending or 'no'} {AUDITS[self.name]}"
+def describe(audit: str, offending: int) -> str:
+    """An audit's outcome as its check and the failure message say it."""
+    return f"{audit}: {offending or 'no'} {AUDITS[audit]}"
 
 
-def outcomes(offending: dict[str, int]) -> list[AuditOutcome]:
-    """The outcomes of every audit from their offending counts."""
-    return [AuditOutcome(name, int(offending[name])) for name in AUDITS]
-
-
-def audit_recommendations(conn: sa.Connection, table: str, k: int) -> list[AuditOutcome]:
-    """Run every audit on ``table`` (a quoted ``ml`` table name of this module), in one query."""
+def audit_recommendations(conn: sa.Connection, table: str, k: int) -> dict[str, int]:
+    """Each audit's offending rows or users (0 passes) on ``table`` (a quoted ``ml`` table name
+    of this module), in one query."""
     # The names are this module's and core's constants, never user input.
     query = _AUDIT_SQL.format(
         table=table,
@@ -77,7 +64,8 @@ def audit_recommendations(conn: sa.Connection, table: str, k: int) -> list[Audit
         tracks=core_table(TRACKS_TABLE),
         interactions=core_table(INTERACTIONS_TABLE),
     )
-    return outcomes(dict(conn.execute(sa.text(query), {"k": k}).mappings().one()))
+    row = conn.execute(sa.text(query), {"k": k}).mappings().one()
+    return {name: int(row[name]) for name in AUDITS}
 
 
 @dataclass
@@ -108,52 +96,44 @@ class Tally:
 # Columns with one value for the whole run (the model's version, the run's time): they become the
 # staging table's defaults instead of being formatted into the CSV of 10M rows at 1M users, where
 # a timestamp took twice as long to format as the rest of its row.
-_CONSTANT_COLUMNS: Final = ("model_version", "generated_at")
-_VARYING_COLUMNS: Final = tuple(
-    c for c in RECOMMENDATION_TABLE_COLUMNS if c not in _CONSTANT_COLUMNS
-)
+_VARYING: Final = [
+    c for c in RECOMMENDATION_TABLE_COLUMNS if c not in ("model_version", "generated_at")
+]
 
 
 def stage_and_publish(
-    engine: sa.Engine, batches: Iterable[pd.DataFrame], k: int
-) -> list[AuditOutcome]:
-    """Stage ``batches``, audit them and publish them if every audit passes; every outcome.
-
-    One transaction under an advisory lock: concurrent runs serialise, and the published view
-    changes all at once or not at all.
-    """
+    engine: sa.Engine, batches: Iterable[pd.DataFrame], k: int, version: int, at: datetime
+) -> dict[str, int]:
+    """Stage ``batches``, audit them, publish them if every audit passes; each audit's offending
+    count. One transaction under an advisory lock: concurrent runs serialise, and the published
+    view changes all at once or not at all."""
     registry.ensure_registry_schema(engine)
     with engine.begin() as conn:
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": PUBLISHED})
-        stage(conn, batches)
-        outcomes = audit_recommendations(conn, STAGING, k)
-        if all(o.passed for o in outcomes):
+        stage(conn, batches, version, at)
+        offending = audit_recommendations(conn, STAGING, k)
+        if not any(offending.values()):
             publish_staging(conn)
-    return outcomes
+    return offending
 
 
-def stage(conn: sa.Connection, batches: Iterable[pd.DataFrame]) -> None:
-    """Replace the staging table's rows with ``batches``, each COPY'd as it comes."""
-    # No key on the staging table yet: duplicates must reach the audit, not abort COPY.
-    conn.execute(sa.text(f"DROP TABLE IF EXISTS {STAGING}"))
-    conn.execute(sa.text(f"CREATE TABLE {STAGING} (LIKE {_SERVED})"))
+def stage(conn: sa.Connection, batches: Iterable[pd.DataFrame], version: int, at: datetime) -> None:
+    """Replace the staging table's rows with ``batches`` (of model ``version``, generated ``at``),
+    each COPY'd as it comes."""
+    # No key on the staging table yet: duplicates must reach the audit, not abort COPY. DDL
+    # takes no server-side parameters: psycopg2 quotes the values as literals.
     cursor = conn.connection.driver_connection.cursor()
-    copy = f"COPY {STAGING} ({', '.join(_VARYING_COLUMNS)}) FROM STDIN WITH (FORMAT csv)"
-    defaults_set = False
+    cursor.execute(
+        f"DROP TABLE IF EXISTS {STAGING}; CREATE TABLE {STAGING} (LIKE {_SERVED}); "
+        f"ALTER TABLE {STAGING} ALTER COLUMN model_version SET DEFAULT %s, "
+        "ALTER COLUMN generated_at SET DEFAULT %s",
+        (version, at),
+    )
+    copy = f"COPY {STAGING} ({', '.join(_VARYING)}) FROM STDIN WITH (FORMAT csv)"
     for recs in batches:
-        if not len(recs):
-            continue
-        if not defaults_set:  # one version and one time per run (pipeline.recommendation_batches)
-            # DDL takes no server-side parameters: psycopg2 quotes the values as literals.
-            cursor.execute(
-                f"ALTER TABLE {STAGING} ALTER COLUMN model_version SET DEFAULT %s, "
-                "ALTER COLUMN generated_at SET DEFAULT %s",
-                (int(recs["model_version"].iloc[0]), recs["generated_at"].iloc[0].to_pydatetime()),
-            )
-            defaults_set = True
         # pyarrow renders the CSV in C++: pandas' to_csv took 17 s of 10M rows at 1M users, this
         # 3 s. A slice at a time, so memory holds one slice's text, not the batch's.
-        table = pa.Table.from_pandas(recs[list(_VARYING_COLUMNS)], preserve_index=False)
+        table = pa.Table.from_pandas(recs[_VARYING], preserve_index=False)
         for start in range(0, len(table), _COPY_ROWS):
             buffer = pa.BufferOutputStream()
             pa_csv.write_csv(
@@ -164,11 +144,9 @@ def stage(conn: sa.Connection, batches: Iterable[pd.DataFrame]) -> None:
 
 
 def publish_staging(conn: sa.Connection) -> None:
-    """Serve the staged rows: they become the served table, in the caller's transaction.
-
-    The view ``ml.user_recommendations`` is pointed at them, so its grants and whatever reads it
-    carry over; readers see yesterday's rows until the commit, then today's, never a mix.
-    """
+    """Serve the staged rows in the caller's transaction: the view ``ml.user_recommendations``
+    (its grants, whatever reads it) is pointed at them; readers see yesterday's rows until the
+    commit, then today's, never a mix."""
     # One sorted build of the key over rows already audited for duplicates, before the swap; the
     # staging run's defaults are no business of the served table. The swap waits for the
     # transactions still reading yesterday's rows, and serving reads queue behind it: a reader

@@ -122,24 +122,23 @@ def test_on_taste_structured_standin_data_the_candidate_beats_the_fallback_and_s
     ), (figures, gate.description)
     # The fallback was registered first (it served until now); the candidate replaced it.
     fallback = registry.list_entries(engine)[-1]
-    assert fallback is not None and fallback.is_fallback and fallback.status == "retired"
+    assert (fallback.name, fallback.status) == ("genre_popularity v1", "retired")
     production = registry.production_entry(engine)
     assert production is not None and production.version == 2
     assert production.model_type == "als"
-    candidate = production.metric("candidate", "precision_at_k")
-    served_before = production.metric("serving", "precision_at_k")
-    assert candidate is not None and served_before is not None and candidate > served_before
+    candidate = production.metrics["candidate"]["precision_at_k"]
+    assert candidate > production.metrics["serving"]["precision_at_k"]
     assert production.metrics["serving_version"] == 1
-    assert production.snapshot.interactions == int(
+    assert production.data_interactions == int(
         frame(engine, "SELECT count(*) AS n FROM core.user_track_interactions")["n"][0]
     )
-    assert str(production.snapshot.snapshot_date) == "2026-11-20"
+    assert str(production.data_snapshot_date) == "2026-11-20"
 
     recs = assert_recommendations_serve_everyone(engine, version=2)
     cold = recs[recs["user_id"].isin(COLD_START_USERS)]
     assert len(cold) == K * len(COLD_START_USERS) and set(cold["source"]) == {"cold_start"}
     assert (recs["source"] == "als").sum() > 0.9 * len(recs)
-    evaluation_row = registry.latest_evaluation(engine, 2)
+    evaluation_row = registry.latest_evaluation(engine)
     assert evaluation_row is not None
     assert evaluation_row.metrics["interval"]["low"] <= evaluation_row.metrics["interval"]["high"]
     assert evaluation_row.metrics["lift_over_fallback"]["lift"] > 0
@@ -208,10 +207,9 @@ def test_recommendations_are_replaced_atomically_and_bad_ones_never_publish(
     bad = after.copy()
     bad.loc[0, "track_id"] = after.loc[1, "track_id"]
     bad.loc[bad.index[-1], ["user_id", "track_id"]] = [listened["user_id"], listened["track_id"]]
-    outcomes = {o.name: o for o in serving.stage_and_publish(engine, [bad], K)}
-    assert not outcomes["no_duplicates"].passed
-    assert not outcomes["none_already_listened"].passed
-    assert outcomes["only_active_tracks"].passed
+    offending = serving.stage_and_publish(engine, [bad], K, version, bad["generated_at"][0])
+    assert offending["no_duplicates"] and offending["none_already_listened"]
+    assert offending["only_active_tracks"] == 0
     kept = assert_recommendations_serve_everyone(engine, version=version)
     assert kept["generated_at"].iloc[0] == after["generated_at"].iloc[0]
     staged = frame(engine, f"SELECT count(*) AS n FROM {serving.STAGING}")["n"][0]
@@ -250,7 +248,7 @@ def test_after_a_taste_structured_model_a_candidate_inside_the_noise_is_refused_
     assert refused is not None and refused.state == "refused"
     assert refused.gate_reason == gate.description
     assert refused.metrics["serving_version"] == production.version
-    assert refused.snapshot.interactions == len(noise.interactions)
+    assert refused.data_interactions == len(noise.interactions)
     # What serves still served today's users.
     assert_recommendations_serve_everyone(engine, version=production.version)
 
@@ -267,11 +265,11 @@ def test_on_structureless_data_the_fallback_serves_from_the_first_run(
     assert_every_check_but_the_gate_passed(result)
     assert not gate_evaluation(result).passed
     production = registry.production_entry(engine)
-    assert production is not None and production.is_fallback and production.version == 1
+    assert production is not None and production.name == "genre_popularity v1"
     assert registry.list_entries(engine)[0].state == "refused"
     recs = assert_recommendations_serve_everyone(engine, version=1)
     assert set(recs["source"]) == {"genre_popularity"}
-    evaluation_row = registry.latest_evaluation(engine, 1)
+    evaluation_row = registry.latest_evaluation(engine)
     assert evaluation_row is not None and evaluation_row.metrics["lift_over_fallback"]["lift"] == 0
 
 
@@ -289,7 +287,7 @@ def test_serving_works_before_any_training(postgres_resource: PostgresResource) 
     )
     assert result.success
     assert_recommendations_serve_everyone(engine, version=1)
-    assert registry.production_entry(engine).is_fallback
+    assert registry.production_entry(engine).model_type == "genre_popularity"
 
 
 def test_the_recommendation_checks_run_alone_audit_the_served_table(

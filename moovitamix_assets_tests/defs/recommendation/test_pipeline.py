@@ -40,20 +40,6 @@ def test_training_half_drops_exactly_the_held_out_pairs() -> None:
     assert pipeline.training_half(everything, holdout.iloc[0:0]) is everything
 
 
-def test_restricted_model_never_scores_removed_tracks() -> None:
-    model = AlsModel(
-        params=AlsParams(factors=1),
-        user_ids=np.array([1], dtype=np.int64),
-        item_ids=np.array([10, 11, 12], dtype=np.int64),
-        user_factors=np.ones((1, 1), dtype=np.float32),
-        item_factors=np.array([[3.0], [2.0], [1.0]], dtype=np.float32),
-    )
-    restricted = pipeline.restrict_to_catalogue(model, np.array([11, 12]))
-    assert restricted.item_ids.tolist() == [11, 12]
-    assert restricted.item_factors[:, 0].tolist() == [2.0, 1.0]
-    assert pipeline.restrict_to_catalogue(model, np.array([10, 11, 12])) is model
-
-
 def test_the_fallback_gives_every_user_k_genre_recommendations() -> None:
     users = pd.DataFrame({"id": [1, 2, 3], "favorite_genres": ["Rock", "Jazz", None]})
     tracks = pd.DataFrame({"id": [10, 11, 12, 13], "genres": ["Rock", "Jazz", "Rock", "Jazz"]})
@@ -100,7 +86,7 @@ def test_candidate_pool_keeps_the_most_listened_tracks() -> None:
     popularity = fit_popularity(listens)
     pooled = pipeline.candidate_pool(model, popularity, size=2)
     assert pooled.item_ids.tolist() == [11, 12]
-    assert pooled.recommend(np.array([1]), None, 1)["track_id"].tolist() == [11]
+    assert pooled.recommend(np.array([1]), listens.iloc[0:0], 1)["track_id"].tolist() == [11]
     assert pipeline.candidate_pool(model, popularity, size=3) is model
 
 

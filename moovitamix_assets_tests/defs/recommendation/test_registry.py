@@ -35,7 +35,7 @@ def register(
         serialize_model(tiny_model(interactions)),
         trained_at=datetime(2026, 11, 20, 4, tzinfo=timezone.utc),
         run_id=None,
-        snapshot=registry.DataSnapshot(interactions, 3, 2, None),
+        **registry.DataSnapshot(interactions, 3, 2, None)._asdict(),
         parameters=AlsParams().as_dict(),
         metrics={
             "candidate": {"precision_at_k": precision},
@@ -53,7 +53,7 @@ def engine(postgres_resource: PostgresResource) -> sa.Engine:
     return postgres_resource.engine()
 
 
-def entry(engine: sa.Engine, version: int) -> registry.RegistryEntry:
+def entry(engine: sa.Engine, version: int) -> sa.Row:
     return {e.version: e for e in registry.list_entries(engine)}[version]
 
 
@@ -80,7 +80,7 @@ def test_promotion_retires_the_previous_production_model(engine: sa.Engine) -> N
     # Promoting the production model again is a no-op.
     assert registry.promote(engine, second) is None
     production = registry.production_entry(engine)
-    assert production is not None and production.snapshot.interactions == 2_000
+    assert production is not None and production.data_interactions == 2_000
     assert [action for _, action, _ in log(engine)] == [
         "registered",
         "promoted",
@@ -196,7 +196,7 @@ def test_the_fallback_is_a_registered_model_that_serves_until_a_model_beats_it(
 
     # The fallback never "served" through a promotion of its own, yet it is a rollback target.
     assert registry_cli.main(["--database-url", pg_url, "rollback", "--to-version", "1"]) == 0
-    assert registry.serving_entry(engine, at=NOW).is_fallback
+    assert registry.serving_entry(engine, at=NOW).model_type == "genre_popularity"
     capsys.readouterr()
     assert registry_cli.main(["--database-url", pg_url, "list"]) == 0
     listing = capsys.readouterr().out
@@ -210,8 +210,8 @@ def test_an_older_registry_gets_its_fallback_beside_the_serving_model(engine: sa
     serving = registry.serving_entry(engine, at=NOW)
     assert serving.version == trained
     fallback = entry(engine, 2)
-    assert fallback is not None and fallback.is_fallback and fallback.status == "retired"
-    assert registry.rollback(engine, 2) == trained
+    assert (fallback.model_type, fallback.status) == ("genre_popularity", "retired")
+    assert registry.promote(engine, 2, rollback=True) == trained
 
 
 def test_refused_candidates_are_listed_as_refused(engine: sa.Engine) -> None:
@@ -220,7 +220,7 @@ def test_refused_candidates_are_listed_as_refused(engine: sa.Engine) -> None:
     refused_entry = entry(engine, refused)
     assert refused_entry.state == "refused" and refused_entry.status == "candidate"
     assert registry.latest_trained_entry(engine).version == refused
-    assert registry.production_entry(engine).is_fallback
+    assert registry.production_entry(engine).name == "genre_popularity v1"
 
 
 def test_a_registry_from_before_the_fallback_gets_its_model_type_column(engine: sa.Engine) -> None:

@@ -67,7 +67,7 @@ def add_model(engine: sa.Engine, interactions: int, *, promote: bool = True) -> 
         serialize_model(model),
         trained_at=datetime(2026, 11, 16, 4, tzinfo=timezone.utc),
         run_id=None,
-        snapshot=registry.DataSnapshot(interactions, 1, 1, None),
+        **registry.DataSnapshot(interactions, 1, 1, None)._asdict(),
         parameters={},
         metrics={"candidate": {"precision_at_k": AT_TRAINING}, "serving_version": None},
         gate_passed=promote,
@@ -82,10 +82,9 @@ def add_model(engine: sa.Engine, interactions: int, *, promote: bool = True) -> 
 def daily_evaluation(engine: sa.Engine, version: int, mean: float, low: float, high: float) -> None:
     registry.record_evaluation(
         engine,
-        version,
+        version=version,
         evaluated_at=datetime.now(timezone.utc),
-        run_id=None,
-        snapshot=registry.DataSnapshot(1_000, 1, 1, None),
+        data_interactions=1_000,
         metrics={
             "production": {"precision_at_k": mean},
             "interval": {"metric": "precision_at_k", "mean": mean, "low": low, "high": high},
@@ -199,41 +198,35 @@ def test_the_instance_runs_one_retraining_at_a_time(source: str) -> None:
 
 
 def test_trigger_rules_on_plain_values() -> None:
-    production = registry.RegistryEntry(
+    production = SimpleNamespace(
         version=3,
-        status="production",
-        model_type="als",
-        trained_at=datetime(2026, 11, 16, tzinfo=timezone.utc),
-        run_id=None,
-        snapshot=registry.DataSnapshot(1_000, 1, 1, None),
-        parameters={},
+        name="als v3",
+        data_interactions=1_000,
         metrics={"candidate": {"precision_at_k": 0.05}},
-        gate_passed=True,
-        gate_reason="",
     )
     decayed = SimpleNamespace(
         metrics={
             "interval": {"metric": "precision_at_k", "mean": 0.01, "low": 0.005, "high": 0.015}
         }
     )
-    both = evaluate_triggers(production, production, 1_300, decayed, THRESHOLDS)
-    assert [t.key for t in both] == ["growth:c3", "decay:v3"]
-    assert "+30.0%" in both[0].reason and both[0].reason.startswith("fired")
-    assert "upper bound < threshold 0.0375" in both[1].reason
-    assert evaluate_triggers(production, production, None, decayed, THRESHOLDS) == []
+    both = evaluate_triggers(production, production, 1_300, decayed, THRESHOLDS, [])
+    assert list(both) == ["growth:c3", "decay:v3"]
+    assert "+30.0%" in both["growth:c3"] and both["growth:c3"].startswith("fired")
+    assert "upper bound < threshold 0.0375" in both["decay:v3"]
+    assert evaluate_triggers(production, production, None, decayed, THRESHOLDS, []) == {}
     absolute = RetrainingThresholds(growth_share=0.5, min_metric=0.005)
     not_fired: list[str] = []
-    assert evaluate_triggers(production, production, 1_300, decayed, absolute, not_fired) == []
+    assert evaluate_triggers(production, production, 1_300, decayed, absolute, not_fired) == {}
     assert not_fired[0].startswith("growth not fired: interactions grew +30.0%")
     # The point is under the threshold but the interval reaches it: a dip inside the noise.
     assert "upper bound >= threshold 0.0050" in not_fired[1]
     # A point without an interval (an evaluation recorded before intervals) is its own bounds.
     point = SimpleNamespace(metrics={"production": {"precision_at_k": 0.01}})
-    assert [t.key for t in evaluate_triggers(production, None, 10, point, THRESHOLDS)] == [
+    assert list(evaluate_triggers(production, None, 10, point, THRESHOLDS, [])) == [
         "growth:none",
         "decay:v3",
     ]
-    assert evaluate_triggers(None, None, 0, None, THRESHOLDS) == []
+    assert evaluate_triggers(None, None, 0, None, THRESHOLDS, []) == {}
     assert Interval(0.01, 0.01, 0.01, 0.0).high == 0.01
     with pytest.raises(ValueError, match="growth_share"):
         RetrainingThresholds(growth_share=0)
@@ -273,7 +266,13 @@ def test_automation_is_wired_and_running_by_default() -> None:
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     assert sensor.job_name == retraining_job.name
     retraining = defs.resolve_job_def(retraining_job.name)
-    assert set(retraining.asset_layer.executable_asset_keys) == set(keys.RETRAINING_KEYS)
+    assert set(retraining.asset_layer.executable_asset_keys) == {
+        keys.EVALUATION_HOLDOUT,
+        keys.CANDIDATE_MODEL,
+        keys.PRODUCTION_MODEL,
+        keys.PRODUCTION_MODEL_EVALUATION,
+        keys.USER_RECOMMENDATIONS,
+    }
     assert dg.AssetCheckKey(keys.CANDIDATE_MODEL, "promotion_gate") in (
         retraining.asset_layer.asset_graph.asset_check_keys
     )

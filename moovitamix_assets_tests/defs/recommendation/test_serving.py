@@ -69,19 +69,14 @@ def test_the_count_audit_allows_fewer_than_k_only_to_who_heard_the_rest(engine: 
     }
     rows = [(u, t, r) for u, ts in lists.items() for r, t in enumerate(ts, start=1)]
     recs = pd.DataFrame(rows, columns=["user_id", "track_id", "rank"]).assign(
-        score=0.5,
-        source="als",
-        model_version=1,
-        generated_at=datetime(2026, 1, 1, tzinfo=timezone.utc),
+        score=0.5, source="als"
     )
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE core.users SET is_active = false WHERE id = 7"))
     registry.ensure_registry_schema(engine)
     with engine.connect() as conn, conn.begin():
-        serving.stage(conn, [recs])
-        offending = {
-            o.name: o.offending for o in serving.audit_recommendations(conn, serving.STAGING, 3)
-        }
+        serving.stage(conn, [recs], 1, datetime(2026, 1, 1, tzinfo=timezone.utc))
+        offending = serving.audit_recommendations(conn, serving.STAGING, 3)
     assert offending == {
         "exactly_k_per_active_user": 4,  # users 2, 4, 5 and 7
         "none_already_listened": 0,

@@ -1,10 +1,10 @@
--- Records seen in the :window_days days up to the newest merged snapshot (as_of) that it no
--- longer lists. Only the window counts: the table keeps every record ever seen, so the all-time
--- share grows with normal churn and says nothing about today. {table} is core.<:table>.
-SELECT c.*, coalesce(m.as_of::text, 'now') AS as_of, r.observed,
+-- Records seen in the :window_days days up to the newest merged snapshot :newest that it no longer
+-- lists. Only the window counts: the table keeps every record ever seen, so the all-time share
+-- grows with normal churn and says nothing about today.
+SELECT c.*, coalesce(CAST(:newest AS date)::text, 'now') AS as_of, r.observed,
        r.observed <= :threshold AS passed
-FROM (SELECT max(snapshot_date) AS as_of FROM core.merge_log WHERE table_name = :table) m,
-     LATERAL (SELECT coalesce(m.as_of - CAST(:window_days AS integer), '-infinity') AS since) w,
+FROM (SELECT coalesce(CAST(:newest AS date) - CAST(:window_days AS integer), '-infinity')
+                  AS since) w,
      LATERAL (SELECT count(*) FILTER (WHERE last_seen > w.since) AS recent_records,
                      count(*) FILTER (WHERE last_seen > w.since AND NOT is_active)
                          AS recent_inactive,

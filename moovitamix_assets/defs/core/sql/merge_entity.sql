@@ -1,10 +1,20 @@
--- Merge entity_stage (one record per id of the snapshot of :day, from stage_<table>.sql) into
--- {table}, value columns {columns}; :is_newest: no newer snapshot was merged, so this one decides
--- is_active. The rules (docs/data-model.md): values come from the snapshot at last_seen,
--- first_seen and last_seen only widen, and an unchanged row is not written (re-merges are no-ops).
+-- Merge the raw snapshot of :day into {table}; :is_newest: no newer snapshot was merged, so this
+-- one decides is_active. The rules (docs/data-model.md): values come from the snapshot at
+-- last_seen, first_seen and last_seen only widen, an unchanged row is not written.
 
+-- One record per id: the latest updated_at wins, then created_at, then the values (the raw rows'
+-- order never decides).
+CREATE TEMP TABLE entity_stage ON COMMIT DROP AS
+SELECT DISTINCT ON (id) id, {staged}
+FROM {raw}
+WHERE snapshot_date = :day AND id IS NOT NULL
+ORDER BY id, updated_at DESC NULLS LAST, created_at DESC NULLS LAST, {columns};
+ANALYZE entity_stage (id);
+
+-- The snapshot's odd records (loaded as served: the checks judge them) and what the merge does.
 CREATE TEMP TABLE entity_changes ON COMMIT DROP AS
-SELECT count(*) AS snapshot_ids,
+SELECT (SELECT count(*) FROM {raw} WHERE snapshot_date = :day) AS raw_rows, {odd_records}
+       count(*) AS snapshot_ids,
        count(*) FILTER (WHERE s.updated_at < s.created_at) AS timestamps_out_of_order,
        count(*) FILTER (WHERE s.updated_at > (CAST(:day AS date) + 1)::timestamptz)
            AS future_timestamps,
@@ -41,7 +51,7 @@ WITH gone AS (
 )
 UPDATE entity_changes SET inactivated = (SELECT count(*) FROM gone);
 
-SELECT c.*, x.*, c.raw_rows - x.snapshot_ids AS duplicates_resolved, t.rows_total, t.active_rows
-FROM entity_counts c, entity_changes x,
+SELECT x.*, x.raw_rows - x.snapshot_ids AS duplicates_resolved, t.*
+FROM entity_changes x,
      (SELECT count(*) AS rows_total, count(*) FILTER (WHERE is_active) AS active_rows
       FROM {table}) t

@@ -1,6 +1,6 @@
 -- Normalize the raw listen_history of :day into core.listen_pairs (the core.listen_events view's
--- rows), one row per (user, track), with the rules of merge_entity.sql. :newest is the newest
--- snapshot merged before (NULL at first): an active pair's last_seen.
+-- rows), one row per (user, track), by the rules of merge_entity.sql. :newest: the newest snapshot
+-- merged before (NULL at first), an active pair's last_seen.
 
 -- One history per user: the latest updated_at wins, then the longer list (the API's lists only
 -- grow), then the list itself, so the winner never depends on the raw rows' order.
@@ -11,9 +11,9 @@ WHERE snapshot_date = :day AND user_id IS NOT NULL
 ORDER BY user_id, updated_at DESC NULLS LAST, created_at DESC NULLS LAST,
          cardinality(items) DESC NULLS LAST, items DESC NULLS LAST;
 
--- The users whose pairs this merge compares: a user's active pairs are exactly those of the
--- record in core.listen_histories, so the newest snapshot compares only new, changed or vanished
--- records (about a fifth a day). An older snapshot may widen any first_seen: all its users.
+-- A user's active pairs are exactly those of their record in core.listen_histories: the newest
+-- snapshot compares only new, changed or vanished records (about a fifth a day); an older one may
+-- widen any first_seen, all its users.
 CREATE TEMP TABLE changed_users ON COMMIT DROP AS
 SELECT coalesce(h.user_id, o.user_id) AS user_id
 FROM history_stage h
@@ -24,14 +24,13 @@ WHERE (NOT :is_newest AND h.user_id IS NOT NULL)
 ANALYZE changed_users;
 
 -- A track listed several times is one pair: play count = occurrences, position (1-based) = the
--- last, most recent one. Each staged pair meets its stored row once (full join: stored pairs the
--- newest snapshot no longer holds are gone) and what the merge does with it is decided here.
+-- last one. Each staged pair meets its stored row once (stored pairs the newest snapshot no longer
+-- holds are gone), which decides what the merge does with it.
 CREATE TEMP TABLE listen_changes ON COMMIT DROP AS
 SELECT coalesce(s.user_id, t.user_id) AS user_id, coalesce(s.track_id, t.track_id) AS track_id,
        s.position, s.play_count, s.weight, s.list_length, s.source_created_at,
        s.source_updated_at, s.user_known, s.track_known,
-       s.user_id IS NULL AS gone,
-       t.user_id IS NULL AS is_new,
+       s.user_id IS NULL AS gone, t.user_id IS NULL AS is_new,
        s.user_id IS NOT NULL AND t.user_id IS NOT NULL
            AND :day >= CASE WHEN t.is_active THEN CAST(:newest AS date) ELSE t.last_seen END
            AND ROW(s.position, s.play_count, s.list_length, s.source_created_at,
@@ -67,10 +66,8 @@ FULL JOIN (
 WHERE s.user_id IS NOT NULL OR (t.is_active AND :is_newest);
 
 CREATE TEMP TABLE listen_counts ON COMMIT DROP AS
-SELECT r.raw_rows, r.null_user_records,
-       r.raw_rows - r.null_user_records - h.histories AS duplicates_resolved,
-       h.histories, h.null_items_records, h.empty_lists, h.list_entries,
-       p.*, (SELECT count(*) FROM changed_users) AS changed_histories,
+SELECT r.*, r.raw_rows - r.null_user_records - h.histories AS duplicates_resolved, h.*, p.*,
+       (SELECT count(*) FROM changed_users) AS changed_histories,
        0::bigint AS references_resolved
 FROM (
     SELECT count(*) AS raw_rows, count(*) FILTER (WHERE user_id IS NULL) AS null_user_records

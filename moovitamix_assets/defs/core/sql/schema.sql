@@ -2,34 +2,11 @@
 -- references users and tracks by checked flags (user_known, track_known), not foreign keys: the
 -- API serves listens of tracks it has removed, and those pairs are kept and flagged.
 
--- A daily merge moves last_seen on nearly every row: free space on each page lets PostgreSQL
--- write the new version beside the old one without touching an index (a HOT update).
-CREATE TABLE IF NOT EXISTS core.users (
-    id bigint PRIMARY KEY,
-    first_name text,
-    last_name text,
-    email text,
-    gender text,
-    favorite_genres text,
-    created_at timestamptz,
-    updated_at timestamptz,
-    -- History markers: the first and last snapshots holding the id, present in the newest one.
-    first_seen date NOT NULL, last_seen date NOT NULL, is_active boolean NOT NULL
-) WITH (fillfactor = 50);
-
-CREATE TABLE IF NOT EXISTS core.tracks (
-    id bigint PRIMARY KEY,
-    name text,
-    artist text,
-    songwriters text,
-    duration text,
-    duration_seconds integer,
-    genres text,
-    album text,
-    created_at timestamptz,
-    updated_at timestamptz,
-    first_seen date NOT NULL, last_seen date NOT NULL, is_active boolean NOT NULL
-) WITH (fillfactor = 50);
+-- The columns of users, tracks and listen_histories are columns.yaml's (assets.schema_sql). A
+-- daily merge moves last_seen on nearly every row: free space on each page lets PostgreSQL write
+-- the new version beside the old one without touching an index (a HOT update).
+CREATE TABLE IF NOT EXISTS core.users ({users}) WITH (fillfactor = 50);
+CREATE TABLE IF NOT EXISTS core.tracks ({tracks}) WITH (fillfactor = 50);
 
 -- The rows of the core.listen_events view (below). An active pair is last seen on the newest
 -- merged day by definition: the view says so, rather than the merge rewriting every active pair
@@ -51,20 +28,15 @@ CREATE TABLE IF NOT EXISTS core.listen_pairs (
     track_known boolean NOT NULL,
     CONSTRAINT listen_pairs_pkey PRIMARY KEY (user_id, track_id)
 ) WITH (fillfactor = 75);
--- The primary key serves "by user", this index "by track".
+-- The primary key serves "by user", this index "by track"; orphans are few: the merge re-checks
+-- only them.
 CREATE INDEX IF NOT EXISTS listen_events_track_id_idx ON core.listen_pairs (track_id, user_id);
--- Orphans are few: the merge re-checks only them.
 CREATE INDEX IF NOT EXISTS listen_events_orphans_idx ON core.listen_pairs (user_id, track_id)
     WHERE NOT (user_known AND track_known);
 
 -- Each user's history record in the newest merged listening snapshot: the next merge compares
 -- only the users whose record changed (see merge_listen_events.sql).
-CREATE TABLE IF NOT EXISTS core.listen_histories (
-    user_id bigint PRIMARY KEY,
-    items bigint[],
-    source_created_at timestamptz,
-    source_updated_at timestamptz
-);
+CREATE TABLE IF NOT EXISTS core.listen_histories ({listen_histories});
 
 CREATE TABLE IF NOT EXISTS core.merge_log (
     table_name text NOT NULL,
