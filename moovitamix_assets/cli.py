@@ -7,7 +7,6 @@ end; Dagster's home is in the state folder, so the runs of `run` appear in the U
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import logging
 import os
 import re
@@ -44,12 +43,8 @@ DEFAULT_UI_HOST = "127.0.0.1"
 # `make run` calls .venv/bin/python without activating the virtualenv: its commands are not on PATH.
 DAGSTER = str(Path(sys.executable).with_name("dagster"))
 DG = str(Path(sys.executable).with_name("dg"))
-# Dagster's console logger stays silent; `run` listens to the instance's events instead.
-QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 # Without a terminal (CI, `| tee`) the progress of a long step is a line this often at most.
 PLAIN_PROGRESS_SECONDS = 30.0
-# After forwarding Ctrl-C or SIGTERM, `dg dev` gets this long to stop its children itself.
-UI_STOP_GRACE_SECONDS = 20.0
 # The daemon's per-tick lines (nothing to do) go to the log file only; runs and errors still show.
 TICK_CHATTER = re.compile(
     r"dagster\.daemon\.\w+ - INFO - (Checking for new runs for|Sensor \S+ skipped"
@@ -83,7 +78,7 @@ def prepare_environment(state: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("MOOVITAMIX_STATE_DIR", str(state))
     # url() starts the embedded server, and creates the database, when either is missing.
-    warehouse = PostgresResource(database_url=env.get(DATABASE_URL_ENV), state_dir=str(state))
+    warehouse = PostgresResource(state_dir=str(state))  # $MOOVITAMIX_DATABASE_URL, if set
     if DAGSTER_STORAGE_ENV not in env:
         url = sa.make_url(warehouse.url()).set(database="dagster").render_as_string(False)
         env[DAGSTER_STORAGE_ENV] = PostgresResource(database_url=url, state_dir=str(state)).url()
@@ -120,7 +115,7 @@ def platform(args: argparse.Namespace, state: Path) -> Iterator[dict[str, str]]:
 
 def log_file_path(state: Path, name: str) -> Path:
     (state / "logs").mkdir(parents=True, exist_ok=True)
-    return state / "logs" / f"{name}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}.log"
+    return state / "logs" / f"{name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.log"
 
 
 class RunConsole:
@@ -164,8 +159,7 @@ class RunConsole:
         elif kind in (types.STEP_SUCCESS, types.STEP_FAILURE):
             self.status = None
             if kind == types.STEP_FAILURE:
-                cause = error_headline(error) if error else "unknown error"
-                self.failure = f"{self.label(step)}: {cause}"
+                self.failure = f"{self.label(step)}: {error_headline(error)}"
                 self.say(f"  FAILED {self.failure}")
             elif step in self.assets:
                 rows = "" if self.rows is None else f"{self.rows:,} row{'s' * (self.rows != 1)}"
@@ -188,14 +182,15 @@ class RunConsole:
 
 
 def run_job(
-    job: dg.JobDefinition, instance: dg.DagsterInstance, key: str | None
-) -> tuple[RunConsole, dg.ExecuteInProcessResult | None]:
-    """Execute ``job`` on the main thread (where Dagster's interrupt handling works); the console
-    gets each event as the instance stores it, so it says what the UI will say."""
+    job: dg.JobDefinition, instance: dg.DagsterInstance, key: str | None, log_path: Path
+) -> bool:
+    """Execute ``job`` on the main thread (where Dagster's interrupt handling works), the console
+    fed each event as the instance stores it, so it says what the UI will say. On success, the
+    checks' tally; on failure, the failing asset (or the job's first), the error and the log."""
     console = RunConsole(job.name)
     print(f"{job.name}{f' for {key}' if key else ''} (run {console.run_id[:8]})")
     instance.add_event_listener(console.run_id, console.handle)
-    finished = threading.Event()
+    finished, result = threading.Event(), None
 
     def show_progress() -> None:
         while not finished.wait(0.25):
@@ -203,8 +198,9 @@ def run_job(
 
     threading.Thread(target=show_progress, daemon=True).start()
     try:
-        return console, job.execute_in_process(
-            run_config=QUIET_RUN_CONFIG,
+        result = job.execute_in_process(
+            # Dagster's console logger stays silent: the console is this listener's.
+            run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
             instance=instance,
             partition_key=key,
             run_id=console.run_id,
@@ -218,13 +214,16 @@ def run_job(
     except Exception as exc:  # reported with the log path, not as a traceback
         logger.exception("%s could not run", job.name)
         console.error = f"{type(exc).__name__}: {exc}".split("\n")[0]
-        return console, None
     finally:
         finished.set()
-
-
-def report_failure(job: dg.JobDefinition, console: RunConsole, log_path: Path) -> None:
-    """Name the failing asset (or the job's first), the first error line and the log file."""
+    if result is not None and result.success:
+        checks = [check.passed for check in result.get_asset_check_evaluations()]
+        failed = f", {checks.count(False)} failed (non-blocking)" if False in checks else ""
+        print(
+            f"  {job.name} succeeded in {time.time() - console.created:.1f} s;"
+            f" checks: {checks.count(True)} passed{failed}"
+        )
+        return True
     where = f"at {console.failure}"
     if console.failure is None:  # a resource could not start: name the assets the job starts with
         deps = job.graph.dependency_structure
@@ -236,20 +235,19 @@ def report_failure(job: dg.JobDefinition, console: RunConsole, log_path: Path) -
     print(f"{job.name} failed {where}", file=sys.stderr)
     print(f"Full log: {log_path}", file=sys.stderr)
     print(f"Run {console.run_id} is in the UI (`make ui`).", file=sys.stderr)
+    return False
 
 
 def summarize(partition: str, instance: dg.DagsterInstance) -> list[str]:
     """What the platform holds after the run: raw rows and rejects, core tables, recommendations,
     the serving model and the gate's verdict on today's candidate."""
     event = instance.get_latest_materialization_event(dg.AssetKey(["ml", "candidate_model"]))
-    metadata = event.asset_materialization.metadata if event else {}
-    candidate = {key: value.value for key, value in metadata.items()}
-    engine = PostgresResource(database_url=os.environ.get(DATABASE_URL_ENV)).engine()
+    candidate = {k: v.value for k, v in event.asset_materialization.metadata.items()}
     core_counts = "".join(f"(SELECT count(*) FROM core.{t}), " for t in CORE_TABLES)
-    with engine.connect() as conn:
+    with PostgresResource().engine().connect() as conn:  # $MOOVITAMIX_DATABASE_URL's, if set
         manifest = conn.execute(
             sa.text(
-                "SELECT endpoint, rows_valid, api_total, rows_rejected FROM "
+                f"SELECT '{RAW_SCHEMA}.' || endpoint, rows_valid, api_total, rows_rejected FROM "
                 f"{RAW_SCHEMA}.snapshot_manifest WHERE {SNAPSHOT_DATE_COLUMN} = :d ORDER BY 1"
             ),
             {"d": partition},
@@ -261,23 +259,17 @@ def summarize(partition: str, instance: dg.DagsterInstance) -> list[str]:
                 " FROM ml.user_recommendations"
             )
         ).one()
-    lines = [f"Stored for {partition} (UTC):"]
-    for endpoint, rows, total, rejects in manifest:
-        name = f"{RAW_SCHEMA}.{endpoint}"
-        lines.append(f"  {name:<20}{rows:>9,} rows  api total {total:>9,}  rejects {rejects:,}")
-    lines.append(
-        "  core: " + " · ".join(f"{t} {n:,}" for t, n in zip(CORE_TABLES, core, strict=True))
-    )
-    lines.append(
-        f"  recommendations: {served:,} rows for {users:,} users, served by {model or 'no model'}"
-    )
-    if candidate.get("trained"):
-        # The reason ends "candidate promoted" or "candidate refused"; its figures are in the UI.
-        reason = str(candidate.get("gate_reason", "")).split(" (", 1)[0]
-        lines.append(f"  gate on candidate v{candidate.get('model_version')}: {reason}")
-    elif candidate:
-        lines.append("  gate: no candidate trained (no interactions)")
-    return lines
+    gate = "gate: no candidate trained (no interactions)"
+    if candidate["trained"]:  # the reason ends "candidate promoted" or "candidate refused"
+        reason = candidate["gate_reason"].split(" (", 1)[0]  # its figures are in the UI
+        gate = f"gate on candidate v{candidate['model_version']}: {reason}"
+    return [
+        f"Stored for {partition} (UTC):",
+        *(f"  {n:<20}{r:>9,} rows  api total {t:>9,}  rejects {x:,}" for n, r, t, x in manifest),
+        "  core: " + " · ".join(f"{t} {n:,}" for t, n in zip(CORE_TABLES, core, strict=True)),
+        f"  recommendations: {served:,} rows for {users:,} users, served by {model or 'no model'}",
+        f"  {gate}",
+    ]
 
 
 def run_command(args: argparse.Namespace, state: Path) -> int:
@@ -300,17 +292,8 @@ def run_command(args: argparse.Namespace, state: Path) -> int:
         print(f"Full log: {log_path}")
         with dg.DagsterInstance.get() as instance:
             for name, key in ((daily_refresh_job.name, partition), (RETRAINING_JOB_NAME, None)):
-                job = defs.resolve_job_def(name)
-                console, result = run_job(job, instance, key)
-                if result is None or not result.success:
-                    report_failure(job, console, log_path)
+                if not run_job(defs.resolve_job_def(name), instance, key, log_path):
                     return 1
-                checks = [check.passed for check in result.get_asset_check_evaluations()]
-                failed = f", {checks.count(False)} failed (non-blocking)" if False in checks else ""
-                print(
-                    f"  {name} succeeded in {time.time() - console.created:.1f} s;"
-                    f" checks: {checks.count(True)} passed{failed}"
-                )
             print("\n".join(summarize(partition, instance)))
     print(
         f"Materialized every asset for {partition} in {time.monotonic() - started:.1f} s;"
@@ -324,20 +307,9 @@ def dagster_dev_command(host: str, port: int) -> list[str]:
     return [DG, "dev", "-m", "moovitamix_assets.definitions", "-h", host, "-p", str(port)]
 
 
-def copy_output(process: subprocess.Popen[str], log_path: Path) -> None:
-    """Every line of ``dg dev`` to the log file; to the console, all but per-tick chatter."""
-    colors = sys.stdout.isatty()
-    with log_path.open("a", encoding="utf-8") as log:
-        for line in process.stdout or ():
-            plain = ANSI.sub("", line)
-            log.write(plain)
-            log.flush()
-            if not TICK_CHATTER.search(plain):
-                print(line if colors else plain, end="", flush=True)
-
-
 def ui_command(args: argparse.Namespace, state: Path) -> int:
-    """``cli ui``: ``dg dev`` with the embedded defaults until it ends, Ctrl-C or SIGTERM."""
+    """``cli ui``: ``dg dev`` with the embedded defaults until it ends, Ctrl-C or SIGTERM; all its
+    output to the log file, and to the console but for the daemon's per-tick chatter."""
     log_path = log_file_path(state, "ui")
     with platform(args, state) as env:
         dispose_engines()  # this process keeps no connection while the UI runs
@@ -353,16 +325,25 @@ def ui_command(args: argparse.Namespace, state: Path) -> int:
             errors="replace",
             start_new_session=True,
         )
+
+        def copy_output() -> None:
+            with log_path.open("a", encoding="utf-8") as log:
+                for line in process.stdout or ():
+                    log.write(plain := ANSI.sub("", line))
+                    log.flush()
+                    if not TICK_CHATTER.search(plain):
+                        print(line if sys.stdout.isatty() else plain, end="", flush=True)
+
         try:
             shown = "localhost" if args.host in ("0.0.0.0", "::") else args.host
             print(f"Dagster UI: http://{shown}:{args.port}  (Ctrl-C stops everything)")
             print(f"Full log: {log_path}", flush=True)
-            threading.Thread(target=copy_output, args=(process, log_path), daemon=True).start()
+            threading.Thread(target=copy_output, daemon=True).start()
             return process.wait() or 1
         except KeyboardInterrupt:
             os.killpg(process.pid, signal.SIGTERM)
-            with suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=UI_STOP_GRACE_SECONDS)
+            with suppress(subprocess.TimeoutExpired):  # dg dev gets 20 s to stop its children
+                process.wait(timeout=20)
             print("Stopped the UI, its daemon and code servers, and what it started.")
             return 0
         finally:

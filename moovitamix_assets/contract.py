@@ -93,7 +93,6 @@ MODELS: Final[dict[str, type[_Record]]] = {
 }
 # The field that identifies a record, each model's first (listen_history has no id of its own).
 KEY_FIELD: Final[dict[str, str]] = {e: next(iter(m.model_fields)) for e, m in MODELS.items()}
-_NONE: Final[frozenset[str]] = frozenset()
 _PAGE_ADAPTERS: Final = {e: TypeAdapter(list[m]) for e, m in MODELS.items()}
 
 
@@ -146,13 +145,12 @@ def validate_page(
     result = ValidatedPage() if into is None else into
     for position, item in enumerate(items):
         keys = item.keys() if isinstance(item, dict) else expected
-        extra = _NONE
+        extra: Any = ()
         if keys != expected:
             extra = keys - expected
             result.extra_fields |= extra
             result.missing_fields |= expected - keys
-        errors = bad.get(position)
-        if errors is None:
+        if (errors := bad.get(position)) is None:
             result.records.append(item)
             if extra:
                 result.loaded_extra_fields |= extra
@@ -161,11 +159,9 @@ def validate_page(
         if len(errors) > 1:
             reason += f" (also invalid: {', '.join(str(f) for f, _ in errors[1:])})"
         key = item.get(KEY_FIELD[endpoint]) if isinstance(item, dict) else None
-        record_key = None if key is None or isinstance(key, bool) else str(key)
+        key = None if key is None or isinstance(key, bool) else str(key)
         record = json.dumps(item, ensure_ascii=False)
-        result.rejects.append(
-            Reject(endpoint, page, position, record_key, field_name, reason, record)
-        )
+        result.rejects.append(Reject(endpoint, page, position, key, field_name, reason, record))
     return result
 
 

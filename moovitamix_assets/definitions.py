@@ -9,24 +9,14 @@ import dagster as dg
 from moovitamix_assets.alerts import DEFAULT_UI_URL, AlertNotifier
 from moovitamix_assets.defs.core.assets import core_assets
 from moovitamix_assets.defs.core.checks import core_checks
+from moovitamix_assets.defs.ingestion import schedule
 from moovitamix_assets.defs.ingestion.api import MoovitamixApiResource
 from moovitamix_assets.defs.ingestion.assets import raw_assets
 from moovitamix_assets.defs.ingestion.checks import raw_checks
-from moovitamix_assets.defs.ingestion.schedule import (
-    DEFAULT_DAILY_CRON,
-    build_daily_schedule,
-    daily_refresh_job,
-)
 from moovitamix_assets.defs.monitoring.sensors import ALERT_SENSORS
+from moovitamix_assets.defs.recommendation import retraining
 from moovitamix_assets.defs.recommendation.assets import recommendation_assets
 from moovitamix_assets.defs.recommendation.checks import recommendation_checks
-from moovitamix_assets.defs.recommendation.retraining import (
-    DEFAULT_WEEKLY_RETRAINING_CRON,
-    build_retraining_sensor,
-    build_weekly_retraining_schedule,
-    retraining_job,
-    thresholds_from_env,
-)
 from moovitamix_assets.warehouse.database import PostgresResource
 from moovitamix_assets.warehouse.io_manager import PostgresPandasIOManager
 
@@ -55,14 +45,16 @@ def build_resources() -> dict[str, object]:
 defs = dg.Definitions(
     assets=[*raw_assets, *core_assets, *recommendation_assets],
     asset_checks=[*raw_checks, *core_checks, *recommendation_checks],
-    jobs=[daily_refresh_job, retraining_job],
+    jobs=[schedule.daily_refresh_job, retraining.retraining_job],
     schedules=[
-        build_daily_schedule(os.environ.get("MOOVITAMIX_DAILY_CRON", DEFAULT_DAILY_CRON)),
-        build_weekly_retraining_schedule(
-            os.environ.get("MOOVITAMIX_RETRAINING_CRON", DEFAULT_WEEKLY_RETRAINING_CRON)
+        schedule.build_daily_schedule(
+            os.environ.get("MOOVITAMIX_DAILY_CRON", schedule.DEFAULT_DAILY_CRON)
+        ),
+        retraining.build_weekly_retraining_schedule(
+            os.environ.get("MOOVITAMIX_RETRAINING_CRON", retraining.DEFAULT_WEEKLY_RETRAINING_CRON)
         ),
     ],
-    sensors=[*ALERT_SENSORS, build_retraining_sensor(thresholds_from_env())],
+    sensors=[*ALERT_SENSORS, retraining.build_retraining_sensor(retraining.thresholds_from_env())],
     resources=build_resources(),
     # One process per run: at our sizes a process per step costs more than it saves.
     executor=dg.in_process_executor,

@@ -21,16 +21,13 @@ PUSHGATEWAY_URL_ENV: Final = "MOOVITAMIX_PROMETHEUS_PUSHGATEWAY_URL"
 _logger = logging.getLogger(__name__)
 
 
-class StepStart(NamedTuple):
-    """The clock and the process's CPU time when the step started."""
-
+class StepStart(NamedTuple):  # the clock and the process's CPU time when the step started
     wall: float
     cpu: float
 
 
 def start_step_figures() -> StepStart:
-    """Sample the clock and the CPU time at the start of a step."""
-    return StepStart(wall=time.perf_counter(), cpu=time.process_time())
+    return StepStart(time.perf_counter(), time.process_time())
 
 
 def finish_step_figures(

@@ -25,12 +25,13 @@ _BLOCK: Final = re.compile(r"(<!-- columns: (\S+) -->\n).*?(<!-- /columns -->)",
 
 @dataclass(frozen=True)
 class Column:
-    """One column: its PostgreSQL type (as format_type prints it), meaning and upstream columns."""
+    """One column: PostgreSQL type (as format_type prints it), meaning, upstream, constraints."""
 
     name: str
     type: str
     description: str
     upstream: tuple[tuple[dg.AssetKey, str], ...] = ()
+    sql: str = ""
 
 
 @dataclass(frozen=True)
@@ -41,10 +42,17 @@ class Table:
     description: str
     columns: tuple[Column, ...]
     assets: tuple[dg.AssetKey, ...] = ()
+    primary_key: tuple[str, ...] = ()
 
     def pg_types(self) -> dict[str, str]:
         """Column name -> PostgreSQL type, in stored order."""
         return {c.name: c.type for c in self.columns}
+
+    def create_sql(self) -> str:
+        """``CREATE TABLE IF NOT EXISTS`` with the columns' types and constraints and the key."""
+        columns = [f"{c.name} {c.type} {c.sql}" for c in self.columns]
+        key = f"PRIMARY KEY ({', '.join(self.primary_key)})"
+        return f"CREATE TABLE IF NOT EXISTS {self.name} ({', '.join([*columns, key])})"
 
     def definition_metadata(self) -> dict[str, dg.MetadataValue]:
         """``dagster/table_name`` and ``dagster/column_schema`` (with descriptions) of an asset."""
@@ -77,12 +85,14 @@ def tables() -> dict[str, Table]:
             name=name,
             description=spec["description"],
             assets=tuple(dg.AssetKey.from_user_string(a) for a in spec.get("assets", ())),
+            primary_key=tuple(spec.get("primary_key", ())),
             columns=tuple(
                 Column(
                     column,
                     str(c["type"]),
                     str(c["description"]),
                     tuple(map(_upstream, c.get("from", ()))),
+                    c.get("sql", ""),
                 )
                 for column, c in spec["columns"].items()
             ),

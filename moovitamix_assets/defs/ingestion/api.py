@@ -12,19 +12,17 @@ import json
 import logging
 import math
 import os
-import threading
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from functools import partial
+from functools import cached_property, partial
 from itertools import islice
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 from urllib.parse import urlsplit
 
 import dagster as dg
 import requests
-from pydantic import Field, PrivateAttr, ValidatorFunctionWrapHandler, field_validator
+from pydantic import Field, ValidatorFunctionWrapHandler, field_validator
 from requests.adapters import HTTPAdapter
 from urllib3 import exceptions as u3
 from urllib3.util import Retry
@@ -67,8 +65,7 @@ class ApiUnavailableError(ApiError):
     """The base URL does not answer, or does not answer like the MooVitamix API."""
 
 
-@dataclass(frozen=True, slots=True)
-class ApiPage:
+class ApiPage(NamedTuple):
     """One page as received: its items (JSON-decoded), the counts and what fetching it cost."""
 
     number: int
@@ -77,13 +74,6 @@ class ApiPage:
     pages: int
     retries: int
     bytes: int
-
-
-def redact_url(url: str) -> str:
-    """``scheme://host[:port]/path`` of a URL: no credentials, query or fragment."""
-    parts = urlsplit(url)
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"
 
 
 def describe(exc: requests.RequestException) -> str:
@@ -169,9 +159,6 @@ class MoovitamixApiResource(dg.ConfigurableResource):
         "an error, never a silent truncation.",
     )
 
-    _session: requests.Session | None = PrivateAttr(default=None)
-    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
-
     @field_validator(*_RANGES, mode="wrap")
     @classmethod
     def _in_range(cls, raw: Any, handler: ValidatorFunctionWrapHandler, info: Any) -> int:
@@ -185,53 +172,47 @@ class MoovitamixApiResource(dg.ConfigurableResource):
             raise ValueError(f"{info.field_name} must be {bound}, got {value}")
         return value
 
-    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        """Check that the base URL serves the API, before any step starts."""
-        self.check_service()
-
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         """Close the session's connections."""
-        with self._lock:
-            if self._session is not None:
-                self._session.close()
-            self._session = None
+        if (session := self.__dict__.pop("session", None)) is not None:
+            session.close()
 
+    @cached_property
     def session(self) -> requests.Session:
-        """The resource's session: pooled connections and the retry policy, made once."""
-        with self._lock:
-            if self._session is None:
-                retry = Retry(
-                    total=self.max_retries,
-                    status_forcelist=(429, 500, 502, 503, 504),
-                    backoff_factor=self.backoff_factor,
-                    backoff_jitter=self.backoff_jitter,
-                    backoff_max=self.backoff_max,
-                    retry_after_max=self.retry_after_max,
-                    respect_retry_after_header=True,
-                )
-                adapter = HTTPAdapter(
-                    pool_connections=1, pool_maxsize=self.max_concurrency, max_retries=retry
-                )
-                self._session = requests.Session()
-                self._session.mount("http://", adapter)
-                self._session.mount("https://", adapter)
-                # Proxies and REQUESTS_CA_BUNDLE are read by requests; SSL_CERT_FILE as well here.
-                self._session.verify = os.environ.get("SSL_CERT_FILE") or True
-            return self._session
+        """The resource's session: pooled connections and the retry policy, made once (by the
+        first request of a read or of the setup check, before any worker thread starts)."""
+        retry = Retry(
+            total=self.max_retries,
+            status_forcelist=(429, 500, 502, 503, 504),
+            backoff_factor=self.backoff_factor,
+            backoff_jitter=self.backoff_jitter,
+            backoff_max=self.backoff_max,
+            retry_after_max=self.retry_after_max,
+            respect_retry_after_header=True,
+        )
+        adapter = HTTPAdapter(
+            pool_connections=1, pool_maxsize=self.max_concurrency, max_retries=retry
+        )
+        session = requests.Session()
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        # Proxies and REQUESTS_CA_BUNDLE are read by requests; SSL_CERT_FILE as well here.
+        session.verify = os.environ.get("SSL_CERT_FILE") or True
+        return session
 
     def _get(self, path: str, params: dict[str, int] | None = None) -> requests.Response:
-        return self.session().get(
+        return self.session.get(
             f"{self.base_url.rstrip('/')}/{path}",
             params=params,
             timeout=(self.connect_timeout, self.read_timeout),
         )
 
-    def check_service(self) -> None:
-        """Check the base URL (maybe an ``EnvVar`` known only at setup: ValueError, URL masked),
-        then with ``/openapi.json`` (no data request, the reads' retries) that it serves the three
-        endpoints: a wrong or unreachable URL fails at setup naming MOOVITAMIX_API_URL
-        (ApiUnavailableError), not in the step after its retries."""
-        url, parts = redact_url(self.base_url), urlsplit(self.base_url)
+    def setup_for_execution(self, context: dg.InitResourceContext | None = None) -> None:
+        """Check (at setup, not in the step after its retries) that the base URL, maybe an EnvVar,
+        serves the three endpoints, from ``/openapi.json``: ValueError or ApiUnavailableError."""
+        parts = urlsplit(self.base_url)  # shown without credentials, query or fragment
+        port = f":{parts.port}" if parts.port else ""
+        url = f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"
         if parts.scheme not in ("http", "https") or not parts.hostname:
             reason = f"must be an http(s) URL with a host, got {url!r}"
             raise ValueError(f"base_url ({API_URL_ENV_VAR}) {reason}")
@@ -273,15 +254,14 @@ class MoovitamixApiResource(dg.ConfigurableResource):
             raise ApiPageError(endpoint, number, reason) from exc
         if problem := page_problem(payload, number, self.page_size):
             raise ApiPageError(endpoint, number, problem)
-        history = getattr(response.raw, "retries", None)
-        retries = len(history.history) if history is not None else 0
-        items, total, pages = payload["items"], payload["total"], payload["pages"]
-        return ApiPage(number, items, total, pages, retries, len(body))
+        history = response.raw.retries.history if response.raw.retries else ()
+        return ApiPage(
+            number, payload["items"], payload["total"], payload["pages"], len(history), len(body)
+        )
 
     def read_pages(self, endpoint: str, log: logging.Logger | None = None) -> Iterator[ApiPage]:
-        """Every page of an endpoint, in page order, with the stops of the module docstring;
-        ``log`` gets an early empty page's warning. ValueError for an unknown endpoint, before any
-        request; the rest are ApiError (and subclasses)."""
+        """Every page of an endpoint, in page order, with the module docstring's stops (``log``
+        warns of an early empty page). ValueError for an unknown endpoint, before any request."""
         fields_of(endpoint)
         first = self.fetch_page(endpoint, 1)
         if first.pages > self.max_pages:
@@ -303,14 +283,12 @@ class MoovitamixApiResource(dg.ConfigurableResource):
                     page = pending.popleft().result()
                     pending.extend(map(submit, islice(numbers, 1)))
                     if (page.total, page.pages) != (first.total, first.pages):
-                        raise ApiDriftError(
-                            endpoint,
-                            page.number,
-                            f"total changed during the read: total {first.total} -> "
-                            f"{page.total} (pages {first.pages} -> {page.pages}); the service's "
-                            "data is changing, nothing of this endpoint was stored, try again "
-                            "later",
+                        reason = (
+                            f"total changed during the read: total {first.total} -> {page.total} "
+                            f"(pages {first.pages} -> {page.pages}); the service's data is "
+                            "changing, nothing of this endpoint was stored, try again later"
                         )
+                        raise ApiDriftError(endpoint, page.number, reason)
                     if page.items:
                         yield page
             finally:

@@ -2,7 +2,6 @@
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import date
 from typing import Any, Final
 
@@ -43,18 +42,6 @@ def raw_spec(endpoint: str) -> dg.AssetSpec:
     ).with_io_manager_key("warehouse_io_manager")
 
 
-@dataclass
-class EndpointRead(ValidatedPage):
-    """One read of an endpoint: its pages validated into one ValidatedPage, and their figures."""
-
-    total: int = 0
-    pages: int = 0
-    requests: int = 0
-    retries: int = 0
-    bytes: int = 0
-    rows: int = 0
-
-
 def snapshot_stream(
     context: dg.AssetExecutionContext,
     api: MoovitamixApiResource,
@@ -62,20 +49,21 @@ def snapshot_stream(
     snapshot: date,
 ) -> FrameStream:
     """One endpoint's raw partition as a stream: its chunks, then its manifest row and rejects."""
-    read, start, fields = EndpointRead(), start_step_figures(), fields_of(endpoint)
+    read, start, fields = ValidatedPage(), start_step_figures(), fields_of(endpoint)
+    figures = {"rows_valid": 0, "requests": 0, "retries": 0, "api_mb": 0.0}  # and total, pages
 
     def frame() -> pd.DataFrame:
         # The records as sent, a chunk at a time: PostgreSQL parses the timestamps' text in COPY.
         chunk = pd.DataFrame(read.records, columns=fields, dtype=object)
         chunk.insert(0, SNAPSHOT_DATE_COLUMN, snapshot)
-        read.rows, read.records = read.rows + len(chunk), []
+        figures["rows_valid"], read.records = figures["rows_valid"] + len(chunk), []
         return chunk
 
     def chunks() -> Iterator[pd.DataFrame]:
         for page in api.read_pages(endpoint, context.log):
-            read.total, read.pages = page.total, page.pages
-            read.requests, read.retries = read.requests + 1, read.retries + page.retries
-            read.bytes += page.bytes
+            figures.update(api_total=page.total, pages=page.pages, requests=figures["requests"] + 1)
+            figures["retries"] += page.retries
+            figures["api_mb"] += page.bytes / 2**20
             validate_page(endpoint, page.number, page.items, into=read)
             if len(read.records) >= CHUNK_RECORDS:
                 yield frame()
@@ -96,17 +84,14 @@ def snapshot_stream(
                 f"/{endpoint} schema drift: fields outside the contract {extra}, contract fields "
                 f"missing {missing}"
             )
-        # The manifest's drift is the stored rows' (none misses a field): a record rejected for a
-        # missing field is judged by the reject-rate audit, not as a schema change.
+        # The manifest's drift is the stored rows' (none misses a field: missing_fields keeps its
+        # default {}): a record rejected for a missing field is judged by the reject-rate audit.
         manifest = {
             "endpoint": endpoint,
             SNAPSHOT_DATE_COLUMN: snapshot,
-            "api_total": read.total,
-            "pages": read.pages,
-            "rows_valid": read.rows,
+            **{k: figures[k] for k in ("api_total", "pages", "rows_valid")},
             "rows_rejected": len(read.rejects),
             "extra_fields": sorted(read.loaded_extra_fields),
-            "missing_fields": [],
             "run_id": context.run.run_id,
         }
         rejects = pd.DataFrame(read.rejects, columns=Reject._fields, dtype=object)
@@ -116,18 +101,13 @@ def snapshot_stream(
             Sidecar(RAW_SCHEMA, MANIFEST_TABLE, pd.DataFrame([manifest]), match),
             Sidecar(RAW_SCHEMA, REJECTS_TABLE, rejects, match),
         ]
-        figures = {  # numeric figures of the read, for the UI's plots
-            "api_total": read.total,
-            "rows_valid": read.rows,
-            "rejected_records": len(read.rejects),
-            "pages": read.pages,
-            "requests": read.requests,
-            "retries": read.retries,
-            "api_s": round(time.perf_counter() - start.wall, 3),
-            "api_mb": round(read.bytes / 2**20, 3),
-            "extra_fields": ", ".join(extra) or "none",
-            "missing_fields": ", ".join(missing) or "none",
-        }
+        figures.update(  # the read's figures, for the UI's plots
+            rejected_records=len(read.rejects),
+            api_s=round(time.perf_counter() - start.wall, 3),
+            api_mb=round(figures["api_mb"], 3),
+            extra_fields=", ".join(extra) or "none",
+            missing_fields=", ".join(missing) or "none",
+        )
         return sidecars, finish_step_figures(context, figures, start, asset_key=RAW_KEYS[endpoint])
 
     return FrameStream(RAW_COLUMNS[endpoint], chunks(), finish)

@@ -36,6 +36,7 @@ REQUIRED_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
     LISTEN_HISTORY_ENDPOINT: ("created_at", "updated_at"),
 }
 _DAY: Final = f'"{SNAPSHOT_DATE_COLUMN}"'
+_NO_MANIFEST: Final = "no manifest row for {f.endpoint} on {f.day}: the read did not finish"
 
 
 @dataclass(frozen=True)
@@ -69,42 +70,32 @@ class SnapshotAuditError(RuntimeError):
         )
 
 
-def _figures(conn: sa.Connection, endpoint: str, day: date) -> SimpleNamespace:
-    """What the audits judge: the manifest row (None when the read did not finish), the table's
-    column types (empty when it does not exist) and one statement's counts of the day's rows."""
+def _figures(conn: sa.Connection, endpoint: str, day: date) -> SimpleNamespace | None:
+    """What the audits judge, None without the table: its column types, one statement's counts of
+    the day's rows and the manifest's figures (None when the read did not finish)."""
     fields_of(endpoint)  # ValueError for an unknown endpoint
-    manifest = None
-    exists = "SELECT to_regclass(:name) IS NOT NULL"
-    if conn.execute(sa.text(exists), {"name": f"{RAW_SCHEMA}.{MANIFEST_TABLE}"}).scalar_one():
-        manifest = conn.execute(
-            sa.text(
-                "SELECT api_total, rows_valid, rows_rejected, extra_fields, missing_fields "
-                f"FROM {RAW_SCHEMA}.{MANIFEST_TABLE} WHERE endpoint = :endpoint AND {_DAY} = :day"
-            ),
-            {"endpoint": endpoint, "day": day},
-        ).one_or_none()
     with conn.connection.cursor() as cur:  # the same transaction; format_type's spelling
         columns = table_columns(cur, RAW_SCHEMA, endpoint)
-    figures = SimpleNamespace(endpoint=endpoint, day=day, manifest=manifest, columns=columns)
-    if columns:
-        table, key = f'"{RAW_SCHEMA}"."{endpoint}"', KEY_FIELD[endpoint]
-        nulls = ", ".join(
-            f'count(*) FILTER (WHERE "{c}" IS NULL)' for c in REQUIRED_COLUMNS[endpoint]
-        )
-        # The previous *stored* day: a missed day compares with the last one that exists.
-        row = conn.execute(
-            sa.text(
-                f"WITH previous AS (SELECT max({_DAY}) AS day FROM {table} WHERE {_DAY} < :day) "
-                f'SELECT count(*) AS stored, count("{key}") AS keyed, '
-                f'count(DISTINCT "{key}") AS distinct_keys, ARRAY[{nulls}] AS nulls, '
-                "(SELECT day FROM previous) AS previous, (SELECT count(*) FROM "
-                f"{table} WHERE {_DAY} = (SELECT day FROM previous)) AS before "
-                f"FROM {table} WHERE {_DAY} = :day"
-            ),
-            {"day": day},
-        ).one()
-        figures.__dict__.update(row._asdict())
-    return figures
+    if not columns:
+        return None
+    table, key = f'"{RAW_SCHEMA}"."{endpoint}"', KEY_FIELD[endpoint]
+    nulls = ", ".join(f'count(*) FILTER (WHERE "{c}" IS NULL)' for c in REQUIRED_COLUMNS[endpoint])
+    # The previous *stored* day: a missed day compares with the last one that exists.
+    row = conn.execute(
+        sa.text(
+            f"WITH previous AS (SELECT max({_DAY}) AS day FROM {table} WHERE {_DAY} < :day), "
+            f'counts AS (SELECT count(*) AS stored, count("{key}") AS keyed, '
+            f'count(DISTINCT "{key}") AS distinct_keys, ARRAY[{nulls}] AS nulls, '
+            "(SELECT day FROM previous) AS previous, (SELECT count(*) FROM "
+            f"{table} WHERE {_DAY} = (SELECT day FROM previous)) AS before "
+            f"FROM {table} WHERE {_DAY} = :day) "
+            "SELECT counts.*, m.api_total, m.rows_valid, m.rows_rejected, m.extra_fields, "
+            f"m.missing_fields FROM counts LEFT JOIN {RAW_SCHEMA}.{MANIFEST_TABLE} m "
+            f"ON m.endpoint = :endpoint AND m.{_DAY} = :day"
+        ),
+        {"day": day, "endpoint": endpoint},
+    ).one()
+    return SimpleNamespace(endpoint=endpoint, day=day, columns=columns, **row._asdict())
 
 
 Verdict = tuple[bool, float | int | str | None, float | int | str | None, str]
@@ -113,16 +104,15 @@ Verdict = tuple[bool, float | int | str | None, float | int | str | None, str]
 def _completeness(f: SimpleNamespace) -> Verdict:
     """Rows stored plus rows rejected equal the API's announced total for the day (ERROR)."""
     # The stored count must also be the read's own; no manifest row: no complete read.
-    if (m := f.manifest) is None:
-        text = f"no manifest row for {f.endpoint} on {f.day}: the read did not finish"
-        return False, f.stored, None, text
-    accounted = f.stored + m.rows_rejected
+    if f.api_total is None:
+        return False, f.stored, None, _NO_MANIFEST.format(f=f)
+    accounted = f.stored + f.rows_rejected
     return (
-        accounted == m.api_total and f.stored == m.rows_valid,
+        accounted == f.api_total and f.stored == f.rows_valid,
         accounted,
-        m.api_total,
-        f"{f.stored} stored + {m.rows_rejected} rejected rows vs the API's total of "
-        f"{m.api_total} (the read stored {m.rows_valid})",
+        f.api_total,
+        f"{f.stored} stored + {f.rows_rejected} rejected rows vs the API's total of "
+        f"{f.api_total} (the read stored {f.rows_valid})",
     )
 
 
@@ -151,14 +141,12 @@ def _required_fields(f: SimpleNamespace) -> Verdict:
 
 def _schema_drift(f: SimpleNamespace) -> Verdict:
     """The API served exactly the contract's fields; the table has the expected types (ERROR)."""
-    expected, actual, problems = RAW_COLUMNS[f.endpoint], f.columns, []
-    if f.manifest is None:
-        problems.append("no manifest row (the read did not finish)")
-    else:
-        if f.manifest.extra_fields:
-            problems.append(f"fields not in the contract: {', '.join(f.manifest.extra_fields)}")
-        if f.manifest.missing_fields:
-            problems.append(f"contract fields missing: {', '.join(f.manifest.missing_fields)}")
+    expected, actual = RAW_COLUMNS[f.endpoint], f.columns
+    problems = ["no manifest row (the read did not finish)"] if f.api_total is None else []
+    if f.extra_fields:
+        problems.append(f"fields not in the contract: {', '.join(f.extra_fields)}")
+    if f.missing_fields:
+        problems.append(f"contract fields missing: {', '.join(f.missing_fields)}")
     if missing := sorted(set(expected) - set(actual)):
         problems.append(f"table lacks columns {', '.join(missing)}")
     if extra := sorted(set(actual) - set(expected)):
@@ -173,10 +161,9 @@ def _schema_drift(f: SimpleNamespace) -> Verdict:
 
 def _reject_rate(f: SimpleNamespace) -> Verdict:
     """At most 1% of the API's records failed validation and went to raw.rejects (ERROR)."""
-    if (m := f.manifest) is None:
-        text = f"no manifest row for {f.endpoint} on {f.day}: the read did not finish"
-        return False, None, MAX_REJECT_RATE, text
-    return _share(m.rows_rejected, m.api_total, MAX_REJECT_RATE, "records rejected")
+    if f.api_total is None:
+        return False, None, MAX_REJECT_RATE, _NO_MANIFEST.format(f=f)
+    return _share(f.rows_rejected, f.api_total, MAX_REJECT_RATE, "records rejected")
 
 
 def _volume_change(f: SimpleNamespace) -> Verdict:
@@ -222,17 +209,14 @@ def audit_snapshot(
 ) -> list[AuditResult]:
     """Run the named audits (all by default) of one raw snapshot; without its table, each fails."""
     figures = _figures(conn, endpoint, snapshot_date)
-    results = []
-    for audit in AUDITS:
-        if names is None or audit.name in names:
-            if figures.columns:
-                verdict = audit.judge(figures)
-            else:
-                verdict = (False, None, None, f"table {RAW_SCHEMA}.{endpoint} does not exist")
-            results.append(
-                AuditResult(audit.name, endpoint, snapshot_date, *verdict, audit.severity)
-            )
-    return results
+    missing = (False, None, None, f"table {RAW_SCHEMA}.{endpoint} does not exist")
+    return [
+        AuditResult(
+            a.name, endpoint, snapshot_date, *(a.judge(figures) if figures else missing), a.severity
+        )
+        for a in AUDITS
+        if names is None or a.name in names
+    ]
 
 
 def assert_snapshot_publishable(

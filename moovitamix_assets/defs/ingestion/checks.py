@@ -47,7 +47,6 @@ def build_raw_checks(endpoint: str) -> dg.AssetChecksDefinition:
     def _raw_checks(
         context: dg.AssetCheckExecutionContext, postgres: PostgresResource
     ) -> Iterator[dg.AssetCheckResult]:
-        """Audit the raw snapshot of the run's partition."""
         day = date.fromisoformat(context.partition_key)
         names = selected_names(context, asset_key)
         for result in run_raw_audits(postgres.engine(), endpoint, day, names):

@@ -10,9 +10,7 @@ from moovitamix_assets.defs.recommendation.keys import DAILY_KEYS
 
 DEFAULT_DAILY_CRON = "0 2 * * *"
 
-# Everything rebuilt every day for that day's partition: raw snapshots, the core merge, then the
-# daily recommendation assets (holdout, production evaluation, user_recommendations), so the
-# recommendations are refreshed right after core in the same run. Training has its own job.
+# Every asset but the recommendation group's, plus its daily ones; training has its own job.
 daily_refresh_job = dg.define_asset_job(
     name="daily_refresh",
     selection=(

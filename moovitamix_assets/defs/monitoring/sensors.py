@@ -102,11 +102,8 @@ def asset_check_failure_alert_sensor(
         if row.status.value == "PLANNED" and run is not None and not run.is_finished:
             open_ids.append(row.id)
         # A FAILED row always holds its evaluation.
-        if (
-            row.status.value != "FAILED"
-            or row.id in sent
-            or evaluation.severity != AssetCheckSeverity.ERROR
-        ):
+        failed = row.status.value == "FAILED" and evaluation.severity == AssetCheckSeverity.ERROR
+        if not failed or row.id in sent:
             continue
         asset = key.to_user_string()
         partition = row.partition or (run and run.tags.get(PARTITION_TAG))

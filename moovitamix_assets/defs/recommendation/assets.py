@@ -17,7 +17,7 @@ from moovitamix_assets.defs.core.assets import CORE_INTERACTIONS, CORE_TRACKS, C
 from moovitamix_assets.defs.recommendation import keys, registry, serving
 from moovitamix_assets.defs.recommendation.data import read_model_inputs
 from moovitamix_assets.freshness import DAILY_FRESHNESS, WEEKLY_FRESHNESS
-from moovitamix_assets.ml import INTERACTION_COLUMNS, pipeline
+from moovitamix_assets.ml import pipeline
 from moovitamix_assets.ml.artifacts import serialize_model
 from moovitamix_assets.ml.evaluation import DEFAULT_K, METRIC_NAMES, PER_USER_COLUMNS, Metrics
 from moovitamix_assets.ml.gating import GateSettings, decide_promotion
@@ -50,6 +50,10 @@ class ScoringConfig(dg.Config):
         "stay linear in users; the long tail has too little listening to rank anyway).",
     )
 
+    def sizes(self) -> dict[str, int]:
+        """These fields as keyword arguments of the ``ml.pipeline`` functions."""
+        return {"candidate_pool_size": self.candidate_pool}
+
 
 class EvaluatedScoringConfig(ScoringConfig):
     evaluation_users: int = Field(
@@ -64,6 +68,9 @@ class EvaluatedScoringConfig(ScoringConfig):
         lt=1,
         description="Two-sided confidence level of the intervals (bootstrap over held-out users).",
     )
+
+    def sizes(self) -> dict[str, int]:
+        return {**super().sizes(), "evaluation_users": self.evaluation_users}
 
 
 class CandidateModelConfig(EvaluatedScoringConfig):
@@ -137,10 +144,6 @@ def metrics_metadata(metrics: dict[str, Metrics], k: int) -> dict[str, Any]:
     return metadata
 
 
-def _day(snapshot: Any) -> str:
-    return snapshot.data_snapshot_date.isoformat() if snapshot.data_snapshot_date else "none"
-
-
 def _begin(
     context: dg.AssetExecutionContext, postgres: PostgresResource
 ) -> tuple[sa.Engine, StepStart, sa.Row]:
@@ -162,7 +165,7 @@ def _result(
                 **columns.lineage_metadata(context, context.asset_key),
                 **metadata,
                 **{name: getattr(snapshot, name) for name in registry.DataSnapshot._fields},
-                "data_snapshot_date": _day(snapshot),
+                "data_snapshot_date": str(snapshot.data_snapshot_date or "none"),
             },
             start,
         )
@@ -208,14 +211,12 @@ def evaluation_holdout(
     metadata = {
         **split.as_dict(),
         "data_interactions": snapshot.data_interactions,
-        "data_snapshot_date": _day(snapshot),
+        "data_snapshot_date": str(snapshot.data_snapshot_date or "none"),
         **columns.lineage_metadata(context, keys.EVALUATION_HOLDOUT),
     }
     return dg.Output(
-        # The interaction columns, in a stable order for storage.
-        split.test[list(INTERACTION_COLUMNS)].sort_values(
-            ["user_id", "track_id"], kind="stable", ignore_index=True
-        ),
+        # The interaction columns (read_model_inputs' default), in a stable order for storage.
+        split.test.sort_values(["user_id", "track_id"], kind="stable", ignore_index=True),
         metadata=finish_step_figures(context, metadata, start),
     )
 
@@ -252,15 +253,10 @@ def candidate_model(
         params,
         config.k,
         lambda: _load(engine, serving),  # after the fit: see train_and_evaluate
-        candidate_pool_size=config.candidate_pool,
-        evaluation_users=config.evaluation_users,
+        **config.sizes(),
     )
     gate = GateSettings(
-        metric=config.gate_metric,
-        min_lift=config.min_lift,
-        confidence=config.confidence,
-        min_hits=config.min_hits,
-        seed=config.random_state,
+        config.gate_metric, config.min_lift, config.confidence, config.min_hits, config.random_state
     )
     decision = decide_promotion(
         metrics[pipeline.CANDIDATE], metrics[pipeline.SERVING], serving.name, gate
@@ -354,14 +350,7 @@ def production_model_evaluation(
     train, users, tracks, snapshot = read_model_inputs(engine, columns=_PAIR_COLUMNS)
     train = pipeline.training_half(train, holdout)
     metrics = pipeline.evaluate_model(
-        model,
-        train,
-        holdout,
-        users,
-        tracks,
-        config.k,
-        candidate_pool_size=config.candidate_pool,
-        evaluation_users=config.evaluation_users,
+        model, train, holdout, users, tracks, config.k, **config.sizes()
     )
     summary = pipeline.evaluation_summary(metrics, config.metric, config.confidence)
     registry.record_evaluation(
@@ -406,21 +395,13 @@ def user_recommendations(
     engine, start, production = _begin(context, postgres)
     model = _load(engine, production)
     interactions, users, tracks, snapshot = read_model_inputs(engine, columns=_PAIR_COLUMNS)
-    tally, now = serving.Tally(config.k), _now()
+    now = _now()
     batches = pipeline.recommendation_batches(
-        model,
-        production.version,
-        users,
-        tracks,
-        interactions,
-        config.k,
-        now,
-        candidate_pool_size=config.candidate_pool,
+        model, production.version, users, tracks, interactions, config.k, now, **config.sizes()
     )
     # Write, audit, publish: today's rows replace yesterday's only if every audit passes.
-    # map() keeps no batch alive while the next is computed (a generator's loop variable would).
-    offending = serving.stage_and_publish(
-        engine, map(tally.count, batches), config.k, production.version, now
+    offending, figures = serving.stage_and_publish(
+        engine, batches, config.k, production.version, now
     )
     if any(offending.values()):
         raise dg.Failure(
@@ -431,17 +412,13 @@ def user_recommendations(
     return _result(
         context,
         start,
-        tally.rows,
+        figures.pop("rows"),
         snapshot,
         model_version=production.version,
         model_type=production.model_type,
         k=config.k,
-        users=tally.users,
         active_users=len(users),
-        users_short_of_k=tally.users_short_of_k,
-        cold_start_users=tally.cold_start_users,
-        distinct_tracks=len(tally.tracks),
-        rows_by_source=dict(tally.rows_by_source),
+        **figures,
         # The audits ran on exactly these rows: the checks report them, not run them again.
         **{serving.AUDITS_METADATA_KEY: offending},
     )

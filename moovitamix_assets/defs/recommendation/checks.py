@@ -17,7 +17,6 @@ from moovitamix_assets.warehouse.database import PostgresResource
 _HOLDOUT = registry.ml_table("evaluation_holdout")
 # The gate's relative figures, in percent as every ``*_pct`` figure (a lift of 0.125 is 12.5).
 _GATE_PERCENT = frozenset({"lift", "lift_low", "lift_high", "min_lift", "detectable_lift"})
-_ERROR = dg.AssetCheckSeverity.ERROR
 _WARN = dg.AssetCheckSeverity.WARN
 
 
@@ -132,7 +131,6 @@ def holdout_disjoint_from_training(postgres: PostgresResource) -> dg.AssetCheckR
     offending = duplicated + unknown + untrainable
     return dg.AssetCheckResult(
         passed=offending == 0,
-        severity=_ERROR,
         description=(
             f"{duplicated} duplicated held-out pairs, {unknown} not in the interactions, "
             f"{untrainable} held-out users left with nothing to train on"
@@ -151,14 +149,13 @@ def production_artifact_loads(postgres: PostgresResource) -> dg.AssetCheckResult
     engine = postgres.engine()
     entry = registry.production_entry(engine)
     if entry is None:
-        return dg.AssetCheckResult(
-            passed=False, severity=_ERROR, description="no production model is registered"
-        )
+        return dg.AssetCheckResult(passed=False, description="no production model is registered")
     try:
         registry.load_model(engine, entry.version)
     except ValueError as exc:
-        problem = f"{entry.name} cannot be loaded: {exc}"
-        return dg.AssetCheckResult(passed=False, severity=_ERROR, description=problem)
+        return dg.AssetCheckResult(
+            passed=False, description=f"{entry.name} cannot be loaded: {exc}"
+        )
     return dg.AssetCheckResult(
         passed=True,
         description=f"{entry.name} loads ({entry.artifact_bytes} bytes, sha256 verified)",
@@ -231,7 +228,6 @@ def recommendation_audits(
         yield dg.AssetCheckResult(
             check_name=key.name,
             passed=offending[key.name] == 0,
-            severity=_ERROR,
             description=serving.describe(key.name, offending[key.name]),
             metadata={"observed": offending[key.name], "threshold": 0, "k": k},
         )

@@ -1,13 +1,9 @@
 """The retraining job, its weekly schedule and its sensor, which asks for a new candidate when
-interactions grew by ``growth_share`` since the last training attempt (promoted or refused: a
-refusal re-arms it) or when the production model's latest evaluation interval lies under
-``min_metric``, else under its metric at training less ``max_relative_decay``. Each condition
-fires once per key (``growth:c5``, ``decay:v3``: the run key, kept in the cursor)."""
+the data grew or the production model decayed (``evaluate_triggers``)."""
 
 import json
 import os
 from collections.abc import Mapping
-from datetime import timezone
 from typing import Annotated, Any, Final
 
 import dagster as dg
@@ -63,9 +59,11 @@ def evaluate_triggers(
     thresholds: RetrainingThresholds,
     not_fired: list[str],
 ) -> dict[str, str]:
-    """The retraining conditions that hold now, growth first, by de-duplication key (``growth:c5``)
-    with why they fired (pure: the sensor feeds it the registry and ``model_evaluations`` rows it
-    read); ``not_fired`` receives why the others did not fire (the sensor's skip reason)."""
+    """The conditions that hold now, growth first, by key (``growth:c5``, ``decay:v3``: each fires
+    once) with why; ``not_fired`` receives why the others did not. Growth: interactions grew by
+    ``growth_share`` since the last training attempt (a refusal re-arms it). Decay: the latest
+    evaluation interval lies under ``min_metric``, else the metric at training less
+    ``max_relative_decay``. Pure: the sensor feeds it the rows it read."""
     fired: dict[str, str] = {}
 
     def judge(key: str, holds: bool, detail: str) -> dict[str, str]:
@@ -140,12 +138,11 @@ def build_retraining_sensor(limits: RetrainingThresholds) -> dg.SensorDefinition
     def retraining_sensor(
         context: dg.SensorEvaluationContext, postgres: PostgresResource
     ) -> dg.SensorResult | dg.SkipReason:
-        active = context.instance.get_run_records(
+        active = context.instance.get_run_ids(
             dg.RunsFilter(job_name=RETRAINING_JOB_NAME, statuses=_ACTIVE_STATUSES), limit=1
         )
         if active:
-            run_id = active[0].dagster_run.run_id
-            return dg.SkipReason(f"retraining run {run_id} is queued or in progress")
+            return dg.SkipReason(f"retraining run {active[0]} is queued or in progress")
         engine = postgres.engine()
         not_fired: list[str] = []
         fired = evaluate_triggers(
@@ -181,9 +178,8 @@ def build_retraining_sensor(limits: RetrainingThresholds) -> dg.SensorDefinition
     return retraining_sensor
 
 
-def thresholds_from_env(environ: Mapping[str, str] | None = None) -> RetrainingThresholds:
+def thresholds_from_env(env: Mapping[str, str] = os.environ) -> RetrainingThresholds:
     """Thresholds from ``MOOVITAMIX_RETRAIN_*`` variables (ValueError when malformed)."""
-    env = os.environ if environ is None else environ
     variables = {
         "growth_share": "MOOVITAMIX_RETRAIN_GROWTH_SHARE",
         "max_relative_decay": "MOOVITAMIX_RETRAIN_MAX_DECAY",
@@ -192,9 +188,7 @@ def thresholds_from_env(environ: Mapping[str, str] | None = None) -> RetrainingT
     return RetrainingThresholds(**{n: float(env[v]) for n, v in variables.items() if env.get(v)})
 
 
-def build_weekly_retraining_schedule(
-    cron: str = DEFAULT_WEEKLY_RETRAINING_CRON,
-) -> dg.ScheduleDefinition:
+def build_weekly_retraining_schedule(cron: str) -> dg.ScheduleDefinition:
     """The weekly retraining schedule, running by default: 04:00 UTC on Mondays leaves the 02:00
     daily run time to finish, so the candidate learns from that day's core."""
 
@@ -207,7 +201,7 @@ def build_weekly_retraining_schedule(
         description="Every week: train a candidate model and promote it if it beats what serves.",
     )
     def _weekly_retraining_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
-        day = context.scheduled_execution_time.astimezone(timezone.utc).date().isoformat()
+        day = context.scheduled_execution_time.date().isoformat()
         return dg.RunRequest(run_key=f"weekly:{day}", tags={TRIGGER_TAG: "weekly_cron"})
 
     return _weekly_retraining_schedule

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import pandas as pd
@@ -55,8 +54,7 @@ def describe(audit: str, offending: int) -> str:
 
 
 def audit_recommendations(conn: sa.Connection, table: str, k: int) -> dict[str, int]:
-    """Each audit's offending rows or users (0 passes) on ``table`` (a quoted ``ml`` table name
-    of this module), in one query."""
+    """Each audit's offending rows or users (0 passes) on ``table`` (quoted), in one query."""
     # The names are this module's and core's constants, never user input.
     query = _AUDIT_SQL.format(
         table=table,
@@ -66,31 +64,6 @@ def audit_recommendations(conn: sa.Connection, table: str, k: int) -> dict[str, 
     )
     row = conn.execute(sa.text(query), {"k": k}).mappings().one()
     return {name: int(row[name]) for name in AUDITS}
-
-
-@dataclass
-class Tally:
-    """What went into the staging table, counted batch by batch (the asset's metadata)."""
-
-    k: int
-    rows: int = 0
-    users: int = 0
-    users_short_of_k: int = 0
-    cold_start_users: int = 0
-    tracks: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    rows_by_source: Counter[str] = field(default_factory=Counter)
-
-    def count(self, recs: pd.DataFrame) -> pd.DataFrame:
-        per_user = recs.groupby("user_id").size()
-        self.rows += len(recs)
-        self.users += len(per_user)
-        self.users_short_of_k += int((per_user < self.k).sum())
-        self.cold_start_users += int(
-            recs.loc[recs["rank"] == 1, "source"].eq(SOURCE_COLD_START).sum()
-        )
-        self.tracks = np.union1d(self.tracks, recs["track_id"].to_numpy(dtype=np.int64))
-        self.rows_by_source.update(recs["source"].value_counts().to_dict())
-        return recs
 
 
 # Columns with one value for the whole run (the model's version, the run's time): they become the
@@ -103,23 +76,24 @@ _VARYING: Final = [
 
 def stage_and_publish(
     engine: sa.Engine, batches: Iterable[pd.DataFrame], k: int, version: int, at: datetime
-) -> dict[str, int]:
-    """Stage ``batches``, audit them, publish them if every audit passes; each audit's offending
-    count. One transaction under an advisory lock: concurrent runs serialise, and the published
-    view changes all at once or not at all."""
+) -> tuple[dict[str, int], dict[str, Any]]:
+    """Stage, audit and, if every audit passes, publish ``batches`` in one transaction under an
+    advisory lock (runs serialise): each audit's offending count and ``stage``'s figures."""
     registry.ensure_registry_schema(engine)
     with engine.begin() as conn:
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": PUBLISHED})
-        stage(conn, batches, version, at)
+        figures = stage(conn, batches, k, version, at)
         offending = audit_recommendations(conn, STAGING, k)
         if not any(offending.values()):
             publish_staging(conn)
-    return offending
+    return offending, figures
 
 
-def stage(conn: sa.Connection, batches: Iterable[pd.DataFrame], version: int, at: datetime) -> None:
+def stage(
+    conn: sa.Connection, batches: Iterable[pd.DataFrame], k: int, version: int, at: datetime
+) -> dict[str, Any]:
     """Replace the staging table's rows with ``batches`` (of model ``version``, generated ``at``),
-    each COPY'd as it comes."""
+    each COPY'd as it comes; what went in, counted batch by batch (the asset's metadata)."""
     # No key on the staging table yet: duplicates must reach the audit, not abort COPY. DDL
     # takes no server-side parameters: psycopg2 quotes the values as literals.
     cursor = conn.connection.driver_connection.cursor()
@@ -130,7 +104,17 @@ def stage(conn: sa.Connection, batches: Iterable[pd.DataFrame], version: int, at
         (version, at),
     )
     copy = f"COPY {STAGING} ({', '.join(_VARYING)}) FROM STDIN WITH (FORMAT csv)"
+    counts = dict.fromkeys(("rows", "users", "users_short_of_k", "cold_start_users"), 0)
+    tracks, sources = np.zeros(0, dtype=np.int64), Counter[str]()
     for recs in batches:
+        per_user = recs.groupby("user_id").size()
+        counts["rows"] += len(recs)
+        counts["users"] += len(per_user)
+        counts["users_short_of_k"] += int((per_user < k).sum())
+        first = recs.loc[recs["rank"] == 1, "source"]
+        counts["cold_start_users"] += int(first.eq(SOURCE_COLD_START).sum())
+        tracks = np.union1d(tracks, recs["track_id"].to_numpy(dtype=np.int64))
+        sources.update(recs["source"].value_counts().to_dict())
         # pyarrow renders the CSV in C++: pandas' to_csv took 17 s of 10M rows at 1M users, this
         # 3 s. A slice at a time, so memory holds one slice's text, not the batch's.
         table = pa.Table.from_pandas(recs[_VARYING], preserve_index=False)
@@ -141,17 +125,15 @@ def stage(conn: sa.Connection, batches: Iterable[pd.DataFrame], version: int, at
             )
             cursor.copy_expert(copy, pa.BufferReader(buffer.getvalue()))
         del recs, table  # or they live on while the next batch is computed
+    return {**counts, "distinct_tracks": len(tracks), "rows_by_source": dict(sources)}
 
 
 def publish_staging(conn: sa.Connection) -> None:
-    """Serve the staged rows in the caller's transaction: the view ``ml.user_recommendations``
-    (its grants, whatever reads it) is pointed at them; readers see yesterday's rows until the
-    commit, then today's, never a mix."""
-    # One sorted build of the key over rows already audited for duplicates, before the swap; the
-    # staging run's defaults are no business of the served table. The swap waits for the
-    # transactions still reading yesterday's rows, and serving reads queue behind it: a reader
-    # that does not finish (a long query) fails the publication instead of holding every serving
-    # read (yesterday's rows keep serving; run the asset again). One round trip for it all.
+    """Point the view ``ml.user_recommendations`` (its grants, whatever reads it) at the staged
+    rows in the caller's transaction: readers see yesterday's until the commit, then today's."""
+    # The key: one sorted build over rows audited for duplicates. The swap waits for readers of
+    # yesterday's rows and serving reads queue behind it: a reader that does not finish fails the
+    # publication (yesterday's keep serving; run the asset again) instead of holding every read.
     staging_key = registry.ml_table(f"{STAGING_TABLE}_pkey")
     conn.exec_driver_sql(
         f"""

@@ -109,21 +109,21 @@ def test_settings_out_of_range_are_refused_before_any_request() -> None:
     with pytest.raises(pydantic.ValidationError, match="max_concurrency must be between 1 and 64"):
         MoovitamixApiResource(max_concurrency=0)
     with pytest.raises(ValueError, match="must be an http"):
-        MoovitamixApiResource(base_url="127.0.0.1:8000").check_service()
+        MoovitamixApiResource(base_url="127.0.0.1:8000").setup_for_execution()
 
 
 def test_an_unreachable_or_wrong_service_is_named_without_credentials(api_server) -> None:
     password = secrets.token_hex(8)
     api = client(f"http://moovitamix:{password}@127.0.0.1:1", max_retries=0)
     with pytest.raises(ApiUnavailableError) as raised:
-        api.check_service()
+        api.setup_for_execution()
     message = str(raised.value)
     assert "http://127.0.0.1:1 (from MOOVITAMIX_API_URL)" in message and "cannot connect" in message
     assert password not in message and raised.value.__cause__ is None
     server = api_server(records=10)
     with pytest.raises(ApiUnavailableError, match="answered HTTP 404 to /openapi.json"):
-        client(f"{server.base_url}/v2").check_service()
-    client(server.base_url).check_service()  # the real one passes, with no data request
+        client(f"{server.base_url}/v2").setup_for_execution()
+    client(server.base_url).setup_for_execution()  # the real one passes, with no data request
     assert server.stats()["users"]["requests"] == 0
 
 

@@ -27,5 +27,5 @@ def publish(engine: sa.Engine, recs: pd.DataFrame) -> None:
     """Stage ``recs`` and swap them in behind ``ml.user_recommendations``."""
     registry.ensure_registry_schema(engine)
     with engine.begin() as conn:
-        serving.stage(conn, [recs], int(recs["model_version"][0]), recs["generated_at"][0])
+        serving.stage(conn, [recs], 2, int(recs["model_version"][0]), recs["generated_at"][0])
         serving.publish_staging(conn)

@@ -207,7 +207,7 @@ def test_recommendations_are_replaced_atomically_and_bad_ones_never_publish(
     bad = after.copy()
     bad.loc[0, "track_id"] = after.loc[1, "track_id"]
     bad.loc[bad.index[-1], ["user_id", "track_id"]] = [listened["user_id"], listened["track_id"]]
-    offending = serving.stage_and_publish(engine, [bad], K, version, bad["generated_at"][0])
+    offending, _ = serving.stage_and_publish(engine, [bad], K, version, bad["generated_at"][0])
     assert offending["no_duplicates"] and offending["none_already_listened"]
     assert offending["only_active_tracks"] == 0
     kept = assert_recommendations_serve_everyone(engine, version=version)

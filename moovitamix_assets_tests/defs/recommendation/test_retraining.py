@@ -16,6 +16,7 @@ from moovitamix_assets.defs.core.assets import ensure_core_schema
 from moovitamix_assets.defs.ingestion.schedule import daily_refresh_job
 from moovitamix_assets.defs.recommendation import keys, registry
 from moovitamix_assets.defs.recommendation.retraining import (
+    DEFAULT_WEEKLY_RETRAINING_CRON,
     EXCLUSIVE_TAG,
     SENSOR_NAME,
     TRIGGER_TAG,
@@ -256,7 +257,12 @@ def test_the_weekly_cron_tick_requests_a_retraining_run() -> None:
         scheduled_execution_time=datetime(2026, 11, 23, 4, 0, tzinfo=timezone.utc),
         repository_def=defs.get_repository_def(),
     )
-    requests = list(build_weekly_retraining_schedule().evaluate_tick(context).run_requests or [])
+    requests = list(
+        build_weekly_retraining_schedule(DEFAULT_WEEKLY_RETRAINING_CRON)
+        .evaluate_tick(context)
+        .run_requests
+        or []
+    )
     assert [r.run_key for r in requests] == ["weekly:2026-11-23"]
     assert requests[0].tags[TRIGGER_TAG] == "weekly_cron"
 

@@ -75,7 +75,7 @@ def test_the_count_audit_allows_fewer_than_k_only_to_who_heard_the_rest(engine: 
         conn.execute(sa.text("UPDATE core.users SET is_active = false WHERE id = 7"))
     registry.ensure_registry_schema(engine)
     with engine.connect() as conn, conn.begin():
-        serving.stage(conn, [recs], 1, datetime(2026, 1, 1, tzinfo=timezone.utc))
+        serving.stage(conn, [recs], 3, 1, datetime(2026, 1, 1, tzinfo=timezone.utc))
         offending = serving.audit_recommendations(conn, serving.STAGING, 3)
     assert offending == {
         "exactly_k_per_active_user": 4,  # users 2, 4, 5 and 7
