@@ -1,7 +1,8 @@
 """The platform's ingestion against dlt's `rest_api` source, on the same stand-in and PostgreSQL.
 
     python -m venv /tmp/dltvenv && /tmp/dltvenv/bin/pip install "dlt[postgres]"
-    python bench/bench_dlt.py --dlt-python /tmp/dltvenv/bin/python --records 20000 --pairs 3
+    python bench/bench_dlt.py --dlt-python /tmp/dltvenv/bin/python --records 20000 --pairs 3 \
+        [--old-tree /tmp/old-ingest]
 
 dlt lives in its own virtual environment (it is not a dependency of the platform). Each pair
 runs, one after the other and each in a fresh process, (1) `dagster asset materialize` of the three
@@ -70,11 +71,14 @@ def main() -> None:
     parser.add_argument("--dlt-python", required=True, help="python of a venv with dlt[postgres]")
     parser.add_argument("--records", type=int, default=20_000)
     parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument(
+        "--old-tree", help="a checkout of older code (e.g. 751b892), timed in each pair too"
+    )
     args = parser.parse_args()
 
     state = Path(tempfile.mkdtemp(prefix="bench_dlt_"))
     try:
-        server = start_embedded_postgres(state, ("postgres", "platform", "dlt"))
+        server = start_embedded_postgres(state, ("postgres", "platform", "dlt", "old"))
         platform_url = server.url("platform")
         dlt_url = sa.make_url(server.url("dlt"))
         # dlt takes a libpq URL (the unix socket's folder is its host) and insists on a password,
@@ -100,15 +104,26 @@ def main() -> None:
                 "--partition", utc_today().isoformat(),
             ]  # fmt: skip
             dlt_cmd = [args.dlt_python, str(script), api.base_url, dlt_credentials, str(state)]
-            ours, theirs = [], []
+            ours, theirs, old = [], [], []
+            # The older code in its own database and instance: its tables may differ.
+            old_env = {
+                **env,
+                "PYTHONPATH": args.old_tree or "",
+                "MOOVITAMIX_DATABASE_URL": server.url("old"),
+                "DAGSTER_HOME": str(state / "dagster_home_old"),
+            }
+            (state / "dagster_home_old").mkdir()
             for pair in range(1, args.pairs + 1):
                 ours.append(timed(platform_cmd, env, str(state)))
                 theirs.append(timed(dlt_cmd, env, str(state)))
-                print(
+                line = (
                     f"pair {pair}: platform {ours[-1]:.1f} s, dlt {theirs[-1]:.1f} s "
-                    f"({ours[-1] / theirs[-1]:.2f}x)",
-                    flush=True,
+                    f"({ours[-1] / theirs[-1]:.2f}x)"
                 )
+                if args.old_tree:
+                    old.append(timed(platform_cmd, old_env, str(state)))
+                    line += f"; old code {old[-1]:.1f} s ({old[-1] / theirs[-1]:.2f}x)"
+                print(line, flush=True)
         with sa.create_engine(platform_url).connect() as conn:
             ours_rows = conn.execute(sa.text("SELECT count(*) FROM raw.users")).scalar()
         with sa.create_engine(server.url("dlt")).connect() as conn:
@@ -119,6 +134,9 @@ def main() -> None:
             f"median: platform {statistics.median(ours):.1f} s, dlt {statistics.median(theirs):.1f}"
             f" s, ratio {ratio:.2f}x (target: at most 0.6x)"
         )
+        if old:
+            old_ratio = statistics.median(old) / statistics.median(theirs)
+            print(f"old code: median {statistics.median(old):.1f} s, ratio {old_ratio:.2f}x")
     finally:
         discard_embedded_postgres(state)
 
