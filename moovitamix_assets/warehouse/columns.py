@@ -48,11 +48,14 @@ class Table:
         """Column name -> PostgreSQL type, in stored order."""
         return {c.name: c.type for c in self.columns}
 
-    def create_sql(self) -> str:
-        """``CREATE TABLE IF NOT EXISTS`` with the columns' types and constraints and the key."""
+    def column_sql(self) -> str:
+        """The body of a ``CREATE TABLE``: the columns' types and constraints, then the key."""
         columns = [f"{c.name} {c.type} {c.sql}" for c in self.columns]
-        key = f"PRIMARY KEY ({', '.join(self.primary_key)})"
-        return f"CREATE TABLE IF NOT EXISTS {self.name} ({', '.join([*columns, key])})"
+        return ", ".join([*columns, f"PRIMARY KEY ({', '.join(self.primary_key)})"])
+
+    def create_sql(self) -> str:
+        """``CREATE TABLE IF NOT EXISTS`` of the table (``column_sql``)."""
+        return f"CREATE TABLE IF NOT EXISTS {self.name} ({self.column_sql()})"
 
     def definition_metadata(self) -> dict[str, dg.MetadataValue]:
         """``dagster/table_name`` and ``dagster/column_schema`` (with descriptions) of an asset."""

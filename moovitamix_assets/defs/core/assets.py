@@ -99,17 +99,10 @@ def load_sql(
 
 
 def schema_sql() -> sa.TextClause:
-    """``sql/schema.sql``, with the columns of the tables keyed by their first column from
-    columns.yaml (the history columns NOT NULL)."""
-    tables = {
-        table: ", ".join(
-            f"{quote_ident(c)} {pg_type}"
-            + (" PRIMARY KEY" if i == 0 else " NOT NULL" if c in _HISTORY else "")
-            for i, (c, pg_type) in enumerate(columns.table(f"core.{table}").pg_types().items())
-        )
-        for table in (USERS_TABLE, TRACKS_TABLE, "listen_histories")
-    }
-    return load_sql("schema", **tables)
+    """``sql/schema.sql``, with the columns and keys of users, tracks and listen_histories from
+    columns.yaml."""
+    tables = (USERS_TABLE, TRACKS_TABLE, "listen_histories")
+    return load_sql("schema", **{t: columns.table(f"core.{t}").column_sql() for t in tables})
 
 
 def newest_merged(conn: sa.Connection, table: str) -> date | None:
