@@ -37,6 +37,8 @@ DEFAULT_BASE_URL: Final = "http://127.0.0.1:8000"
 OPENAPI_PATH: Final = "openapi.json"
 # Pages requested ahead of the reader per worker: the service always has a request waiting.
 _AHEAD_PER_WORKER: Final = 4
+# The CA bundle's variables, in the precedence requests gives them (SSL_CERT_FILE: OpenSSL's).
+_CA_BUNDLE_VARS: Final = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE")
 # Setting -> (lowest, highest) allowed value.
 _RANGES: Final[dict[str, tuple[int, int | None]]] = {
     "page_size": (1, API_MAX_PAGE_SIZE),
@@ -196,8 +198,11 @@ class MoovitamixApiResource(dg.ConfigurableResource):
         session = requests.Session()
         session.mount("http://", adapter)
         session.mount("https://", adapter)
-        # Proxies and REQUESTS_CA_BUNDLE are read by requests; SSL_CERT_FILE as well here.
-        session.verify = os.environ.get("SSL_CERT_FILE") or True
+        # The environment's proxies and CA bundle, read here once for the base URL: left to
+        # requests (trust_env), every request scans os.environ, a third of the client's CPU.
+        session.trust_env = False
+        session.proxies = requests.utils.get_environ_proxies(self.base_url)
+        session.verify = next(filter(None, map(os.environ.get, _CA_BUNDLE_VARS)), True)
         return session
 
     def _get(self, path: str, params: dict[str, int] | None = None) -> requests.Response:

@@ -199,3 +199,42 @@ def test_a_page_that_disagrees_with_the_request_is_refused(scripted) -> None:
     server = scripted(lambda n: page(1, 100, 300))  # the service ignores ?page=
     with pytest.raises(ApiPageError, match="page 2: answered page=1 to a request for 2"):
         read_all(client(url(server)))
+
+
+@pytest.fixture
+def proxy_env(monkeypatch) -> Callable[..., None]:
+    """Set the proxy variables given, with every other proxy variable of this machine unset."""
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+
+    def set_proxies(**values: str) -> None:
+        for name, value in values.items():
+            monkeypatch.setenv(name, value)
+
+    return set_proxies
+
+
+def test_the_environments_proxy_carries_the_requests(scripted, proxy_env) -> None:
+    proxy = scripted(lambda n: page(n, 3, 3))
+    proxy_env(HTTP_PROXY=url(proxy))
+    # A host that exists nowhere: only the proxy can answer for it.
+    assert len(read_all(client("http://moovitamix-api.invalid"))) == 3
+    assert proxy.requests == [1]
+
+
+def test_no_proxy_bypasses_the_proxy_for_the_api_host(scripted, proxy_env) -> None:
+    server = scripted(lambda n: page(n, 3, 3))
+    proxy_env(HTTP_PROXY="http://127.0.0.1:9", NO_PROXY="127.0.0.1")  # nothing listens on 9
+    assert len(read_all(client(url(server)))) == 3
+    assert server.requests == [1]
+
+
+def test_the_ca_bundle_comes_from_the_environment_as_requests_orders_it(monkeypatch) -> None:
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    assert client("https://api.example").session.verify is True
+    monkeypatch.setenv("SSL_CERT_FILE", "/etc/ssl/openssl.pem")
+    assert client("https://api.example").session.verify == "/etc/ssl/openssl.pem"
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/requests.pem")
+    assert client("https://api.example").session.verify == "/etc/ssl/requests.pem"
